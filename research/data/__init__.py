@@ -1,0 +1,26 @@
+"""Datasets and grain input pipelines.
+
+Offline TFDS builders (`digits`, `image_folder`) plus any TFDS dataset, read
+as array_record with `as_data_source` (no TensorFlow). See `datasets` for the
+registry and `pipeline` for the train/eval iterators.
+"""
+
+from research.data.datasets import DatasetInfo
+from research.data.datasets import OFFLINE_BUILDERS
+from research.data.datasets import data_config_defaults
+from research.data.datasets import get_builder
+from research.data.datasets import get_dataset_info
+from research.data.pipeline import make_eval_iterator
+from research.data.pipeline import make_train_iterator
+from research.data.pipeline import steps_per_epoch
+
+__all__ = [
+    'DatasetInfo',
+    'OFFLINE_BUILDERS',
+    'data_config_defaults',
+    'get_builder',
+    'get_dataset_info',
+    'make_eval_iterator',
+    'make_train_iterator',
+    'steps_per_epoch',
+]
