@@ -2,6 +2,7 @@
 
 All logic lives in :mod:`research.cli`.
 """
+
 import sys
 
 from absl import app
@@ -10,8 +11,8 @@ from research import cli
 
 
 def main(argv):
-  sys.exit(cli.main(argv))
+    sys.exit(cli.main(argv))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -1,4 +1,5 @@
 """Where the project's offline data lives: ``../shared/data`` beside the repository."""
+
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,6 +12,7 @@ Durations (``train.duration``, ``train.eval_every``, ``schedule.boundaries``...)
 are strings resolved at run time against the dataset size: ``'30 epochs'``,
 ``'64000 steps'`` (short forms ``'30ep'``, ``'64000st'``; a bare number means steps).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -26,150 +27,160 @@ FREE_FORM_SECTIONS = ("model",)
 
 
 def base_config() -> ConfigDict:
-  """Every known configuration key with its default value."""
-  from research.data import data_config_defaults
+    """Every known configuration key with its default value."""
+    from research.data import data_config_defaults
 
-  c = ConfigDict()
-  c.seed = 0
-  # Model: `name` picks a registered model; every other key is a constructor argument.
-  c.model = ConfigDict({"name": "lenet5_modern"})
-  c.data = data_config_defaults()
-  c.optimizer = ConfigDict(
-      dict(
-          name="sgd",  # sgd | nesterov | momentum | adam | adamw
-          lr=0.1,  # peak learning rate (per global batch)
-          momentum=0.9,
-          nesterov=False,
-          weight_decay=0.0,  # coupled L2 for sgd/adam (as torch), decoupled for adamw
-          decay_all=True,  # False: no weight decay on biases and norm scales (ndim < 2)
-          b1=0.9,
-          b2=0.999,
-          eps=1e-8,
-          grad_clip_norm=0.0,  # 0 = off
-      ))
-  c.schedule = ConfigDict(
-      dict(
-          name="cosine",  # constant | step | cosine | linear
-          warmup="0 steps",  # linear warm-up from warmup_init_factor*lr to lr
-          warmup_init_factor=0.0,
-          boundaries=(),  # for 'step': durations where lr is multiplied by decay_factor
-          decay_factor=0.1,
-          end_factor=0.0,  # cosine/linear end lr = end_factor * lr
-      ))
-  c.train = ConfigDict(
-      dict(
-          duration="10 epochs",
-          batch_size=128,  # global batch over all devices and hosts
-          eval_batch_size=0,  # 0 = same as batch_size
-          label_smoothing=0.0,
-          log_every_steps=50,
-          eval_every="1 epochs",  # '' or '0 steps' = only at the end
-          checkpoint_every="1 epochs",
-          keep_checkpoints=3,
-          async_checkpoints=True,
-      ))
-  return c
+    c = ConfigDict()
+    c.seed = 0
+    # Model: `name` picks a registered model; every other key is a constructor argument.
+    c.model = ConfigDict({"name": "lenet5_modern"})
+    c.data = data_config_defaults()
+    c.optimizer = ConfigDict(
+        dict(
+            name="sgd",  # sgd | nesterov | momentum | adam | adamw
+            lr=0.1,  # peak learning rate (per global batch)
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=0.0,  # coupled L2 for sgd/adam (as torch), decoupled for adamw
+            decay_all=True,  # False: no weight decay on biases and norm scales (ndim < 2)
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            grad_clip_norm=0.0,  # 0 = off
+        )
+    )
+    c.schedule = ConfigDict(
+        dict(
+            name="cosine",  # constant | step | cosine | linear
+            warmup="0 steps",  # linear warm-up from warmup_init_factor*lr to lr
+            warmup_init_factor=0.0,
+            boundaries=(),  # for 'step': durations where lr is multiplied by decay_factor
+            decay_factor=0.1,
+            end_factor=0.0,  # cosine/linear end lr = end_factor * lr
+        )
+    )
+    c.train = ConfigDict(
+        dict(
+            duration="10 epochs",
+            batch_size=128,  # global batch over all devices and hosts
+            eval_batch_size=0,  # 0 = same as batch_size
+            label_smoothing=0.0,
+            log_every_steps=50,
+            eval_every="1 epochs",  # '' or '0 steps' = only at the end
+            checkpoint_every="1 epochs",
+            keep_checkpoints=3,
+            async_checkpoints=True,
+        )
+    )
+    return c
 
 
 def with_model(config: ConfigDict, name: str, **kwargs: Any) -> ConfigDict:
-  """Sets ``config.model`` to ``name`` plus constructor arguments."""
-  config.model = ConfigDict({"name": name, **kwargs})
-  return config
+    """Sets ``config.model`` to ``name`` plus constructor arguments."""
+    config.model = ConfigDict({"name": name, **kwargs})
+    return config
 
 
 def _walk(d: ConfigDict, prefix: str = ""):
-  for k, v in d.items():
-    path = f"{prefix}{k}"
-    yield path, v
-    if isinstance(v, ConfigDict):
-      yield from _walk(v, path + ".")
+    for k, v in d.items():
+        path = f"{prefix}{k}"
+        yield path, v
+        if isinstance(v, ConfigDict):
+            yield from _walk(v, path + ".")
 
 
 def validate_config(config: ConfigDict) -> None:
-  """Raises ``KeyError`` naming any key the schema does not know (with a suggestion)."""
-  schema = dict(_walk(base_config()))
-  for path, _ in _walk(config):
-    if path.split(".")[0] in FREE_FORM_SECTIONS and "." in path:
-      continue
-    if path not in schema:
-      close = difflib.get_close_matches(path, list(schema), n=1)
-      hint = f"; did you mean '{close[0]}'?" if close else ""
-      raise KeyError(f"unknown config key '{path}'{hint}")
+    """Raises ``KeyError`` naming any key the schema does not know (with a suggestion)."""
+    schema = dict(_walk(base_config()))
+    for path, _ in _walk(config):
+        if path.split(".")[0] in FREE_FORM_SECTIONS and "." in path:
+            continue
+        if path not in schema:
+            close = difflib.get_close_matches(path, list(schema), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise KeyError(f"unknown config key '{path}'{hint}")
 
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(epochs?|ep|steps?|st)?\s*$", re.IGNORECASE)
 
 
 def parse_duration(value: Any, steps_per_epoch: int, *, name: str = "duration") -> int:
-  """Resolves ``'30 epochs'`` / ``'1000 steps'`` / ``1000`` to a number of steps."""
-  if isinstance(value, (int, float)) and not isinstance(value, bool):
-    return int(value)
-  m = _DURATION.match(str(value))
-  if not m:
-    raise ValueError(f"cannot parse {name}={value!r}: use e.g. '30 epochs' or '1000 steps'")
-  amount, unit = float(m.group(1)), (m.group(2) or "steps").lower()
-  if unit.startswith("ep"):
-    return int(round(amount * steps_per_epoch))
-  return int(amount)
+    """Resolves ``'30 epochs'`` / ``'1000 steps'`` / ``1000`` to a number of steps."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"cannot parse {name}={value!r}: use e.g. '30 epochs' or '1000 steps'")
+    amount, unit = float(m.group(1)), (m.group(2) or "steps").lower()
+    if unit.startswith("ep"):
+        return int(round(amount * steps_per_epoch))
+    return int(amount)
 
 
 def parse_arg(arg: str | None, defaults: dict[str, Any]) -> dict[str, Any]:
-  """Parses a config-file argument like ``'depth=56,shortcut=B,quick'``.
+    """Parses a config-file argument like ``'depth=56,shortcut=B,quick'``.
 
-  ``defaults`` lists the accepted keys with default values; a bare word sets a
-  boolean key to True. Unknown keys raise ``ValueError`` naming them.
-  """
-  out = dict(defaults)
-  if not arg:
+    ``defaults`` lists the accepted keys with default values; a bare word sets a
+    boolean key to True. Unknown keys raise ``ValueError`` naming them.
+    """
+    out = dict(defaults)
+    if not arg:
+        return out
+    for token in filter(None, (t.strip() for t in arg.split(","))):
+        key, sep, value = token.partition("=")
+        if key not in defaults:
+            close = difflib.get_close_matches(key, list(defaults), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown config argument '{key}' (accepted: {', '.join(defaults)}){hint}")
+        default = defaults[key]
+        if not sep:
+            if not isinstance(default, bool):
+                raise ValueError(f"config argument '{key}' needs a value, e.g. {key}={default}")
+            out[key] = True
+        elif isinstance(default, bool):
+            out[key] = value.lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, int):
+            out[key] = int(value)
+        elif isinstance(default, float):
+            out[key] = float(value)
+        else:
+            out[key] = value
     return out
-  for token in filter(None, (t.strip() for t in arg.split(","))):
-    key, sep, value = token.partition("=")
-    if key not in defaults:
-      close = difflib.get_close_matches(key, list(defaults), n=1)
-      hint = f"; did you mean '{close[0]}'?" if close else ""
-      raise ValueError(f"unknown config argument '{key}' (accepted: {', '.join(defaults)}){hint}")
-    default = defaults[key]
-    if not sep:
-      if not isinstance(default, bool):
-        raise ValueError(f"config argument '{key}' needs a value, e.g. {key}={default}")
-      out[key] = True
-    elif isinstance(default, bool):
-      out[key] = value.lower() in ("1", "true", "yes", "on")
-    elif isinstance(default, int):
-      out[key] = int(value)
-    elif isinstance(default, float):
-      out[key] = float(value)
-    else:
-      out[key] = value
-  return out
 
 
 def to_dict(config: ConfigDict) -> dict[str, Any]:
-  """A JSON-friendly plain dict of a config."""
+    """A JSON-friendly plain dict of a config."""
 
-  def conv(v):
-    if isinstance(v, ConfigDict):
-      return {k: conv(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-      return [conv(x) for x in v]
-    return v
+    def conv(v):
+        if isinstance(v, ConfigDict):
+            return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        return v
 
-  return conv(config)
+    return conv(config)
 
 
 def flatten(config: ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
-  """``{'train.batch_size': 128, ...}``."""
-  out = {}
-  items: Iterable = config.items()
-  for k, v in items:
-    if isinstance(v, (ConfigDict, dict)):
-      out.update(flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
+    """``{'train.batch_size': 128, ...}``."""
+    out = {}
+    items: Iterable = config.items()
+    for k, v in items:
+        if isinstance(v, (ConfigDict, dict)):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 __all__ = [
-    "ConfigDict", "base_config", "with_model", "validate_config", "parse_duration", "parse_arg",
-    "to_dict", "flatten", "ml_collections"
+    "ConfigDict",
+    "base_config",
+    "with_model",
+    "validate_config",
+    "parse_duration",
+    "parse_arg",
+    "to_dict",
+    "flatten",
+    "ml_collections",
 ]

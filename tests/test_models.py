@@ -103,7 +103,11 @@ def test_lenet5_forward_and_rbf_logits():
     logits, feats = model.apply(variables, x, return_features=True)
     assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
     assert {k: v.shape[1:3] for k, v in feats.items()} == {
-        'c1': (28, 28), 's2': (14, 14), 'c3': (10, 10), 's4': (5, 5), 'c5': (1, 1)
+        'c1': (28, 28),
+        's2': (14, 14),
+        'c3': (10, 10),
+        's4': (5, 5),
+        'c5': (1, 1),
     }
     # Logits are minus squared distances of F6 to fixed +-1 centres.
     assert np.all(logits <= 0)
@@ -163,14 +167,19 @@ def test_cifar_forward(name, kwargs):
     logits, feats = model.apply(variables, x, return_features=True)
     assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
     assert {k: v.shape for k, v in feats.items()} == {
-        'stem': (2, 32, 32, 16), 'stage1': (2, 32, 32, 16), 'stage2': (2, 16, 16, 32), 'stage3': (2, 8, 8, 64)
+        'stem': (2, 32, 32, 16),
+        'stage1': (2, 32, 32, 16),
+        'stage2': (2, 16, 16, 32),
+        'stage3': (2, 8, 8, 64),
     }
     # train=True uses batch statistics and updates the running averages.
     train_logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
     assert train_logits.shape == (2, 10) and np.all(np.isfinite(train_logits))
     old, new = variables['batch_stats']['stem_bn']['mean'], updates['batch_stats']['stem_bn']['mean']
     assert not np.allclose(old, new)
-    assert jax.tree_util.tree_structure(updates['batch_stats']) == jax.tree_util.tree_structure(variables['batch_stats'])
+    assert jax.tree_util.tree_structure(updates['batch_stats']) == jax.tree_util.tree_structure(
+        variables['batch_stats']
+    )
 
 
 def test_cifar_resnet_knobs():
@@ -194,8 +203,12 @@ def test_bad_depth_error_names_depth():
 
 def test_registry_lists_all_models():
     expected = {
-        'lenet5', 'lenet5_modern', 'resnet_cifar', 'plain_cifar',
-        *RESNET_COUNTS, *(f'plain{d}' for d in (20, 32, 44, 56, 110)),
+        'lenet5',
+        'lenet5_modern',
+        'resnet_cifar',
+        'plain_cifar',
+        *RESNET_COUNTS,
+        *(f'plain{d}' for d in (20, 32, 44, 56, 110)),
     }
     assert expected <= set(list_models())
     assert list_models() == sorted(list_models())

@@ -11,6 +11,7 @@ well under 3 minutes on 2 CPU cores (measured: modern 98.6% in 28 s; faithful
 ("Gradient-based learning applied to document recognition", Fig. 2); its MNIST
 figure (0.95% error, Sec. III) is reproduced by lenet5_mnist.py, not here.
 """
+
 from research.config import base_config, parse_arg, with_model
 
 MODELS = {"modern": "lenet5_modern", "faithful": "lenet5"}
@@ -19,23 +20,23 @@ RECIPES = {"modern": dict(lr=3e-3, epochs=30), "faithful": dict(lr=3e-4, epochs=
 
 
 def get_config(arg=None):
-  args = parse_arg(arg, {"variant": "modern", "epochs": 0})
-  if args["variant"] not in MODELS:
-    raise ValueError(f"unknown variant '{args['variant']}' (known: {', '.join(MODELS)})")
-  c = base_config()
-  with_model(c, MODELS[args["variant"]])
-  c.data.name = "digits"
-  c.data.image_size = 32
-  c.data.augment.rotation = 10.0
-  c.data.augment.scale = 0.1
-  c.optimizer.name = "adam"
-  recipe = RECIPES[args["variant"]]
-  c.optimizer.lr = recipe["lr"]
-  c.schedule.name = "cosine"
-  c.train.duration = f"{args['epochs'] or recipe['epochs']} epochs"
-  c.train.batch_size = 32
-  c.train.eval_batch_size = 128
-  c.train.log_every_steps = 44
-  c.train.eval_every = "5 epochs"
-  c.train.checkpoint_every = "10 epochs"
-  return c
+    args = parse_arg(arg, {"variant": "modern", "epochs": 0})
+    if args["variant"] not in MODELS:
+        raise ValueError(f"unknown variant '{args['variant']}' (known: {', '.join(MODELS)})")
+    c = base_config()
+    with_model(c, MODELS[args["variant"]])
+    c.data.name = "digits"
+    c.data.image_size = 32
+    c.data.augment.rotation = 10.0
+    c.data.augment.scale = 0.1
+    c.optimizer.name = "adam"
+    recipe = RECIPES[args["variant"]]
+    c.optimizer.lr = recipe["lr"]
+    c.schedule.name = "cosine"
+    c.train.duration = f"{args['epochs'] or recipe['epochs']} epochs"
+    c.train.batch_size = 32
+    c.train.eval_batch_size = 128
+    c.train.log_every_steps = 44
+    c.train.eval_every = "5 epochs"
+    c.train.checkpoint_every = "10 epochs"
+    return c

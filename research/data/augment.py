@@ -19,174 +19,176 @@ _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
-  """SplitMix64 finaliser on a uint64 array (wrapping arithmetic)."""
-  with np.errstate(over='ignore'):
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    """SplitMix64 finaliser on a uint64 array (wrapping arithmetic)."""
+    with np.errstate(over='ignore'):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
 
 
 def uniform_hash(seed: int, index: np.ndarray, num: int) -> np.ndarray:
-  """Deterministic uniforms in [0, 1), shape [len(index), num].
+    """Deterministic uniforms in [0, 1), shape [len(index), num].
 
-  Row i depends only on (seed, index[i]): a stateless, counter-based stream.
-  """
-  key = _splitmix64(np.asarray([int(seed) % 2**64], np.uint64))
-  idx = np.asarray(index).astype(np.uint64).reshape(-1, 1)
-  with np.errstate(over='ignore'):
-    h = _splitmix64(idx ^ key)
-    h = _splitmix64(h + np.arange(num, dtype=np.uint64)[None, :]
-                    * np.uint64(0xD1B54A32D192ED03))
-  return (h >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+    Row i depends only on (seed, index[i]): a stateless, counter-based stream.
+    """
+    key = _splitmix64(np.asarray([int(seed) % 2**64], np.uint64))
+    idx = np.asarray(index).astype(np.uint64).reshape(-1, 1)
+    with np.errstate(over='ignore'):
+        h = _splitmix64(idx ^ key)
+        h = _splitmix64(h + np.arange(num, dtype=np.uint64)[None, :] * np.uint64(0xD1B54A32D192ED03))
+    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
 
 
 @functools.lru_cache(maxsize=64)
 def resize_weights(in_size: int, out_size: int) -> np.ndarray:
-  """[out, in] linear-interpolation matrix (half-pixel centres).
+    """[out, in] linear-interpolation matrix (half-pixel centres).
 
-  Upsampling is plain bilinear; downsampling widens the triangle kernel
-  (antialiasing), like `jax.image.resize(..., 'linear')`.
-  """
-  scale = in_size / out_size
-  support = max(scale, 1.0)
-  centres = (np.arange(out_size) + 0.5) * scale - 0.5
-  dist = np.abs(np.arange(in_size)[None, :] - centres[:, None]) / support
-  w = np.clip(1.0 - dist, 0.0, None)
-  w /= w.sum(axis=1, keepdims=True)
-  return w.astype(np.float32)
+    Upsampling is plain bilinear; downsampling widens the triangle kernel
+    (antialiasing), like `jax.image.resize(..., 'linear')`.
+    """
+    scale = in_size / out_size
+    support = max(scale, 1.0)
+    centres = (np.arange(out_size) + 0.5) * scale - 0.5
+    dist = np.abs(np.arange(in_size)[None, :] - centres[:, None]) / support
+    w = np.clip(1.0 - dist, 0.0, None)
+    w /= w.sum(axis=1, keepdims=True)
+    return w.astype(np.float32)
 
 
 def resize(images: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Resizes [B, H, W, C] (or [H, W, C]) images; returns float32."""
-  single = images.ndim == 3
-  x = images[None] if single else images
-  x = x.astype(np.float32, copy=False)
-  _, h, w, _ = x.shape
-  if h != height:
-    x = np.einsum('oh,bhwc->bowc', resize_weights(h, height), x)
-  if w != width:
-    x = np.einsum('pw,bhwc->bhpc', resize_weights(w, width), x)
-  return x[0] if single else x
+    """Resizes [B, H, W, C] (or [H, W, C]) images; returns float32."""
+    single = images.ndim == 3
+    x = images[None] if single else images
+    x = x.astype(np.float32, copy=False)
+    _, h, w, _ = x.shape
+    if h != height:
+        x = np.einsum('oh,bhwc->bowc', resize_weights(h, height), x)
+    if w != width:
+        x = np.einsum('pw,bhwc->bhpc', resize_weights(w, width), x)
+    return x[0] if single else x
 
 
 def resize_uint8(images: np.ndarray, height: int, width: int) -> np.ndarray:
-  """`resize` rounded back to uint8 (no-op when the size already matches)."""
-  if images.shape[-3:-1] == (height, width):
-    return images
-  return np.clip(np.rint(resize(images, height, width)), 0, 255).astype(np.uint8)
+    """`resize` rounded back to uint8 (no-op when the size already matches)."""
+    if images.shape[-3:-1] == (height, width):
+        return images
+    return np.clip(np.rint(resize(images, height, width)), 0, 255).astype(np.uint8)
 
 
-def pad_crop_flip(images: np.ndarray, offset_y: np.ndarray,
-                  offset_x: np.ndarray, flip: np.ndarray,
-                  padding: int) -> np.ndarray:
-  """Zero-pads by `padding`, crops HxW at (offset_y, offset_x), flips where set.
+def pad_crop_flip(
+    images: np.ndarray, offset_y: np.ndarray, offset_x: np.ndarray, flip: np.ndarray, padding: int
+) -> np.ndarray:
+    """Zero-pads by `padding`, crops HxW at (offset_y, offset_x), flips where set.
 
-  Offsets are in [0, 2*padding]; offset == padding and no flip is identity.
-  """
-  b, h, w, _ = images.shape
-  if padding:
-    images = np.pad(images, ((0, 0), (padding, padding), (padding, padding),
-                             (0, 0)))
-  out = np.empty((b, h, w) + images.shape[3:], images.dtype)
-  for i, (oy, ox, f) in enumerate(zip(np.asarray(offset_y).tolist(),
-                                      np.asarray(offset_x).tolist(),
-                                      np.asarray(flip, bool).tolist())):
-    crop = images[i, oy:oy + h, ox:ox + w]
-    out[i] = crop[:, ::-1] if f else crop
-  return out
-
-
-def rotate_scale(images: np.ndarray, angle_deg: np.ndarray,
-                 zoom: np.ndarray) -> np.ndarray:
-  """Rotates by `angle_deg` and zooms by `zoom` about the centre (bilinear).
-
-  Positive angles turn the content counter-clockwise (like PIL's
-  `Image.rotate`); zoom > 1 enlarges the content; pixels sampled from outside
-  the image are 0. Returns float32 [B, H, W, C].
-  """
-  b, h, w, c = images.shape
-  theta = np.deg2rad(np.asarray(angle_deg, np.float32))
-  inv = np.float32(1.0) / np.asarray(zoom, np.float32)
-  cos = (np.cos(theta) * inv)[:, None, None]
-  sin = (np.sin(theta) * inv)[:, None, None]
-  cy, cx = np.float32((h - 1) / 2.0), np.float32((w - 1) / 2.0)
-  yy = (np.arange(h, dtype=np.float32) - cy)[None, :, None]
-  xx = (np.arange(w, dtype=np.float32) - cx)[None, None, :]
-  # Inverse map: output pixel -> source location.
-  src_x = cos * xx - sin * yy + cx
-  src_y = sin * xx + cos * yy + cy
-  x0f = np.floor(src_x)
-  y0f = np.floor(src_y)
-  fx = src_x - x0f
-  fy = src_y - y0f
-  # A 2-pixel zero border lets all four taps use one clipped index: any
-  # coordinate outside the image lands on the border and reads 0.
-  hp, wp = h + 4, w + 4
-  y0 = np.clip(y0f, -2, h).astype(np.int32) + 2
-  x0 = np.clip(x0f, -2, w).astype(np.int32) + 2
-  idx = (np.arange(b, dtype=np.int32) * (hp * wp))[:, None, None] + y0 * wp + x0
-  idx = idx.ravel()
-  padded = np.zeros((c, b, hp, wp), np.float32)
-  padded[:, :, 2:h + 2, 2:w + 2] = np.moveaxis(images, -1, 0)
-  padded = padded.reshape(c, -1)
-  fx, fy = fx.ravel(), fy.ravel()
-  gx = 1 - fx
-  out = np.empty((c, b * h * w), np.float32)
-  for ch in range(c):
-    plane = padded[ch]
-    top = plane.take(idx) * gx + plane.take(idx + 1) * fx
-    bottom = plane.take(idx + wp) * gx + plane.take(idx + wp + 1) * fx
-    out[ch] = top + (bottom - top) * fy
-  return np.moveaxis(out.reshape(c, b, h, w), 0, -1)
+    Offsets are in [0, 2*padding]; offset == padding and no flip is identity.
+    """
+    b, h, w, _ = images.shape
+    if padding:
+        images = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    out = np.empty((b, h, w) + images.shape[3:], images.dtype)
+    for i, (oy, ox, f) in enumerate(
+        zip(np.asarray(offset_y).tolist(), np.asarray(offset_x).tolist(), np.asarray(flip, bool).tolist())
+    ):
+        crop = images[i, oy : oy + h, ox : ox + w]
+        out[i] = crop[:, ::-1] if f else crop
+    return out
 
 
-def augment_batch(images: np.ndarray, uniforms: np.ndarray, *,
-                  crop_padding: int = 0, flip: bool = False,
-                  rotation: float = 0.0, scale: float = 0.0,
-                  brightness: float = 0.0) -> np.ndarray:
-  """Random augmentation of uint8 [B, H, W, C]; returns float32 on 0..1.
+def rotate_scale(images: np.ndarray, angle_deg: np.ndarray, zoom: np.ndarray) -> np.ndarray:
+    """Rotates by `angle_deg` and zooms by `zoom` about the centre (bilinear).
 
-  `uniforms` is [B, NUM_UNIFORMS] (see `uniform_hash`). Order: rotation/zoom,
-  pad-and-crop, horizontal flip, brightness (clipped to [0, 1]).
-  """
-  x = images
-  if rotation or scale:
-    angle = (2 * uniforms[:, _U_ROTATE] - 1) * rotation
-    zoom = 1.0 + (2 * uniforms[:, _U_SCALE] - 1) * scale
-    x = rotate_scale(x, angle, zoom)
-  if crop_padding or flip:
-    p = int(crop_padding)
-    n = 2 * p + 1
-    oy = np.minimum((uniforms[:, _U_CROP_Y] * n).astype(np.int64), n - 1)
-    ox = np.minimum((uniforms[:, _U_CROP_X] * n).astype(np.int64), n - 1)
-    do_flip = (uniforms[:, _U_FLIP] < 0.5) if flip else np.zeros(len(x), bool)
-    x = pad_crop_flip(x, oy, ox, do_flip, p)
-  x = x.astype(np.float32) * np.float32(1.0 / 255.0)
-  if brightness:
-    delta = ((2 * uniforms[:, _U_BRIGHTNESS] - 1) * brightness).astype(
-        np.float32)
-    x = np.clip(x + delta[:, None, None, None], 0.0, 1.0)
-  return x
+    Positive angles turn the content counter-clockwise (like PIL's
+    `Image.rotate`); zoom > 1 enlarges the content; pixels sampled from outside
+    the image are 0. Returns float32 [B, H, W, C].
+    """
+    b, h, w, c = images.shape
+    theta = np.deg2rad(np.asarray(angle_deg, np.float32))
+    inv = np.float32(1.0) / np.asarray(zoom, np.float32)
+    cos = (np.cos(theta) * inv)[:, None, None]
+    sin = (np.sin(theta) * inv)[:, None, None]
+    cy, cx = np.float32((h - 1) / 2.0), np.float32((w - 1) / 2.0)
+    yy = (np.arange(h, dtype=np.float32) - cy)[None, :, None]
+    xx = (np.arange(w, dtype=np.float32) - cx)[None, None, :]
+    # Inverse map: output pixel -> source location.
+    src_x = cos * xx - sin * yy + cx
+    src_y = sin * xx + cos * yy + cy
+    x0f = np.floor(src_x)
+    y0f = np.floor(src_y)
+    fx = src_x - x0f
+    fy = src_y - y0f
+    # A 2-pixel zero border lets all four taps use one clipped index: any
+    # coordinate outside the image lands on the border and reads 0.
+    hp, wp = h + 4, w + 4
+    y0 = np.clip(y0f, -2, h).astype(np.int32) + 2
+    x0 = np.clip(x0f, -2, w).astype(np.int32) + 2
+    idx = (np.arange(b, dtype=np.int32) * (hp * wp))[:, None, None] + y0 * wp + x0
+    idx = idx.ravel()
+    padded = np.zeros((c, b, hp, wp), np.float32)
+    padded[:, :, 2 : h + 2, 2 : w + 2] = np.moveaxis(images, -1, 0)
+    padded = padded.reshape(c, -1)
+    fx, fy = fx.ravel(), fy.ravel()
+    gx = 1 - fx
+    out = np.empty((c, b * h * w), np.float32)
+    for ch in range(c):
+        plane = padded[ch]
+        top = plane.take(idx) * gx + plane.take(idx + 1) * fx
+        bottom = plane.take(idx + wp) * gx + plane.take(idx + wp + 1) * fx
+        out[ch] = top + (bottom - top) * fy
+    return np.moveaxis(out.reshape(c, b, h, w), 0, -1)
+
+
+def augment_batch(
+    images: np.ndarray,
+    uniforms: np.ndarray,
+    *,
+    crop_padding: int = 0,
+    flip: bool = False,
+    rotation: float = 0.0,
+    scale: float = 0.0,
+    brightness: float = 0.0,
+) -> np.ndarray:
+    """Random augmentation of uint8 [B, H, W, C]; returns float32 on 0..1.
+
+    `uniforms` is [B, NUM_UNIFORMS] (see `uniform_hash`). Order: rotation/zoom,
+    pad-and-crop, horizontal flip, brightness (clipped to [0, 1]).
+    """
+    x = images
+    if rotation or scale:
+        angle = (2 * uniforms[:, _U_ROTATE] - 1) * rotation
+        zoom = 1.0 + (2 * uniforms[:, _U_SCALE] - 1) * scale
+        x = rotate_scale(x, angle, zoom)
+    if crop_padding or flip:
+        p = int(crop_padding)
+        n = 2 * p + 1
+        oy = np.minimum((uniforms[:, _U_CROP_Y] * n).astype(np.int64), n - 1)
+        ox = np.minimum((uniforms[:, _U_CROP_X] * n).astype(np.int64), n - 1)
+        do_flip = (uniforms[:, _U_FLIP] < 0.5) if flip else np.zeros(len(x), bool)
+        x = pad_crop_flip(x, oy, ox, do_flip, p)
+    x = x.astype(np.float32) * np.float32(1.0 / 255.0)
+    if brightness:
+        delta = ((2 * uniforms[:, _U_BRIGHTNESS] - 1) * brightness).astype(np.float32)
+        x = np.clip(x + delta[:, None, None, None], 0.0, 1.0)
+    return x
 
 
 class Normalizer:
-  """In-place (x - mean) / std over the channel axis of [B, H, W, C] float32.
+    """In-place (x - mean) / std over the channel axis of [B, H, W, C] float32.
 
-  The per-channel constants are tiled over W so numpy broadcasts over long
-  rows (broadcasting over a length-3 last axis is several times slower).
-  """
+    The per-channel constants are tiled over W so numpy broadcasts over long
+    rows (broadcasting over a length-3 last axis is several times slower).
+    """
 
-  def __init__(self, mean, std, width: int):
-    self._sub = np.tile(np.asarray(mean, np.float32), width)
-    self._mul = np.tile(1.0 / np.asarray(std, np.float32), width)
-    self._identity = not (np.any(self._sub) or np.any(self._mul != 1))
+    def __init__(self, mean, std, width: int):
+        self._sub = np.tile(np.asarray(mean, np.float32), width)
+        self._mul = np.tile(1.0 / np.asarray(std, np.float32), width)
+        self._identity = not (np.any(self._sub) or np.any(self._mul != 1))
 
-  def __call__(self, x: np.ndarray) -> np.ndarray:
-    if self._identity:
-      return x
-    b, h, w, c = x.shape
-    rows = x.reshape(b, h, w * c)
-    rows -= self._sub
-    rows *= self._mul
-    return x
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self._identity:
+            return x
+        b, h, w, c = x.shape
+        rows = x.reshape(b, h, w * c)
+        rows -= self._sub
+        rows *= self._mul
+        return x

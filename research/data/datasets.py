@@ -35,57 +35,60 @@ _LOAD_CHUNK = 2048
 
 
 def data_config_defaults() -> ml_collections.ConfigDict:
-  """Default data config.
+    """Default data config.
 
-  name: 'digits' | 'image_folder' | any TFDS name; path: folder or .tgz for
-  image_folder; data_dir: TFDS data dir ('' = $TFDS_DATA_DIR or
-  ~/tensorflow_datasets); train_split / eval_split; image_size: 0 = native,
-  N = bilinear resize to NxN; normalize: per-channel train mean/std (else
-  x/255); augment.{crop_padding, flip, rotation (deg), scale, brightness}:
-  0/False = off; shuffle_seed: -1 = run seed; num_threads: grain threads.
-  """
-  return ml_collections.ConfigDict({
-      'name': 'digits',
-      'path': '',
-      'data_dir': '',
-      'train_split': 'train',
-      'eval_split': 'test',
-      'image_size': 0,
-      'normalize': True,
-      'augment': {
-          'crop_padding': 0,
-          'flip': False,
-          'rotation': 0.0,
-          'scale': 0.0,
-          'brightness': 0.0,
-      },
-      'shuffle_seed': -1,
-      'num_threads': 0,
-  })
+    name: 'digits' | 'image_folder' | any TFDS name; path: folder or .tgz for
+    image_folder; data_dir: TFDS data dir ('' = $TFDS_DATA_DIR or
+    ~/tensorflow_datasets); train_split / eval_split; image_size: 0 = native,
+    N = bilinear resize to NxN; normalize: per-channel train mean/std (else
+    x/255); augment.{crop_padding, flip, rotation (deg), scale, brightness}:
+    0/False = off; shuffle_seed: -1 = run seed; num_threads: grain threads.
+    """
+    return ml_collections.ConfigDict(
+        {
+            'name': 'digits',
+            'path': '',
+            'data_dir': '',
+            'train_split': 'train',
+            'eval_split': 'test',
+            'image_size': 0,
+            'normalize': True,
+            'augment': {
+                'crop_padding': 0,
+                'flip': False,
+                'rotation': 0.0,
+                'scale': 0.0,
+                'brightness': 0.0,
+            },
+            'shuffle_seed': -1,
+            'num_threads': 0,
+        }
+    )
 
 
 _DEFAULTS = data_config_defaults()
 
 
 def field(cfg, name: str):
-  """`cfg.<name>` (dotted for nested), falling back to the default."""
-  value, default = cfg, _DEFAULTS
-  for part in name.split('.'):
-    default = default[part]
-    value = getattr(value, part, None) if value is not None else None
-  return default if value is None else value
+    """`cfg.<name>` (dotted for nested), falling back to the default."""
+    value, default = cfg, _DEFAULTS
+    for part in name.split('.'):
+        default = default[part]
+        value = getattr(value, part, None) if value is not None else None
+    return default if value is None else value
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  """What a model/trainer needs to know about the batches it will get."""
-  name: str
-  num_classes: int
-  image_shape: tuple[int, int, int]  # (H, W, C) of the batches yielded
-  num_examples: dict[str, int]  # per split
-  class_names: tuple[str, ...]
-  mean: tuple[float, ...]  # per channel, 0..1 scale ((0,..) if not normalize)
-  std: tuple[float, ...]  # per channel ((1,..) if not normalize)
+    """What a model/trainer needs to know about the batches it will get."""
+
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]  # (H, W, C) of the batches yielded
+    num_examples: dict[str, int]  # per split
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]  # per channel, 0..1 scale ((0,..) if not normalize)
+    std: tuple[float, ...]  # per channel ((1,..) if not normalize)
 
 
 # ---------------------------------------------------------------------------
@@ -96,10 +99,10 @@ _BUILDERS: dict[tuple, tfds.core.DatasetBuilder] = {}
 
 
 class _DropCustomConfigWarning(logging.Filter):
-  """Silences TFDS's per-construction warning about our per-path config."""
+    """Silences TFDS's per-construction warning about our per-path config."""
 
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith('Using custom data configuration')
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith('Using custom data configuration')
 
 
 logging.getLogger('absl').addFilter(_DropCustomConfigWarning())
@@ -107,103 +110,105 @@ logging.getLogger('absl').addFilter(_DropCustomConfigWarning())
 
 @contextlib.contextmanager
 def _no_progress_bars():
-  """Turns off TFDS tqdm bars while building (they flood non-tty logs)."""
-  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
-  previous = getattr(tqdm_utils, '_active', True)
-  tqdm_utils._active = False  # pylint: disable=protected-access
-  try:
-    yield
-  finally:
-    tqdm_utils._active = previous  # pylint: disable=protected-access
+    """Turns off TFDS tqdm bars while building (they flood non-tty logs)."""
+    from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
+
+    previous = getattr(tqdm_utils, '_active', True)
+    tqdm_utils._active = False  # pylint: disable=protected-access
+    try:
+        yield
+    finally:
+        tqdm_utils._active = previous  # pylint: disable=protected-access
 
 
 def _data_dir(cfg) -> str:
-  d = field(cfg, 'data_dir') or os.environ.get('TFDS_DATA_DIR') or (
-      '~/tensorflow_datasets')
-  return os.path.abspath(os.path.expanduser(d))
+    d = field(cfg, 'data_dir') or os.environ.get('TFDS_DATA_DIR') or ('~/tensorflow_datasets')
+    return os.path.abspath(os.path.expanduser(d))
 
 
 def _is_prepared(builder) -> bool:
-  return tfds.core.dataset_info.dataset_info_path(builder.data_path).exists()
+    return tfds.core.dataset_info.dataset_info_path(builder.data_path).exists()
 
 
 def _make_builder(name: str, path: str, data_dir: str):
-  if name == 'digits':
-    return Digits(data_dir=data_dir, file_format='array_record')
-  if name == 'image_folder':
-    return ImageFolder(path=path, data_dir=data_dir)
-  try:
-    return tfds.builder(name, data_dir=data_dir, file_format='array_record')
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(
-        f"unknown dataset name '{name}': not one of this project's offline "
-        f'builders {list(OFFLINE_BUILDERS)} and not a TFDS dataset') from e
+    if name == 'digits':
+        return Digits(data_dir=data_dir, file_format='array_record')
+    if name == 'image_folder':
+        return ImageFolder(path=path, data_dir=data_dir)
+    try:
+        return tfds.builder(name, data_dir=data_dir, file_format='array_record')
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise ValueError(
+            f"unknown dataset name '{name}': not one of this project's offline "
+            f'builders {list(OFFLINE_BUILDERS)} and not a TFDS dataset'
+        ) from e
 
 
 def get_builder(cfg) -> tfds.core.DatasetBuilder:
-  """The prepared builder for `cfg` (built on first use, then reused)."""
-  name = str(field(cfg, 'name'))
-  data_dir = _data_dir(cfg)
-  path = ''
-  if name == 'image_folder':
-    path = image_folder_lib.resolve_source(field(cfg, 'path'))
-  key = (name, path, data_dir)
-  with _LOCK:
-    if key in _BUILDERS:
-      return _BUILDERS[key]
-    builder = _make_builder(name, path, data_dir)
-    if not _is_prepared(builder):
-      logging.info('Preparing dataset %s in %s', name, data_dir)
-      with _no_progress_bars():
-        builder.download_and_prepare(file_format='array_record')
-      # A fresh builder reads back what was written (and frees the scan).
-      builder = _make_builder(name, path, data_dir)
-    _BUILDERS[key] = builder
-    return builder
+    """The prepared builder for `cfg` (built on first use, then reused)."""
+    name = str(field(cfg, 'name'))
+    data_dir = _data_dir(cfg)
+    path = ''
+    if name == 'image_folder':
+        path = image_folder_lib.resolve_source(field(cfg, 'path'))
+    key = (name, path, data_dir)
+    with _LOCK:
+        if key in _BUILDERS:
+            return _BUILDERS[key]
+        builder = _make_builder(name, path, data_dir)
+        if not _is_prepared(builder):
+            logging.info('Preparing dataset %s in %s', name, data_dir)
+            with _no_progress_bars():
+                builder.download_and_prepare(file_format='array_record')
+            # A fresh builder reads back what was written (and frees the scan).
+            builder = _make_builder(name, path, data_dir)
+        _BUILDERS[key] = builder
+        return builder
 
 
 def _split_names(builder) -> list[str]:
-  return sorted(builder.info.splits.keys())
+    return sorted(builder.info.splits.keys())
 
 
 def num_examples(builder, split: str) -> int:
-  """Examples in `split` (TFDS sub-split syntax such as 'train[:90%]' works)."""
-  try:
-    return int(builder.info.splits[split].num_examples)
-  except (KeyError, ValueError, TypeError, AttributeError) as e:
-    raise ValueError(
-        f"unknown split '{split}' for dataset '{builder.name}'; available "
-        f'splits: {_split_names(builder)}') from e
+    """Examples in `split` (TFDS sub-split syntax such as 'train[:90%]' works)."""
+    try:
+        return int(builder.info.splits[split].num_examples)
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise ValueError(
+            f"unknown split '{split}' for dataset '{builder.name}'; available splits: {_split_names(builder)}"
+        ) from e
 
 
 def _display_name(builder) -> str:
-  cfg = builder.builder_config
-  return f'{builder.name}/{cfg.name}' if cfg is not None else builder.name
+    cfg = builder.builder_config
+    return f'{builder.name}/{cfg.name}' if cfg is not None else builder.name
 
 
 def _native_shape(builder) -> tuple:
-  """(H, W, C) of the stored images; H/W are None for varying sizes."""
-  shape = tuple(builder.info.features['image'].shape)
-  return shape + (1,) if len(shape) == 2 else shape
+    """(H, W, C) of the stored images; H/W are None for varying sizes."""
+    shape = tuple(builder.info.features['image'].shape)
+    return shape + (1,) if len(shape) == 2 else shape
 
 
 def _channels(builder) -> int:
-  c = _native_shape(builder)[-1]
-  return int(c) if c is not None else 3
+    c = _native_shape(builder)[-1]
+    return int(c) if c is not None else 3
 
 
 def output_shape(cfg, builder=None) -> tuple[int, int, int]:
-  """(H, W, C) of the images the pipeline yields for `cfg`."""
-  builder = builder or get_builder(cfg)
-  size = int(field(cfg, 'image_size'))
-  if size:
-    return (size, size, _channels(builder))
-  shape = _native_shape(builder)
-  if any(d is None for d in shape):
-    raise ValueError(
-        f"dataset '{_display_name(builder)}' has images of varying size "
-        f'{shape}; set data.image_size to resize them to a fixed size')
-  return tuple(int(d) for d in shape)
+    """(H, W, C) of the images the pipeline yields for `cfg`."""
+    builder = builder or get_builder(cfg)
+    size = int(field(cfg, 'image_size'))
+    if size:
+        return (size, size, _channels(builder))
+    shape = _native_shape(builder)
+    if any(d is None for d in shape):
+        raise ValueError(
+            f"dataset '{_display_name(builder)}' has images of varying size "
+            f'{shape}; set data.image_size to resize them to a fixed size'
+        )
+    return tuple(int(d) for d in shape)
 
 
 # ---------------------------------------------------------------------------
@@ -211,84 +216,85 @@ def output_shape(cfg, builder=None) -> tuple[int, int, int]:
 
 
 def _as_hwc(img: np.ndarray) -> np.ndarray:
-  img = np.asarray(img)
-  if img.ndim == 2:
-    img = img[..., None]
-  if img.dtype != np.uint8:
-    img = np.clip(img, 0, 255).astype(np.uint8)
-  return img
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    return img
 
 
 class SplitData:
-  """Random access to one split: uint8 [B, H, W, C] images and int32 labels.
+    """Random access to one split: uint8 [B, H, W, C] images and int32 labels.
 
-  Images come at the pipeline size (resized if `image_size` is set). Small
-  splits are held in memory; large ones are decoded from the data source.
-  """
+    Images come at the pipeline size (resized if `image_size` is set). Small
+    splits are held in memory; large ones are decoded from the data source.
+    """
 
-  def __init__(self, builder, split: str, out_shape: tuple[int, int, int]):
-    self.split = split
-    self.shape = tuple(out_shape)
-    self._n = num_examples(builder, split)
-    self._source = builder.as_data_source(split)
-    self.images: np.ndarray | None = None
-    self.labels: np.ndarray | None = None
-    nbytes = self._n * int(np.prod(self.shape))
-    if nbytes <= MAX_IN_MEMORY_BYTES:
-      self.images, self.labels = self._read(np.arange(self._n))
+    def __init__(self, builder, split: str, out_shape: tuple[int, int, int]):
+        self.split = split
+        self.shape = tuple(out_shape)
+        self._n = num_examples(builder, split)
+        self._source = builder.as_data_source(split)
+        self.images: np.ndarray | None = None
+        self.labels: np.ndarray | None = None
+        nbytes = self._n * int(np.prod(self.shape))
+        if nbytes <= MAX_IN_MEMORY_BYTES:
+            self.images, self.labels = self._read(np.arange(self._n))
 
-  def __len__(self) -> int:
-    return self._n
+    def __len__(self) -> int:
+        return self._n
 
-  @property
-  def in_memory(self) -> bool:
-    return self.images is not None
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
 
-  def _read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    h, w, c = self.shape
-    images = np.empty((len(indices), h, w, c), np.uint8)
-    labels = np.empty((len(indices),), np.int32)
-    for start in range(0, len(indices), _LOAD_CHUNK):
-      chunk = [int(i) for i in indices[start:start + _LOAD_CHUNK]]
-      records = self._source.__getitems__(chunk)
-      imgs = [_as_hwc(r['image']) for r in records]
-      labels[start:start + len(chunk)] = [int(r['label']) for r in records]
-      if all(im.shape == imgs[0].shape for im in imgs):
-        batch = np.stack(imgs)
-        if batch.shape[-1] != c:
-          raise ValueError(f'split {self.split}: images have '
-                           f'{batch.shape[-1]} channels, expected {c}')
-        images[start:start + len(chunk)] = augment_lib.resize_uint8(batch, h, w)
-      else:
-        for j, im in enumerate(imgs):
-          images[start + j] = augment_lib.resize_uint8(im, h, w)
-    return images, labels
+    def _read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h, w, c = self.shape
+        images = np.empty((len(indices), h, w, c), np.uint8)
+        labels = np.empty((len(indices),), np.int32)
+        for start in range(0, len(indices), _LOAD_CHUNK):
+            chunk = [int(i) for i in indices[start : start + _LOAD_CHUNK]]
+            records = self._source.__getitems__(chunk)
+            imgs = [_as_hwc(r['image']) for r in records]
+            labels[start : start + len(chunk)] = [int(r['label']) for r in records]
+            if all(im.shape == imgs[0].shape for im in imgs):
+                batch = np.stack(imgs)
+                if batch.shape[-1] != c:
+                    raise ValueError(
+                        f'split {self.split}: images have {batch.shape[-1]} channels, expected {c}'
+                    )
+                images[start : start + len(chunk)] = augment_lib.resize_uint8(batch, h, w)
+            else:
+                for j, im in enumerate(imgs):
+                    images[start + j] = augment_lib.resize_uint8(im, h, w)
+        return images, labels
 
-  def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of the given example indices."""
-    indices = np.asarray(indices, np.int64)
-    if self.images is not None:
-      return self.images[indices], self.labels[indices]
-    return self._read(indices)
+    def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images and labels of the given example indices."""
+        indices = np.asarray(indices, np.int64)
+        if self.images is not None:
+            return self.images[indices], self.labels[indices]
+        return self._read(indices)
 
 
 _SPLITS: dict[tuple, SplitData] = {}
 
 
 def _cached_split(builder, split: str, shape: tuple) -> SplitData:
-  key = (str(builder.data_path), split, tuple(shape))
-  with _LOCK:
-    if key not in _SPLITS:
-      _SPLITS[key] = SplitData(builder, split, shape)
-    return _SPLITS[key]
+    key = (str(builder.data_path), split, tuple(shape))
+    with _LOCK:
+        if key not in _SPLITS:
+            _SPLITS[key] = SplitData(builder, split, shape)
+        return _SPLITS[key]
 
 
 def get_split(cfg, split: str) -> SplitData:
-  """Cached `SplitData` for `split` of the dataset in `cfg`."""
-  builder = get_builder(cfg)
-  shape = output_shape(cfg, builder)
-  num_examples(builder, split)  # validates the split name
-  return _cached_split(builder, split, shape)
+    """Cached `SplitData` for `split` of the dataset in `cfg`."""
+    builder = get_builder(cfg)
+    shape = output_shape(cfg, builder)
+    num_examples(builder, split)  # validates the split name
+    return _cached_split(builder, split, shape)
 
 
 # ---------------------------------------------------------------------------
@@ -296,73 +302,77 @@ def get_split(cfg, split: str) -> SplitData:
 
 
 def _stats_path(builder, split: str) -> str:
-  slug = ''.join(ch if ch.isalnum() else '_' for ch in split)
-  return os.path.join(os.fspath(builder.data_path), f'norm_stats_{slug}.json')
+    slug = ''.join(ch if ch.isalnum() else '_' for ch in split)
+    return os.path.join(os.fspath(builder.data_path), f'norm_stats_{slug}.json')
 
 
 def _fixed_native_shape(builder) -> tuple | None:
-  shape = _native_shape(builder)
-  return None if any(d is None for d in shape) else tuple(int(d) for d in shape)
+    shape = _native_shape(builder)
+    return None if any(d is None for d in shape) else tuple(int(d) for d in shape)
 
 
 def _compute_stats(builder, split: str) -> dict:
-  """Per-channel mean/std (0..1 scale) of the native-size images of `split`."""
-  n = num_examples(builder, split)
-  shape = _fixed_native_shape(builder)
-  if shape is not None and n * int(np.prod(shape)) <= MAX_IN_MEMORY_BYTES:
-    # Small split: load it (cached for the pipeline) and reduce in chunks.
-    images = _cached_split(builder, split, shape).images
-    chunks = (images[i:i + _LOAD_CHUNK] for i in range(0, n, _LOAD_CHUNK))
-    used = n
-  else:  # Large split: an evenly strided sample, decoded one by one.
-    source = builder.as_data_source(split)
-    idx = np.linspace(0, n - 1, min(n, MAX_STATS_EXAMPLES_LAZY)).astype(int)
-    used = len(idx)
+    """Per-channel mean/std (0..1 scale) of the native-size images of `split`."""
+    n = num_examples(builder, split)
+    shape = _fixed_native_shape(builder)
+    if shape is not None and n * int(np.prod(shape)) <= MAX_IN_MEMORY_BYTES:
+        # Small split: load it (cached for the pipeline) and reduce in chunks.
+        images = _cached_split(builder, split, shape).images
+        chunks = (images[i : i + _LOAD_CHUNK] for i in range(0, n, _LOAD_CHUNK))
+        used = n
+    else:  # Large split: an evenly strided sample, decoded one by one.
+        source = builder.as_data_source(split)
+        idx = np.linspace(0, n - 1, min(n, MAX_STATS_EXAMPLES_LAZY)).astype(int)
+        used = len(idx)
 
-    def _lazy_chunks():
-      for i in range(0, used, _LOAD_CHUNK):
-        for r in source.__getitems__([int(j) for j in idx[i:i + _LOAD_CHUNK]]):
-          yield _as_hwc(r['image'])[None]
+        def _lazy_chunks():
+            for i in range(0, used, _LOAD_CHUNK):
+                for r in source.__getitems__([int(j) for j in idx[i : i + _LOAD_CHUNK]]):
+                    yield _as_hwc(r['image'])[None]
 
-    chunks = _lazy_chunks()
-  total = total_sq = 0.0
-  count = 0
-  for chunk in chunks:
-    flat = chunk.reshape(-1, chunk.shape[-1]).astype(np.float64)
-    total = total + flat.sum(0)
-    total_sq = total_sq + np.square(flat).sum(0)
-    count += flat.shape[0]
-  mean = np.asarray(total) / count
-  std = np.sqrt(np.maximum(np.asarray(total_sq) / count - mean**2, 0.0))
-  return {'mean': (mean / 255.0).tolist(), 'std': (std / 255.0).tolist(),
-          'num_examples_used': int(used), 'num_pixels': int(count)}
+        chunks = _lazy_chunks()
+    total = total_sq = 0.0
+    count = 0
+    for chunk in chunks:
+        flat = chunk.reshape(-1, chunk.shape[-1]).astype(np.float64)
+        total = total + flat.sum(0)
+        total_sq = total_sq + np.square(flat).sum(0)
+        count += flat.shape[0]
+    mean = np.asarray(total) / count
+    std = np.sqrt(np.maximum(np.asarray(total_sq) / count - mean**2, 0.0))
+    return {
+        'mean': (mean / 255.0).tolist(),
+        'std': (std / 255.0).tolist(),
+        'num_examples_used': int(used),
+        'num_pixels': int(count),
+    }
 
 
 def norm_stats(cfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """Per-channel mean/std (0..1 scale) of the train split at native size.
+    """Per-channel mean/std (0..1 scale) of the train split at native size.
 
-  Computed once and cached as json next to the prepared dataset (splits too
-  big for memory use an evenly strided sample of the examples).
-  """
-  builder = get_builder(cfg)
-  split = str(field(cfg, 'train_split'))
-  num_examples(builder, split)  # validates the split name
-  path = _stats_path(builder, split)
-  with _LOCK:
-    if os.path.exists(path):
-      with open(path) as f:
-        stats = json.load(f)
-    else:
-      stats = _compute_stats(builder, split)
-      tmp = f'{path}.tmp.{os.getpid()}'
-      try:
-        with open(tmp, 'w') as f:
-          json.dump(stats, f, indent=1)
-        os.replace(tmp, path)
-      except OSError as e:  # read-only data_dir: keep the values anyway
-        logging.warning('could not cache normalisation stats at %s: %s', path, e)
-  std = tuple(max(float(s), 1e-6) for s in stats['std'])
-  return tuple(float(m) for m in stats['mean']), std
+    Computed once and cached as json next to the prepared dataset (splits too
+    big for memory use an evenly strided sample of the examples).
+    """
+    builder = get_builder(cfg)
+    split = str(field(cfg, 'train_split'))
+    num_examples(builder, split)  # validates the split name
+    path = _stats_path(builder, split)
+    with _LOCK:
+        if os.path.exists(path):
+            with open(path) as f:
+                stats = json.load(f)
+        else:
+            stats = _compute_stats(builder, split)
+            tmp = f'{path}.tmp.{os.getpid()}'
+            try:
+                with open(tmp, 'w') as f:
+                    json.dump(stats, f, indent=1)
+                os.replace(tmp, path)
+            except OSError as e:  # read-only data_dir: keep the values anyway
+                logging.warning('could not cache normalisation stats at %s: %s', path, e)
+    std = tuple(max(float(s), 1e-6) for s in stats['std'])
+    return tuple(float(m) for m in stats['mean']), std
 
 
 # ---------------------------------------------------------------------------
@@ -370,23 +380,23 @@ def norm_stats(cfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def get_dataset_info(cfg) -> DatasetInfo:
-  """Info for `cfg` (prepares the dataset if needed; idempotent)."""
-  builder = get_builder(cfg)
-  shape = output_shape(cfg, builder)
-  label = builder.info.features['label']
-  counts = {s: int(v.num_examples) for s, v in builder.info.splits.items()}
-  for split in (field(cfg, 'train_split'), field(cfg, 'eval_split')):
-    counts[str(split)] = num_examples(builder, str(split))
-  if field(cfg, 'normalize'):
-    mean, std = norm_stats(cfg)
-  else:
-    mean, std = (0.0,) * shape[-1], (1.0,) * shape[-1]
-  return DatasetInfo(
-      name=_display_name(builder),
-      num_classes=int(label.num_classes),
-      image_shape=shape,
-      num_examples=counts,
-      class_names=tuple(str(n) for n in label.names),
-      mean=tuple(float(m) for m in mean),
-      std=tuple(float(s) for s in std),
-  )
+    """Info for `cfg` (prepares the dataset if needed; idempotent)."""
+    builder = get_builder(cfg)
+    shape = output_shape(cfg, builder)
+    label = builder.info.features['label']
+    counts = {s: int(v.num_examples) for s, v in builder.info.splits.items()}
+    for split in (field(cfg, 'train_split'), field(cfg, 'eval_split')):
+        counts[str(split)] = num_examples(builder, str(split))
+    if field(cfg, 'normalize'):
+        mean, std = norm_stats(cfg)
+    else:
+        mean, std = (0.0,) * shape[-1], (1.0,) * shape[-1]
+    return DatasetInfo(
+        name=_display_name(builder),
+        num_classes=int(label.num_classes),
+        image_shape=shape,
+        num_examples=counts,
+        class_names=tuple(str(n) for n in label.names),
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+    )

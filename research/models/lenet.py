@@ -23,9 +23,21 @@ INPUT_SIZE = 32
 
 #: Table I: the S2 feature maps combined by each C3 feature map (row = C3 map).
 C3_CONNECTIONS: tuple[tuple[int, ...], ...] = (
-    (0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5), (4, 5, 0), (5, 0, 1),
-    (0, 1, 2, 3), (1, 2, 3, 4), (2, 3, 4, 5), (3, 4, 5, 0), (4, 5, 0, 1), (5, 0, 1, 2),
-    (0, 1, 3, 4), (1, 2, 4, 5), (0, 2, 3, 5),
+    (0, 1, 2),
+    (1, 2, 3),
+    (2, 3, 4),
+    (3, 4, 5),
+    (4, 5, 0),
+    (5, 0, 1),
+    (0, 1, 2, 3),
+    (1, 2, 3, 4),
+    (2, 3, 4, 5),
+    (3, 4, 5, 0),
+    (4, 5, 0, 1),
+    (5, 0, 1, 2),
+    (0, 1, 3, 4),
+    (1, 2, 4, 5),
+    (0, 2, 3, 5),
     (0, 1, 2, 3, 4, 5),
 )
 
@@ -122,8 +134,10 @@ class PartialConv(nn.Module):
             if self.paper_init:
                 init = lecun98_uniform(fan_in)
             else:  # LeCun normal with each output map's true fan-in.
+
                 def init(key, shape, dtype=jnp.float32):
                     return jax.random.normal(key, shape, dtype) * jnp.asarray(1.0 / np.sqrt(fan_in), dtype)
+
             packed = self.param('kernel', init, (kh, kw, len(in_idx)))
             kernel = jnp.zeros((kh, kw, cin, self.features), packed.dtype)
             kernel = kernel.at[:, :, in_idx, out_idx].set(packed)

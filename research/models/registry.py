@@ -21,7 +21,9 @@ def _module_class(constructor) -> type[nn.Module]:
     while isinstance(f, functools.partial):
         f = f.func
     if not (isinstance(f, type) and issubclass(f, nn.Module)):
-        raise TypeError(f'model constructor must be a flax.linen.Module class or a functools.partial of one; got {constructor!r}')
+        raise TypeError(
+            f'model constructor must be a flax.linen.Module class or a functools.partial of one; got {constructor!r}'
+        )
     return f
 
 
@@ -92,7 +94,8 @@ def create(name: str, **kwargs) -> nn.Module:
         )
     given = {**_bound_kwargs(constructor), **kwargs}
     missing = [
-        n for n, f in fields.items()
+        n
+        for n, f in fields.items()
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in given
     ]
     if missing:

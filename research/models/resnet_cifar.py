@@ -138,8 +138,14 @@ class CifarResNet(nn.Module):
         act = resolve_activation(self.activation)
         x = jnp.asarray(x, self.dtype)
         feats = {}
-        x = self.conv(self.width, (3, 3), padding=((1, 1), (1, 1)), use_bias=norm is None,
-                      dtype=self.dtype, name='stem_conv')(x)
+        x = self.conv(
+            self.width,
+            (3, 3),
+            padding=((1, 1), (1, 1)),
+            use_bias=norm is None,
+            dtype=self.dtype,
+            name='stem_conv',
+        )(x)
         if norm is not None:
             x = norm(name='stem_bn')(x)
         x = feats['stem'] = act(x)

@@ -14,7 +14,11 @@ def _size(leaf) -> int:
 
 
 def _select(variables_or_params: Mapping[str, Any], collection: str | None):
-    if collection is not None and isinstance(variables_or_params, Mapping) and collection in variables_or_params:
+    if (
+        collection is not None
+        and isinstance(variables_or_params, Mapping)
+        and collection in variables_or_params
+    ):
         return variables_or_params[collection]
     return variables_or_params
 
@@ -26,7 +30,9 @@ def count_params(variables_or_params: Mapping[str, Any], collection: str | None 
     return sum(_size(l) for l in jax.tree_util.tree_leaves(tree))
 
 
-def param_counts_by_layer(variables_or_params: Mapping[str, Any], collection: str | None = 'params', depth: int = 1) -> dict[str, int]:
+def param_counts_by_layer(
+    variables_or_params: Mapping[str, Any], collection: str | None = 'params', depth: int = 1
+) -> dict[str, int]:
     """Counts per module path, truncated to ``depth`` levels ('stage1_block1', 'C3', ...)."""
     tree = _select(variables_or_params, collection)
     counts: dict[str, int] = {}

@@ -9,6 +9,7 @@ same ``workdir`` continues from the newest one to the same result as an
 uninterrupted run. A non-finite loss stops the run with :class:`NonFiniteLossError`
 before any checkpoint of the bad state is written.
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,285 +35,345 @@ from research.train.state import TrainState, create_train_state, eval_step, trai
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The loss became NaN/inf; the run stopped and the last good checkpoint was kept."""
+    """The loss became NaN/inf; the run stopped and the last good checkpoint was kept."""
 
 
 def model_kwargs(config: ConfigDict) -> dict[str, Any]:
-  return {k: v for k, v in to_dict(config.model).items() if k != "name"}
+    return {k: v for k, v in to_dict(config.model).items() if k != "name"}
 
 
 def build_model(config: ConfigDict, num_classes: int):
-  """The registered model ``config.model.name`` with the other ``config.model`` keys as arguments."""
-  kwargs = model_kwargs(config)
-  kwargs.setdefault("num_classes", num_classes)
-  return models.create(config.model.name, **kwargs)
+    """The registered model ``config.model.name`` with the other ``config.model`` keys as arguments."""
+    kwargs = model_kwargs(config)
+    kwargs.setdefault("num_classes", num_classes)
+    return models.create(config.model.name, **kwargs)
 
 
 def count_params(tree: Any) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
 class Trainer:
-  """Holds what a run resolves once (data, model, mesh, compiled steps); see :func:`train_and_evaluate`."""
+    """Holds what a run resolves once (data, model, mesh, compiled steps); see :func:`train_and_evaluate`."""
 
-  def __init__(self, config: ConfigDict, workdir: str | Path, *, show_progress: bool = True):
-    validate_config(config)
-    self.config = config
-    self.workdir = Path(workdir)
-    self.is_main = jax.process_index() == 0
-    tc = config.train
-    self.info = data_lib.get_dataset_info(config.data)
-    self.model = build_model(config, self.info.num_classes)
-    self.mesh = mesh_lib.make_mesh()
-    self.batch_size = tc.batch_size
-    self.eval_batch_size = tc.eval_batch_size or tc.batch_size
-    mesh_lib.check_batch_size(self.batch_size, self.mesh)
-    mesh_lib.check_batch_size(self.eval_batch_size, self.mesh, name="train.eval_batch_size")
-    self.steps_per_epoch = data_lib.steps_per_epoch(config.data, self.batch_size)
-    if self.steps_per_epoch < 1:
-      raise ValueError(f"train.batch_size={self.batch_size} is larger than the train split "
-                       f"({self.info.num_examples.get(config.data.train_split)} examples)")
-    spe = self.steps_per_epoch
-    self.total_steps = parse_duration(tc.duration, spe, name="train.duration")
-    self.eval_every = parse_duration(tc.eval_every or 0, spe, name="train.eval_every")
-    self.ckpt_every = parse_duration(tc.checkpoint_every or 0, spe, name="train.checkpoint_every")
-    self.schedule = make_schedule(config.schedule, config.optimizer.lr, self.total_steps, spe)
-    self.tx = make_optimizer(config.optimizer, self.schedule)
-    self.show_progress = show_progress and self.is_main
+    def __init__(self, config: ConfigDict, workdir: str | Path, *, show_progress: bool = True):
+        validate_config(config)
+        self.config = config
+        self.workdir = Path(workdir)
+        self.is_main = jax.process_index() == 0
+        tc = config.train
+        self.info = data_lib.get_dataset_info(config.data)
+        self.model = build_model(config, self.info.num_classes)
+        self.mesh = mesh_lib.make_mesh()
+        self.batch_size = tc.batch_size
+        self.eval_batch_size = tc.eval_batch_size or tc.batch_size
+        mesh_lib.check_batch_size(self.batch_size, self.mesh)
+        mesh_lib.check_batch_size(self.eval_batch_size, self.mesh, name="train.eval_batch_size")
+        self.steps_per_epoch = data_lib.steps_per_epoch(config.data, self.batch_size)
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"train.batch_size={self.batch_size} is larger than the train split "
+                f"({self.info.num_examples.get(config.data.train_split)} examples)"
+            )
+        spe = self.steps_per_epoch
+        self.total_steps = parse_duration(tc.duration, spe, name="train.duration")
+        self.eval_every = parse_duration(tc.eval_every or 0, spe, name="train.eval_every")
+        self.ckpt_every = parse_duration(tc.checkpoint_every or 0, spe, name="train.checkpoint_every")
+        self.schedule = make_schedule(config.schedule, config.optimizer.lr, self.total_steps, spe)
+        self.tx = make_optimizer(config.optimizer, self.schedule)
+        self.show_progress = show_progress and self.is_main
 
-    repl = mesh_lib.replicated(self.mesh)
-    sample = jnp.zeros((1, *self.info.image_shape), jnp.float32)
-    init = functools.partial(create_train_state, self.model, self.tx, sample_input=sample)
-    abstract = jax.eval_shape(init, jax.random.key_data(jax.random.key(0)))
-    self.state_sharding = jax.tree.map(lambda _: repl, abstract)
-    self._init = jax.jit(init, out_shardings=self.state_sharding)
-    self.num_params = count_params(abstract.params)
-    self._train_step = jax.jit(
-        functools.partial(train_step, label_smoothing=tc.label_smoothing),
-        in_shardings=(self.state_sharding, mesh_lib.batch_sharding(self.mesh)),
-        out_shardings=(self.state_sharding, repl), donate_argnums=(0,))
-    self._eval_step = jax.jit(eval_step, in_shardings=(self.state_sharding, mesh_lib.batch_sharding(self.mesh)),
-                              out_shardings=repl)
+        repl = mesh_lib.replicated(self.mesh)
+        sample = jnp.zeros((1, *self.info.image_shape), jnp.float32)
+        init = functools.partial(create_train_state, self.model, self.tx, sample_input=sample)
+        abstract = jax.eval_shape(init, jax.random.key_data(jax.random.key(0)))
+        self.state_sharding = jax.tree.map(lambda _: repl, abstract)
+        self._init = jax.jit(init, out_shardings=self.state_sharding)
+        self.num_params = count_params(abstract.params)
+        self._train_step = jax.jit(
+            functools.partial(train_step, label_smoothing=tc.label_smoothing),
+            in_shardings=(self.state_sharding, mesh_lib.batch_sharding(self.mesh)),
+            out_shardings=(self.state_sharding, repl),
+            donate_argnums=(0,),
+        )
+        self._eval_step = jax.jit(
+            eval_step,
+            in_shardings=(self.state_sharding, mesh_lib.batch_sharding(self.mesh)),
+            out_shardings=repl,
+        )
 
-  # -- state -----------------------------------------------------------------------------------
-  def init_state(self) -> TrainState:
-    rng = jax.random.key_data(jax.random.key(self.config.seed))
-    return self._init(rng)
+    # -- state -----------------------------------------------------------------------------------
+    def init_state(self) -> TrainState:
+        rng = jax.random.key_data(jax.random.key(self.config.seed))
+        return self._init(rng)
 
-  def epoch(self, step: int) -> float:
-    return step / self.steps_per_epoch
+    def epoch(self, step: int) -> float:
+        return step / self.steps_per_epoch
 
-  # -- evaluation ------------------------------------------------------------------------------
-  def evaluate(self, state: TrainState, split: str | None = None) -> dict[str, float]:
-    """Exact metrics over the whole split (padded final batch masked out)."""
-    split = split or self.config.data.eval_split
-    it = data_lib.make_eval_iterator(self.config.data, split, global_batch_size=self.eval_batch_size,
-                                     process_index=jax.process_index(), process_count=jax.process_count())
-    sharding = mesh_lib.batch_sharding(self.mesh)
-    totals = None
-    for batch in it:
-      out = self._eval_step(state, mesh_lib.to_global(batch, sharding))
-      totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-    totals = jax.device_get(totals)
-    n = float(totals["count"])
-    expected = self.info.num_examples.get(split)
-    if expected is not None and int(n) != expected:
-      raise RuntimeError(f"evaluation on '{split}' counted {int(n)} examples, the split has {expected}")
-    return {"loss": float(totals["loss"]) / n, "top1": float(totals["top1"]) / n,
-            "top5": float(totals["top5"]) / n, "count": int(n)}
+    # -- evaluation ------------------------------------------------------------------------------
+    def evaluate(self, state: TrainState, split: str | None = None) -> dict[str, float]:
+        """Exact metrics over the whole split (padded final batch masked out)."""
+        split = split or self.config.data.eval_split
+        it = data_lib.make_eval_iterator(
+            self.config.data,
+            split,
+            global_batch_size=self.eval_batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        sharding = mesh_lib.batch_sharding(self.mesh)
+        totals = None
+        for batch in it:
+            out = self._eval_step(state, mesh_lib.to_global(batch, sharding))
+            totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+        totals = jax.device_get(totals)
+        n = float(totals["count"])
+        expected = self.info.num_examples.get(split)
+        if expected is not None and int(n) != expected:
+            raise RuntimeError(f"evaluation on '{split}' counted {int(n)} examples, the split has {expected}")
+        return {
+            "loss": float(totals["loss"]) / n,
+            "top1": float(totals["top1"]) / n,
+            "top5": float(totals["top5"]) / n,
+            "count": int(n),
+        }
 
 
 def _check_finite(step: int, metrics: dict[str, Any], trainer: Trainer, ckpt: ckpt_lib.Checkpointer) -> None:
-  loss = float(metrics["loss"])
-  if not math.isfinite(loss):
-    ckpt.wait()
-    last = ckpt.latest_step()
-    where = f"the last good checkpoint is step {last} in {ckpt.directory}" if last is not None else \
-        "no checkpoint had been written yet"
-    raise NonFiniteLossError(
-        f"loss is {loss} at step {step} (epoch {trainer.epoch(step):.2f}); stopping. {where}. "
-        f"Try a lower optimizer.lr (now {trainer.config.optimizer.lr}) or a warm-up.")
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+        ckpt.wait()
+        last = ckpt.latest_step()
+        where = (
+            f"the last good checkpoint is step {last} in {ckpt.directory}"
+            if last is not None
+            else "no checkpoint had been written yet"
+        )
+        raise NonFiniteLossError(
+            f"loss is {loss} at step {step} (epoch {trainer.epoch(step):.2f}); stopping. {where}. "
+            f"Try a lower optimizer.lr (now {trainer.config.optimizer.lr}) or a warm-up."
+        )
 
 
 def _check_same_run(workdir: Path, config: ConfigDict) -> None:
-  saved = workdir / "config.json"
-  if not saved.exists():
-    return
-  old = json.loads(saved.read_text())
-  new = to_dict(config)
-  for section, keys in (("model", None), ("data", ("name", "path", "image_size"))):
-    a, b = old.get(section, {}), new.get(section, {})
-    if keys is not None:
-      a, b = {k: a.get(k) for k in keys}, {k: b.get(k) for k in keys}
-    if a != b:
-      diff = {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
-      raise ValueError(f"workdir {workdir} holds a run of a different {section} config "
-                       f"(saved vs now: {diff}); use another --workdir to start a new run")
+    saved = workdir / "config.json"
+    if not saved.exists():
+        return
+    old = json.loads(saved.read_text())
+    new = to_dict(config)
+    for section, keys in (("model", None), ("data", ("name", "path", "image_size"))):
+        a, b = old.get(section, {}), new.get(section, {})
+        if keys is not None:
+            a, b = {k: a.get(k) for k in keys}, {k: b.get(k) for k in keys}
+        if a != b:
+            diff = {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
+            raise ValueError(
+                f"workdir {workdir} holds a run of a different {section} config "
+                f"(saved vs now: {diff}); use another --workdir to start a new run"
+            )
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str | Path, *, stop_after_steps: int | None = None,
-                       show_progress: bool = True) -> dict[str, Any]:
-  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints) and returns the summary.
+def train_and_evaluate(
+    config: ConfigDict,
+    workdir: str | Path,
+    *,
+    stop_after_steps: int | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints) and returns the summary.
 
-  ``stop_after_steps`` stops (with a checkpoint) once that step is reached, as a
-  preemption would; relaunching continues the run.
-  """
-  workdir = Path(workdir)
-  wall0 = time.perf_counter()
-  trainer = Trainer(config, workdir, show_progress=show_progress)
-  tc = config.train
-  if trainer.is_main:
-    workdir.mkdir(parents=True, exist_ok=True)
-  ckpt = ckpt_lib.Checkpointer(workdir, keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
-  state = trainer.init_state()
-  train_it = data_lib.make_train_iterator(config.data, seed=config.seed, global_batch_size=trainer.batch_size,
-                                          process_index=jax.process_index(),
-                                          process_count=jax.process_count())
-  start = ckpt.latest_step()
-  log = print if trainer.is_main else (lambda *a, **k: None)
-  if start is not None:
-    _check_same_run(workdir, config)
-    arrays, data_state, _ = ckpt.restore(start, ckpt_lib.abstract_like(state.arrays()))
-    state = state.replace_arrays(arrays)
-    train_it.set_state(ckpt_lib.from_jsonable(data_state))
-    log(f"resumed from {ckpt.directory / str(start)} (step {start}, epoch {trainer.epoch(start):.2f})")
-  start = start or 0
-  if trainer.is_main:
-    resolved = to_dict(config)
-    resolved["_resolved"] = dict(steps_per_epoch=trainer.steps_per_epoch, total_steps=trainer.total_steps,
-                                 num_params=trainer.num_params, devices=jax.device_count(),
-                                 processes=jax.process_count(), dataset=trainer.info.name,
-                                 num_classes=trainer.info.num_classes,
-                                 image_shape=list(trainer.info.image_shape))
-    (workdir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
-  log(f"model {config.model.name}: {trainer.num_params:,} params | data {trainer.info.name} "
-      f"{trainer.info.num_examples} | {trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps | "
-      f"{jax.device_count()} {jax.devices()[0].platform} device(s) | workdir {workdir}")
+    ``stop_after_steps`` stops (with a checkpoint) once that step is reached, as a
+    preemption would; relaunching continues the run.
+    """
+    workdir = Path(workdir)
+    wall0 = time.perf_counter()
+    trainer = Trainer(config, workdir, show_progress=show_progress)
+    tc = config.train
+    if trainer.is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+    ckpt = ckpt_lib.Checkpointer(workdir, keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
+    state = trainer.init_state()
+    train_it = data_lib.make_train_iterator(
+        config.data,
+        seed=config.seed,
+        global_batch_size=trainer.batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    start = ckpt.latest_step()
+    log = print if trainer.is_main else (lambda *a, **k: None)
+    if start is not None:
+        _check_same_run(workdir, config)
+        arrays, data_state, _ = ckpt.restore(start, ckpt_lib.abstract_like(state.arrays()))
+        state = state.replace_arrays(arrays)
+        train_it.set_state(ckpt_lib.from_jsonable(data_state))
+        log(f"resumed from {ckpt.directory / str(start)} (step {start}, epoch {trainer.epoch(start):.2f})")
+    start = start or 0
+    if trainer.is_main:
+        resolved = to_dict(config)
+        resolved["_resolved"] = dict(
+            steps_per_epoch=trainer.steps_per_epoch,
+            total_steps=trainer.total_steps,
+            num_params=trainer.num_params,
+            devices=jax.device_count(),
+            processes=jax.process_count(),
+            dataset=trainer.info.name,
+            num_classes=trainer.info.num_classes,
+            image_shape=list(trainer.info.image_shape),
+        )
+        (workdir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
+    log(
+        f"model {config.model.name}: {trainer.num_params:,} params | data {trainer.info.name} "
+        f"{trainer.info.num_examples} | {trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps | "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s) | workdir {workdir}"
+    )
 
-  writer = MetricWriter(workdir, enabled=trainer.is_main, resume_step=start)
-  progress = Progress(trainer.total_steps, start, trainer.batch_size, enabled=trainer.show_progress)
-  sharding = mesh_lib.batch_sharding(trainer.mesh)
-  history: list[dict[str, Any]] = []
-  step = start
-  pending: tuple[int, Any] | None = None
-  window: dict[str, float] = {}
-  window_n, untimed, window_t0, train_time, train_steps = 0, 0, time.perf_counter(), 0.0, 0
-  compiled = False
-  last_saved = start if start else None
-  stop_at = trainer.total_steps if stop_after_steps is None else min(stop_after_steps, trainer.total_steps)
+    writer = MetricWriter(workdir, enabled=trainer.is_main, resume_step=start)
+    progress = Progress(trainer.total_steps, start, trainer.batch_size, enabled=trainer.show_progress)
+    sharding = mesh_lib.batch_sharding(trainer.mesh)
+    history: list[dict[str, Any]] = []
+    step = start
+    pending: tuple[int, Any] | None = None
+    window: dict[str, float] = {}
+    window_n, untimed, window_t0, train_time, train_steps = 0, 0, time.perf_counter(), 0.0, 0
+    compiled = False
+    last_saved = start if start else None
+    stop_at = trainer.total_steps if stop_after_steps is None else min(stop_after_steps, trainer.total_steps)
 
-  def drain() -> None:
-    nonlocal pending, window_n
-    if pending is None:
-      return
-    s, m = pending
-    pending = None
-    m = jax.device_get(m)
-    _check_finite(s, m, trainer, ckpt)
-    for k, v in m.items():
-      window[k] = window.get(k, 0.0) + float(v)
-    window_n += 1
+    def drain() -> None:
+        nonlocal pending, window_n
+        if pending is None:
+            return
+        s, m = pending
+        pending = None
+        m = jax.device_get(m)
+        _check_finite(s, m, trainer, ckpt)
+        for k, v in m.items():
+            window[k] = window.get(k, 0.0) + float(v)
+        window_n += 1
 
-  def save(s: int) -> None:
-    nonlocal last_saved
-    drain()
-    ckpt.save(s, state.arrays(), train_it.get_state(),
-              {"step": s, "epoch": trainer.epoch(s), "model": config.model.name})
-    last_saved = s
-
-  try:
-    while step < stop_at:
-      batch = mesh_lib.to_global(next(train_it), sharding)
-      state, metrics = trainer._train_step(state, batch)
-      step += 1
-      drain()  # the previous step's metrics, while this one runs
-      pending = (step, metrics)
-      if not compiled:  # the first step compiles: keep its metrics, not its time
+    def save(s: int) -> None:
+        nonlocal last_saved
         drain()
-        compiled = True
-        untimed, window_t0 = window_n, time.perf_counter()
-        progress.reset_clock(step)
-      if step % tc.log_every_steps == 0 or step == stop_at:
+        ckpt.save(
+            s,
+            state.arrays(),
+            train_it.get_state(),
+            {"step": s, "epoch": trainer.epoch(s), "model": config.model.name},
+        )
+        last_saved = s
+
+    try:
+        while step < stop_at:
+            batch = mesh_lib.to_global(next(train_it), sharding)
+            state, metrics = trainer._train_step(state, batch)
+            step += 1
+            drain()  # the previous step's metrics, while this one runs
+            pending = (step, metrics)
+            if not compiled:  # the first step compiles: keep its metrics, not its time
+                drain()
+                compiled = True
+                untimed, window_t0 = window_n, time.perf_counter()
+                progress.reset_clock(step)
+            if step % tc.log_every_steps == 0 or step == stop_at:
+                drain()
+                dt = time.perf_counter() - window_t0
+                timed = window_n - untimed
+                train_time += dt
+                train_steps += timed
+                row = {k: v / max(window_n, 1) for k, v in window.items()}
+                row.update(
+                    epoch=trainer.epoch(step),
+                    lr=float(trainer.schedule(step - 1)),
+                    images_per_sec=timed * trainer.batch_size / dt if dt > 0 and timed else float("nan"),
+                )
+                writer.write("train", step, row)
+                progress.update(step, {"loss": row["loss"], "top1": row["top1"], "lr": row["lr"]})
+                window, window_n, untimed, window_t0 = {}, 0, 0, time.perf_counter()
+            if trainer.eval_every and step % trainer.eval_every == 0 and step != trainer.total_steps:
+                drain()
+                res = trainer.evaluate(state)
+                res["epoch"] = trainer.epoch(step)
+                writer.write(config.data.eval_split, step, res)
+                history.append({"step": step, **res})
+                progress.message(
+                    f"eval @ step {step} (epoch {res['epoch']:.2f}): loss {res['loss']:.4f} "
+                    f"top1 {100 * res['top1']:.2f}% top5 {100 * res['top5']:.2f}%"
+                )
+                train_time += time.perf_counter() - window_t0  # close the timed part of the window
+                train_steps += window_n - untimed
+                untimed, window_t0 = window_n, time.perf_counter()
+                progress.reset_clock(step)
+            if trainer.ckpt_every and step % trainer.ckpt_every == 0 and step != stop_at:
+                save(step)
         drain()
-        dt = time.perf_counter() - window_t0
-        timed = window_n - untimed
-        train_time += dt
-        train_steps += timed
-        row = {k: v / max(window_n, 1) for k, v in window.items()}
-        row.update(epoch=trainer.epoch(step), lr=float(trainer.schedule(step - 1)),
-                   images_per_sec=timed * trainer.batch_size / dt if dt > 0 and timed else float("nan"))
-        writer.write("train", step, row)
-        progress.update(step, {"loss": row["loss"], "top1": row["top1"], "lr": row["lr"]})
-        window, window_n, untimed, window_t0 = {}, 0, 0, time.perf_counter()
-      if trainer.eval_every and step % trainer.eval_every == 0 and step != trainer.total_steps:
-        drain()
+        if last_saved != step:
+            save(step)
+    except KeyboardInterrupt:
+        progress.close()
+        if pending is not None or last_saved != step:
+            try:
+                save(step)
+                log(f"interrupted at step {step}: checkpoint saved; relaunch the same command to resume")
+            except NonFiniteLossError:
+                pass
+        ckpt.close()
+        raise
+    except BaseException:
+        progress.close()
+        ckpt.close()
+        writer.close()
+        raise
+    progress.close()
+    ckpt.close()
+
+    summary: dict[str, Any] = {
+        "model": config.model.name,
+        "dataset": trainer.info.name,
+        "num_params": trainer.num_params,
+        "step": step,
+        "total_steps": trainer.total_steps,
+        "epoch": trainer.epoch(step),
+        "complete": step >= trainer.total_steps,
+        "devices": jax.device_count(),
+        "platform": jax.devices()[0].platform,
+        "jax": jax.__version__,
+        "images_per_sec": train_steps * trainer.batch_size / train_time if train_time > 0 else None,
+        "wall_time_s": time.perf_counter() - wall0,
+        "workdir": str(workdir),
+    }
+    if step >= trainer.total_steps:
         res = trainer.evaluate(state)
         res["epoch"] = trainer.epoch(step)
         writer.write(config.data.eval_split, step, res)
         history.append({"step": step, **res})
-        progress.message(f"eval @ step {step} (epoch {res['epoch']:.2f}): loss {res['loss']:.4f} "
-                         f"top1 {100 * res['top1']:.2f}% top5 {100 * res['top5']:.2f}%")
-        train_time += time.perf_counter() - window_t0  # close the timed part of the window
-        train_steps += window_n - untimed
-        untimed, window_t0 = window_n, time.perf_counter()
-        progress.reset_clock(step)
-      if trainer.ckpt_every and step % trainer.ckpt_every == 0 and step != stop_at:
-        save(step)
-    drain()
-    if last_saved != step:
-      save(step)
-  except KeyboardInterrupt:
-    progress.close()
-    if pending is not None or last_saved != step:
-      try:
-        save(step)
-        log(f"interrupted at step {step}: checkpoint saved; relaunch the same command to resume")
-      except NonFiniteLossError:
-        pass
-    ckpt.close()
-    raise
-  except BaseException:
-    progress.close()
-    ckpt.close()
+        summary["final"] = {config.data.eval_split: res}
+        evals = [r for r in _read_evals(workdir, config.data.eval_split)] or history
+        best = max(evals, key=lambda r: r["top1"])
+        summary["best"] = {"top1": best["top1"], "step": best["step"]}
     writer.close()
-    raise
-  progress.close()
-  ckpt.close()
-
-  summary: dict[str, Any] = {
-      "model": config.model.name, "dataset": trainer.info.name, "num_params": trainer.num_params,
-      "step": step, "total_steps": trainer.total_steps, "epoch": trainer.epoch(step),
-      "complete": step >= trainer.total_steps, "devices": jax.device_count(),
-      "platform": jax.devices()[0].platform, "jax": jax.__version__,
-      "images_per_sec": train_steps * trainer.batch_size / train_time if train_time > 0 else None,
-      "wall_time_s": time.perf_counter() - wall0, "workdir": str(workdir),
-  }
-  if step >= trainer.total_steps:
-    res = trainer.evaluate(state)
-    res["epoch"] = trainer.epoch(step)
-    writer.write(config.data.eval_split, step, res)
-    history.append({"step": step, **res})
-    summary["final"] = {config.data.eval_split: res}
-    evals = [r for r in _read_evals(workdir, config.data.eval_split)] or history
-    best = max(evals, key=lambda r: r["top1"])
-    summary["best"] = {"top1": best["top1"], "step": best["step"]}
-  writer.close()
-  if trainer.is_main:
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
-    if "final" in summary:
-      r = summary["final"][config.data.eval_split]
-      ips = summary["images_per_sec"]
-      log(f"done: {config.model.name} on {trainer.info.name} | {step} steps ({trainer.epoch(step):.1f} epochs) in "
-          f"{format_seconds(summary['wall_time_s'])} | {config.data.eval_split} top1 {100 * r['top1']:.2f}% "
-          f"top5 {100 * r['top5']:.2f}% loss {r['loss']:.4f} | "
-          f"{ips:.0f} train img/s | workdir {workdir}" if ips else
-          f"done: {config.model.name} | {config.data.eval_split} top1 {100 * r['top1']:.2f}% | workdir {workdir}")
-    else:
-      log(f"stopped at step {step}/{trainer.total_steps}; checkpoint in {ckpt.directory}; "
-          "relaunch the same command to resume")
-  return summary
+    if trainer.is_main:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if "final" in summary:
+            r = summary["final"][config.data.eval_split]
+            ips = summary["images_per_sec"]
+            log(
+                f"done: {config.model.name} on {trainer.info.name} | {step} steps ({trainer.epoch(step):.1f} epochs) in "
+                f"{format_seconds(summary['wall_time_s'])} | {config.data.eval_split} top1 {100 * r['top1']:.2f}% "
+                f"top5 {100 * r['top5']:.2f}% loss {r['loss']:.4f} | "
+                f"{ips:.0f} train img/s | workdir {workdir}"
+                if ips
+                else f"done: {config.model.name} | {config.data.eval_split} top1 {100 * r['top1']:.2f}% | workdir {workdir}"
+            )
+        else:
+            log(
+                f"stopped at step {step}/{trainer.total_steps}; checkpoint in {ckpt.directory}; "
+                "relaunch the same command to resume"
+            )
+    return summary
 
 
 def _read_evals(workdir: Path, split: str) -> list[dict[str, Any]]:
-  from research.train.reporting import read_metrics
-  return [r for r in read_metrics(workdir, split) if isinstance(r.get("top1"), float)]
+    from research.train.reporting import read_metrics
+
+    return [r for r in read_metrics(workdir, split) if isinstance(r.get("top1"), float)]

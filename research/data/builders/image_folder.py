@@ -27,218 +27,221 @@ from PIL import Image
 
 from research.data.builders._base import OfflineBuilder
 
-IMAGE_EXTENSIONS = frozenset({
-    '.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm',
-    '.pgm', '.pbm'})
-_GRAY_MODES = frozenset({'1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N',
-                         'F'})
-_ARCHIVE_SUFFIXES = ('.tar.gz', '.tgz', '.tar.bz2', '.tbz2', '.tar.xz', '.txz',
-                     '.tar')
+IMAGE_EXTENSIONS = frozenset(
+    {'.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm', '.pbm'}
+)
+_GRAY_MODES = frozenset({'1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'})
+_ARCHIVE_SUFFIXES = ('.tar.gz', '.tgz', '.tar.bz2', '.tbz2', '.tar.xz', '.txz', '.tar')
 
 
 def resolve_source(path: str | os.PathLike) -> str:
-  """Absolute path of an existing folder or tar archive, else FileNotFoundError."""
-  if not str(path):
-    raise FileNotFoundError('image folder path is empty (set data.path)')
-  abs_path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-  if not os.path.exists(abs_path):
-    raise FileNotFoundError(f"image folder '{abs_path}' does not exist")
-  if os.path.isfile(abs_path) and not tarfile.is_tarfile(abs_path):
-    raise ValueError(
-        f"image folder '{abs_path}' is a file but not a tar archive "
-        '(expected a directory or a .tgz/.tar.gz)')
-  return abs_path
+    """Absolute path of an existing folder or tar archive, else FileNotFoundError."""
+    if not str(path):
+        raise FileNotFoundError('image folder path is empty (set data.path)')
+    abs_path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if not os.path.exists(abs_path):
+        raise FileNotFoundError(f"image folder '{abs_path}' does not exist")
+    if os.path.isfile(abs_path) and not tarfile.is_tarfile(abs_path):
+        raise ValueError(
+            f"image folder '{abs_path}' is a file but not a tar archive "
+            '(expected a directory or a .tgz/.tar.gz)'
+        )
+    return abs_path
 
 
 def config_name(source: str) -> str:
-  """`<slug>_<hash>`: readable, and unique per absolute source path."""
-  base = os.path.basename(source.rstrip(os.sep)) or 'root'
-  for suffix in _ARCHIVE_SUFFIXES:
-    if base.lower().endswith(suffix):
-      base = base[: -len(suffix)]
-      break
-  slug = re.sub(r'[^a-z0-9]+', '_', base.lower()).strip('_')[:40] or 'images'
-  digest = hashlib.sha1(source.encode('utf-8')).hexdigest()[:10]
-  return f'{slug}_{digest}'
+    """`<slug>_<hash>`: readable, and unique per absolute source path."""
+    base = os.path.basename(source.rstrip(os.sep)) or 'root'
+    for suffix in _ARCHIVE_SUFFIXES:
+        if base.lower().endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    slug = re.sub(r'[^a-z0-9]+', '_', base.lower()).strip('_')[:40] or 'images'
+    digest = hashlib.sha1(source.encode('utf-8')).hexdigest()[:10]
+    return f'{slug}_{digest}'
 
 
 def _is_image(rel: str) -> bool:
-  parts = rel.split('/')
-  if any(p.startswith('.') or p == '__MACOSX' for p in parts):
-    return False
-  return os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS
+    parts = rel.split('/')
+    if any(p.startswith('.') or p == '__MACOSX' for p in parts):
+        return False
+    return os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _list_directory(root: str) -> dict[str, str]:
-  """relative posix path -> file path, for every image file under `root`."""
-  found = {}
-  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-    dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
-    rel_dir = os.path.relpath(dirpath, root)
-    for f in filenames:
-      rel = f if rel_dir == '.' else f'{rel_dir}/{f}'.replace(os.sep, '/')
-      if _is_image(rel):
-        found[rel] = os.path.join(dirpath, f)
-  return found
+    """relative posix path -> file path, for every image file under `root`."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+        rel_dir = os.path.relpath(dirpath, root)
+        for f in filenames:
+            rel = f if rel_dir == '.' else f'{rel_dir}/{f}'.replace(os.sep, '/')
+            if _is_image(rel):
+                found[rel] = os.path.join(dirpath, f)
+    return found
 
 
 def _list_tar(path: str) -> dict[str, bytes]:
-  """relative posix path -> file bytes, streamed from the archive in one pass."""
-  found = {}
-  with tarfile.open(path, 'r|*') as tar:
-    for member in tar:
-      name = member.name
-      while name.startswith('./'):
-        name = name[2:]
-      if member.isfile() and _is_image(name):
-        found[name] = tar.extractfile(member).read()
-  return found
+    """relative posix path -> file bytes, streamed from the archive in one pass."""
+    found = {}
+    with tarfile.open(path, 'r|*') as tar:
+        for member in tar:
+            name = member.name
+            while name.startswith('./'):
+                name = name[2:]
+            if member.isfile() and _is_image(name):
+                found[name] = tar.extractfile(member).read()
+    return found
 
 
 @dataclasses.dataclass
 class _Scan:
-  """Result of indexing a source: files per split, classes, image format."""
-  files: dict[str, list[tuple[str, int, object]]]  # split -> (key, label, ref)
-  class_names: list[str]
-  channels: int
-  shape: tuple[int | None, int | None, int]
+    """Result of indexing a source: files per split, classes, image format."""
+
+    files: dict[str, list[tuple[str, int, object]]]  # split -> (key, label, ref)
+    class_names: list[str]
+    channels: int
+    shape: tuple[int | None, int | None, int]
 
 
 def _open(ref) -> Image.Image:
-  return Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref)
+    return Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref)
 
 
 def _to_array(img: Image.Image, channels: int) -> np.ndarray:
-  """PIL image -> uint8 HWC array with `channels` channels."""
-  if channels == 3:
-    if img.mode != 'RGB':
-      img = img.convert('RGB')
-    return np.asarray(img, dtype=np.uint8)
-  if img.mode.startswith('I'):  # 16/32-bit grayscale: map 0..65535 to 0..255
-    arr = np.asarray(img).astype(np.float64) / 257.0
-    arr = np.round(arr).clip(0, 255).astype(np.uint8)
-  elif img.mode == 'F':
-    arr = np.round(np.asarray(img)).clip(0, 255).astype(np.uint8)
-  else:
-    arr = np.asarray(img if img.mode == 'L' else img.convert('L'), np.uint8)
-  return arr[..., None]
+    """PIL image -> uint8 HWC array with `channels` channels."""
+    if channels == 3:
+        if img.mode != 'RGB':
+            img = img.convert('RGB')
+        return np.asarray(img, dtype=np.uint8)
+    if img.mode.startswith('I'):  # 16/32-bit grayscale: map 0..65535 to 0..255
+        arr = np.asarray(img).astype(np.float64) / 257.0
+        arr = np.round(arr).clip(0, 255).astype(np.uint8)
+    elif img.mode == 'F':
+        arr = np.round(np.asarray(img)).clip(0, 255).astype(np.uint8)
+    else:
+        arr = np.asarray(img if img.mode == 'L' else img.convert('L'), np.uint8)
+    return arr[..., None]
 
 
 def decode_image(ref, channels: int) -> np.ndarray:
-  """Decodes file bytes or a file path to a uint8 [H, W, channels] array."""
-  with _open(ref) as img:
-    return _to_array(img, channels)
+    """Decodes file bytes or a file path to a uint8 [H, W, channels] array."""
+    with _open(ref) as img:
+        return _to_array(img, channels)
 
 
 def scan_source(source: str) -> _Scan:
-  """Indexes `source` (folder or tar): splits, sorted classes, channels, shape."""
-  listing = (_list_tar(source) if os.path.isfile(source)
-             else _list_directory(source))
-  if not listing:
-    raise ValueError(f"image folder '{source}' contains no image files "
-                     f'(extensions: {sorted(IMAGE_EXTENSIONS)})')
-  parts = {rel: rel.split('/') for rel in listing}
-  depths = {len(p) for p in parts.values()}
-  tops = {p[0] for p in parts.values()}
-  if depths == {4} and len(tops) == 1:  # one wrapping folder
-    parts = {rel: p[1:] for rel, p in parts.items()}
-  elif depths != {3}:
-    bad = next(rel for rel, p in parts.items() if len(p) != 3)
-    raise ValueError(
-        f"image folder '{source}' must be laid out as <split>/<class>/<image> "
-        f"(optionally inside one wrapping folder); found '{bad}'")
+    """Indexes `source` (folder or tar): splits, sorted classes, channels, shape."""
+    listing = _list_tar(source) if os.path.isfile(source) else _list_directory(source)
+    if not listing:
+        raise ValueError(
+            f"image folder '{source}' contains no image files (extensions: {sorted(IMAGE_EXTENSIONS)})"
+        )
+    parts = {rel: rel.split('/') for rel in listing}
+    depths = {len(p) for p in parts.values()}
+    tops = {p[0] for p in parts.values()}
+    if depths == {4} and len(tops) == 1:  # one wrapping folder
+        parts = {rel: p[1:] for rel, p in parts.items()}
+    elif depths != {3}:
+        bad = next(rel for rel, p in parts.items() if len(p) != 3)
+        raise ValueError(
+            f"image folder '{source}' must be laid out as <split>/<class>/<image> "
+            f"(optionally inside one wrapping folder); found '{bad}'"
+        )
 
-  per_split = collections.defaultdict(set)
-  for p in parts.values():
-    per_split[p[0]].add(p[1])
-  all_classes = sorted(set().union(*per_split.values()))
-  for cls in all_classes:
-    missing = sorted(s for s, c in per_split.items() if cls not in c)
-    if missing:
-      present = sorted(s for s, c in per_split.items() if cls in c)
-      raise ValueError(
-          f"image folder '{source}': class folder '{cls}' is in split(s) "
-          f'{present} but missing from split(s) {missing}; all splits must '
-          'have the same class folders')
-  index = {c: i for i, c in enumerate(all_classes)}
+    per_split = collections.defaultdict(set)
+    for p in parts.values():
+        per_split[p[0]].add(p[1])
+    all_classes = sorted(set().union(*per_split.values()))
+    for cls in all_classes:
+        missing = sorted(s for s, c in per_split.items() if cls not in c)
+        if missing:
+            present = sorted(s for s, c in per_split.items() if cls in c)
+            raise ValueError(
+                f"image folder '{source}': class folder '{cls}' is in split(s) "
+                f'{present} but missing from split(s) {missing}; all splits must '
+                'have the same class folders'
+            )
+    index = {c: i for i, c in enumerate(all_classes)}
 
-  files = collections.defaultdict(list)
-  modes, sizes = set(), set()
-  for rel in sorted(parts):
-    split, cls, _ = parts[rel]
-    ref = listing[rel]
-    try:
-      with _open(ref) as img:
-        modes.add(img.mode)
-        sizes.add(img.size)
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(f"image folder '{source}': cannot read image '{rel}': "
-                       f'{e}') from e
-    files[split].append(('/'.join(parts[rel]), index[cls], ref))
-  channels = 1 if modes <= _GRAY_MODES else 3
-  if len(sizes) == 1:
-    (w, h), = sizes
-    shape = (h, w, channels)
-  else:
-    shape = (None, None, channels)
-  return _Scan(dict(files), all_classes, channels, shape)
+    files = collections.defaultdict(list)
+    modes, sizes = set(), set()
+    for rel in sorted(parts):
+        split, cls, _ = parts[rel]
+        ref = listing[rel]
+        try:
+            with _open(ref) as img:
+                modes.add(img.mode)
+                sizes.add(img.size)
+        except Exception as e:  # pylint: disable=broad-except
+            raise ValueError(f"image folder '{source}': cannot read image '{rel}': {e}") from e
+        files[split].append(('/'.join(parts[rel]), index[cls], ref))
+    channels = 1 if modes <= _GRAY_MODES else 3
+    if len(sizes) == 1:
+        ((w, h),) = sizes
+        shape = (h, w, channels)
+    else:
+        shape = (None, None, channels)
+    return _Scan(dict(files), all_classes, channels, shape)
 
 
 class ImageFolderConfig(tfds.core.BuilderConfig):
-  """Config carrying the absolute source path (folder or archive)."""
+    """Config carrying the absolute source path (folder or archive)."""
 
-  def __init__(self, *, source: str, **kwargs):
-    super().__init__(name=config_name(source), **kwargs)
-    self.source = source
+    def __init__(self, *, source: str, **kwargs):
+        super().__init__(name=config_name(source), **kwargs)
+        self.source = source
 
 
 class ImageFolder(OfflineBuilder, skip_registration=True):
-  """Class-folder image dataset; `ImageFolder(path=..., data_dir=...)`."""
+    """Class-folder image dataset; `ImageFolder(path=..., data_dir=...)`."""
 
-  name = 'image_folder'
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+    name = 'image_folder'
+    VERSION = tfds.core.Version('1.0.0')
+    RELEASE_NOTES = {'1.0.0': 'Initial release.'}
 
-  def __init__(self, *, path: str | os.PathLike, **kwargs):
-    source = resolve_source(path)
-    self._scan: _Scan | None = None
-    kwargs.setdefault('file_format', 'array_record')
-    super().__init__(config=ImageFolderConfig(source=source), **kwargs)
+    def __init__(self, *, path: str | os.PathLike, **kwargs):
+        source = resolve_source(path)
+        self._scan: _Scan | None = None
+        kwargs.setdefault('file_format', 'array_record')
+        super().__init__(config=ImageFolderConfig(source=source), **kwargs)
 
-  @property
-  def source(self) -> str:
-    return self.builder_config.source
+    @property
+    def source(self) -> str:
+        return self.builder_config.source
 
-  def _get_scan(self) -> _Scan:
-    if self._scan is None:
-      self._scan = scan_source(self.source)
-    return self._scan
+    def _get_scan(self) -> _Scan:
+        if self._scan is None:
+            self._scan = scan_source(self.source)
+        return self._scan
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    if tfds.core.dataset_info.dataset_info_path(self.data_path).exists():
-      # Already prepared: features and metadata are restored from disk, so the
-      # source is not scanned again.
-      return tfds.core.DatasetInfo(builder=self, features=None)
-    scan = self._get_scan()
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=f'Image folder dataset built from {self.source}',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(
-                shape=scan.shape, dtype=np.uint8, encoding='bytes'),
-            'label': tfds.features.ClassLabel(names=scan.class_names),
-        }),
-        supervised_keys=('image', 'label'),
-        metadata=tfds.core.MetadataDict(
-            source=self.source, class_names=scan.class_names),
-    )
+    def _info(self) -> tfds.core.DatasetInfo:
+        if tfds.core.dataset_info.dataset_info_path(self.data_path).exists():
+            # Already prepared: features and metadata are restored from disk, so the
+            # source is not scanned again.
+            return tfds.core.DatasetInfo(builder=self, features=None)
+        scan = self._get_scan()
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=f'Image folder dataset built from {self.source}',
+            features=tfds.features.FeaturesDict(
+                {
+                    'image': tfds.features.Tensor(shape=scan.shape, dtype=np.uint8, encoding='bytes'),
+                    'label': tfds.features.ClassLabel(names=scan.class_names),
+                }
+            ),
+            supervised_keys=('image', 'label'),
+            metadata=tfds.core.MetadataDict(source=self.source, class_names=scan.class_names),
+        )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    scan = self._get_scan()
-    return {split: self._generate_examples(entries, scan.channels)
-            for split, entries in sorted(scan.files.items())}
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        scan = self._get_scan()
+        return {
+            split: self._generate_examples(entries, scan.channels)
+            for split, entries in sorted(scan.files.items())
+        }
 
-  def _generate_examples(self, entries, channels):
-    for key, label, ref in entries:
-      yield key, {'image': decode_image(ref, channels), 'label': label}
+    def _generate_examples(self, entries, channels):
+        for key, label, ref in entries:
+            yield key, {'image': decode_image(ref, channels), 'label': label}
