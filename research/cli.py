@@ -11,6 +11,8 @@ from pathlib import Path
 from absl import flags, logging
 from ml_collections import config_flags
 
+from research.experiments import commands as experiment_commands
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
@@ -24,6 +26,37 @@ _WORKDIR = flags.DEFINE_string(
     "Default: runs/<config name>[_<arg>].",
 )
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show the progress bar and log lines.")
+_SUMMARY = flags.DEFINE_bool(
+    "summary",
+    False,
+    "Print the model summary (per-layer output shape, params, MACs, receptive field) for the "
+    "config's model and input shape, then exit without training.",
+)
+_SUMMARY_INPUT = flags.DEFINE_string(
+    "summary_input",
+    None,
+    "Input H,W,C for --summary, e.g. 32,32,3. Default: the dataset's image shape (offline builders "
+    "are built; TFDS datasets are read from their metadata, nothing is downloaded).",
+)
+# Sweeps and tables (logic in research/experiments/commands.py).
+_SWEEP = flags.DEFINE_bool(
+    "sweep",
+    False,
+    "Run the config's get_sweep() runs, each in <workdir>/<run id>; finished ones are skipped.",
+)
+_SWEEP_PARALLEL = flags.DEFINE_integer(
+    "sweep_parallel", 1, "With --sweep: N runs at once as subprocesses, each on its own GPUs / CPU cores."
+)
+_SWEEP_ONLY = flags.DEFINE_string(
+    "sweep_only",
+    "",
+    "With --sweep/--dry_run: only these runs: a run id, or key=value terms of its id "
+    "('model.depth=20,seed=0'); ';' separates alternatives.",
+)
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "List the sweep's runs (status, id, overrides) without running."
+)
+_TABLE = experiment_commands.define_table_flag()
 
 # Exceptions that carry a message meant for the user: printed without a traceback.
 _USER_ERRORS = (KeyError, ValueError, FileNotFoundError, FloatingPointError, RuntimeError)
@@ -63,6 +96,59 @@ def default_workdir(config_arg: str) -> Path:
     return Path("runs") / name
 
 
+def _parse_input_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        shape = ()
+    if len(shape) < 2 or min(shape) < 1:
+        raise ValueError(f"--summary_input must be H,W,C (e.g. 32,32,3), got {text!r}")
+    return shape
+
+
+def summary_input(config, override: str | None = None) -> tuple[tuple[int, ...], int, str]:
+    """(H, W, C), number of classes and their source for ``--summary``; builds and downloads nothing.
+
+    Reads the metadata of the *unprepared* dataset builder (``data.image_size`` applied): static
+    for TFDS names (``cifar10`` works offline) and 'digits', a scan of the files for
+    'image_folder' (seconds for the CIFAR-10 tgz; instant once prepared). If that fails:
+    ``override`` or 32x32x1 for LeNets / 32x32x3 otherwise, with 10 classes.
+    """
+    from research.data import datasets
+    from research.data.builders import image_folder
+
+    name = str(config.data.name)
+    shape, classes = None, None
+    try:
+        path = image_folder.resolve_source(config.data.path) if name == "image_folder" else ""
+        # Private helpers: a builder that is not prepared (datasets.get_builder would build it).
+        builder = datasets._make_builder(name, path, datasets._data_dir(config.data))
+        shape = datasets.output_shape(config.data, builder)
+        classes = int(builder.info.features["label"].num_classes)
+        source = f"the metadata of dataset '{name}' (nothing built or downloaded)"
+    except Exception as e:  # any failure: fall back below, and say why
+        source = f"default (no dataset info: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    if override:
+        shape, source = _parse_input_shape(override), "--summary_input"
+    elif shape is None:
+        shape = (32, 32, 1) if str(config.model.name).startswith("lenet") else (32, 32, 3)
+        source += "; pass --summary_input=H,W,C"
+    return tuple(int(d) for d in shape), classes or 10, source
+
+
+def print_summary(config) -> None:
+    """``--summary``: the summary table of the config's model on one example (nothing is trained)."""
+    from research.config import validate_config
+    from research.layers.summary import summarize
+    from research.train.loop import build_model
+
+    validate_config(config)
+    shape, classes, source = summary_input(config, _SUMMARY_INPUT.value)
+    model = build_model(config, classes)
+    print(f"{config.model.name}: input {'x'.join(map(str, shape))} from {source}, {classes} classes")
+    print(summarize(model, (1, *shape)))
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise SystemExit(f"launch.py: unexpected arguments {argv[1:]} (flags are --name=value)")
@@ -77,8 +163,27 @@ def main(argv: list[str]) -> int:
     from research.train import CheckpointError, train_and_evaluate
 
     config = _CONFIG.value
+    if _SUMMARY.value:
+        try:
+            print_summary(config)
+        except _USER_ERRORS as e:
+            print(f"launch.py: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        return 0
     config_arg = flags.FLAGS["config"].serialize().partition("=")[2] or ""
     workdir = Path(_WORKDIR.value) if _WORKDIR.value else default_workdir(config_arg)
+    if experiment_commands.requested(_SWEEP.value, _DRY_RUN.value, _TABLE.value):
+        return experiment_commands.main(
+            config,
+            config_arg,
+            workdir,
+            sweep=_SWEEP.value,
+            dry_run=_DRY_RUN.value,
+            table=_TABLE.value,
+            parallel=_SWEEP_PARALLEL.value,
+            only=_SWEEP_ONLY.value,
+            show_progress=_PROGRESS.value,
+        )
     try:
         train_and_evaluate(config, workdir, show_progress=_PROGRESS.value)
     except CheckpointError as e:

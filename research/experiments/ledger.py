@@ -1,0 +1,246 @@
+"""The results ledger: one JSON row per run in ``<sweep workdir>/ledger.jsonl``, keyed by run id.
+
+A row is (re)built from the run's files, so it can be rebuilt at any time: ``run.json``
+(written by the sweep at each launch: git commit, versions, devices, summed wall time),
+``summary.json``, ``config.json`` and ``metrics.jsonl``. Fields::
+
+    id, sweep, status ('done' | 'partial' | 'failed'), error, overrides, config (flattened),
+    seed, git_commit, versions {python, jax, flax, optax}, platform, devices, device_kind,
+    num_params, step, total_steps, epoch, metrics {...}, images_per_sec, wall_time_s,
+    workdir, updated
+
+``metrics`` (``<split>`` = ``data.eval_split``, errors in %): ``<split>_error``,
+``<split>_top1``, ``<split>_top5``, ``<split>_loss`` (final evaluation), ``best_<split>_error``
+/ ``best_<split>_top1`` / ``best_step`` (best evaluation during the run), ``train_loss`` /
+``train_error`` (the last logged training window: a running average over augmented batches),
+``num_params``, ``images_per_sec``, ``wall_time_s``.
+
+Writers hold an exclusive ``flock`` on ``ledger.jsonl.lock`` and replace the file atomically,
+so parallel workers may update the same ledger; re-running a sweep updates rows, never
+duplicates them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# -- provenance -----------------------------------------------------------------------------------
+def git_commit(repo: str | Path = REPO) -> str | None:
+    """``git rev-parse HEAD`` of the code, or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and sha else None
+
+
+def versions() -> dict[str, str | None]:
+    def v(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), "jax": v("jax"), "flax": v("flax"), "optax": v("optax")}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def start_run_meta(run, sweep_name: str) -> dict[str, Any]:
+    """Writes ``<run>/run.json`` at a launch of ``run`` (kept across launches) and returns it."""
+    path = run.workdir / "run.json"
+    meta = _read_json(path)
+    meta.update(
+        id=run.id,
+        sweep=sweep_name,
+        overrides=run.overrides,
+        git_commit=git_commit(),
+        versions=versions(),
+        launches=meta.get("launches", 0) + 1,
+        last_launch=_now(),
+    )
+    meta.setdefault("first_launch", meta["last_launch"])
+    meta.setdefault("wall_time_s", 0.0)
+    _write_json(path, meta)
+    return meta
+
+
+def finish_run_meta(run, meta: dict[str, Any], wall_s: float) -> None:
+    """Adds this launch's wall time and the device kind to ``run.json``."""
+    meta["wall_time_s"] = float(meta.get("wall_time_s", 0.0)) + wall_s
+    try:
+        import jax
+
+        meta["device_kind"] = jax.devices()[0].device_kind
+    except Exception:  # noqa: BLE001 - provenance only
+        pass
+    _write_json(run.workdir / "run.json", meta)
+
+
+# -- rows -----------------------------------------------------------------------------------------
+def _read_metrics(workdir: Path) -> list[dict[str, Any]]:
+    from research.train.reporting import read_metrics
+
+    return read_metrics(workdir)
+
+
+def _err(top1: Any) -> float | None:
+    return 100.0 * (1.0 - float(top1)) if isinstance(top1, (int, float)) else None
+
+
+def run_metrics(workdir: str | Path, eval_split: str = "test") -> dict[str, Any]:
+    """Final and best metrics of a run directory (see the module docstring)."""
+    workdir = Path(workdir)
+    summary = _read_json(workdir / "summary.json")
+    rows = _read_metrics(workdir)
+    out: dict[str, Any] = {}
+    final = summary.get("final", {}).get(eval_split)
+    if final:
+        out.update(
+            {
+                f"{eval_split}_error": _err(final["top1"]),
+                f"{eval_split}_top1": final["top1"],
+                f"{eval_split}_top5": final.get("top5"),
+                f"{eval_split}_loss": final.get("loss"),
+            }
+        )
+    evals = [r for r in rows if r["split"] == eval_split and isinstance(r.get("top1"), (int, float))]
+    if evals:
+        best = max(evals, key=lambda r: r["top1"])
+        out.update(
+            {
+                f"best_{eval_split}_error": _err(best["top1"]),
+                f"best_{eval_split}_top1": best["top1"],
+                "best_step": best["step"],
+            }
+        )
+    train = [r for r in rows if r["split"] == "train" and isinstance(r.get("loss"), (int, float))]
+    if train:
+        out["train_loss"] = train[-1]["loss"]
+        out["train_error"] = _err(train[-1].get("top1"))
+    return out
+
+
+def build_row(run, sweep_name: str, *, status: str | None = None, error: str | None = None) -> dict[str, Any]:
+    """The ledger row of ``run`` (a :class:`~research.experiments.sweep.Run`) from its files."""
+    from research.experiments.sweep import run_status
+
+    wd = Path(run.workdir)
+    meta = _read_json(wd / "run.json")
+    summary = _read_json(wd / "summary.json")
+    resolved = _read_json(wd / "config.json").get("_resolved", {})
+    flat = run.flat_config
+    status = status or run_status(wd)
+    metrics = run_metrics(wd, flat.get("data.eval_split", "test"))
+    metrics.update(
+        num_params=summary.get("num_params", resolved.get("num_params")),
+        images_per_sec=summary.get("images_per_sec"),
+        wall_time_s=meta.get("wall_time_s", summary.get("wall_time_s")),
+    )
+    return {
+        "id": run.id,
+        "sweep": sweep_name,
+        "status": status,
+        "error": error,
+        "overrides": run.overrides,
+        "config": flat,
+        "seed": flat.get("seed"),
+        "git_commit": meta.get("git_commit"),
+        "versions": meta.get("versions") or versions(),
+        "platform": summary.get("platform"),
+        "devices": summary.get("devices", resolved.get("devices")),
+        "device_kind": meta.get("device_kind"),
+        "num_params": metrics["num_params"],
+        "step": summary.get("step"),
+        "total_steps": summary.get("total_steps", resolved.get("total_steps")),
+        "epoch": summary.get("epoch"),
+        "metrics": metrics,
+        "images_per_sec": metrics["images_per_sec"],
+        "wall_time_s": metrics["wall_time_s"],
+        "workdir": str(wd),
+        "updated": _now(),
+    }
+
+
+# -- the file -------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read(path: str | Path) -> list[dict[str, Any]]:
+    """The ledger's rows (one per run id, the last written wins), in first-written order."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["id"]] = row
+    return list(rows.values())
+
+
+def find(path: str | Path, run_id: str) -> dict[str, Any] | None:
+    return next((r for r in read(path) if r["id"] == run_id), None)
+
+
+def upsert(path: str | Path, row: dict[str, Any]) -> None:
+    """Adds ``row`` or replaces the row with the same id (atomic, under a file lock)."""
+    path = Path(path)
+    with _locked(path):
+        rows = read(path)
+        ids = [r["id"] for r in rows]
+        if row["id"] in ids:
+            rows[ids.index(row["id"])] = row
+        else:
+            rows.append(row)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.writelines(json.dumps(r, default=str) + "\n" for r in rows)
+        os.replace(tmp, path)
+
+
+def ensure_row(path: str | Path, run, sweep_name: str) -> None:
+    """For a finished run skipped on relaunch: rebuild its row unless a 'done' row is there."""
+    row = find(path, run.id)
+    if row is None or row.get("status") != "done":
+        upsert(path, build_row(run, sweep_name))

@@ -1,0 +1,507 @@
+"""Sweeps: grids of config overrides, stable run ids, and running them.
+
+A config file may define ``get_sweep(arg=None)`` returning a list of override dicts with
+flattened dotted keys, built with the helpers here::
+
+    def get_sweep(arg=None):
+        return product({"model.plain": [True, False], "model.depth": [20, 56]}, seed=range(3))
+
+Axes are given as a dict ``{dotted key: values}`` or as keywords (``model__depth=[20, 56]``:
+``__`` stands for ``.``); a positional list of override dicts is a finished sub-sweep.
+``product`` crosses its arguments (first one outermost), ``zip_`` pairs them element-wise
+(equal lengths), ``chain`` concatenates sweeps.
+
+Each override dict is applied to the (locked) config: every key must already exist there
+(``model.*`` included: give the base config every model key that is swept), so a misspelled
+key fails naming it. A whole ``model`` section may be replaced with a dict value.
+
+Run id: ``<slug>-<hash>``, e.g. ``model.depth=20,seed=1-3fa2c1``: the slug lists the
+overrides sorted by key; the hash is the first 6 hex digits of the SHA-256 of the canonical
+JSON (sorted keys) of the resolved, flattened config without the keys in
+:data:`ID_IGNORED_KEYS` (machine-local or result-neutral settings; ``data.path`` counts by its
+file name only). Same config -> same id in any process; any other value -> another id.
+Each run lives in ``<sweep workdir>/<run id>``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import importlib.util
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from research.config import FREE_FORM_SECTIONS, ConfigDict, flatten, to_dict, validate_config
+
+Overrides = dict[str, Any]
+
+#: Flattened keys left out of the run-id hash: where data is cached, threads, logging and
+#: checkpoint cadence change neither the trained weights nor the metrics.
+ID_IGNORED_KEYS = (
+    "data.data_dir",
+    "data.num_threads",
+    "train.log_every_steps",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.async_checkpoints",
+    "train.eval_batch_size",
+)
+SLUG_MAX_CHARS = 96
+HASH_CHARS = 6
+
+
+# -- grids ----------------------------------------------------------------------------------------
+def _axes(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[list[Overrides]]:
+    """Each argument as a list of override dicts (an axis ``key: values`` gives one dict per value)."""
+    out: list[list[Overrides]] = []
+    for a in args:
+        if isinstance(a, Mapping):
+            out.extend([{k: v} for v in _values(k, vs)] for k, vs in a.items())
+        elif isinstance(a, (list, tuple)) and all(isinstance(d, Mapping) for d in a):
+            out.append([dict(d) for d in a])
+        else:
+            raise TypeError(f"sweep argument must be a dict of axes or a list of override dicts; got {a!r}")
+    for k, vs in kwargs.items():
+        key = k.replace("__", ".")
+        out.append([{key: v} for v in _values(key, vs)])
+    return out
+
+
+def _values(key: str, values: Any) -> list[Any]:
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise TypeError(f"axis '{key}' needs a list of values, got {values!r}")
+    values = list(values)
+    if not values:
+        raise ValueError(f"axis '{key}' has no values")
+    return values
+
+
+def _merge(dicts: Iterable[Overrides]) -> Overrides:
+    out: Overrides = {}
+    for d in dicts:
+        for k, v in d.items():
+            if k in out and out[k] != v:
+                raise ValueError(f"sweep key '{k}' is set twice ({out[k]!r} and {v!r})")
+            out[k] = v
+    return out
+
+
+def product(*args: Any, **axes: Any) -> list[Overrides]:
+    """The cross product of axes / sub-sweeps, first argument outermost."""
+    return [_merge(combo) for combo in itertools.product(*_axes(args, axes))]
+
+
+def zip_(*args: Any, **axes: Any) -> list[Overrides]:
+    """Axes / sub-sweeps paired element-wise; all must have the same length."""
+    lists = _axes(args, axes)
+    lengths = {len(l) for l in lists}
+    if len(lengths) > 1:
+        raise ValueError(f"zip_ needs axes of equal length; got lengths {[len(l) for l in lists]}")
+    return [_merge(combo) for combo in zip(*lists)]
+
+
+def chain(*sweeps: Sequence[Overrides]) -> list[Overrides]:
+    """Sweeps one after the other."""
+    return [dict(d) for s in sweeps for d in s]
+
+
+# -- applying overrides and run ids ---------------------------------------------------------------
+def apply_overrides(config: ConfigDict, overrides: Mapping[str, Any]) -> ConfigDict:
+    """A copy of ``config`` with ``overrides`` (dotted keys) set; unknown keys fail naming them."""
+    config = copy.deepcopy(config)
+    known = list(flatten(to_dict(config)))
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = config
+        for i, part in enumerate(parts):
+            is_last = i == len(parts) - 1
+            if not isinstance(node, ConfigDict) or part not in node:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise KeyError(f"sweep key '{key}' is not in the config{hint}")
+            if not is_last:
+                node = node[part]
+        current = node[parts[-1]]
+        if isinstance(current, ConfigDict):
+            if key not in FREE_FORM_SECTIONS or not isinstance(value, Mapping):
+                raise KeyError(
+                    f"sweep key '{key}' is a config section: sweep its leaf keys ('{key}.<name>') instead"
+                )
+            with config.unlocked():
+                node[parts[-1]] = ConfigDict(dict(value))
+            continue
+        try:
+            node[parts[-1]] = value
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"sweep value {key}={value!r} does not fit the config: {e}") from None
+    validate_config(config)
+    return config
+
+
+def id_payload(config: ConfigDict) -> dict[str, Any]:
+    """The flattened config the run id hashes (see :data:`ID_IGNORED_KEYS`)."""
+    flat = {k: v for k, v in flatten(to_dict(config)).items() if k not in ID_IGNORED_KEYS}
+    if flat.get("data.path"):
+        flat["data.path"] = Path(str(flat["data.path"])).name
+    return flat
+
+
+def config_hash(config: ConfigDict, chars: int = HASH_CHARS) -> str:
+    canonical = json.dumps(id_payload(config), sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:chars]
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, Mapping):
+        return "{" + ",".join(f"{k}={_fmt_value(x)}" for k, x in sorted(v.items())) + "}"
+    if isinstance(v, (list, tuple)):
+        return "+".join(_fmt_value(x) for x in v)
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def slug(overrides: Mapping[str, Any], max_chars: int = SLUG_MAX_CHARS) -> str:
+    """``'model.depth=20,seed=1'``: the overrides sorted by key, made safe for a directory name."""
+    text = ",".join(f"{k}={_fmt_value(overrides[k])}" for k in sorted(overrides)) or "base"
+    text = re.sub(r"[^A-Za-z0-9._=+,{}-]", "_", text)
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "~"
+
+
+def run_id(config: ConfigDict, overrides: Mapping[str, Any]) -> str:
+    """``<slug of overrides>-<hash of the resolved config>``; see the module docstring."""
+    return f"{slug(overrides)}-{config_hash(config)}"
+
+
+@dataclasses.dataclass
+class Run:
+    """One run of a sweep: its id, the overrides that made it, the resolved config and its workdir."""
+
+    id: str
+    overrides: Overrides
+    config: ConfigDict
+    workdir: Path
+
+    @property
+    def flat_config(self) -> dict[str, Any]:
+        return flatten(to_dict(self.config))
+
+
+def expand(base: ConfigDict, sweep: Sequence[Mapping[str, Any]], root: str | Path) -> list[Run]:
+    """The runs of ``sweep`` (override dicts) applied to ``base``, each in ``root/<run id>``."""
+    if not sweep:
+        raise ValueError("the sweep is empty")
+    runs, seen = [], {}
+    for i, overrides in enumerate(sweep):
+        if not isinstance(overrides, Mapping):
+            raise TypeError(f"sweep entry {i} must be a dict of overrides, got {overrides!r}")
+        config = apply_overrides(base, overrides)
+        rid = run_id(config, overrides)
+        if rid in seen:
+            raise ValueError(f"sweep entries {seen[rid]} and {i} resolve to the same run '{rid}'")
+        seen[rid] = i
+        runs.append(Run(rid, dict(overrides), config, Path(root) / rid))
+    return runs
+
+
+def select(runs: Sequence[Run], only: str | None) -> list[Run]:
+    """The runs ``only`` picks (all if empty): ``;``-separated alternatives, each a full run id or
+    comma-separated ``key=value`` terms that must all be among the id's swept values
+    (``'model.depth=20,seed=0'``), or a hash."""
+    if not only:
+        return list(runs)
+    alternatives = [a.strip() for a in only.split(";") if a.strip()]
+    chosen = [r for r in runs if any(_matches(r.id, a) for a in alternatives)]
+    if not chosen:
+        raise ValueError(f"no run of the sweep matches --sweep_only={only!r}")
+    return chosen
+
+
+def _matches(rid: str, pattern: str) -> bool:
+    if pattern == rid:
+        return True
+    slug_text, _, digest = rid.rpartition("-")
+    parts = set(slug_text.split(",")) | {digest}
+    return all(t in parts for t in pattern.split(","))
+
+
+# -- status ---------------------------------------------------------------------------------------
+def run_status(workdir: str | Path) -> str:
+    """``'done'`` (summary.json complete), ``'partial'`` (has checkpoints) or ``'new'``."""
+    workdir = Path(workdir)
+    summary = workdir / "summary.json"
+    if summary.exists():
+        try:
+            if json.loads(summary.read_text()).get("complete"):
+                return "done"
+        except json.JSONDecodeError:
+            pass
+    ckpts = workdir / "checkpoints"
+    if ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir()):
+        return "partial"
+    return "new"
+
+
+# -- loading a config file's sweep/table functions ------------------------------------------------
+def load_config_module(path: str | Path):
+    """Imports an experiment config file (as ``launch.py --config`` does) to reach ``get_sweep``/``get_table``."""
+    path = Path(path)
+    name = "_research_config_" + re.sub(r"\W", "_", str(path.resolve()))
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"cannot load config file '{path}'")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- running --------------------------------------------------------------------------------------
+def execute_run(
+    run: Run,
+    *,
+    sweep_name: str,
+    ledger_path: str | Path,
+    stop_after_steps: int | None = None,
+    show_progress: bool = True,
+) -> str:
+    """Trains (or resumes) one run in-process, then upserts its ledger row; returns its status.
+
+    An exception inside the run is recorded as status ``'failed'`` (with the error) and not
+    raised; Ctrl-C records ``'partial'`` and propagates (the loop checkpoints on the way out).
+    """
+    from research.experiments import ledger
+
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    meta = ledger.start_run_meta(run, sweep_name)
+    t0 = time.perf_counter()
+    status, error = "failed", None
+    try:
+        from research.train import train_and_evaluate
+
+        summary = train_and_evaluate(
+            run.config, run.workdir, stop_after_steps=stop_after_steps, show_progress=show_progress
+        )
+        status = "done" if summary.get("complete") else "partial"
+    except KeyboardInterrupt:
+        status = "partial"
+        raise
+    except Exception as e:  # noqa: BLE001 - a failed run must not stop the sweep
+        error = f"{type(e).__name__}: {e}"
+        traceback.print_exc()
+        print(f"[sweep] {run.id} failed: {error}", file=sys.stderr)
+    finally:
+        ledger.finish_run_meta(run, meta, time.perf_counter() - t0)
+        ledger.upsert(ledger_path, ledger.build_row(run, sweep_name, status=status, error=error))
+    return status
+
+
+def run_sweep(
+    runs: Sequence[Run],
+    *,
+    sweep_name: str,
+    root: str | Path,
+    parallel: int = 1,
+    child_command: Callable[[Run], list[str]] | None = None,
+    stop_after_steps: int | None = None,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, str]:
+    """Runs the sweep: finished runs are skipped (their ledger row is kept or rebuilt), the
+    others trained in order (``parallel=1``) or ``parallel`` at a time as subprocesses
+    (``child_command(run)``, see :func:`device_slices`). Returns ``{run id: status}``.
+    """
+    from research.experiments import ledger
+
+    ledger_path = Path(root) / "ledger.jsonl"
+    statuses: dict[str, str] = {}
+    todo = []
+    for run in runs:
+        if run_status(run.workdir) == "done":
+            statuses[run.id] = "done"
+            ledger.ensure_row(ledger_path, run, sweep_name)
+            log(f"[sweep] skip {run.id}: done")
+        else:
+            todo.append(run)
+    if parallel <= 1 or len(todo) <= 1 or child_command is None:
+        for i, run in enumerate(todo):
+            log(f"[sweep] run {i + 1}/{len(todo)}: {run.id} ({run_status(run.workdir)})")
+            statuses[run.id] = execute_run(
+                run,
+                sweep_name=sweep_name,
+                ledger_path=ledger_path,
+                stop_after_steps=stop_after_steps,
+                show_progress=show_progress,
+            )
+            log(f"[sweep] {run.id}: {statuses[run.id]}")
+        return statuses
+    statuses.update(_run_parallel(todo, parallel, child_command, ledger_path, sweep_name, log))
+    return statuses
+
+
+def _run_parallel(todo, parallel, child_command, ledger_path, sweep_name, log) -> dict[str, str]:
+    from research.experiments import ledger
+
+    slots = device_slices(parallel)
+    prepare_data(todo)
+    free = list(range(len(slots)))
+    pending = list(todo)
+    active: dict[int, tuple[Run, subprocess.Popen, Any]] = {}
+    statuses: dict[str, str] = {}
+    try:
+        while pending or active:
+            while pending and free:
+                slot, run = free.pop(0), pending.pop(0)
+                run.workdir.mkdir(parents=True, exist_ok=True)
+                logf = (run.workdir / "launch.log").open("a")
+                env = {**os.environ, **slots[slot].env}
+                cmd = child_command(run)
+                cores = slots[slot].cpus
+                proc = subprocess.Popen(
+                    cmd,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    preexec_fn=(lambda c=cores: os.sched_setaffinity(0, c)) if cores else None,
+                )
+                active[slot] = (run, proc, logf)
+                log(f"[sweep] start {run.id} on slot {slot} ({slots[slot].describe()}); log {logf.name}")
+            time.sleep(0.5)
+            for slot, (run, proc, logf) in list(active.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                logf.close()
+                del active[slot]
+                free.append(slot)
+                status = run_status(run.workdir)
+                row = ledger.find(ledger_path, run.id)
+                if rc != 0 and status != "done" and (row is None or row.get("status") != "failed"):
+                    err = f"exit code {rc}; see {run.workdir / 'launch.log'}"
+                    ledger.upsert(ledger_path, ledger.build_row(run, sweep_name, status="failed", error=err))
+                row = ledger.find(ledger_path, run.id)
+                statuses[run.id] = row.get("status", status) if row else status
+                log(f"[sweep] {run.id}: {statuses[run.id]} (exit code {rc})")
+    finally:
+        for run, proc, logf in active.values():  # Ctrl-C: children checkpoint on SIGINT too
+            proc.wait()
+            logf.close()
+    return statuses
+
+
+def prepare_data(runs: Sequence[Run]) -> None:
+    """Builds each dataset the runs read once, here, so parallel workers do not race to build it."""
+    from research import data as data_lib
+
+    seen = set()
+    for run in runs:
+        d = run.config.data
+        key = (d.name, d.path, d.data_dir)
+        if key not in seen:
+            seen.add(key)
+            data_lib.get_builder(d)
+
+
+# -- devices for parallel runs --------------------------------------------------------------------
+@dataclasses.dataclass
+class DeviceSlot:
+    """What one parallel worker may use: environment overrides (GPUs) or a set of CPU cores."""
+
+    env: dict[str, str]
+    cpus: set[int] | None = None
+
+    def describe(self) -> str:
+        if "CUDA_VISIBLE_DEVICES" in self.env:
+            return f"CUDA_VISIBLE_DEVICES={self.env['CUDA_VISIBLE_DEVICES']}"
+        return f"CPU cores {sorted(self.cpus)}" if self.cpus else "shared devices"
+
+
+def visible_gpus(env: Mapping[str, str] = os.environ) -> list[str]:
+    """GPU ids this process may use: ``$CUDA_VISIBLE_DEVICES`` if set, else ``nvidia-smi``'s list."""
+    if env.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+        return []
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return [g.strip() for g in env["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() and g.strip() != "-1"]
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [l.strip() for l in out.stdout.splitlines() if l.strip().isdigit()] if out.returncode == 0 else []
+
+
+def device_slices(
+    parallel: int, *, gpus: Sequence[str] | None = None, cpus: Iterable[int] | None = None
+) -> list[DeviceSlot]:
+    """Disjoint device slices for ``parallel`` workers.
+
+    GPUs: contiguous groups of ``len(gpus) // parallel`` ids through ``CUDA_VISIBLE_DEVICES``
+    (fewer GPUs than workers is an error). No GPU: each worker is pinned to its own group of CPU
+    cores (``sched_setaffinity``; XLA sizes its CPU thread pool by it). Setting
+    ``--xla_force_host_platform_device_count`` would not separate anything, so it is not used.
+    """
+    if parallel < 1:
+        raise ValueError(f"--sweep_parallel must be >= 1, got {parallel}")
+    gpus = visible_gpus() if gpus is None else list(gpus)
+    if gpus:
+        if len(gpus) < parallel:
+            raise ValueError(
+                f"--sweep_parallel={parallel} needs at least {parallel} GPUs; {len(gpus)} visible"
+            )
+        per = len(gpus) // parallel
+        return [
+            DeviceSlot({"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * per : (i + 1) * per])})
+            for i in range(parallel)
+        ]
+    cores = sorted(cpus if cpus is not None else _affinity())
+    if len(cores) < parallel:  # fewer cores than workers: they share all cores
+        return [DeviceSlot({"JAX_PLATFORMS": "cpu"}, None) for _ in range(parallel)]
+    per = len(cores) // parallel
+    return [
+        DeviceSlot({"JAX_PLATFORMS": "cpu"}, set(cores[i * per : (i + 1) * per])) for i in range(parallel)
+    ]
+
+
+def _affinity() -> set[int]:
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return set(range(os.cpu_count() or 1))
+
+
+def child_argv(argv: Sequence[str], run: Run, launcher: str | None = None) -> list[str]:
+    """The command of a parallel worker: this launch's own flags, for one run, sequentially."""
+    drop_bare = {"--dry_run", "--table", "--notable", "--progress", "--noprogress", "--sweep"}
+    drop_valued = ("--sweep_parallel", "--sweep_only", "--table", "--dry_run", "--progress")
+    out, skip = [], False
+    args = list(argv[1:])
+    for i, a in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if a in drop_bare:
+            continue
+        if a in ("--sweep_parallel", "--sweep_only"):  # '--flag value' form
+            skip = True
+            continue
+        if a.startswith(tuple(f"{f}=" for f in drop_valued)):
+            continue
+        out.append(a)
+    launcher = launcher or os.path.abspath(argv[0])
+    return [sys.executable, launcher, *out, "--sweep", f"--sweep_only={run.id}", "--noprogress"]
