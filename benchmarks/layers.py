@@ -4,7 +4,8 @@ Each op: ``grad`` of ``sum(layer(x))`` w.r.t. params and input, jitted (JAX) / `
 (PyTorch, channels_last, same threads), warm-up first, then the median of ``--iters`` runs. Ops
 with several JAX formulations print one row each ``[impl]``: 1x1 as matmul vs conv; grouped as
 per-group dense convs vs ``feature_group_count``; depthwise as ``feature_group_count`` vs explicit
-shifted multiply-add; transposed as sub-pixel phases vs lhs dilation vs ``lax.conv_transpose``.
+shifted multiply-add; transposed as sub-pixel phases vs lhs dilation vs ``lax.conv_transpose``;
+'full' padding as an explicit pad before a 'valid' conv vs the conv's own padding.
 The library's ``impl='auto'`` picks the fastest one on CPU (see the docstrings in
 ``research/layers/conv.py``). 'separable' uses the defaults.
 
@@ -98,6 +99,8 @@ def cases(c: int):
         ('depthwise 3x3 [grouped]', L.DepthwiseConv((3, 3), impl='grouped'), conv(padding=1, groups=c), '2d'),
         ('depthwise 3x3 [shift]', L.DepthwiseConv((3, 3), impl='shift'), conv(padding=1, groups=c), '2d'),
         ('separable 3x3', L.SeparableConv(c, (3, 3)), sep, '2d'),
+        ('conv 3x3 full [pre-pad]', L.ConvND(c, 3, padding='full'), conv(padding=2), '2d'),
+        ('conv 3x3 full [xla]', L.ConvND(c, 3, padding='full', impl='xla'), conv(padding=2), '2d'),
         (
             'dilated 3x3 d=2',
             L.ConvND(c, (3, 3), padding='same', dilation=2),

@@ -2,7 +2,6 @@
 
 import collections
 import json
-import os
 import sys
 import tarfile
 import time
@@ -13,7 +12,7 @@ import pytest
 from PIL import Image
 
 import research.data as rd
-from research.data import augment, datasets, pipeline
+from research.data import augment, datasets
 from research.data.builders import Digits, ImageFolder
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'

@@ -13,7 +13,7 @@ import pytest
 from research.layers import blocks
 from research.layers.conv import channel_shuffle
 from research.models import count_params, resnet_cifar
-from research.models.common import BatchNorm, bind_norm
+from research.layers.common import BatchNorm, bind_norm
 
 
 def _spec(shape):

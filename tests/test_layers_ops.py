@@ -61,7 +61,7 @@ def _close(a, b, tol=TOL):
 def _np_conv2d(x, w, stride=(1, 1), pad=((0, 0), (0, 0)), dil=(1, 1), groups=1):
     """Direct NHWC/HWIO cross-correlation (reference independent of lax)."""
     x = np.pad(x.astype(np.float64), ((0, 0), pad[0], pad[1], (0, 0)))
-    n, h, wd, c = x.shape
+    n, h, wd, _c = x.shape
     fh, fw, cg, k = w.shape
     oh = (h - dil[0] * (fh - 1) - 1) // stride[0] + 1
     ow = (wd - dil[1] * (fw - 1) - 1) // stride[1] + 1
@@ -568,8 +568,8 @@ def _np_roi_align(x, boxes, out, scale, sr, aligned):
         if not aligned:
             rw, rh = max(rw, 1.0), max(rh, 1.0)
         bh, bw = rh / ph_, rw / pw_
-        gh = sr if sr > 0 else int(math.ceil(rh / ph_))
-        gw = sr if sr > 0 else int(math.ceil(rw / pw_))
+        gh = sr if sr > 0 else math.ceil(rh / ph_)
+        gw = sr if sr > 0 else math.ceil(rw / pw_)
         cnt = max(gh * gw, 1)
         for p, q in itertools.product(range(ph_), range(pw_)):
             acc = np.zeros(x.shape[-1])
@@ -584,9 +584,9 @@ def _np_roi_align(x, boxes, out, scale, sr, aligned):
 def _np_roi_pool(x, boxes, out, scale):
     """Port of torchvision's roi_pool_kernel.cpp forward."""
     ph_, pw_ = out
-    n, h, w, c = x.shape
+    _n, h, w, c = x.shape
     res = np.zeros((len(boxes), ph_, pw_, c))
-    rnd = lambda v: int(math.floor(abs(v) + 0.5)) * (1 if v >= 0 else -1)
+    rnd = lambda v: math.floor(abs(v) + 0.5) * (1 if v >= 0 else -1)
     for k, (b, x1, y1, x2, y2) in enumerate(boxes):
         sw, sh, ew, eh = (rnd(np.float32(v) * np.float32(scale)) for v in (x1, y1, x2, y2))
         rw, rh = max(ew - sw + 1, 1), max(eh - sh + 1, 1)

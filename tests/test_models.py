@@ -8,7 +8,7 @@ import pytest
 from research import models
 from research.models import abstract_variables, count_params, create, list_models, param_counts_by_layer
 from research.models import lenet, registry, resnet_cifar
-from research.models.common import BatchNorm, bind_norm
+from research.layers.common import BatchNorm, bind_norm
 
 RESNET_COUNTS = {  # He et al. 2015, Table 6 (10 classes, option A).
     'resnet20': 269_722,

@@ -3,7 +3,7 @@ and segmentation context modules, each with the ablation knobs of its paper as f
 
 Conventions (shared by every block here and by ``research.models``):
 
-- ``conv``: a conv constructor (default ``research.models.common.Conv``: nn.Conv with He fan-out
+- ``conv``: a conv constructor (default ``research.layers.common.Conv``: nn.Conv with He fan-out
   init); blocks pass ``use_bias=False`` when a norm follows, explicit symmetric padding (torch's
   ``padding=k // 2 * dilation``), and ``feature_group_count`` for grouped/depthwise convs.
 - ``norm``: a norm constructor, a name ('batch', 'group', 'layer', 'none') or None (no norm:
@@ -25,13 +25,13 @@ import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from research.layers.conv import channel_shuffle
 from research.layers.pooling import adaptive_avg_pool, avg_pool, max_pool
 from research.layers.resample import upsample_bilinear
-from research.models.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation, resolve_norm
-from research.models.resnet_cifar import shortcut_a
+from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation, resolve_norm
 
 __all__ = [
     'ASPP',
@@ -103,6 +103,23 @@ def _conv_norm_act(x, conv, norm, act, features, kernel, *, strides=1, groups=1,
     return act(x) if act is not None else x
 
 
+def shortcut_a(x: jax.Array, features: int, strides: int = 1) -> jax.Array:
+    """Option A shortcut: subsample x[:, ::s, ::s] and zero-pad channels up to ``features``.
+
+    Zero channels are split evenly before/after the identity channels, as in the widely used
+    PyTorch reference (``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes//4, planes//4))``), so
+    its checkpoints port directly. Parameter-free.
+    """
+    if strides > 1:
+        x = x[:, ::strides, ::strides, :]
+    extra = features - x.shape[-1]
+    if extra < 0:
+        raise ValueError(f'option-A shortcut cannot reduce channels ({x.shape[-1]} -> {features})')
+    if extra:
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+    return x
+
+
 def residual_shortcut(x, features: int, strides: int, shortcut: str | None, conv, norm, *, project_norm=True):
     """He et al. 2015, Sec. 3.3 shortcuts; call inside a compact method. None = no shortcut.
 
@@ -168,7 +185,7 @@ class BasicBlock(nn.Module):
     net); see ``residual_shortcut``. ``se_reduction``: SE-ResNet (Hu et al. 2018) with that
     ratio, None = off. ``zero_init_last``: last norm scale starts at 0 (Goyal et al. 2017), so
     the block starts as the identity (then ``act``). Same parameter names and counts as
-    ``research.models.resnet_cifar.BasicBlock`` (which is this block with shortcut 'A').
+    the CIFAR ResNets of ``research.models.resnet_cifar`` (which use this block with shortcut 'A').
     """
 
     features: int

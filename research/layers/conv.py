@@ -10,7 +10,7 @@ K output channels, g groups.
 
 Kernels use Flax's layout ``(*F, C / g, K)`` (``nn.Conv``-compatible; torch weight
 ``(K, C/g, *F)`` ports with ``w.permute(2, 3, 1, 0)`` in 2D) and the project's He fan-out init
-(``research.models.common.conv_kernel_init``). Padding specs (``resolve_padding``): 'valid'
+(``research.layers.common.conv_kernel_init``). Padding specs (``resolve_padding``): 'valid'
 (P = 0), 'same' (O = ceil(I / S), the odd pixel at the end, as TF/lax and torch's 'same'),
 'full' (P = D(F - 1) both sides), 'causal' (P = D(F - 1) before only), an int, a (lo, hi)
 pair, or one int/pair per spatial dim.
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from research.models.common import bind_norm, conv_kernel_init, resolve_activation
+from research.layers.common import bind_norm, conv_kernel_init, resolve_activation
 
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
 IntOrSeq = int | Sequence[int]
@@ -172,7 +172,7 @@ def _on_cpu() -> bool:
 def _conv_impl(impl: str, ks, groups: int, channels: int, lhs_dilation) -> str:
     """'auto' -> the formulation ``benchmarks/layers.py`` timed fastest on XLA:CPU (forward +
     backward, 32x32x32x64): 1x1 kernels as a matmul (~6x faster than the 1x1 conv), grouped convs
-    (1 < g < C) as one dense conv per group (~40x faster than ``feature_group_count``). Other
+    (1 < g < C) as one dense conv per group (~35x faster than ``feature_group_count``). Other
     backends keep the single native convolution."""
     if impl == 'auto':
         if not _on_cpu():
@@ -214,7 +214,7 @@ def _conv(x, kernel, strides, pads, dilation, groups, precision, impl, lhs_dilat
         return _pointwise(x, kernel, strides, pads, groups, precision)
     eff = [di * (f - 1) for f, di in zip(kernel.shape[:-2], dilation)]
     if auto and _on_cpu() and lhs_dilation is None and any(lo + hi > e for (lo, hi), e in zip(pads, eff)):
-        # Output larger than input ('full'-like): XLA:CPU's backward pass is ~3.5x faster when the
+        # Output larger than input ('full'-like): XLA:CPU's backward pass is 2-3.5x faster when the
         # padding is an explicit pad op and the conv itself is 'valid'.
         pre = ((0, 0, 0),) + tuple((max(lo, 0), max(hi, 0), 0) for lo, hi in pads) + ((0, 0, 0),)
         x = lax.pad(x, np.array(0, x.dtype), pre)
@@ -250,7 +250,7 @@ def conv_nd(
     ``lax.conv_general_dilated``, groups via ``feature_group_count``), 'split' (one dense conv per
     group, concatenated), 'matmul' (1x1 kernels: an einsum over channels) or 'auto' (default: on
     CPU, matmul for 1x1, split for 1 < groups < C, and an explicit pad before a 'valid' conv when
-    the padding exceeds D(F - 1) ('full'), each timed several times faster there; 'xla' on
+    the padding exceeds D(F - 1) ('full'), each timed 2-35x faster there; 'xla' on
     other backends).
     """
     ks = kernel.shape[:-2]
@@ -297,7 +297,7 @@ def depthwise_conv(
 
     ``impl``: 'grouped' (one XLA convolution with ``feature_group_count = C``), 'shift' (explicit
     sum over the F^d taps of strided shifted slices times the per-channel weights; same result)
-    or 'auto' (default): 'shift' on CPU, where ``benchmarks/layers.py`` times it ~6x faster
+    or 'auto' (default): 'shift' on CPU, where ``benchmarks/layers.py`` times it ~5x faster
     (forward + backward, 3x3, 32x32x32x64), 'grouped' on other backends.
     """
     c = x.shape[-1]
@@ -379,7 +379,7 @@ def conv_transpose(
     the forward conv lowers to); 'lax' (``lax.conv_transpose(transpose_kernel=True)``, the same
     convolution, groups = 1 only); 'subpixel' (one dense stride-1 conv per output phase, S^d of
     them, interleaved; no multiplications by inserted zeros). 'auto' (default) is 'subpixel' on CPU
-    for stride > 1, where ``benchmarks/layers.py`` times it ~7x faster than the lhs-dilated conv
+    for stride > 1, where ``benchmarks/layers.py`` times it ~6x faster than the lhs-dilated conv
     (forward + backward, 4x4 stride 2, 32x32x32x64), and 'lhs_dilation' otherwise (stride 1: a
     plain conv; GPU: cuDNN's native backward-data conv).
     """
@@ -387,7 +387,7 @@ def conv_transpose(
     nd = len(ks)
     s, d = _tuple(strides, nd, 'strides'), _tuple(dilation, nd, 'dilation')
     if isinstance(padding, str):
-        raise ValueError(
+        raise TypeError(
             'ConvTranspose padding must be an int, a (lo, hi) pair or one per dim (torch semantics)'
         )
     tpads = resolve_padding(padding, (0,) * nd, ks, s, d)
@@ -481,7 +481,7 @@ class ConvND(nn.Module):
         return y + bias if bias is not None else y
 
 
-#: Alias: ``Conv(64, (3, 3), padding='same')``. (``research.models.common.Conv`` is nn.Conv with the
+#: Alias: ``Conv(64, (3, 3), padding='same')``. (``research.layers.common.Conv`` is nn.Conv with the
 #: project init; this one adds 'full'/'causal' padding and the ``groups``/``dilation`` names.)
 Conv = ConvND
 

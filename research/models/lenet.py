@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.models.common import conv_kernel_init, resolve_activation, scaled_tanh
+from research.layers.common import conv_kernel_init, resolve_activation, scaled_tanh
 
 INPUT_SIZE = 32
 

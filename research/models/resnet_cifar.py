@@ -17,74 +17,10 @@ import functools
 from typing import Any, Callable
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from research.models.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
-
-SHORTCUTS = ('A', 'B', 'C')
-
-
-def shortcut_a(x: jax.Array, features: int, strides: int = 1) -> jax.Array:
-    """Option A shortcut: subsample x[:, ::s, ::s] and zero-pad channels up to ``features``.
-
-    Zero channels are split evenly before/after the identity channels, as in the widely used
-    PyTorch reference (``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes//4, planes//4))``), so
-    its checkpoints port directly. Parameter-free.
-    """
-    if strides > 1:
-        x = x[:, ::strides, ::strides, :]
-    extra = features - x.shape[-1]
-    if extra < 0:
-        raise ValueError(f'option-A shortcut cannot reduce channels ({x.shape[-1]} -> {features})')
-    if extra:
-        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
-    return x
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 convs, each followed by norm; activation after the first and after the sum.
-
-    ``shortcut``: 'A' | 'B' | 'C' (see module docstring) or None for a plain block. ``norm``
-    must already be bound to train/eval mode (``bind_norm``); None = no norm (convs get biases).
-    """
-
-    features: int
-    strides: int = 1
-    shortcut: str | None = 'A'
-    conv: ModuleDef = Conv
-    norm: ModuleDef | None = None
-    activation: Callable = nn.relu
-    zero_init_last: bool = False
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        has_norm = self.norm is not None
-        conv = functools.partial(self.conv, use_bias=not has_norm, dtype=self.dtype)
-        s = self.strides
-        y = conv(self.features, (3, 3), strides=(s, s), padding=((1, 1), (1, 1)), name='conv1')(x)
-        if has_norm:
-            y = self.norm(name='bn1')(y)
-        y = self.activation(y)
-        y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name='conv2')(y)
-        if has_norm:
-            last_kwargs = {'scale_init': nn.initializers.zeros_init()} if self.zero_init_last else {}
-            y = self.norm(name='bn2', **last_kwargs)(y)
-
-        if self.shortcut is not None:
-            changes = s != 1 or x.shape[-1] != self.features
-            if self.shortcut == 'C' or (self.shortcut == 'B' and changes):
-                r = conv(self.features, (1, 1), strides=(s, s), padding='VALID', name='proj_conv')(x)
-                if has_norm:
-                    r = self.norm(name='proj_bn')(r)
-            elif self.shortcut in SHORTCUTS:
-                r = shortcut_a(x, self.features, s)
-            else:
-                raise ValueError(f'unknown shortcut {self.shortcut!r}; expected one of {SHORTCUTS}')
-            y = y + r
-        return self.activation(y)
-
+from research.layers.blocks import SHORTCUTS, BasicBlock, shortcut_a  # noqa: F401 (re-exported)
+from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
 
 class CifarResNet(nn.Module):
     """ResNet / plain net for 32x32 inputs, He et al. 2015, Sec. 4.2 and Table 6.
@@ -97,7 +33,7 @@ class CifarResNet(nn.Module):
       block, conv, norm, activation: ablation knobs (norm: constructor, 'batch'/'group'/
         'layer'/'none' or None; activation: callable or name). ``block`` is called with
         features, strides, shortcut (None if plain), conv, norm (mode-bound), activation,
-        zero_init_last, dtype, name -- see ``BasicBlock``.
+        zero_init_last, dtype, name -- see ``research.layers.blocks.BasicBlock``.
       zero_init_residual: zero-init the last norm scale of each block (off in the paper).
       dropout_rate: dropout before the classifier (0 in the paper; rng 'dropout').
 

@@ -1,4 +1,4 @@
-"""Shared building blocks for the model families: default conv/norm layers and knob resolvers.
+"""Defaults shared by layers and models: conv/norm constructors, init, and knob resolvers.
 
 Conventions (all models): NHWC float inputs, ``__call__(x, train=False, return_features=False)``,
 BatchNorm with PyTorch's defaults (momentum 0.9 in Flax's convention == 0.1 in PyTorch's,
