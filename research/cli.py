@@ -121,8 +121,7 @@ def summary_input(config, override: str | None = None) -> tuple[tuple[int, ...],
     shape, classes = None, None
     try:
         path = image_folder.resolve_source(config.data.path) if name == "image_folder" else ""
-        # Private helpers: a builder that is not prepared (datasets.get_builder would build it).
-        builder = datasets._make_builder(name, path, datasets._data_dir(config.data))
+        builder = datasets.make_builder(name, path, datasets.resolve_data_dir(config.data))
         shape = datasets.output_shape(config.data, builder)
         classes = int(builder.info.features["label"].num_classes)
         source = f"the metadata of dataset '{name}' (nothing built or downloaded)"

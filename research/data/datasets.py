@@ -121,7 +121,8 @@ def _no_progress_bars():
         tqdm_utils._active = previous  # pylint: disable=protected-access
 
 
-def _data_dir(cfg) -> str:
+def resolve_data_dir(cfg) -> str:
+    """``cfg.data_dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets`` (absolute)."""
     d = field(cfg, 'data_dir') or os.environ.get('TFDS_DATA_DIR') or ('~/tensorflow_datasets')
     return os.path.abspath(os.path.expanduser(d))
 
@@ -130,7 +131,8 @@ def _is_prepared(builder) -> bool:
     return tfds.core.dataset_info.dataset_info_path(builder.data_path).exists()
 
 
-def _make_builder(name: str, path: str, data_dir: str):
+def make_builder(name: str, path: str, data_dir: str):
+    """The TFDS builder for ``name`` *without* preparing it (``get_builder`` prepares)."""
     if name == 'digits':
         return Digits(data_dir=data_dir, file_format='array_record')
     if name == 'image_folder':
@@ -147,7 +149,7 @@ def _make_builder(name: str, path: str, data_dir: str):
 def get_builder(cfg) -> tfds.core.DatasetBuilder:
     """The prepared builder for `cfg` (built on first use, then reused)."""
     name = str(field(cfg, 'name'))
-    data_dir = _data_dir(cfg)
+    data_dir = resolve_data_dir(cfg)
     path = ''
     if name == 'image_folder':
         path = image_folder_lib.resolve_source(field(cfg, 'path'))
@@ -155,13 +157,13 @@ def get_builder(cfg) -> tfds.core.DatasetBuilder:
     with _LOCK:
         if key in _BUILDERS:
             return _BUILDERS[key]
-        builder = _make_builder(name, path, data_dir)
+        builder = make_builder(name, path, data_dir)
         if not _is_prepared(builder):
             logging.info('Preparing dataset %s in %s', name, data_dir)
             with _no_progress_bars():
                 builder.download_and_prepare(file_format='array_record')
             # A fresh builder reads back what was written (and frees the scan).
-            builder = _make_builder(name, path, data_dir)
+            builder = make_builder(name, path, data_dir)
         _BUILDERS[key] = builder
         return builder
 
