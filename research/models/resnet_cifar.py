@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from research.layers.blocks import SHORTCUTS, BasicBlock, shortcut_a  # noqa: F401 (re-exported)
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
 
+
 class CifarResNet(nn.Module):
     """ResNet / plain net for 32x32 inputs, He et al. 2015, Sec. 4.2 and Table 6.
 
