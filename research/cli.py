@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -87,6 +88,19 @@ def _exit_parse_error(e: BaseException) -> None:
     raise SystemExit(2)
 
 
+def _enable_compilation_cache() -> None:
+    """JAX's persistent compilation cache: a relaunch (resume, sweep run) skips recompiling.
+
+    ``$RESEARCH_JAX_CACHE`` sets the directory (default ``~/.cache/research/jax``; empty = off).
+    """
+    import jax
+
+    path = os.environ.get("RESEARCH_JAX_CACHE", os.path.expanduser("~/.cache/research/jax"))
+    if path:
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def default_workdir(config_arg: str) -> Path:
     """``runs/<stem>`` or ``runs/<stem>_<arg>`` for ``--config=path/<stem>.py[:arg]``."""
     path, _, arg = config_arg.partition(":")
@@ -159,6 +173,7 @@ def main(argv: list[str]) -> int:
         "verbosity"
     ].present:  # keep library INFO chatter (TFDS, XLA) out of the progress output
         logging.set_verbosity(logging.WARNING)
+    _enable_compilation_cache()
     from research.train import CheckpointError, train_and_evaluate
 
     config = _CONFIG.value

@@ -1,0 +1,178 @@
+"""Training-step throughput, JAX vs PyTorch, same model, batch and data on device, in one run.
+
+    python benchmarks/train_step.py                    # lenet5_modern and resnet20 on this machine
+    python benchmarks/train_step.py --models=resnet20 --batch=128 --steps=10
+
+Prints images/s for the project's jitted train step (research.train.state.train_step: SGD
+momentum, softmax cross-entropy, BatchNorm in train mode) and for the equivalent PyTorch model
+and step (eager, channels_last where it helps, torch.compile optionally), and the ratio
+jax/torch (>1 means JAX is faster). Also prints the JAX compile time, cold and with the
+persistent compilation cache warm (a second process). Needs `pip install -e '.[torch]'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+MODELS = {"lenet5_modern": (32, 1), "resnet20": (32, 3)}
+
+
+def jax_step_time(name: str, batch: int, steps: int) -> tuple[float, float]:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from research import models
+    from research.train.state import create_train_state, train_step
+
+    size, ch = MODELS[name]
+    model = models.create(name, num_classes=10)
+    tx = optax.sgd(0.1, momentum=0.9)
+    init = jax.jit(
+        functools.partial(create_train_state, model, tx, sample_input=jnp.zeros((1, size, size, ch)))
+    )
+    state = init(jax.random.key_data(jax.random.key(0)))
+    rng = np.random.default_rng(0)
+    data = {
+        "image": jnp.asarray(rng.standard_normal((batch, size, size, ch), np.float32)),
+        "label": jnp.asarray(rng.integers(0, 10, batch).astype(np.int32)),
+    }
+    step = jax.jit(train_step, donate_argnums=0)
+    t0 = time.perf_counter()
+    state, m = step(state, data)
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t0
+    for _ in range(2):
+        state, m = step(state, data)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, m = step(state, data)
+    jax.block_until_ready(m)
+    return (time.perf_counter() - t0) / steps, compile_s
+
+
+def torch_model(name: str):
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    if name == "lenet5_modern":
+        return nn.Sequential(
+            nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+        )  # fmt: skip
+
+    class Block(nn.Module):  # He et al. 2015 CIFAR basic block, option-A shortcut
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.b1 = nn.BatchNorm2d(cout)
+            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.b2 = nn.BatchNorm2d(cout)
+            self.pad = cout - cin
+            self.stride = stride
+
+        def forward(self, x):
+            y = F.relu(self.b1(self.c1(x)))
+            y = self.b2(self.c2(y))
+            r = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
+            if self.pad:
+                r = F.pad(r, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+            return F.relu(y + r)
+
+    layers, cin = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()], 16
+    for i, cout in enumerate((16, 32, 64)):
+        for j in range(3):
+            layers.append(Block(cin, cout, 2 if (i > 0 and j == 0) else 1))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)]
+    return torch.nn.Sequential(*layers)
+
+
+def torch_step_time(name: str, batch: int, steps: int, channels_last: bool, compile_: bool) -> float:
+    import torch
+
+    size, ch = MODELS[name]
+    model = torch_model(name)
+    x = torch.randn(batch, ch, size, size)
+    y = torch.randint(0, 10, (batch,))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    if compile_:
+        step = torch.compile(step)
+    for _ in range(3):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps
+
+
+def compile_times(name: str, batch: int) -> tuple[float, float]:
+    """Cold compile, then a second process with the persistent cache warm."""
+    cache = tempfile.mkdtemp(prefix="jax_cache_")
+    code = (
+        "import jax, sys; jax.config.update('jax_compilation_cache_dir', sys.argv[1]);"
+        "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0);"
+        "sys.path.insert(0, sys.argv[2]); from train_step import jax_step_time;"
+        f"print(jax_step_time({name!r}, {batch}, 1)[1])"
+    )
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = []
+    for _ in range(2):
+        r = subprocess.run(
+            [sys.executable, "-c", code, cache, here], capture_output=True, text=True, check=True
+        )
+        out.append(float(r.stdout.strip().splitlines()[-1]))
+    return out[0], out[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="lenet5_modern,resnet20")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--torch_compile", action="store_true", help="also time torch.compile")
+    args = p.parse_args()
+    import torch
+
+    print(f"torch {torch.__version__} threads={torch.get_num_threads()}; batch {args.batch}")
+    print(f"{'model':<15}{'jax img/s':>11}{'torch img/s':>13}{'torch CL':>10}{'jax/torch':>11}"
+          f"{'compile cold s':>16}{'cached s':>10}")  # fmt: skip
+    for name in args.models.split(","):
+        jt, _ = jax_step_time(name, args.batch, args.steps)
+        tt = torch_step_time(name, args.batch, args.steps, channels_last=False, compile_=False)
+        tcl = torch_step_time(name, args.batch, args.steps, channels_last=True, compile_=False)
+        best = min(tt, tcl)
+        cold, warm = compile_times(name, args.batch)
+        print(f"{name:<15}{args.batch / jt:>11.0f}{args.batch / tt:>13.0f}{args.batch / tcl:>10.0f}"
+              f"{best / jt:>11.2f}{cold:>16.2f}{warm:>10.2f}")  # fmt: skip
+        if args.torch_compile:
+            tc = torch_step_time(name, args.batch, args.steps, channels_last=True, compile_=True)
+            print(
+                f"{'':<15}torch.compile channels_last: {args.batch / tc:.0f} img/s, jax/torch {tc / jt:.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
