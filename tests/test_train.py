@@ -184,7 +184,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
 def test_eval_is_exact_over_split_with_padding(data_dir, tmp_path):
     c = digits_config(data_dir, steps=1)
     c.train.eval_batch_size = 48  # 360 = 7*48 + 24: one padded batch
-    trainer = Trainer(c, tmp_path, show_progress=False)
+    trainer = Trainer(c, show_progress=False)
     state = trainer.init_state()
     res = trainer.evaluate(state)
     assert res["count"] == 360

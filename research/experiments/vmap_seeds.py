@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -43,7 +42,7 @@ class SeedPrograms:
 
     def __init__(self, config: ConfigDict):
         self.config = config
-        self.trainer = Trainer(config, Path("."), show_progress=False)  # resolves model, data, optimizer
+        self.trainer = Trainer(config, show_progress=False)  # resolves model, data, optimizer
         t = self.trainer
         sample = jnp.zeros((1, *t.info.image_shape), jnp.float32)
         init = functools.partial(create_train_state, t.model, t.tx, sample_input=sample)

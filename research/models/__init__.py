@@ -3,7 +3,7 @@
 Usage: ``model = create('resnet20', num_classes=10)``; ``model.apply(variables, x, train=False)``.
 """
 
-from research.models import lenet, resnet_cifar
+from research.models import resnet_cifar
 from research.models.lenet import LeNet5, LeNet5Modern
 from research.models.registry import accepted_kwargs, create, get_constructor, list_models, register
 from research.models.resnet_cifar import BasicBlock, CifarResNet, shortcut_a

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -126,13 +125,3 @@ def from_jsonable(x: Any) -> Any:
     if isinstance(x, list):
         return [from_jsonable(v) for v in x]
     return x
-
-
-def read_meta(workdir: str | Path) -> dict[str, Any] | None:
-    """Meta of the newest checkpoint in ``workdir`` (no restore), or None."""
-    d = Path(workdir) / "checkpoints"
-    steps = sorted(int(p.name) for p in d.glob("[0-9]*") if p.is_dir()) if d.exists() else []
-    if not steps:
-        return None
-    meta = d / str(steps[-1]) / "meta" / "metadata"
-    return json.loads(meta.read_text()) if meta.exists() else None

@@ -21,7 +21,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from ml_collections import ConfigDict
 
 from research import data as data_lib
@@ -30,7 +29,7 @@ from research.config import parse_duration, to_dict, validate_config
 from research.train import checkpoint as ckpt_lib
 from research.train import mesh as mesh_lib
 from research.train.optim import make_optimizer, make_schedule
-from research.train.reporting import MetricWriter, Progress, format_seconds
+from research.train.reporting import MetricWriter, Progress, format_seconds, read_metrics
 from research.train.state import TrainState, create_train_state, eval_step, train_step
 
 
@@ -49,17 +48,12 @@ def build_model(config: ConfigDict, num_classes: int):
     return models.create(config.model.name, **kwargs)
 
 
-def count_params(tree: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
 class Trainer:
     """Holds what a run resolves once (data, model, mesh, compiled steps); see :func:`train_and_evaluate`."""
 
-    def __init__(self, config: ConfigDict, workdir: str | Path, *, show_progress: bool = True):
+    def __init__(self, config: ConfigDict, *, show_progress: bool = True):
         validate_config(config)
         self.config = config
-        self.workdir = Path(workdir)
         self.is_main = jax.process_index() == 0
         tc = config.train
         self.info = data_lib.get_dataset_info(config.data)
@@ -89,7 +83,7 @@ class Trainer:
         abstract = jax.eval_shape(init, jax.random.key_data(jax.random.key(0)))
         self.state_sharding = jax.tree.map(lambda _: repl, abstract)
         self._init = jax.jit(init, out_shardings=self.state_sharding)
-        self.num_params = count_params(abstract.params)
+        self.num_params = models.count_params(abstract.params, collection=None)
         self._train_step = jax.jit(
             functools.partial(train_step, label_smoothing=tc.label_smoothing),
             in_shardings=(self.state_sharding, mesh_lib.batch_sharding(self.mesh)),
@@ -187,7 +181,7 @@ def train_and_evaluate(
     """
     workdir = Path(workdir)
     wall0 = time.perf_counter()
-    trainer = Trainer(config, workdir, show_progress=show_progress)
+    trainer = Trainer(config, show_progress=show_progress)
     tc = config.train
     if trainer.is_main:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -374,6 +368,4 @@ def train_and_evaluate(
 
 
 def _read_evals(workdir: Path, split: str) -> list[dict[str, Any]]:
-    from research.train.reporting import read_metrics
-
     return [r for r in read_metrics(workdir, split) if isinstance(r.get("top1"), float)]
