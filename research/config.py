@@ -47,6 +47,10 @@ def base_config() -> ConfigDict:
             b2=0.999,
             eps=1e-8,
             grad_clip_norm=0.0,  # 0 = off
+            # Transfer learning (research/train/transfer.py). Paths are 'module/.../leaf' of params.
+            freeze="",  # regex of params kept fixed ('pretrained' = all leaves loaded by `init`)
+            freeze_batch_stats=True,  # frozen params' BatchNorm running statistics stay fixed too
+            lr_multipliers=(),  # ('regex=factor', ...): per-part learning rates, first match wins
         )
     )
     c.schedule = ConfigDict(
@@ -57,6 +61,14 @@ def base_config() -> ConfigDict:
             boundaries=(),  # for 'step': durations where lr is multiplied by decay_factor
             decay_factor=0.1,
             end_factor=0.0,  # cosine/linear end lr = end_factor * lr
+        )
+    )
+    # Initialisation from pretrained weights (transfer learning; research/train/transfer.py).
+    c.init = ConfigDict(
+        dict(
+            checkpoint="",  # '' = random; a workdir of this codebase, a .msgpack, or a torchvision .pth
+            torchvision="",  # architecture of a .pth (research.interop.torchvision); '' = model.name
+            exclude="",  # regex of param/batch-stat paths kept at random init (e.g. the new head)
         )
     )
     c.train = ConfigDict(
@@ -70,6 +82,55 @@ def base_config() -> ConfigDict:
             checkpoint_every="1 epochs",
             keep_checkpoints=3,
             async_checkpoints=True,
+        )
+    )
+    # What launch.py runs (research/cli.py): 'classification' (the trainer), 'gan' (DCGAN,
+    # research/generative/dcgan.py), 'style_transfer' (Gatys et al. image optimisation) or
+    # 'fast_style' (Johnson et al. feed-forward network), both in research/generative/style_transfer.py.
+    c.task = "classification"
+    c.gan = ConfigDict(
+        dict(
+            latent_dim=100,
+            base_size=7,  # first generator map (image size = base_size * 2^n): 7 for 28x28, 4 for 32/64
+            g_width=64,  # channels of the generator's last hidden layer (doubling towards z)
+            d_width=64,  # channels of the discriminator's first layer (doubling with depth)
+            batch_norm=True,
+            leak=0.2,
+            g_lr=2e-4,
+            d_lr=2e-4,
+            b1=0.5,
+            b2=0.999,
+            grid_samples=64,  # fixed z, one PNG grid per epoch
+            score_samples=1000,  # samples scored per epoch by the classifier (0 = no score)
+            classifier_workdir="runs/dcgan_score_lenet5",  # trained first if it holds no finished run
+            classifier_model="lenet5_modern",
+            classifier_epochs=5,
+        )
+    )
+    c.style = ConfigDict(
+        dict(
+            model="vgg19",  # any registered model; layers are picked by module path
+            weights="",  # '' = random init (seed); a torchvision .pth, a Flax .msgpack, or a workdir
+            content="sklearn:china.jpg",  # image file, or sklearn:china.jpg / sklearn:flower.jpg
+            style="sklearn:flower.jpg",
+            image_size=128,  # longer side of the content (and style) image
+            content_layers=("conv4_2",),
+            style_layers=("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"),
+            relu=True,  # use ReLU(layer output): Gatys' relu4_2 etc. from the conv modules
+            content_weight=1.0,
+            style_weight=1e3,
+            tv_weight=0.0,
+            init="content",  # content | noise
+            steps=200,  # Adam steps on the image
+            lr=0.02,  # image learning rate (pixels in [0, 1])
+            log_every=20,
+            mean=(0.485, 0.456, 0.406),  # input normalisation of the loss network (ImageNet's)
+            std=(0.229, 0.224, 0.225),
+            # fast_style (Johnson et al. 2016): the transformer network, trained with
+            # optimizer.lr / train.duration / train.batch_size on the data.* folder
+            transformer_width=32,
+            transformer_blocks=5,
+            eval_image="",  # content image stylised after training ('' = style.content)
         )
     )
     return c

@@ -42,7 +42,9 @@ def data_config_defaults() -> ml_collections.ConfigDict:
     ~/tensorflow_datasets); train_split / eval_split; image_size: 0 = native,
     N = bilinear resize to NxN; normalize: per-channel train mean/std (else
     x/255); augment.{crop_padding, flip, rotation (deg), scale, brightness}:
-    0/False = off; shuffle_seed: -1 = run seed; num_threads: grain threads.
+    0/False = off; shuffle_seed: -1 = run seed; num_threads: grain threads;
+    classes: keep only these classes (names or indices, relabelled 0..k-1 in
+    the given order; () = all), e.g. a source/target split for transfer learning.
     """
     return ml_collections.ConfigDict(
         {
@@ -62,6 +64,7 @@ def data_config_defaults() -> ml_collections.ConfigDict:
             },
             'shuffle_seed': -1,
             'num_threads': 0,
+            'classes': (),
         }
     )
 
@@ -280,6 +283,29 @@ class SplitData:
         return self._read(indices)
 
 
+class ClassSubset:
+    """A view of a `SplitData` restricted to some classes, labels renumbered 0..k-1 (``data.classes``)."""
+
+    def __init__(self, data: SplitData, class_ids: tuple[int, ...], labels: np.ndarray):
+        self.split, self.shape = data.split, data.shape
+        self._data = data
+        remap = np.full(max(int(labels.max(initial=0)), max(class_ids)) + 1, -1, np.int32)
+        remap[list(class_ids)] = np.arange(len(class_ids), dtype=np.int32)
+        self._remap = remap
+        self.indices = np.flatnonzero(remap[labels] >= 0)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def in_memory(self) -> bool:
+        return self._data.in_memory
+
+    def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = self._data.gather(self.indices[np.asarray(indices, np.int64)])
+        return images, self._remap[labels]
+
+
 _SPLITS: dict[tuple, SplitData] = {}
 
 
@@ -291,12 +317,65 @@ def _cached_split(builder, split: str, shape: tuple) -> SplitData:
         return _SPLITS[key]
 
 
-def get_split(cfg, split: str) -> SplitData:
-    """Cached `SplitData` for `split` of the dataset in `cfg`."""
+def class_ids(cfg, builder=None) -> tuple[int, ...] | None:
+    """``data.classes`` as class indices (None = all classes); unknown names/indices raise."""
+    wanted = tuple(field(cfg, 'classes') or ())
+    if not wanted:
+        return None
+    builder = builder or get_builder(cfg)
+    names = [str(n) for n in builder.info.features['label'].names]
+    ids = []
+    for c in wanted:
+        if isinstance(c, (int, np.integer)) or (isinstance(c, str) and c.isdigit() and c not in names):
+            i = int(c)
+            if not 0 <= i < len(names):
+                raise ValueError(f'data.classes: class index {i} is out of range (dataset has {len(names)})')
+        elif str(c) in names:
+            i = names.index(str(c))
+        else:
+            raise ValueError(f'data.classes: unknown class {c!r}; the dataset has: {", ".join(names)}')
+        if i in ids:
+            raise ValueError(f'data.classes: class {c!r} is listed twice')
+        ids.append(i)
+    return tuple(ids)
+
+
+def _split_labels(builder, split: str, data: SplitData) -> np.ndarray:
+    """All labels of a split (in memory, or read once and cached as .npy next to the dataset)."""
+    if data.labels is not None:
+        return data.labels
+    slug = ''.join(ch if ch.isalnum() else '_' for ch in split)
+    path = os.path.join(os.fspath(builder.data_path), f'labels_{slug}.npy')
+    if os.path.exists(path):
+        return np.load(path)
+    logging.info('reading the labels of %s (once, for data.classes)', split)
+    source = builder.as_data_source(split)
+    labels = np.asarray([int(source[i]['label']) for i in range(len(data))], np.int32)
+    try:
+        np.save(path, labels)
+    except OSError as e:
+        logging.warning('could not cache labels at %s: %s', path, e)
+    return labels
+
+
+def get_split(cfg, split: str) -> SplitData | ClassSubset:
+    """Cached `SplitData` for `split` of the dataset in `cfg` (a `ClassSubset` view if
+    ``data.classes`` is set)."""
     builder = get_builder(cfg)
     shape = output_shape(cfg, builder)
     num_examples(builder, split)  # validates the split name
-    return _cached_split(builder, split, shape)
+    data = _cached_split(builder, split, shape)
+    ids = class_ids(cfg, builder)
+    if ids is None:
+        return data
+    return ClassSubset(data, ids, _split_labels(builder, split, data))
+
+
+def split_size(cfg, split: str) -> int:
+    """Examples of `split` the pipeline uses (after ``data.classes``)."""
+    if class_ids(cfg) is None:
+        return num_examples(get_builder(cfg), split)
+    return len(get_split(cfg, split))
 
 
 # ---------------------------------------------------------------------------
@@ -386,19 +465,20 @@ def get_dataset_info(cfg) -> DatasetInfo:
     builder = get_builder(cfg)
     shape = output_shape(cfg, builder)
     label = builder.info.features['label']
+    ids = class_ids(cfg, builder)
     counts = {s: int(v.num_examples) for s, v in builder.info.splits.items()}
     for split in (field(cfg, 'train_split'), field(cfg, 'eval_split')):
-        counts[str(split)] = num_examples(builder, str(split))
+        counts[str(split)] = split_size(cfg, str(split))
     if field(cfg, 'normalize'):
         mean, std = norm_stats(cfg)
     else:
         mean, std = (0.0,) * shape[-1], (1.0,) * shape[-1]
     return DatasetInfo(
         name=_display_name(builder),
-        num_classes=int(label.num_classes),
+        num_classes=int(label.num_classes) if ids is None else len(ids),
         image_shape=shape,
         num_examples=counts,
-        class_names=tuple(str(n) for n in label.names),
+        class_names=tuple(str(n) for n in label.names) if ids is None else tuple(str(label.names[i]) for i in ids),
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
     )

@@ -62,7 +62,7 @@ def data_seed(cfg, seed: int) -> int:
 def steps_per_epoch(cfg, global_batch_size: int) -> int:
     """Full global batches per epoch of the train split."""
     split = str(datasets.field(cfg, 'train_split'))
-    return datasets.num_examples(datasets.get_builder(cfg), split) // int(global_batch_size)
+    return datasets.split_size(cfg, split) // int(global_batch_size)
 
 
 class _Permutations:

@@ -28,6 +28,7 @@ from research import models
 from research.config import parse_duration, to_dict, validate_config
 from research.train import checkpoint as ckpt_lib
 from research.train import mesh as mesh_lib
+from research.train import transfer
 from research.train.optim import make_optimizer, make_schedule
 from research.train.reporting import MetricWriter, Progress, format_seconds, read_metrics
 from research.train.state import TrainState, create_train_state, eval_step, train_step
@@ -74,7 +75,8 @@ class Trainer:
         self.eval_every = parse_duration(tc.eval_every or 0, spe, name="train.eval_every")
         self.ckpt_every = parse_duration(tc.checkpoint_every or 0, spe, name="train.checkpoint_every")
         self.schedule = make_schedule(config.schedule, config.optimizer.lr, self.total_steps, spe)
-        self.tx = make_optimizer(config.optimizer, self.schedule)
+        oc = config.optimizer
+        self.tx = make_optimizer(oc, self.schedule, init_exclude=config.init.exclude)
         self.show_progress = show_progress and self.is_main
 
         repl = mesh_lib.replicated(self.mesh)
@@ -84,8 +86,22 @@ class Trainer:
         self.state_sharding = jax.tree.map(lambda _: repl, abstract)
         self._init = jax.jit(init, out_shardings=self.state_sharding)
         self.num_params = models.count_params(abstract.params, collection=None)
+        merge_stats = None
+        if oc.freeze or oc.lr_multipliers:
+            transfer.check_patterns(abstract.params, oc.freeze, oc.lr_multipliers)
+            labels = transfer.param_labels(abstract.params, oc.freeze, oc.lr_multipliers, config.init.exclude)
+            self.num_frozen = sum(
+                int(math.prod(p.shape))
+                for p, lab in zip(jax.tree.leaves(abstract.params), jax.tree.leaves(labels))
+                if lab == "frozen"
+            )
+            frozen = transfer.frozen_modules(labels)
+            if oc.freeze_batch_stats and frozen:
+                merge_stats = transfer.keep_frozen_stats(frozen.__contains__)
+        else:
+            self.num_frozen = 0
         self._train_step = jax.jit(
-            functools.partial(train_step, label_smoothing=tc.label_smoothing),
+            functools.partial(train_step, label_smoothing=tc.label_smoothing, merge_batch_stats=merge_stats),
             in_shardings=(self.state_sharding, mesh_lib.batch_sharding(self.mesh)),
             out_shardings=(self.state_sharding, repl),
             donate_argnums=(0,),
@@ -100,6 +116,21 @@ class Trainer:
     def init_state(self) -> TrainState:
         rng = jax.random.key_data(jax.random.key(self.config.seed))
         return self._init(rng)
+
+    def load_pretrained(self, state: TrainState) -> tuple[TrainState, str]:
+        """``state`` with params/batch stats from ``config.init`` (transfer learning)."""
+        ic = self.config.init
+        src = transfer.load_pretrained(ic.checkpoint, torchvision=ic.torchvision or self.config.model.name)
+        target = {"params": state.params, "batch_stats": state.batch_stats}
+        merged, loaded = transfer.merge_pretrained(jax.device_get(target), src, ic.exclude)
+        merged = jax.device_put(merged, {k: getattr(self.state_sharding, k) for k in merged})
+        total = sum(len(jax.tree.leaves(t)) for t in target.values())
+        msg = f"initialised {len(loaded)}/{total} tensors from {ic.checkpoint}"
+        if ic.exclude:
+            msg += f" (random init: {ic.exclude!r})"
+        if self.num_frozen:
+            msg += f"; {self.num_frozen:,} of {self.num_params:,} params frozen"
+        return state.replace(params=merged["params"], batch_stats=merged["batch_stats"]), msg
 
     def epoch(self, step: int) -> float:
         return step / self.steps_per_epoch
@@ -202,6 +233,9 @@ def train_and_evaluate(
         state = state.replace_arrays(arrays)
         train_it.set_state(ckpt_lib.from_jsonable(data_state))
         log(f"resumed from {ckpt.directory / str(start)} (step {start}, epoch {trainer.epoch(start):.2f})")
+    elif config.init.checkpoint:
+        state, msg = trainer.load_pretrained(state)
+        log(msg)
     start = start or 0
     if trainer.is_main:
         resolved = to_dict(config)

@@ -4,10 +4,16 @@ Weight decay follows the papers' recipes as PyTorch implements them: for SGD
 and Adam it is coupled L2 (``wd * w`` added to the gradient before momentum,
 as ``torch.optim.SGD(weight_decay=...)``); AdamW decays decoupled (Loshchilov &
 Hutter 2019).
+
+RMSProp (``name='rmsprop'``, the MobileNet / MnasNet / EfficientNet recipes) follows TF1's
+``RMSPropOptimizer`` as those papers' code used it: decay ``b2`` (the squared-gradient average's
+decay, Adam's b2), ``momentum``, ``eps`` inside the square root, mean square initialised to 1,
+coupled L2 weight decay.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -17,7 +23,7 @@ import optax
 from research.config import parse_duration
 
 SCHEDULES = ("constant", "step", "cosine", "linear")
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
 
 
 def make_schedule(sched_cfg, base_lr: float, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
@@ -51,8 +57,24 @@ def _decay_mask(decay_all: bool):
     return lambda params: jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-def make_optimizer(opt_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """SGD / Nesterov / Adam / AdamW with weight decay and optional gradient clipping."""
+def make_optimizer(opt_cfg, schedule: optax.Schedule, *, init_exclude: str = "") -> optax.GradientTransformation:
+    """SGD / Nesterov / Adam / AdamW with weight decay and optional gradient clipping; with
+    ``optimizer.freeze`` / ``optimizer.lr_multipliers`` set, one such optimizer per parameter group
+    (``research.train.transfer``; ``init_exclude`` is ``init.exclude`` for ``freeze='pretrained'``)."""
+    freeze = opt_cfg.get("freeze", "")
+    multipliers = tuple(opt_cfg.get("lr_multipliers", ()) or ())
+    if not freeze and not multipliers:
+        return _make_base(opt_cfg, schedule)
+    from research.train import transfer
+
+    factors = {f for _, f in transfer.parse_multipliers(multipliers)}
+    labels = functools.partial(
+        transfer.param_labels, freeze=freeze, multipliers=multipliers, exclude=init_exclude
+    )
+    return transfer.grouped_optimizer(functools.partial(_make_base, opt_cfg), schedule, labels, factors)
+
+
+def _make_base(opt_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
     name = opt_cfg.name
     wd = opt_cfg.weight_decay
     mask = _decay_mask(opt_cfg.decay_all)
@@ -72,6 +94,19 @@ def make_optimizer(opt_cfg, schedule: optax.Schedule) -> optax.GradientTransform
     elif name == "adamw":
         parts.append(
             optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=wd, mask=mask)
+        )
+    elif name == "rmsprop":
+        if wd:
+            parts.append(optax.add_decayed_weights(wd, mask))
+        parts.append(
+            optax.rmsprop(
+                schedule,
+                decay=opt_cfg.b2,
+                eps=opt_cfg.eps,
+                initial_scale=1.0,
+                eps_in_sqrt=True,
+                momentum=opt_cfg.momentum or None,
+            )
         )
     else:
         raise ValueError(f"unknown optimizer.name '{name}' (known: {', '.join(OPTIMIZERS)})")

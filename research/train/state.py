@@ -96,8 +96,12 @@ def train_step(
     batch: dict[str, jax.Array],
     *,
     label_smoothing: float = 0.0,
+    merge_batch_stats: Callable[[PyTree, PyTree], PyTree] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One SGD step on a (global) batch; BatchNorm statistics come from the whole batch."""
+    """One SGD step on a (global) batch; BatchNorm statistics come from the whole batch.
+
+    ``merge_batch_stats(old, new)`` picks the statistics to keep (frozen modules keep theirs;
+    ``research.train.transfer``)."""
     step_rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
@@ -120,11 +124,14 @@ def train_step(
         "top5": topk_correct(logits, batch["label"], 5).mean(),
         "grad_norm": optax.tree.norm(grads),
     }
+    new_batch_stats = new_vars.get("batch_stats", state.batch_stats)
+    if merge_batch_stats is not None and state.batch_stats:
+        new_batch_stats = merge_batch_stats(state.batch_stats, new_batch_stats)
     new_state = state.replace(
         step=state.step + 1,
         params=params,
         opt_state=opt_state,
-        batch_stats=new_vars.get("batch_stats", state.batch_stats),
+        batch_stats=new_batch_stats,
     )
     return new_state, metrics
 
