@@ -1,12 +1,10 @@
 """Residual-unit orderings (a)-(e) of He et al. 2016, "Identity Mappings in Deep Residual
 Networks", Fig. 4 / Table 2: CIFAR-10 test error of ResNet-110 (and 164).
 
-NEEDS THE MODEL-ZOO ISSUE: the model ``preact_resnet_cifar`` (with an ``ordering`` field
-'a'..'e': (a) original, (b) BN after addition, (c) ReLU before addition, (d) ReLU-only
-pre-activation, (e) full pre-activation) is not registered yet. ``--dry_run`` and ``--table``
-work now; ``--sweep`` stops before training, naming the missing model. The config assumes
-the model takes ``depth``, ``ordering`` and ``num_classes`` (set by the data); adjust the
-keys here when the model lands.
+Model: ``preact_resnet_cifar`` (research.models.preact_resnet) with its ``ordering`` field
+'a'..'e' ((a) original, (b) BN after addition, (c) ReLU before addition, (d) ReLU-only
+pre-activation, (e) full pre-activation); depth 110 uses basic units, 164 bottleneck units.
+The orderings differ by a few hundred parameters at most (stem/final/projection BNs).
 
 Paper (medians of 5 runs), ResNet-110: (a) 6.61, (b) 8.17, (c) 7.84, (d) 6.71, (e) 6.37;
 ResNet-164: 6.61 -> 5.93, 6.50, 6.14, 5.91, 5.46. Recipe: that of resnet_cifar.py (SGD 0.1,
@@ -45,7 +43,7 @@ def get_config(arg=None):
         raise ValueError(f"depth must be 110 or 164 (the paper's), got {args['depth']}")
     quick = f",quick,epochs={args['epochs']}" if args["quick"] else ""
     c = resnet_cifar.get_config(f"folder,path={args['path']},depth=110{quick}")  # depth 110: warm-up
-    with_model(c, "preact_resnet_cifar", depth=args["depth"], ordering="e")
+    with_model(c, "preact_resnet_cifar", depth=args["depth"], ordering="e", bottleneck=args["depth"] == 164)
     return c
 
 

@@ -52,6 +52,7 @@ __all__ = [
     'ShuffleUnitV2',
     'SqueezeExcite',
     'Transition',
+    'drop_path',
     'residual_shortcut',
 ]
 
@@ -120,12 +121,15 @@ def shortcut_a(x: jax.Array, features: int, strides: int = 1) -> jax.Array:
     return x
 
 
-def residual_shortcut(x, features: int, strides: int, shortcut: str | None, conv, norm, *, project_norm=True):
+def residual_shortcut(
+    x, features: int, strides: int, shortcut: str | None, conv, norm, *, project_norm=True, project_bias=None
+):
     """He et al. 2015, Sec. 3.3 shortcuts; call inside a compact method. None = no shortcut.
 
     'A': identity, subsampled and zero-padded where the shape changes (no params); 'B': 1x1-conv
     projection (+ norm, torchvision's ``downsample``) where it changes, identity elsewhere; 'C':
-    projection everywhere. Submodule names: proj_conv, proj_bn.
+    projection everywhere. Submodule names: proj_conv, proj_bn. ``project_bias``: bias on the
+    projection conv (None = only when it has no norm).
     """
     if shortcut is None:
         return None
@@ -139,7 +143,7 @@ def residual_shortcut(x, features: int, strides: int, shortcut: str | None, conv
             (1, 1),
             strides=(strides, strides),
             padding='VALID',
-            use_bias=not use_norm,
+            use_bias=(not use_norm) if project_bias is None else project_bias,
             name='proj_conv',
         )(x)
         return norm(name='proj_bn')(r) if use_norm else r
@@ -181,7 +185,8 @@ class BasicBlock(nn.Module):
     """ResNet basic block (He et al. 2015, Fig. 5 left; torchvision ``BasicBlock``).
 
     3x3 conv (stride) -> norm -> act -> 3x3 conv -> norm [-> SE] (+ shortcut) -> act. Output
-    ``features`` channels. ``shortcut``: 'B' (torchvision, default), 'A', 'C' or None (plain
+    ``features`` channels. ``dilation``: of both 3x3 convs (torchvision's BasicBlock refuses
+    dilation > 1; used by ``research.models.resnet`` with ``replace_stride_with_dilation``). ``shortcut``: 'B' (torchvision, default), 'A', 'C' or None (plain
     net); see ``residual_shortcut``. ``se_reduction``: SE-ResNet (Hu et al. 2018) with that
     ratio, None = off. ``zero_init_last``: last norm scale starts at 0 (Goyal et al. 2017), so
     the block starts as the identity (then ``act``). Same parameter names and counts as
@@ -197,17 +202,30 @@ class BasicBlock(nn.Module):
     norm: str | ModuleDef | None = BatchNorm
     activation: str | Callable = nn.relu
     dtype: Any = jnp.float32
+    dilation: int = 1
 
     @nn.compact
     def __call__(self, x, train: bool | None = None):
         norm = _norm(self.norm, train, self.dtype)
         act = resolve_activation(self.activation)
         conv = functools.partial(self.conv, dtype=self.dtype)
+        d = self.dilation
         y = _conv_norm_act(
-            x, conv, norm, act, self.features, 3, strides=self.strides, name='conv1', norm_name='bn1'
+            x,
+            conv,
+            norm,
+            act,
+            self.features,
+            3,
+            strides=self.strides,
+            dilation=d,
+            name='conv1',
+            norm_name='bn1',
         )
         last_norm = _zero_scale(norm) if self.zero_init_last else norm
-        y = _conv_norm_act(y, conv, last_norm, None, self.features, 3, name='conv2', norm_name='bn2')
+        y = _conv_norm_act(
+            y, conv, last_norm, None, self.features, 3, dilation=d, name='conv2', norm_name='bn2'
+        )
         if self.se_reduction:
             y = SqueezeExcite(self.se_reduction, activation=act, dtype=self.dtype, name='se')(y)
         r = residual_shortcut(x, self.features, self.strides, self.shortcut, conv, norm)
@@ -310,7 +328,10 @@ class PreActBlock(nn.Module):
     add; (e): before the first W, on the *input* channels), so all five have the same parameter
     count when in = out channels. Shortcut 'B' (default) projects with a 1x1 conv where the shape
     changes; in (d)/(e) it takes the pre-activated input and is a plain conv with bias, no norm
-    (as in the authors' Torch code), in (a)-(c) conv + norm.
+    (as in the authors' Torch code; ``shortcut_bias=False`` drops that bias, as the authors'
+    PyTorch Wide ResNet code), in (a)-(c) conv + norm. ``dropout_rate``: dropout right before the
+    last weight layer (Wide ResNet, Zagoruyko & Komodakis 2016, Fig. 1d: BN-ReLU-conv-BN-ReLU-
+    dropout-conv); active only when ``train=True`` is passed to the call.
     """
 
     features: int
@@ -322,6 +343,8 @@ class PreActBlock(nn.Module):
     norm: str | ModuleDef | None = BatchNorm
     activation: str | Callable = nn.relu
     dtype: Any = jnp.float32
+    shortcut_bias: bool = True
+    dropout_rate: float = 0.0
 
     @nn.compact
     def __call__(self, x, train: bool | None = None):
@@ -349,6 +372,8 @@ class PreActBlock(nn.Module):
         pre = h
         for i, (f, k, s) in enumerate(layers):
             last = i == len(layers) - 1
+            if last and self.dropout_rate:
+                h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
             h = conv(f, (k, k), strides=(s, s), padding=_pad(k), use_bias=norm is None, name=f'conv{i + 1}')(
                 h
             )
@@ -362,7 +387,14 @@ class PreActBlock(nn.Module):
         projects = self.shortcut == 'C' or (self.shortcut == 'B' and changes)
         src = pre if projects and o in 'de' else x
         r = residual_shortcut(
-            src, self.features, self.strides, self.shortcut, conv, norm, project_norm=o in 'abc'
+            src,
+            self.features,
+            self.strides,
+            self.shortcut,
+            conv,
+            norm,
+            project_norm=o in 'abc',
+            project_bias=None if o in 'abc' or self.shortcut_bias else False,
         )
         h = h + r if r is not None else h
         if o == 'a':
@@ -569,6 +601,15 @@ class InvertedResidual(nn.Module):
     stride is 1 and C_in == features. ``se_ratio``: SE squeeze = max(1, int(C_in * se_ratio))
     (EfficientNet: 0.25, SiLU inside, sigmoid gate); 0 = off (MobileNetV2). ``activation``: ReLU6
     (MobileNetV2, default) or SiLU (EfficientNet).
+
+    MobileNetV3 / EfficientNet extras (defaults leave the block as above): ``hidden_features``
+    overrides C_in * ``expansion`` (V3's explicit expanded widths; the expand conv is skipped
+    whenever hidden == C_in); ``se_features`` sets the SE squeeze width directly (V3:
+    make_divisible(hidden / 4, 8)) and turns SE on; ``se_activation`` the SE's inner activation
+    (default: the block's; V3 uses ReLU inside even in hard-swish blocks); ``dilation`` of the
+    depthwise conv; ``drop_path_rate``: stochastic depth (Huang et al. 2016) on the residual
+    branch, per example ("row" mode, survivors scaled by 1/(1-p), torchvision's
+    ``StochasticDepth``), only when called with ``train=True`` (rng 'dropout').
     """
 
     features: int
@@ -577,6 +618,11 @@ class InvertedResidual(nn.Module):
     kernel_size: int = 3
     se_ratio: float = 0.0
     se_gate: str | Callable = nn.sigmoid
+    hidden_features: int | None = None
+    se_features: int | None = None
+    se_activation: str | Callable | None = None
+    dilation: int = 1
+    drop_path_rate: float = 0.0
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = BatchNorm
     activation: str | Callable = nn.relu6
@@ -588,9 +634,9 @@ class InvertedResidual(nn.Module):
         act = resolve_activation(self.activation)
         conv = functools.partial(self.conv, dtype=self.dtype)
         c_in = x.shape[-1]
-        hidden = c_in * self.expansion
+        hidden = self.hidden_features or c_in * self.expansion
         y = x
-        if self.expansion != 1:
+        if hidden != c_in:
             y = _conv_norm_act(y, conv, norm, act, hidden, 1, name='expand_conv', norm_name='expand_bn')
         y = _conv_norm_act(
             y,
@@ -601,18 +647,32 @@ class InvertedResidual(nn.Module):
             self.kernel_size,
             strides=self.strides,
             groups=hidden,
+            dilation=self.dilation,
             name='dw_conv',
             norm_name='dw_bn',
         )
-        if self.se_ratio:
-            s = max(1, int(c_in * self.se_ratio))
+        if self.se_features or self.se_ratio:
+            s = self.se_features or max(1, int(c_in * self.se_ratio))
+            se_act = act if self.se_activation is None else self.se_activation
             y = SqueezeExcite(
-                squeeze_features=s, activation=act, gate=self.se_gate, dtype=self.dtype, name='se'
+                squeeze_features=s, activation=se_act, gate=self.se_gate, dtype=self.dtype, name='se'
             )(y)
         y = _conv_norm_act(y, conv, norm, None, self.features, 1, name='project_conv', norm_name='project_bn')
         if self.strides == 1 and c_in == self.features:
+            if self.drop_path_rate and train:
+                y = drop_path(y, self.drop_path_rate, self.make_rng('dropout'))
             y = y + x
         return y
+
+
+def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+    """Stochastic depth (Huang et al. 2016), per example: zero a residual branch with
+    probability ``rate`` and scale survivors by 1 / (1 - rate) (torchvision "row" mode)."""
+    keep = 1.0 - rate
+    if keep <= 0.0:
+        return jnp.zeros_like(x)
+    mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
 
 
 #: EfficientNet's name for the inverted residual block.

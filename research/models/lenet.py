@@ -288,3 +288,6 @@ class LeNet5Modern(nn.Module):
         logits = nn.Dense(self.num_classes, dtype=self.dtype, name='fc3')(x)
         logits = jnp.asarray(logits, jnp.float32)
         return (logits, feats) if return_features else logits
+
+
+REGISTRY_ENTRIES = {'lenet5': LeNet5, 'lenet5_modern': LeNet5Modern}  # LeCun et al. 1998.

@@ -123,3 +123,20 @@ Plain32 = functools.partial(PlainCifar, depth=32)
 Plain44 = functools.partial(PlainCifar, depth=44)
 Plain56 = functools.partial(PlainCifar, depth=56)
 Plain110 = functools.partial(PlainCifar, depth=110)
+
+# He et al. 2015, Sec. 4.2, Table 6.
+REGISTRY_ENTRIES = {
+    'resnet_cifar': CifarResNet,
+    'resnet20': ResNet20,
+    'resnet32': ResNet32,
+    'resnet44': ResNet44,
+    'resnet56': ResNet56,
+    'resnet110': ResNet110,
+    'resnet1202': ResNet1202,
+    'plain_cifar': PlainCifar,
+    'plain20': Plain20,
+    'plain32': Plain32,
+    'plain44': Plain44,
+    'plain56': Plain56,
+    'plain110': Plain110,
+}

@@ -1,0 +1,103 @@
+"""The model catalog: every registered model with its parameters, MACs, input size and paper.
+
+``python -m research.models.catalog [--markdown FILE] [--only REGEX]`` prints (or writes) the
+markdown table the README embeds; nothing is computed (``jax.eval_shape`` + a jaxpr trace per
+model via ``research.layers.summary.summarize``). Counts are for the model's default
+``num_classes`` (1000 for ImageNet models, 10 for CIFAR/MNIST ones) at its paper resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import re
+import sys
+import time
+
+from research import models
+
+#: (regex on the registry name, input shape (H, W, C)); first match wins, default 224x224x3.
+INPUT_SHAPES: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    (r'^lenet', (32, 32, 1)),
+    (r'^inception_v[34]', (299, 299, 3)),
+    (r'^efficientnet_b0', (224, 224, 3)),
+    (r'^efficientnet_b1', (240, 240, 3)),
+    (r'^efficientnet_b2', (288, 288, 3)),
+    (r'^efficientnet_b3', (300, 300, 3)),
+    (r'^efficientnet_b4', (380, 380, 3)),
+    (r'^efficientnet_b5', (456, 456, 3)),
+    (r'^efficientnet_b6', (528, 528, 3)),
+    (r'^efficientnet_b7', (600, 600, 3)),
+    (
+        r'cifar|^resnet(20|32|44|56|110|1202)$|^plain|^wrn|^preact_resnet(110|164|1001)$|^resnext29|^densenet_bc',
+        (32, 32, 3),
+    ),
+)
+
+
+def input_shape(name: str) -> tuple[int, int, int]:
+    for pattern, shape in INPUT_SHAPES:
+        if re.search(pattern, name):
+            return shape
+    return (224, 224, 3)
+
+
+def paper(name: str) -> str:
+    """First sentence of the model class docstring (which cites the paper)."""
+    cls = models.get_constructor(name)
+    while isinstance(cls, functools.partial):
+        cls = cls.func
+    doc = (cls.__doc__ or '').strip().split('\n\n')[0]
+    doc = ' '.join(doc.split())
+    first = re.split(r'(?<!\bal)(?<!\bet)(?<!\bFig)(?<!\bSec)\.\s+(?=[A-Z(])', doc)[0]
+    return first.rstrip('.')
+
+
+def rows(only: str | None = None):
+    from research.layers.summary import summarize
+
+    for name in models.list_models():
+        if only and not re.search(only, name):
+            continue
+        shape = input_shape(name)
+        model = models.create(name)
+        t = time.perf_counter()
+        s = summarize(model, (1, *shape))
+        yield dict(
+            name=name,
+            params=s.params,
+            macs=s.macs,
+            input='x'.join(map(str, shape)),
+            num_classes=getattr(model, 'num_classes', None),
+            paper=paper(name),
+            seconds=time.perf_counter() - t,
+        )
+
+
+def markdown(rows_) -> str:
+    out = ['| model | input | classes | params | MACs | paper / notes |', '|---|---|---|---|---|---|']
+    for r in rows_:
+        macs = f'{r["macs"] / 1e9:.3f} G' if r['macs'] >= 1e8 else f'{r["macs"] / 1e6:.1f} M'
+        out.append(
+            f'| `{r["name"]}` | {r["input"]} | {r["num_classes"]} | {r["params"]:,} | {macs} | {r["paper"]} |'
+        )
+    return '\n'.join(out) + '\n'
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description='Markdown table of every registered model.')
+    p.add_argument('--markdown', help='write the table to this file instead of stdout')
+    p.add_argument('--only', help='regex on model names')
+    args = p.parse_args(argv)
+    table = markdown(rows(args.only))
+    if args.markdown:
+        with open(args.markdown, 'w') as f:
+            f.write(table)
+        print(f'wrote {args.markdown}')
+    else:
+        sys.stdout.write(table)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
