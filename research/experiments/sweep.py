@@ -19,7 +19,7 @@ Run id: ``<slug>-<hash>``, e.g. ``model.depth=20,seed=1-3fa2c1``: the slug lists
 overrides sorted by key; the hash is the first 6 hex digits of the SHA-256 of the canonical
 JSON (sorted keys) of the resolved, flattened config without the keys in
 :data:`ID_IGNORED_KEYS` (machine-local or result-neutral settings; ``data.path`` counts by its
-file name only). Same config -> same id in any process; any other value -> another id.
+file name only) and without keys at their schema default (so new schema keys keep old ids). Same config -> same id in any process; any other value -> another id.
 Each run lives in ``<sweep workdir>/<run id>``.
 """
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -151,11 +152,30 @@ def apply_overrides(config: ConfigDict, overrides: Mapping[str, Any]) -> ConfigD
 
 
 def id_payload(config: ConfigDict) -> dict[str, Any]:
-    """The flattened config the run id hashes (see :data:`ID_IGNORED_KEYS`)."""
-    flat = {k: v for k, v in flatten(to_dict(config)).items() if k not in ID_IGNORED_KEYS}
+    """The flattened config the run id hashes (see :data:`ID_IGNORED_KEYS`). Keys at their schema
+    default are left out, so that adding a key to the schema does not change existing run ids."""
+    defaults = _schema_defaults()
+    flat = {
+        k: v
+        for k, v in flatten(to_dict(config)).items()
+        if k not in ID_IGNORED_KEYS and not (k in defaults and _same(v, defaults[k]))
+    }
     if flat.get("data.path"):
         flat["data.path"] = Path(str(flat["data.path"])).name
     return flat
+
+
+@functools.lru_cache(maxsize=1)
+def _schema_defaults() -> dict[str, Any]:
+    from research.config import base_config
+
+    return flatten(to_dict(base_config()))
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return type(a) is type(b) and a == b
 
 
 def config_hash(config: ConfigDict, chars: int = HASH_CHARS) -> str:
