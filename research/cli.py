@@ -58,6 +58,24 @@ _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "List the sweep's runs (status, id, overrides) without running."
 )
 _TABLE = experiment_commands.define_table_flag()
+# Visual tools on a trained classification workdir (logic in research/viz/run.py).
+_VIZ = flags.DEFINE_enum(
+    "viz",
+    None,
+    ["filters", "feature_maps", "cam", "receptive_field"],
+    "Write pictures of the trained model in --workdir to <workdir>/viz/ instead of training: the "
+    "first-layer filters, the feature maps of --viz_layer, class activation maps, or the receptive "
+    "field per layer (plus the dilated-conv demo of --viz_dilation).",
+)
+_VIZ_LAYER = flags.DEFINE_string(
+    "viz_layer", "", "Module path for --viz=feature_maps/cam (e.g. conv1, stage3_block3); '' = the default."
+)
+_VIZ_IMAGE = flags.DEFINE_string(
+    "viz_image", "", "Image file for --viz=feature_maps/cam; '' = images of the config's eval split."
+)
+_VIZ_DILATION = flags.DEFINE_string(
+    "viz_dilation", "1,2,4", "Dilation rates of the 3x3 conv stack drawn by --viz=receptive_field."
+)
 
 # Exceptions that carry a message meant for the user: printed without a traceback.
 _USER_ERRORS = (KeyError, ValueError, FileNotFoundError, FloatingPointError, RuntimeError)
@@ -186,6 +204,30 @@ def main(argv: list[str]) -> int:
         return 0
     config_arg = flags.FLAGS["config"].serialize().partition("=")[2] or ""
     workdir = Path(_WORKDIR.value) if _WORKDIR.value else default_workdir(config_arg)
+    if _VIZ.value or config.get("task", "classification") != "classification":
+        try:
+            if _VIZ.value:
+                from research.viz.run import run_viz
+
+                run_viz(
+                    config,
+                    workdir,
+                    _VIZ.value,
+                    layer=_VIZ_LAYER.value,
+                    image=_VIZ_IMAGE.value,
+                    dilation=_VIZ_DILATION.value,
+                )
+            else:
+                from research.generative import run_task
+
+                run_task(config, workdir, show_progress=_PROGRESS.value)
+        except CheckpointError as e:
+            print(f"launch.py: checkpoint error: {e}", file=sys.stderr)
+            return 1
+        except _USER_ERRORS as e:
+            print(f"launch.py: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        return 0
     if experiment_commands.requested(_SWEEP.value, _DRY_RUN.value, _TABLE.value):
         return experiment_commands.main(
             config,

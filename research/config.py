@@ -118,7 +118,7 @@ def base_config() -> ConfigDict:
             style_layers=("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"),
             relu=True,  # use ReLU(layer output): Gatys' relu4_2 etc. from the conv modules
             content_weight=1.0,
-            style_weight=1e3,
+            style_weight=1e5,
             tv_weight=0.0,
             init="content",  # content | noise
             steps=200,  # Adam steps on the image

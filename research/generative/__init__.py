@@ -1,0 +1,25 @@
+"""Generative models: DCGAN (``dcgan``) and neural style transfer (``style_transfer``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TASKS = ("gan", "style_transfer", "fast_style")
+
+
+def run_task(config, workdir: str | Path, *, show_progress: bool = True):
+    """Runs ``config.task`` ('gan', 'style_transfer' or 'fast_style') in ``workdir``."""
+    task = config.task
+    if task == "gan":
+        from research.generative.dcgan import train_gan
+
+        return train_gan(config, workdir, show_progress=show_progress)
+    if task == "style_transfer":
+        from research.generative.style_transfer import run_style_transfer
+
+        return run_style_transfer(config, workdir)
+    if task == "fast_style":
+        from research.generative.style_transfer import train_fast_style
+
+        return train_fast_style(config, workdir, show_progress=show_progress)
+    raise ValueError(f"unknown task {task!r} (known: classification, {', '.join(TASKS)})")

@@ -1,0 +1,83 @@
+"""Class activation maps: Zhou et al. 2016, "Learning Deep Features for Discriminative
+Localization" (CVPR), Eq. 2: for a network ending in global average pooling of feature maps
+f_k(x, y) and a linear classifier w^c_k, M_c(x, y) = sum_k w^c_k f_k(x, y); the class score is
+S_c = mean_{x,y} M_c(x, y) + b_c.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research.viz.feature_maps import trace_calls
+from research.viz.filters import _subtree
+
+
+def class_activation_maps(
+    model, variables, x, *, class_index: int | Sequence[int] | None = None, layer: str = ""
+):
+    """CAMs of the images ``x`` [N, H, W, C] (model-normalised inputs).
+
+    The classifier is the last ``Dense`` module called; its input must be the global average of
+    the feature maps F [N, h, w, K] of ``layer`` (default: the last 4-D module output whose spatial
+    mean, or that of its ReLU, equals the classifier input; models with another head raise
+    ``ValueError``). ``class_index``: one per image, one for all, or None (the predicted class).
+    Returns dict(cam [N, h, w], classes [N], logits [N, classes], layer, features [N, h, w, K]).
+    """
+    logits, calls = trace_calls(model, variables, jnp.asarray(x))
+    dense = [c for c in calls if c.kind == "Dense"]
+    if not dense:
+        raise ValueError(f"{type(model).__name__} has no Dense classifier: CAM needs GAP + a linear layer")
+    head = dense[-1]
+    pooled = np.asarray(head.inputs)
+    kernel = np.asarray(_subtree(variables["params"], head.path)["kernel"])
+    candidates = [c for c in calls if getattr(c.output, "ndim", 0) == 4]
+    if layer:
+        candidates = [c for c in candidates if c.path == layer]
+        if not candidates:
+            raise ValueError(f"no 4-D output at layer {layer!r}")
+    feats = None
+    for c in reversed(candidates):
+        for f in (np.asarray(c.output), np.maximum(np.asarray(c.output), 0)):
+            if pooled.ndim == 2 and f.shape[-1] == pooled.shape[-1]:
+                if np.allclose(f.mean(axis=(1, 2)), pooled, rtol=1e-4, atol=1e-5):
+                    feats, used = f, c.path
+                    break
+        if feats is not None:
+            break
+    if feats is None:
+        raise ValueError(
+            f"the input of {head.path!r} is not the global average of a feature map"
+            + (f" of {layer!r}" if layer else "")
+            + ": class activation maps need a model ending in global average pooling + one Dense layer"
+        )
+    logits = np.asarray(logits, np.float32)
+    if class_index is None:
+        classes = logits.argmax(axis=-1)
+    else:
+        classes = np.broadcast_to(np.asarray(class_index, np.int64), (len(feats),))
+    w = kernel[:, classes].T  # [N, K]
+    cam = np.einsum("nhwk,nk->nhw", feats, w)
+    return {"cam": cam, "classes": classes, "logits": logits, "layer": used, "features": feats}
+
+
+def upsample_cam(cam, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of [N, h, w] maps to [N, *size] (the input image's size)."""
+    cam = jnp.asarray(cam, jnp.float32)
+    return np.asarray(jax.image.resize(cam, (cam.shape[0], *size), "bilinear"))
+
+
+def overlay(image01, cam, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """[H, W, C] image in [0, 1] with a [H, W] map min-max scaled and coloured by ``cmap`` on top."""
+    from matplotlib import colormaps
+
+    img = np.asarray(image01, np.float32)
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    c = np.asarray(cam, np.float32)
+    c = (c - c.min()) / max(float(c.max() - c.min()), 1e-12)
+    heat = colormaps[cmap](c)[..., :3].astype(np.float32)
+    return np.clip((1 - alpha) * img + alpha * heat, 0.0, 1.0)

@@ -1,0 +1,92 @@
+"""Image helpers shared by the visual tools and the generative models: grids, PNG files, loading."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def make_grid(images, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
+    """Tiles ``images`` [N, H, W, C] (floats in [0, 1]) into one [H', W', C] image, ``nrow`` per row
+    (default: a square-ish grid), ``padding`` pixels of ``pad_value`` between and around tiles."""
+    x = np.asarray(images, np.float32)
+    if x.ndim == 3:
+        x = x[..., None]
+    n, h, w, c = x.shape
+    ncol = nrow or max(int(math.ceil(math.sqrt(n))), 1)
+    nrows = int(math.ceil(n / ncol))
+    out = np.full((nrows * (h + padding) + padding, ncol * (w + padding) + padding, c), pad_value, np.float32)
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        y0, x0 = padding + r * (h + padding), padding + q * (w + padding)
+        out[y0 : y0 + h, x0 : x0 + w] = x[i]
+    return out
+
+
+def to_uint8(image) -> np.ndarray:
+    """[H, W] or [H, W, C] floats in [0, 1] -> uint8 (clipped); a 1-channel image becomes [H, W]."""
+    x = np.asarray(image, np.float32)
+    if x.ndim == 3 and x.shape[-1] == 1:
+        x = x[..., 0]
+    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def save_png(image, path: str | Path, scale: int = 1) -> Path:
+    """Writes [H, W(, C)] floats in [0, 1] as a PNG, each pixel repeated ``scale`` times per side."""
+    from PIL import Image
+
+    x = to_uint8(image)
+    if scale > 1:
+        x = np.repeat(np.repeat(x, scale, axis=0), scale, axis=1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(x).save(path, optimize=True)
+    return path
+
+
+def normalize01(x, axis=None) -> np.ndarray:
+    """Min-max scales to [0, 1] over ``axis`` (None = whole array); constant slices become 0.5."""
+    x = np.asarray(x, np.float32)
+    lo = x.min(axis=axis, keepdims=True)
+    hi = x.max(axis=axis, keepdims=True)
+    span = hi - lo
+    return np.where(span > 0, (x - lo) / np.where(span > 0, span, 1.0), 0.5).astype(np.float32)
+
+
+SKLEARN_PREFIX = "sklearn:"
+
+
+def load_image(source: str, size: int | tuple[int, int] | None = None, channels: int = 3) -> np.ndarray:
+    """An image as float32 [H, W, C] in [0, 1].
+
+    ``source``: a file path, or ``sklearn:china.jpg`` / ``sklearn:flower.jpg`` (the two photos that
+    ship inside scikit-learn, no download). ``size``: an int resizes the longer side to it (aspect
+    kept); (H, W) resizes exactly (bilinear). ``channels``: 3 (RGB) or 1 (gray).
+    """
+    from PIL import Image
+
+    if source.startswith(SKLEARN_PREFIX):
+        from sklearn.datasets import load_sample_image
+
+        img = Image.fromarray(load_sample_image(source[len(SKLEARN_PREFIX) :]))
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"image not found: {source!r} (a file, or sklearn:china.jpg / sklearn:flower.jpg)"
+            )
+        img = Image.open(path)
+    img = img.convert("L" if channels == 1 else "RGB")
+    if size:
+        if isinstance(size, int):
+            w, h = img.size
+            s = size / max(w, h)
+            target = (max(int(round(w * s)), 1), max(int(round(h * s)), 1))
+        else:
+            target = (int(size[1]), int(size[0]))
+        if target != img.size:
+            img = img.resize(target, Image.BILINEAR)
+    x = np.asarray(img, np.float32) / 255.0
+    return x[..., None] if x.ndim == 2 else x
