@@ -478,7 +478,9 @@ def get_dataset_info(cfg) -> DatasetInfo:
         num_classes=int(label.num_classes) if ids is None else len(ids),
         image_shape=shape,
         num_examples=counts,
-        class_names=tuple(str(n) for n in label.names) if ids is None else tuple(str(label.names[i]) for i in ids),
+        class_names=tuple(str(n) for n in label.names)
+        if ids is None
+        else tuple(str(label.names[i]) for i in ids),
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
     )

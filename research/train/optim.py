@@ -57,7 +57,9 @@ def _decay_mask(decay_all: bool):
     return lambda params: jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-def make_optimizer(opt_cfg, schedule: optax.Schedule, *, init_exclude: str = "") -> optax.GradientTransformation:
+def make_optimizer(
+    opt_cfg, schedule: optax.Schedule, *, init_exclude: str = ""
+) -> optax.GradientTransformation:
     """SGD / Nesterov / Adam / AdamW with weight decay and optional gradient clipping; with
     ``optimizer.freeze`` / ``optimizer.lr_multipliers`` set, one such optimizer per parameter group
     (``research.train.transfer``; ``init_exclude`` is ``init.exclude`` for ``freeze='pretrained'``)."""
