@@ -79,3 +79,27 @@ def test_file_round_trip_and_msgpack_cli(resnet18_sd, tmp_path):
         if not k.endswith("num_batches_tracked"):
             np.testing.assert_array_equal(back[k].numpy(), t.numpy(), err_msg=k)
     assert count_params(restored) == count_params(direct) == 11_689_512
+
+
+def test_pth_as_transfer_init_with_a_new_head(resnet18_sd, tmp_path):
+    """init.checkpoint=<torchvision .pth> for a 10-class resnet18: every backbone tensor comes from
+    the file, the new 10-way fc stays as initialised; without exclude the fc shape clash is named."""
+    import jax
+
+    from research import models
+    from research.train import transfer
+
+    path = tmp_path / "r18.pth"
+    torch.save(resnet18_sd, path)
+    abstract = models.abstract_variables(models.create("resnet18", num_classes=10), (1, 64, 64, 3))
+    target = jax.tree.map(lambda a: np.full(a.shape, 7.0, a.dtype), dict(abstract))
+    src = transfer.load_pretrained(path, torchvision="resnet18")
+    with pytest.raises(transfer.PretrainedMismatchError, match=r"params/fc/kernel \(512, 1000\)"):
+        transfer.merge_pretrained(target, src)
+    merged, loaded = transfer.merge_pretrained(target, src, exclude="^fc/")
+    np.testing.assert_array_equal(merged["params"]["fc"]["kernel"], 7.0)
+    np.testing.assert_array_equal(
+        merged["params"]["conv1"]["kernel"], resnet18_sd["conv1.weight"].numpy().transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(merged["batch_stats"]["bn1"]["var"], resnet18_sd["bn1.running_var"].numpy())
+    assert len(loaded) == len(jax.tree.leaves(target)) - 2

@@ -60,9 +60,29 @@ def rows(only: str | None = None):
         if only and not re.search(only, name):
             continue
         shape = input_shape(name)
-        model = models.create(name)
+        try:
+            model = models.create(name)
+        except ValueError as e:  # a generic entry whose required fields have no default
+            if 'requires argument' not in str(e):
+                raise
+            needs = str(e).rpartition(': ')[2]
+            yield dict(
+                name=name,
+                params=None,
+                macs=None,
+                input='',
+                num_classes=None,
+                seconds=0.0,
+                paper=f'generic entry (requires {needs}); {paper(name)}',
+            )
+            continue
         t = time.perf_counter()
         s = summarize(model, (1, *shape))
+        print(
+            f'{name}: {s.params:,} params, {s.macs / 1e6:.1f} M MACs ({time.perf_counter() - t:.1f} s)',
+            file=sys.stderr,
+            flush=True,
+        )
         yield dict(
             name=name,
             params=s.params,
@@ -77,9 +97,13 @@ def rows(only: str | None = None):
 def markdown(rows_) -> str:
     out = ['| model | input | classes | params | MACs | paper / notes |', '|---|---|---|---|---|---|']
     for r in rows_:
+        if r['params'] is None:
+            out.append(f'| `{r["name"]}` | | | | | {r["paper"][:120]} |')
+            continue
         macs = f'{r["macs"] / 1e9:.3f} G' if r['macs'] >= 1e8 else f'{r["macs"] / 1e6:.1f} M'
+        note = r['paper'] if len(r['paper']) <= 120 else r['paper'][:117].rstrip() + '...'
         out.append(
-            f'| `{r["name"]}` | {r["input"]} | {r["num_classes"]} | {r["params"]:,} | {macs} | {r["paper"]} |'
+            f'| `{r["name"]}` | {r["input"]} | {r["num_classes"]} | {r["params"]:,} | {macs} | {note} |'
         )
     return '\n'.join(out) + '\n'
 
