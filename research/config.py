@@ -133,6 +133,24 @@ def base_config() -> ConfigDict:
             eval_image="",  # content image stylised after training ('' = style.content)
         )
     )
+    # Segmentation (config.task = 'segmentation'; research/segmentation/): the synthetic datasets'
+    # generation (data.name = 'mnist_seg' | 'shapes_seg'), the loss mix and the eval pictures.
+    c.seg = ConfigDict(
+        dict(
+            canvas_size=64,  # canvases are canvas_size x canvas_size
+            min_objects=1,  # digits / shapes per canvas
+            max_objects=4,
+            min_scale=0.6,  # object size factor (digits: x 28 px; shapes: x canvas/6 radius)
+            max_scale=1.4,
+            num_train=8000,  # generated train / test canvases
+            num_test=2000,
+            data_seed=0,  # generation seed (part of the dataset's identity)
+            ce_weight=1.0,  # loss = ce_weight * CE (ignore label 255) + dice_weight * soft Dice
+            dice_weight=0.0,
+            aux_weight=0.4,  # weight of an auxiliary head's loss (models with return_aux)
+            viz_examples=8,  # rows of the input | truth | prediction PNG written at each eval
+        )
+    )
     return c
 
 

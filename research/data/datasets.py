@@ -23,7 +23,7 @@ from research.data import augment as augment_lib
 from research.data.builders import Digits, ImageFolder
 from research.data.builders import image_folder as image_folder_lib
 
-OFFLINE_BUILDERS = ('digits', 'image_folder')
+OFFLINE_BUILDERS = ('digits', 'image_folder', 'mnist_seg', 'shapes_seg')
 
 # Splits whose (resized) uint8 images fit in this many bytes are loaded into
 # memory once per process; larger ones are decoded lazily per batch.
@@ -140,6 +140,10 @@ def make_builder(name: str, path: str, data_dir: str):
         return Digits(data_dir=data_dir, file_format='array_record')
     if name == 'image_folder':
         return ImageFolder(path=path, data_dir=data_dir)
+    if name in ('mnist_seg', 'shapes_seg'):  # dense labels: read with research.segmentation.data
+        from research.segmentation.data import make_seg_builder  # pylint: disable=g-import-not-at-top
+
+        return make_seg_builder(name, path, data_dir)
     try:
         return tfds.builder(name, data_dir=data_dir, file_format='array_record')
     except tfds.core.registered.DatasetNotFoundError as e:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TASKS = ("gan", "style_transfer", "fast_style")
+TASKS = ("gan", "style_transfer", "fast_style", "segmentation")
 
 
 def run_task(config, workdir: str | Path, *, show_progress: bool = True):
@@ -22,4 +22,8 @@ def run_task(config, workdir: str | Path, *, show_progress: bool = True):
         from research.generative.style_transfer import train_fast_style
 
         return train_fast_style(config, workdir, show_progress=show_progress)
+    if task == "segmentation":
+        from research.segmentation.train import train_segmentation
+
+        return train_segmentation(config, workdir, show_progress=show_progress)
     raise ValueError(f"unknown task {task!r} (known: classification, {', '.join(TASKS)})")

@@ -5,20 +5,26 @@ Usage: ``model = create('resnet20', num_classes=10)``; ``model.apply(variables, 
 
 from research.models import (
     alexnet,
+    context,
+    deeplab,
     densenet,
     dpn,
     efficientnet,
+    fcn,
     googlenet,
     inception,
     lenet,
     mnasnet,
     mobilenet,
     preact_resnet,
+    pspnet,
     resnet,
     resnet_cifar,
     resnext,
+    segnet,
     shufflenet,
     squeezenet,
+    unet,
     vgg,
     wide_resnet,
 )
@@ -46,6 +52,13 @@ _FAMILIES = (
     mobilenet,
     efficientnet,
     mnasnet,
+    # segmentation (issue 5)
+    fcn,
+    segnet,
+    unet,
+    pspnet,
+    deeplab,
+    context,
 )
 
 for _family in _FAMILIES:

@@ -28,7 +28,12 @@ def _load_run(config: ConfigDict, workdir: Path, need_weights: bool = True):
         run_config, resolved = config, {}
     if run_config.get("task", "classification") != "classification":
         raise ValueError(f"--viz works on classification runs; {workdir} holds a '{run_config.task}' run")
-    info = data_lib.get_dataset_info(run_config.data) if (need_weights or not resolved) else None
+    info = data_lib.get_dataset_info(run_config.data) if need_weights else None
+    if info is None and not resolved:  # no weights needed: the shape from metadata, nothing downloaded
+        from research.cli import summary_input
+
+        shape, num_classes, _ = summary_input(run_config)
+        resolved = {"image_shape": shape, "num_classes": num_classes}
     shape = tuple(resolved.get("image_shape") or info.image_shape)
     num_classes = int(resolved.get("num_classes") or info.num_classes)
     model = build_model(run_config, num_classes)
