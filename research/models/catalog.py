@@ -20,6 +20,10 @@ from research import models
 INPUT_SHAPES: tuple[tuple[str, tuple[int, int, int]], ...] = (
     (r'^lenet', (32, 32, 1)),
     (r'^inception_v[34]', (299, 299, 3)),
+    (r'^context_module', (64, 64, 21)),  # Yu & Koltun: runs on a 21-class score map
+    (r'^unet_valid', (572, 572, 3)),  # Ronneberger et al. Fig. 1 (572 -> 388)
+    (r'^(fcn_|deeplabv3|lraspp|pspnet)', (520, 520, 3)),  # torchvision's segmentation resolution
+    (r'^(fcn\d+s|segnet|deconvnet|unet)', (224, 224, 3)),
     (r'^efficientnet_b0', (224, 224, 3)),
     (r'^efficientnet_b1', (240, 240, 3)),
     (r'^efficientnet_b2', (288, 288, 3)),
