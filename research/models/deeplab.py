@@ -31,18 +31,16 @@ lraspp_mobilenet_v3_large 3,221,538 (= torchvision).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.layers.blocks import ASPP, BasicBlock, Bottleneck, InvertedResidual, _conv_norm_act
-from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
-from research.layers.pooling import max_pool
+from research.layers.blocks import ASPP, InvertedResidual, _conv_norm_act
+from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm
 from research.layers.resample import upsample_bilinear
 from research.models.mobilenet import make_divisible, norm_with, v3_layers
-
-_BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
+from research.models.resnet import ResNet
 
 
 def dilation_for_output_stride(output_stride: int) -> tuple[bool, bool, bool]:
@@ -53,63 +51,32 @@ def dilation_for_output_stride(output_stride: int) -> tuple[bool, bool, bool]:
     return table[output_stride]
 
 
-class ResNetBackbone(nn.Module):
-    """The convolutional part of ``research.models.resnet.ResNet`` (same module names: conv1, bn1,
-    layer{s}_block{i}; no pooling or fc), returning features 'stage1'..'stage5' (strides 2, 4, 8, 16,
-    32 before dilation). ``output_stride`` 8 / 16 / 32 sets torchvision's
-    ``replace_stride_with_dilation``; ``multi_grid`` (one multiplier per layer4 block, DeepLabv3 Sec.
-    3.2) multiplies layer4's dilation per block."""
-
-    layers: Sequence[int] = (3, 4, 6, 3)
-    block: str = 'bottleneck'
-    output_stride: int = 8
-    multi_grid: Sequence[int] | None = None
-    conv: ModuleDef = Conv
-    norm: str | ModuleDef | None = BatchNorm
-    activation: str | Callable = nn.relu
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        norm = bind_norm(self.norm, train, self.dtype)
-        act = resolve_activation(self.activation)
-        block = _BLOCKS[self.block]
-        conv = functools.partial(self.conv, dtype=self.dtype)
-        replace = dilation_for_output_stride(self.output_stride)
-        if self.multi_grid is not None and len(self.multi_grid) != self.layers[3]:
-            raise ValueError(f'multi_grid needs {self.layers[3]} multipliers, got {self.multi_grid!r}')
-        feats = {}
-        x = _conv_norm_act(
-            jnp.asarray(x, self.dtype), conv, norm, act, 64, 7, strides=2, name='conv1', norm_name='bn1'
-        )
-        feats['stage1'] = x
-        x = max_pool(x, 3, 2, padding=1)
-        dilation = 1
-        for stage, n in enumerate(self.layers):
-            strides = 1 if stage == 0 else 2
-            previous = dilation
-            if stage > 0 and replace[stage - 1]:
-                dilation *= strides
-                strides = 1
-            for i in range(n):
-                d = previous if i == 0 else dilation
-                if stage == 3 and self.multi_grid is not None:
-                    d = dilation * self.multi_grid[i]
-                kwargs = {'groups': 1, 'base_width': 64} if block is Bottleneck else {}
-                x = block(
-                    features=64 * 2**stage,
-                    strides=strides if i == 0 else 1,
-                    dilation=d,
-                    shortcut='B',
-                    conv=self.conv,
-                    norm=norm,
-                    activation=act,
-                    dtype=self.dtype,
-                    name=f'layer{stage + 1}_block{i}',
-                    **kwargs,
-                )(x)
-            feats[f'stage{stage + 2}'] = x
-        return feats
+def ResNetBackbone(  # noqa: N802 (used like the module class it returns)
+    layers: Sequence[int] = (3, 4, 6, 3),
+    *,
+    output_stride: int = 8,
+    multi_grid: Sequence[int] | None = None,
+    conv: ModuleDef = Conv,
+    norm: str | ModuleDef | None = BatchNorm,
+    dtype: Any = jnp.float32,
+    name: str | None = None,
+) -> ResNet:
+    """``research.models.resnet.ResNet`` without pool and fc (``include_top=False``; same module names:
+    conv1, bn1, layer{s}_block{i}), returning features 'stage1'..'stage5' (strides 2, 4, 8, 16, 32
+    before dilation). ``output_stride`` 8 / 16 / 32 sets torchvision's ``replace_stride_with_dilation``;
+    ``multi_grid`` (one multiplier per layer4 block, DeepLabv3 Sec. 3.2) multiplies layer4's dilation
+    per block."""
+    return ResNet(
+        layers=tuple(layers),
+        block='bottleneck',
+        replace_stride_with_dilation=dilation_for_output_stride(output_stride),
+        multi_grid=multi_grid,
+        include_top=False,
+        conv=conv,
+        norm=norm,
+        dtype=dtype,
+        name=name,
+    )
 
 
 class FCNHead(nn.Module):

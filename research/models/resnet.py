@@ -83,6 +83,8 @@ class ResNet(nn.Module):
       zero_init_residual: last BN scale of every block starts at 0 (torchvision's option).
       stem_width: filters of the 7x7 stem (64); planes of layer i are 64 * 2**i.
       conv, norm, activation, dtype, num_classes, dropout_rate (before the fc; 0 in the paper).
+      include_top: False drops the global pool and fc; ``__call__`` then returns the features dict
+        (a backbone: the segmentation models use it, with torchvision's module names).
     """
 
     layers: Sequence[int] = (2, 2, 2, 2)
@@ -100,6 +102,7 @@ class ResNet(nn.Module):
     norm: str | ModuleDef | None = BatchNorm
     activation: str | Callable = nn.relu
     dropout_rate: float = 0.0
+    include_top: bool = True
     dtype: Any = jnp.float32
 
     def __post_init__(self):
@@ -159,6 +162,8 @@ class ResNet(nn.Module):
                     **kwargs,
                 )(x)
             feats[f'stage{stage + 2}'] = x
+        if not self.include_top:
+            return feats
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         logits = nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
