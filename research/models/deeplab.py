@@ -36,10 +36,10 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.layers.blocks import ASPP, InvertedResidual, _conv_norm_act
+from research.layers.blocks import ASPP, _conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm
 from research.layers.resample import upsample_bilinear
-from research.models.mobilenet import make_divisible, norm_with, v3_layers
+from research.models.mobilenet import MobileNetV3, v3_layers
 from research.models.resnet import ResNet
 
 
@@ -245,59 +245,6 @@ class DeepLabV3Plus(nn.Module):
         return _resize(y, size)
 
 
-class MobileNetV3Backbone(nn.Module):
-    """The ``features`` part of ``research.models.mobilenet.MobileNetV3`` (same names: stem_conv/bn,
-    block<i>, head_conv/bn; no classifier), returning {'features<i>': ...} for every index."""
-
-    arch: str = 'large'
-    width_mult: float = 1.0
-    reduced_tail: bool = False
-    dilated: bool = True
-    conv: ModuleDef = Conv
-    norm: str | ModuleDef | None = BatchNorm
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        norm = bind_norm(norm_with(self.norm, 1e-3, 0.99), train, self.dtype)
-        hs = nn.hard_swish
-        conv = functools.partial(self.conv, dtype=self.dtype)
-        rows, _ = v3_layers(self.arch, self.width_mult, self.reduced_tail, self.dilated)
-        feats = {}
-        x = _conv_norm_act(
-            jnp.asarray(x, self.dtype),
-            conv,
-            norm,
-            hs,
-            rows[0][1],
-            3,
-            strides=2,
-            name='stem_conv',
-            norm_name='stem_bn',
-        )
-        feats['features0'] = x
-        for i, (k, _, e, o, se, a, s, d) in enumerate(rows, start=1):
-            x = InvertedResidual(
-                o,
-                strides=1 if d > 1 else s,
-                kernel_size=k,
-                hidden_features=e,
-                dilation=d,
-                se_features=make_divisible(e // 4, 8) if se else None,
-                se_activation=nn.relu,
-                se_gate=nn.hard_sigmoid,
-                conv=self.conv,
-                norm=norm,
-                activation=hs if a == 'HS' else nn.relu,
-                dtype=self.dtype,
-                name=f'block{i}',
-            )(x)
-            feats[f'features{i}'] = x
-        x = _conv_norm_act(x, conv, norm, hs, 6 * rows[-1][3], 1, name='head_conv', norm_name='head_bn')
-        feats[f'features{len(rows) + 1}'] = x
-        return feats
-
-
 class LRASPP(nn.Module):
     """Lite R-ASPP (Howard et al. 2019, Fig. 10) on a dilated MobileNetV3-Large, torchvision layout:
     low = features4 (stride 8, 40 ch), high = features16 (stride 16, 960 ch); ``inter_features`` 128."""
@@ -317,8 +264,15 @@ class LRASPP(nn.Module):
         size = x.shape[1:3]
         norm = bind_norm(self.norm, train, self.dtype)
         conv = functools.partial(self.conv, dtype=self.dtype)
-        feats = MobileNetV3Backbone(
-            self.arch, self.width_mult, conv=self.conv, norm=self.norm, dtype=self.dtype, name='backbone'
+        feats = MobileNetV3(
+            arch=self.arch,
+            width_mult=self.width_mult,
+            dilated=True,
+            include_top=False,
+            conv=self.conv,
+            norm=self.norm,
+            dtype=self.dtype,
+            name='backbone',
         )(x, train)
         rows, _ = v3_layers(self.arch, self.width_mult, dilated=True)
         strided = [i for i, r in enumerate(rows, start=1) if r[6] == 2]  # torchvision's C1..C4 '_is_cn'

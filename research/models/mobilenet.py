@@ -342,6 +342,8 @@ class MobileNetV3(nn.Module):
     16, for LR-ASPP), as torchvision; ``norm_eps`` 1e-3 and ``norm_momentum`` 0.99 (Flax convention,
     torch's 0.01) as torchvision; ``dropout_rate`` 0.2. Names: stem_conv/stem_bn = features.0,
     block<i> = features.<i>, head_conv/head_bn = features.<n+1>, fc1 / fc2 = classifier.0 / .3.
+    ``include_top=False``: no pool/classifier; ``__call__`` returns the features dict (the LR-ASPP
+    backbone).
     """
 
     arch: str = 'large'
@@ -356,6 +358,7 @@ class MobileNetV3(nn.Module):
     norm_eps: float | None = 1e-3
     norm_momentum: float | None = 0.99
     activation: str | Callable = nn.hard_swish
+    include_top: bool = True
     dtype: Any = jnp.float32
 
     def __post_init__(self):
@@ -398,6 +401,8 @@ class MobileNetV3(nn.Module):
         maps.append((stride, x))
         feats[f'features{len(rows) + 1}'] = x
         stage_features(feats, maps)
+        if not self.include_top:
+            return feats
         x = jnp.mean(x, axis=(1, 2))
         x = hs(nn.Dense(last_channel, dtype=self.dtype, name='fc1')(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
