@@ -204,6 +204,19 @@ def main(argv: list[str]) -> int:
         return 0
     config_arg = flags.FLAGS["config"].serialize().partition("=")[2] or ""
     workdir = Path(_WORKDIR.value) if _WORKDIR.value else default_workdir(config_arg)
+    if not _VIZ.value and experiment_commands.requested(_SWEEP.value, _DRY_RUN.value, _TABLE.value):
+        # sweeps of any task: classification, segmentation, gan, ... (execute_run dispatches on config.task)
+        return experiment_commands.main(
+            config,
+            config_arg,
+            workdir,
+            sweep=_SWEEP.value,
+            dry_run=_DRY_RUN.value,
+            table=_TABLE.value,
+            parallel=_SWEEP_PARALLEL.value,
+            only=_SWEEP_ONLY.value,
+            show_progress=_PROGRESS.value,
+        )
     if _VIZ.value or config.get("task", "classification") != "classification":
         try:
             if _VIZ.value:
@@ -228,18 +241,6 @@ def main(argv: list[str]) -> int:
             print(f"launch.py: {type(e).__name__}: {e}", file=sys.stderr)
             return 1
         return 0
-    if experiment_commands.requested(_SWEEP.value, _DRY_RUN.value, _TABLE.value):
-        return experiment_commands.main(
-            config,
-            config_arg,
-            workdir,
-            sweep=_SWEEP.value,
-            dry_run=_DRY_RUN.value,
-            table=_TABLE.value,
-            parallel=_SWEEP_PARALLEL.value,
-            only=_SWEEP_ONLY.value,
-            show_progress=_PROGRESS.value,
-        )
     try:
         train_and_evaluate(config, workdir, show_progress=_PROGRESS.value)
     except CheckpointError as e:

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -340,13 +341,94 @@ def test_segmentation_task_end_to_end_and_resume(tmp_path):
         train_segmentation(other, tmp_path / 'resumed', show_progress=False)
 
 
+SEG_SWEEP_CONFIG = '''
+import os
+from pathlib import Path
+from pathlib import Path
+from tests.test_segmentation import _task_config
+from research.experiments.sweep import product
+
+def get_config(arg=None):
+    c = _task_config(Path(os.environ["SEG_SWEEP_TMP"]))
+    c.model.width = 4
+    return c
+
+def get_sweep(arg=None):
+    return product({"model.width": [4, 6]})
+
+def get_table(arg=None):
+    return dict(name="tiny_width", rows="model.width", metric="test_miou", paper={6: 50.0})
+'''
+
+
+def test_segmentation_sweep_ledger_table_and_skip(tmp_path, monkeypatch, capsys):
+    """``--sweep --table`` on a segmentation config: runs train through the task, the ledger holds
+    mIoU (%), the table and curves render, a relaunch skips the finished runs."""
+    from research.experiments import commands, ledger
+
+    monkeypatch.setenv('SEG_SWEEP_TMP', str(tmp_path))
+    cfg = tmp_path / 'seg_sweep.py'
+    cfg.write_text(SEG_SWEEP_CONFIG)
+    from research.experiments.sweep import load_config_module
+
+    config = load_config_module(cfg).get_config()
+    root = tmp_path / 'sweep'
+    kw = dict(sweep=True, dry_run=False, table='tiny_width', show_progress=False, argv=['launch.py'])
+    assert commands.main(config, str(cfg), root, **kw) == 0
+    rows = {r['overrides']['model.width']: r for r in ledger.read(root / 'ledger.jsonl')}
+    assert set(rows) == {4, 6} and all(r['status'] == 'done' for r in rows.values())
+    for width, row in rows.items():
+        summary = json.loads((Path(row['workdir']) / 'summary.json').read_text())
+        m = row['metrics']
+        assert m['test_miou'] == pytest.approx(100 * summary['final']['test']['miou'])
+        assert m['test_pixel_acc'] == pytest.approx(100 * summary['final']['test']['pixel_acc'])
+        assert m['best_test_miou'] >= m['test_miou'] - 1e-9 and m['best_step'] in (2, 4)
+        assert row['num_params'] == summary['num_params'] and row['step'] == 4
+    md = (root / 'tables' / 'tiny_width.md').read_text()
+    assert f"{rows[4]['metrics']['test_miou']:.2f}" in md and '50.00' in md
+    assert (root / 'tables' / 'tiny_width.png').exists() and (
+        root / 'tables' / 'tiny_width_curves.png'
+    ).exists()
+    capsys.readouterr()
+    assert commands.main(config, str(cfg), root, **kw) == 0
+    assert 'skip' in capsys.readouterr().out
+
+
+def test_ledger_segmentation_metrics(tmp_path):
+    from research.experiments import ledger
+
+    (tmp_path / 'summary.json').write_text(
+        json.dumps({'task': 'segmentation', 'final': {'test': {'miou': 0.5, 'pixel_acc': 0.9, 'loss': 0.3}}})
+    )
+    rows = [
+        {'split': 'train', 'step': 1, 'loss': 1.0, 'pixel_acc': 0.5},
+        {'split': 'test', 'step': 1, 'miou': 0.6, 'pixel_acc': 0.8},
+        {'split': 'test', 'step': 2, 'miou': 0.5, 'pixel_acc': 0.9},
+    ]
+    (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    m = ledger.run_metrics(tmp_path)
+    assert m['test_miou'] == pytest.approx(50.0) and m['test_pixel_acc'] == pytest.approx(90.0)
+    assert m['best_test_miou'] == pytest.approx(60.0) and m['best_step'] == 1
+    assert m['train_loss'] == 1.0 and m['train_pixel_acc'] == pytest.approx(50.0) and 'test_error' not in m
+
+
 @pytest.mark.parametrize(
     'name,arg',
     [
         ('unet_mnist', 'quick'),
         ('unet_mnist', ''),
         ('fcn_mnist', 'quick,stride=16'),
+        ('fcn_mnist', ''),
         ('deeplabv3_mnist', 'quick'),
+        ('deeplabv3_mnist', 'quick,sweep=rates'),
+        ('deeplabv3_mnist', 'quick,plus'),
+        ('deeplabv3_mnist', ''),
+        ('pspnet_mnist', 'quick'),
+        ('pspnet_mnist', 'bins=none'),
+        ('segnet_mnist', 'quick'),
+        ('segnet_mnist', 'quick,deconvnet'),
+        ('context_mnist', 'quick'),
+        ('lraspp_mnist', 'quick'),
     ],
 )
 def test_experiment_configs_validate(name, arg):
@@ -357,7 +439,19 @@ def test_experiment_configs_validate(name, arg):
     c = importlib.import_module(f'experiments.segmentation.{name}').get_config(arg)
     validate_config(c)
     assert c.task == 'segmentation' and c.data.name == 'mnist_seg' and os.path.exists(c.data.path)
+    module = importlib.import_module(f'experiments.segmentation.{name}')
     kwargs = {k: v for k, v in c.model.to_dict().items() if k != 'name'}
-    assert models.create(c.model.name, num_classes=11, **kwargs).num_classes == 11
+    model = models.create(c.model.name, num_classes=11, **kwargs)
+    x = jax.ShapeDtypeStruct((2, c.seg.canvas_size, c.seg.canvas_size, 1), jnp.float32)
+    out = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0], x)
+    assert out.shape == (2, c.seg.canvas_size, c.seg.canvas_size, 11)
+    if hasattr(module, 'get_sweep'):  # every run of the sweep builds (model kwargs accepted) and has a table
+        from research.experiments import commands, sweep
+
+        c.lock()
+        runs = sweep.expand(c, module.get_sweep(arg), '/tmp/unused')
+        assert len({r.id for r in runs}) == len(runs) >= 2
+        commands.preflight(runs)
+        assert commands.get_table_specs(module, arg)[0]['metric'] == 'test_miou'
     with pytest.raises(ValueError, match='unknown config argument'):
-        importlib.import_module(f'experiments.segmentation.{name}').get_config('quik')
+        module.get_config('quik')

@@ -58,6 +58,10 @@ PARAMS = {
     ('fcn_resnet50', ()): 35_322_218,
     ('deeplabv3_resnet50', ()): 42_004_074,
     ('lraspp_mobilenet_v3_large', ()): 3_221_538,
+    # Yu & Koltun's front end: VGG-16 convs 14,714,688 + fc6 (7x7x512x4096 + 4096) + fc7 + final (21),
+    # the basic context module adds 7 (9 C^2 + C) + C^2 + C = 28,392 at C = 21.
+    ('dilated_vgg16', ()): 14_714_688 + 7 * 7 * 512 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 21 + 21,
+    ('dilated_vgg16_context', ()): 134_346_581 + 28_392,
     # torchvision 0.29.1 metadata: fcn_resnet101 54,314,346; deeplabv3_resnet101 60,996,202.
     ('fcn_resnet101', ()): 54_314_346,
     ('deeplabv3_resnet101', ()): 60_996_202,
@@ -351,3 +355,34 @@ def test_train_mode_gradients(name, kwargs):
     first = 'conv1_1' if name == 'segnet' else 'down1_conv1'
     for layer in (first, 'classifier'):
         assert float(jnp.linalg.norm(grads[layer]['kernel'])) > 0
+
+
+def test_pyramid_pooling_bins_and_pooling_knobs():
+    from research.layers import blocks
+    from research.layers.pooling import adaptive_max_pool
+
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 8))
+    none = blocks.PyramidPooling(bins=())
+    v = none.init(jax.random.key(1), x, train=False)
+    np.testing.assert_array_equal(none.apply(v, x, train=False), x)  # the dilated-FCN baseline
+    ppm = blocks.PyramidPooling(bins=(1,), pooling='max', norm=None, activation='identity')
+    v = ppm.init(jax.random.key(1), x, train=False)
+    out = ppm.apply(v, x, train=False)
+    p = v['params']['bin1_conv']
+    want = adaptive_max_pool(x, 1) @ p['kernel'][0, 0] + p.get('bias', 0.0)  # 1x1 conv of the max
+    np.testing.assert_allclose(out[..., 8:], np.broadcast_to(want, (2, 6, 6, 8)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="'min'"):
+        blocks.PyramidPooling(pooling='min').init(jax.random.key(1), x, train=False)
+
+
+@pytest.mark.parametrize('name', ['deeplabv3_resnet18', 'pspnet_resnet18', 'fcn_resnet18', 'deeplabv3plus_resnet18'])
+def test_small_resnet_backbones_scale_with_width(name):
+    """The CPU-sized models: ``width`` scales the ResNet-18 backbone (planes width * 2**i)."""
+    _, v = _abstract(name, width=16, stem_width=16, aux=False) if name != 'deeplabv3plus_resnet18' else _abstract(
+        name, width=16, stem_width=16
+    )
+    bb = v['params']['backbone']
+    assert bb['conv1']['kernel'].shape == (7, 7, 3, 16)
+    assert bb['layer4_block1']['conv2']['kernel'].shape == (3, 3, 128, 128)
+    _, full = _abstract(name)
+    assert full['params']['backbone']['layer4_block1']['conv2']['kernel'].shape == (3, 3, 512, 512)

@@ -1,43 +1,95 @@
-"""DeepLabv3 (Chen et al. 2017; torchvision's ResNet-50 layout) on ``mnist_seg`` (64x64, 11 classes).
+"""DeepLabv3 / v3+ (Chen et al. 2017, 2018) on ``mnist_seg``, and its output-stride and ASPP-rate ablations.
 
 Commands:
-  python launch.py --config=experiments/segmentation/deeplabv3_mnist.py          # GPU job
-  python launch.py --config=experiments/segmentation/deeplabv3_mnist.py:quick    # 1 block per stage
+  python launch.py --config=experiments/segmentation/deeplabv3_mnist.py:quick        # CPU: ResNet-18/16 backbone
+  python launch.py --config=experiments/segmentation/deeplabv3_mnist.py              # GPU: ResNet-50, 30 epochs
+  python launch.py --config=experiments/segmentation/deeplabv3_mnist.py:quick --sweep --table          # output stride 8/16/32
+  python launch.py --config=experiments/segmentation/deeplabv3_mnist.py:quick,sweep=rates --sweep --table
 
-Dilated ResNet-50 backbone (output stride 8), ASPP, auxiliary FCN head on layer3 whose loss is
-added with weight ``seg.aux_weight`` (0.4, as torchvision's reference script), bilinear
-upsampling to the input. Even ``quick`` (``layers=(1, 1, 1, 1)``, output stride 16) keeps the
-full widths (26.5M params): a GPU job, not run on this CPU. Args: ``quick``, ``plus`` (DeepLabv3+),
-``epochs``, ``path``.
+Full: torchvision's layout (dilated ResNet-50, output stride 8, ASPP rates (12, 24, 36), aux FCN head
+on layer3 with loss weight 0.4), SGD momentum 0.01 with linear decay. ``quick``: a ResNet-18 backbone
+(basic blocks) with widths 16-128 (``width=16``), ASPP/head width 64, no aux head, Adam + cosine,
+2,000 canvases, 10 epochs. ASPP rates scale with the feature map: a 64x64 canvas at output stride 16
+is a 4x4 map (VOC's 513 crops give 33x33), so the quick rates are (1, 2, 3) at stride 16, doubled at 8
+((2, 4, 6); the paper doubles (6, 12, 18) to (12, 24, 36)) and (1, 1, 1) at 32.
+
+Sweeps (``sweep=``): ``os`` (default) output stride 8 / 16 / 32 (Table 1's axis: stride traded for
+dilation in layer3/4; paper numbers are VOC 2012 val mIoU with ResNet-50, shown for the trend only);
+``rates`` ASPP rates at output stride 8 (8x8 maps): (1, 2, 3), (2, 4, 6), (4, 8, 12), (12, 24, 36)
+-- rates past the map size leave only the centre tap of each 3x3 (the paper's Fig. 4 argument).
+Args: ``quick``, ``plus`` (DeepLabv3+ decoder), ``os`` (output stride), ``rates`` ('+'-separated),
+``sweep``, ``epochs``, ``train``, ``path``.
 """
 
-from experiments.paths import MNIST10K_FOLDER
-from research.config import base_config, parse_arg
+from experiments.segmentation.common import COMMON_ARGS, mnist_seg_config, tuple_arg
+from research.config import parse_arg
+from research.experiments import paper
+from research.experiments.sweep import product, zip_
+
+ARGS = {**COMMON_ARGS, "plus": False, "os": 0, "rates": "", "sweep": "os"}
+#: ASPP rates per output stride for 64x64 canvases (quick).
+QUICK_RATES = {8: (2, 4, 6), 16: (1, 2, 3), 32: (1, 1, 1)}
 
 
 def get_config(arg=None):
-    args = parse_arg(arg, {"quick": False, "plus": False, "epochs": 0, "path": MNIST10K_FOLDER})
+    args = parse_arg(arg, ARGS)
     quick = args["quick"]
-    c = base_config()
-    c.task = "segmentation"
-    c.data.name = "mnist_seg"
-    c.data.path = args["path"]
-    c.data.augment.crop_padding = 4
-    c.seg.num_train = 2000 if quick else 8000
-    c.seg.num_test = 500 if quick else 2000
-    c.seg.aux_weight = 0.4
-    c.model.name = "deeplabv3plus_resnet50" if args["plus"] else "deeplabv3_resnet50"
+    c = mnist_seg_config(args, quick_epochs=10, lr=2e-3)
+    plus = args["plus"]
     if quick:
-        c.model.layers = (1, 1, 1, 1)
-        c.model.output_stride = 16
-    c.optimizer.name = "momentum"
-    c.optimizer.lr = 0.01
-    c.optimizer.weight_decay = 1e-4
-    c.schedule.name = "linear"  # torchvision uses poly(0.9); linear decay to 0 is close
-    c.train.duration = f"{args['epochs'] or (3 if quick else 30)} epochs"
-    c.train.batch_size = 16
-    c.train.eval_batch_size = 100
-    c.train.log_every_steps = 20
-    c.train.eval_every = "1 epochs"
-    c.train.checkpoint_every = "1 epochs"
+        c.model.name = "deeplabv3plus_resnet18" if plus else "deeplabv3_resnet18"
+        c.model.width = 16
+        c.model.stem_width = 16
+        c.model.head_features = 64
+        if plus:
+            c.model.low_level_features = 16
+            c.model.decoder_features = 64
+        else:
+            c.model.aux = False
+        c.model.output_stride = args["os"] or (16 if plus else 8)
+        c.model.rates = tuple_arg(args["rates"]) or QUICK_RATES[c.model.output_stride]
+    else:
+        c.model.name = "deeplabv3plus_resnet50" if plus else "deeplabv3_resnet50"
+        c.model.output_stride = args["os"] or (16 if plus else 8)
+        c.model.rates = tuple_arg(args["rates"]) or None  # None: the paper's rates for the output stride
+        c.seg.aux_weight = 0.4
+        c.optimizer.name = "momentum"
+        c.optimizer.lr = 0.01
+        c.optimizer.weight_decay = 1e-4
+        c.schedule.name = "linear"  # torchvision uses poly(0.9); linear decay to 0 is close
+        c.train.batch_size = 16
     return c
+
+
+def get_sweep(arg=None):
+    args = parse_arg(arg, ARGS)
+    if args["sweep"] == "os":
+        strides = [8, 16, 32]
+        if args["quick"]:
+            return zip_({"model.output_stride": strides, "model.rates": [QUICK_RATES[s] for s in strides]})
+        return product({"model.output_stride": strides})
+    if args["sweep"] == "rates":
+        rates = [(1, 2, 3), (2, 4, 6), (4, 8, 12), (12, 24, 36)]
+        return product({"model.output_stride": [8], "model.rates": rates})
+    raise ValueError(f"sweep must be 'os' or 'rates'; got {args['sweep']!r}")
+
+
+def get_table(arg=None):
+    args = parse_arg(arg, ARGS)
+    common = dict(metric="test_miou", fmt=".2f")
+    if args["sweep"] == "os":
+        return dict(
+            name="deeplab_output_stride",
+            title="DeepLabv3 on mnist_seg: test mIoU (%) vs output stride (paper: VOC12 val, Table 1)",
+            rows="model.output_stride",
+            row_labels={s: f"OS {s}" for s in (8, 16, 32)},
+            paper=paper.DEEPLABV3_OUTPUT_STRIDE,
+            paper_label="paper (VOC)",
+            **common,
+        )
+    return dict(
+        name="deeplab_aspp_rates",
+        title="DeepLabv3 on mnist_seg, output stride 8 (8x8 maps): test mIoU (%) vs ASPP rates",
+        rows="model.rates",
+        **common,
+    )

@@ -13,7 +13,9 @@ A row is (re)built from the run's files, so it can be rebuilt at any time: ``run
 ``<split>_top1``, ``<split>_top5``, ``<split>_loss`` (final evaluation), ``best_<split>_error``
 / ``best_<split>_top1`` / ``best_step`` (best evaluation during the run), ``train_loss`` /
 ``train_error`` (the last logged training window: a running average over augmented batches),
-``num_params``, ``images_per_sec``, ``wall_time_s``.
+``num_params``, ``images_per_sec``, ``wall_time_s``. Segmentation runs (``task='segmentation'``)
+have ``<split>_miou`` and ``<split>_pixel_acc`` (%), ``<split>_loss``, ``best_<split>_miou``,
+``best_step``, ``train_loss`` and ``train_pixel_acc`` instead.
 
 Writers hold an exclusive ``flock`` on ``ledger.jsonl.lock`` and replace the file atomically,
 so parallel workers may update the same ledger; re-running a sweep updates rows, never
@@ -127,6 +129,8 @@ def run_metrics(workdir: str | Path, eval_split: str = "test") -> dict[str, Any]
     rows = _read_metrics(workdir)
     out: dict[str, Any] = {}
     final = summary.get("final", {}).get(eval_split)
+    if summary.get("task") == "segmentation" or (final and "miou" in final):
+        return _segmentation_metrics(final, rows, eval_split)
     if final:
         out.update(
             {
@@ -150,6 +154,33 @@ def run_metrics(workdir: str | Path, eval_split: str = "test") -> dict[str, Any]
     if train:
         out["train_loss"] = train[-1]["loss"]
         out["train_error"] = _err(train[-1].get("top1"))
+    return out
+
+
+def _pct(x: Any) -> float | None:
+    return 100.0 * float(x) if isinstance(x, (int, float)) else None
+
+
+def _segmentation_metrics(final: dict | None, rows: list[dict[str, Any]], eval_split: str) -> dict[str, Any]:
+    """``<split>_miou`` / ``<split>_pixel_acc`` (%), ``<split>_loss``, ``best_<split>_miou``, ``best_step``,
+    ``train_loss`` and ``train_pixel_acc`` (%, last logged window) of a segmentation run."""
+    out: dict[str, Any] = {}
+    if final:
+        out.update(
+            {
+                f"{eval_split}_miou": _pct(final.get("miou")),
+                f"{eval_split}_pixel_acc": _pct(final.get("pixel_acc")),
+                f"{eval_split}_loss": final.get("loss"),
+            }
+        )
+    evals = [r for r in rows if r["split"] == eval_split and isinstance(r.get("miou"), (int, float))]
+    if evals:
+        best = max(evals, key=lambda r: r["miou"])
+        out.update({f"best_{eval_split}_miou": _pct(best["miou"]), "best_step": best["step"]})
+    train = [r for r in rows if r["split"] == "train" and isinstance(r.get("loss"), (int, float))]
+    if train:
+        out["train_loss"] = train[-1]["loss"]
+        out["train_pixel_acc"] = _pct(train[-1].get("pixel_acc"))
     return out
 
 

@@ -30,6 +30,12 @@ PREACT_ORDERING_NAMES = {
     "e": "(e) full pre-activation",
 }
 
+# Long et al. 2015, "Fully Convolutional Networks", Table 2: stride -> mean IU (%) on VOC 2011 val.
+FCN_VOC11 = {32: 59.4, 16: 62.4, 8: 62.7}
+# Zhao et al. 2017, "Pyramid Scene Parsing Network", Table 1: ADE20K val mIoU (%) of ResNet-50, the
+# dilated baseline vs pyramid pooling with bins (1, 2, 3, 6), average pooling, dimension reduction.
+PSPNET_BINS = {(): 37.23, (1, 2, 3, 6): 41.68}
+
 # Zagoruyko & Komodakis 2016, "Wide Residual Networks", Table 4: (depth, k) -> error on
 # {'cifar10', 'cifar100'}; (28, 10, 'dropout') is WRN-28-10 with dropout 0.3.
 WRN_TABLE4 = {
@@ -59,7 +65,8 @@ WRN_PARAMS = {
 # CIFAR ResNets, option-A shortcuts, 10 classes: depth -> params (plain nets: the same).
 RESNET_CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
 
-# Chen et al. 2017, "Rethinking Atrous Convolution" (DeepLabv3): output stride -> VOC12 val mIoU (%).
+# Chen et al. 2017, "Rethinking Atrous Convolution" (DeepLabv3), Table 1: output stride -> VOC12 val mIoU (%)
+# of ResNet-50 + block7 (cascaded atrous blocks).
 DEEPLABV3_OUTPUT_STRIDE = {8: 75.18, 16: 73.88, 32: 70.06, 64: 59.99, 128: 42.34, 256: 20.29}
 DEEPLABV3_ASPP_OS16 = 77.21  # ASPP rates (6, 12, 18) + image pooling at output stride 16
 
@@ -86,6 +93,8 @@ TABLES: dict[str, dict[str, Any]] = {
     "deeplabv3_output_stride": dict(
         values=DEEPLABV3_OUTPUT_STRIDE, metric="VOC12 val mIoU %", source="Chen et al. 2017, Table 1"
     ),
+    "fcn_voc11": dict(values=FCN_VOC11, metric="VOC11 val mean IU %", source="Long et al. 2015, Table 2"),
+    "pspnet_bins": dict(values=PSPNET_BINS, metric="ADE20K val mIoU %", source="Zhao et al. 2017, Table 1"),
     "retinanet_gamma_alpha": dict(
         values=RETINANET_GAMMA_ALPHA, metric="COCO AP", source="Lin et al. 2017, Table 1b"
     ),

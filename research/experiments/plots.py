@@ -14,22 +14,31 @@ import matplotlib.pyplot as plt
 from research.train.reporting import read_metrics
 
 
-def _curves(workdir: str | Path, eval_split: str) -> tuple[list, list, list, list]:
+def _curves(workdir: str | Path, eval_split: str) -> tuple[list, list, list, list, str]:
+    """Train loss and the eval metric per epoch; the metric is error (%) for classifiers, mIoU (%)
+    for segmentation runs (rows with ``miou``)."""
     rows = read_metrics(workdir)
     train = [r for r in rows if r["split"] == "train" and isinstance(r.get("loss"), (int, float))]
-    evals = [r for r in rows if r["split"] == eval_split and isinstance(r.get("top1"), (int, float))]
+    evals = [r for r in rows if r["split"] == eval_split]
+    if any(isinstance(r.get("miou"), (int, float)) for r in evals):
+        evals = [r for r in evals if isinstance(r.get("miou"), (int, float))]
+        metric, values = "mIoU", [100.0 * r["miou"] for r in evals]
+    else:
+        evals = [r for r in evals if isinstance(r.get("top1"), (int, float))]
+        metric, values = "error", [100.0 * (1.0 - r["top1"]) for r in evals]
     return (
         [r["epoch"] for r in train],
         [r["loss"] for r in train],
         [r["epoch"] for r in evals],
-        [100.0 * (1.0 - r["top1"]) for r in evals],
+        values,
+        metric,
     )
 
 
 def plot_training_curves(
     runs: Sequence[dict[str, Any]], path: str | Path, *, eval_split: str = "test", title: str = ""
 ) -> Path:
-    """Train loss and ``eval_split`` error (%) against epoch, one line per run.
+    """Train loss and ``eval_split`` error (%) (mIoU (%) for segmentation runs) against epoch, one line per run.
 
     ``runs``: dicts with ``workdir``, ``label`` and optionally ``group`` (runs of a group share a
     color, e.g. the seeds of one cell; only the first of a group is labelled in the legend).
@@ -38,12 +47,12 @@ def plot_training_curves(
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     group_color: dict[Any, str] = {}
-    drawn = 0
+    drawn, metric = 0, "error"
     for run in runs:
         group = run.get("group", run["label"])
         first = group not in group_color
         color = group_color.setdefault(group, colors[len(group_color) % len(colors)])
-        te, tl, ee, er = _curves(run["workdir"], eval_split)
+        te, tl, ee, er, metric = _curves(run["workdir"], eval_split)
         label = str(run.get("group_label", run["label"])) if first else None
         if te:
             ax_loss.plot(te, tl, color=color, alpha=0.85, lw=1.2, label=label)
@@ -51,7 +60,7 @@ def plot_training_curves(
             ax_err.plot(ee, er, color=color, alpha=0.85, lw=1.2, marker="o", ms=3, label=label)
         drawn += bool(te or ee)
     ax_loss.set(xlabel="epoch", ylabel="train loss", title="training loss")
-    ax_err.set(xlabel="epoch", ylabel=f"{eval_split} error (%)", title=f"{eval_split} error")
+    ax_err.set(xlabel="epoch", ylabel=f"{eval_split} {metric} (%)", title=f"{eval_split} {metric}")
     for ax in (ax_loss, ax_err):
         ax.grid(alpha=0.3)
         if drawn:

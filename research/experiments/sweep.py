@@ -306,9 +306,11 @@ def execute_run(
     t0 = time.perf_counter()
     status, error = "failed", None
     try:
-        from research.train import train_and_evaluate
-
-        summary = train_and_evaluate(
+        if run.config.get("task", "classification") == "classification":
+            from research.train import train_and_evaluate as train
+        else:  # segmentation, gan, ...: same workdir contract (checkpoints, summary.json 'complete')
+            from research.generative import run_task as train
+        summary = train(
             run.config, run.workdir, stop_after_steps=stop_after_steps, show_progress=show_progress
         )
         status = "done" if summary.get("complete") else "partial"
@@ -425,6 +427,15 @@ def prepare_data(runs: Sequence[Run]) -> None:
     seen = set()
     for run in runs:
         d = run.config.data
+        if run.config.get("task", "classification") == "segmentation":
+            from research.segmentation import data as seg_data
+            from research.config import to_dict
+
+            key = (d.name, d.path, d.data_dir, repr(sorted(to_dict(run.config.seg).items())))
+            if key not in seen:
+                seen.add(key)
+                seg_data.get_seg_builder(d, run.config.seg)
+            continue
         key = (d.name, d.path, d.data_dir)
         if key not in seen:
             seen.add(key)

@@ -7,13 +7,15 @@ from pathlib import Path
 TASKS = ("gan", "style_transfer", "fast_style", "segmentation")
 
 
-def run_task(config, workdir: str | Path, *, show_progress: bool = True):
-    """Runs ``config.task`` ('gan', 'style_transfer' or 'fast_style') in ``workdir``."""
+def run_task(config, workdir: str | Path, *, show_progress: bool = True, stop_after_steps: int | None = None):
+    """Runs ``config.task`` ('gan', 'style_transfer', 'fast_style' or 'segmentation') in ``workdir``;
+    returns the run's summary dict. ``stop_after_steps`` (trained tasks): stop early (resumable)."""
     task = config.task
+    stop = {} if stop_after_steps is None else {"stop_after_steps": stop_after_steps}
     if task == "gan":
         from research.generative.dcgan import train_gan
 
-        return train_gan(config, workdir, show_progress=show_progress)
+        return train_gan(config, workdir, show_progress=show_progress, **stop)
     if task == "style_transfer":
         from research.generative.style_transfer import run_style_transfer
 
@@ -25,5 +27,5 @@ def run_task(config, workdir: str | Path, *, show_progress: bool = True):
     if task == "segmentation":
         from research.segmentation.train import train_segmentation
 
-        return train_segmentation(config, workdir, show_progress=show_progress)
+        return train_segmentation(config, workdir, show_progress=show_progress, **stop)
     raise ValueError(f"unknown task {task!r} (known: classification, {', '.join(TASKS)})")

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from research.layers.conv import channel_shuffle
-from research.layers.pooling import adaptive_avg_pool, avg_pool, max_pool
+from research.layers.pooling import adaptive_avg_pool, adaptive_max_pool, avg_pool, max_pool
 from research.layers.resample import upsample_bilinear
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation, resolve_norm
 
@@ -825,11 +825,14 @@ class PyramidPooling(nn.Module):
     1x1 conv to ``features`` (default C / len(bins)) -> norm -> act -> bilinear upsample to the
     input size; concatenate with the input (C + len(bins) * features channels, 2C by default).
     ``align_corners`` True as in the authors' Caffe interp layer (torch's default is False).
+    ``pooling``: 'avg' (the paper's choice) or 'max' (Table 1's other rows). ``bins=()``: no pyramid,
+    the input passes through (Table 1's dilated-FCN baseline).
     """
 
     bins: Sequence[int] = (1, 2, 3, 6)
     features: int | None = None
     align_corners: bool = True
+    pooling: str = 'avg'
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = BatchNorm
     activation: str | Callable = nn.relu
@@ -840,10 +843,13 @@ class PyramidPooling(nn.Module):
         norm = _norm(self.norm, train, self.dtype)
         act = resolve_activation(self.activation)
         conv = functools.partial(self.conv, dtype=self.dtype)
-        f = self.features or x.shape[-1] // len(self.bins)
+        pools = {'avg': adaptive_avg_pool, 'max': adaptive_max_pool}
+        if self.pooling not in pools:
+            raise ValueError(f"PyramidPooling pooling must be 'avg' or 'max'; got {self.pooling!r}")
+        f = self.features or x.shape[-1] // max(len(self.bins), 1)
         outs = [x]
         for b in self.bins:
-            p = adaptive_avg_pool(x, b)
+            p = pools[self.pooling](x, b)
             p = _conv_norm_act(p, conv, norm, act, f, 1, name=f'bin{b}_conv', norm_name=f'bin{b}_bn')
             outs.append(upsample_bilinear(p, size=x.shape[1:3], align_corners=self.align_corners))
         return jnp.concatenate(outs, axis=-1)

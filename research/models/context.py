@@ -12,7 +12,8 @@ k(t, a, b) = [t = 0][a = b] with zero biases, so the untrained module passes its
 identity init then copies the input into the first C channels). Zero 'same' padding keeps the
 resolution (the paper pads the input by reflection instead). Usable standalone on score maps:
 ``create('context_module', num_classes=21).apply(v, scores)``; as a registered model it takes
-(N, H, W, num_classes) inputs and returns float32 (N, H, W, num_classes).
+(N, H, W, num_classes) inputs and returns float32 (N, H, W, num_classes). ``dilated_vgg16`` (the
+paper's front end) and ``dilated_vgg16_context`` (front end + basic context module) take images.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from research.layers.common import Conv, ModuleDef
+from research.layers.pooling import max_pool
+from research.layers.resample import upsample_bilinear
 
 
 def identity_init(key, shape, dtype=jnp.float32):
@@ -70,4 +73,63 @@ class ContextModule(nn.Module):
         return jnp.asarray(h, jnp.float32)
 
 
-REGISTRY_ENTRIES = {'context_module': ContextModule}
+#: VGG-16 (Table 1, D) conv widths per block at base 64 (as research.models.fcn.VGG16_BLOCKS).
+_VGG16 = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+class DilatedVGG(nn.Module):
+    """Yu & Koltun's front end (Sec. 4) with an optional context module: a segmentation model on images.
+
+    VGG-16 with pool4 and pool5 removed, conv5 dilated by 2 and the fc6 convolution (7x7,
+    ``fc_features``) dilated by 4, fc7 (1x1), dropout and a 1x1 classifier: score maps at output
+    stride 8. ``context`` (True: the basic module, identity-initialised; ``context_multipliers`` gives
+    the large one) refines the score maps; bilinear upsampling x8 to the input. Same padding (the
+    paper reflects the input instead). ``base_features`` scales the VGG widths (64), for CPU runs.
+    """
+
+    num_classes: int = 21
+    base_features: int = 64
+    fc_features: int = 4096
+    dropout_rate: float = 0.5
+    context: bool = True
+    context_dilations: Sequence[int] = (1, 1, 2, 4, 8, 16, 1, 1)
+    context_multipliers: Sequence[int] | None = None
+    conv: ModuleDef = Conv
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, return_aux: bool = False):
+        if return_aux:
+            raise ValueError('DilatedVGG has no auxiliary head')
+        size = x.shape[1:3]
+        conv = functools.partial(self.conv, dtype=self.dtype)
+        h = jnp.asarray(x, self.dtype)
+        for b, widths in enumerate(_VGG16, start=1):
+            d = 2 if b == 5 else 1
+            for i, w in enumerate(widths, start=1):
+                w = w * self.base_features // 64
+                h = nn.relu(conv(w, (3, 3), padding=d, kernel_dilation=d, name=f'conv{b}_{i}')(h))
+            if b <= 3:
+                h = max_pool(h, 2, 2, ceil_mode=True)
+        h = nn.relu(conv(self.fc_features, (7, 7), padding=12, kernel_dilation=4, name='fc6')(h))
+        h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+        h = nn.relu(conv(self.fc_features, (1, 1), name='fc7')(h))
+        h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+        h = conv(self.num_classes, (1, 1), name='final')(h)
+        if self.context:
+            h = ContextModule(
+                self.num_classes,
+                self.context_dilations,
+                self.context_multipliers,
+                conv=self.conv,
+                dtype=self.dtype,
+                name='context',
+            )(h)
+        return jnp.asarray(upsample_bilinear(h, size=size), jnp.float32)
+
+
+REGISTRY_ENTRIES = {
+    'context_module': ContextModule,
+    'dilated_vgg16': functools.partial(DilatedVGG, context=False),
+    'dilated_vgg16_context': DilatedVGG,
+}

@@ -56,6 +56,9 @@ def ResNetBackbone(  # noqa: N802 (used like the module class it returns)
     *,
     output_stride: int = 8,
     multi_grid: Sequence[int] | None = None,
+    block: str | ModuleDef = 'bottleneck',
+    width: int = 64,
+    stem_width: int = 64,
     conv: ModuleDef = Conv,
     norm: str | ModuleDef | None = BatchNorm,
     dtype: Any = jnp.float32,
@@ -65,10 +68,13 @@ def ResNetBackbone(  # noqa: N802 (used like the module class it returns)
     conv1, bn1, layer{s}_block{i}), returning features 'stage1'..'stage5' (strides 2, 4, 8, 16, 32
     before dilation). ``output_stride`` 8 / 16 / 32 sets torchvision's ``replace_stride_with_dilation``;
     ``multi_grid`` (one multiplier per layer4 block, DeepLabv3 Sec. 3.2) multiplies layer4's dilation
-    per block."""
+    per block. ``block`` ('basic' / 'bottleneck'), ``width`` and ``stem_width``: ResNet's knobs (small
+    backbones for CPU runs: ``block='basic', layers=(2, 2, 2, 2), width=16``)."""
     return ResNet(
         layers=tuple(layers),
-        block='bottleneck',
+        block=block,
+        width=width,
+        stem_width=stem_width,
         replace_stride_with_dilation=dilation_for_output_stride(output_stride),
         multi_grid=multi_grid,
         include_top=False,
@@ -125,6 +131,23 @@ class DeepLabHead(nn.Module):
         return conv(self.num_classes, (1, 1), name='cls')(x)
 
 
+def backbone_of(model) -> ResNet:
+    """The dilated ResNet backbone of a segmentation model with the fields layers, output_stride,
+    block, width, stem_width (and optionally multi_grid), conv, norm, dtype."""
+    return ResNetBackbone(
+        model.layers,
+        output_stride=model.output_stride,
+        multi_grid=getattr(model, 'multi_grid', None),
+        block=model.block,
+        width=model.width,
+        stem_width=model.stem_width,
+        conv=model.conv,
+        norm=model.norm,
+        dtype=model.dtype,
+        name='backbone',
+    )
+
+
 def _resize(x, size, align_corners=False):
     return jnp.asarray(upsample_bilinear(x, size=size, align_corners=align_corners), jnp.float32)
 
@@ -140,15 +163,20 @@ class DeepLabV3(nn.Module):
     Fields: num_classes; layers (ResNet depth: (3, 4, 6, 3) = 50, (3, 4, 23, 3) = 101); output_stride
     (8 as torchvision, 16 as the paper's training default, 32 = no atrous conv: Table 1); multi_grid
     (e.g. (1, 2, 4), Table 3; None = torchvision); rates (None = the output stride's default);
-    aspp_dropout (0.5); aux (auxiliary FCNHead on layer3, as torchvision's ``aux_loss=True``).
+    aspp_dropout (0.5); head_features (ASPP and head width, 256); aux (auxiliary FCNHead on layer3, as
+    torchvision's ``aux_loss=True``); block / width / stem_width (the backbone's, see ``ResNetBackbone``).
     """
 
     num_classes: int = 21
     layers: Sequence[int] = (3, 4, 6, 3)
     output_stride: int = 8
+    block: str | ModuleDef = 'bottleneck'
+    width: int = 64
+    stem_width: int = 64
     multi_grid: Sequence[int] | None = None
     rates: Sequence[int] | None = None
     aspp_dropout: float = 0.5
+    head_features: int = 256
     aux: bool = True
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = BatchNorm
@@ -157,19 +185,12 @@ class DeepLabV3(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, return_aux: bool = False):
         size = x.shape[1:3]
-        feats = ResNetBackbone(
-            self.layers,
-            output_stride=self.output_stride,
-            multi_grid=self.multi_grid,
-            conv=self.conv,
-            norm=self.norm,
-            dtype=self.dtype,
-            name='backbone',
-        )(x, train)
+        feats = backbone_of(self)(x, train)
         rates = tuple(self.rates) if self.rates is not None else _default_rates(self.output_stride)
         y = DeepLabHead(
             self.num_classes,
             rates,
+            features=self.head_features,
             aspp_dropout=self.aspp_dropout,
             conv=self.conv,
             norm=self.norm,
@@ -202,8 +223,12 @@ class DeepLabV3Plus(nn.Module):
     num_classes: int = 21
     layers: Sequence[int] = (3, 4, 6, 3)
     output_stride: int = 16
+    block: str | ModuleDef = 'bottleneck'
+    width: int = 64
+    stem_width: int = 64
     multi_grid: Sequence[int] | None = None
     rates: Sequence[int] | None = None
+    head_features: int = 256
     low_level_features: int = 48
     decoder_features: int = 256
     aspp_dropout: float = 0.1
@@ -218,18 +243,10 @@ class DeepLabV3Plus(nn.Module):
         size = x.shape[1:3]
         norm = bind_norm(self.norm, train, self.dtype)
         conv = functools.partial(self.conv, dtype=self.dtype)
-        feats = ResNetBackbone(
-            self.layers,
-            output_stride=self.output_stride,
-            multi_grid=self.multi_grid,
-            conv=self.conv,
-            norm=self.norm,
-            dtype=self.dtype,
-            name='backbone',
-        )(x, train)
+        feats = backbone_of(self)(x, train)
         rates = tuple(self.rates) if self.rates is not None else _default_rates(self.output_stride)
         y = ASPP(
-            256, rates, self.aspp_dropout, conv=self.conv, norm=self.norm, dtype=self.dtype, name='aspp'
+            self.head_features, rates, self.aspp_dropout, conv=self.conv, norm=self.norm, dtype=self.dtype, name='aspp'
         )(feats['stage5'], train=train)
         low = feats['stage2']
         low = _conv_norm_act(
@@ -290,14 +307,20 @@ class LRASPP(nn.Module):
         return _resize(y, size)
 
 
+# ResNet-18 backbones (basic blocks; not in the papers): with ``width=16`` the CPU-sized models of the
+# segmentation experiments and ablations.
+DeepLabV3ResNet18 = functools.partial(DeepLabV3, layers=(2, 2, 2, 2), block='basic')
+DeepLabV3PlusResNet18 = functools.partial(DeepLabV3Plus, layers=(2, 2, 2, 2), block='basic')
 DeepLabV3ResNet50 = functools.partial(DeepLabV3, layers=(3, 4, 6, 3))
 DeepLabV3ResNet101 = functools.partial(DeepLabV3, layers=(3, 4, 23, 3))
 DeepLabV3PlusResNet50 = functools.partial(DeepLabV3Plus, layers=(3, 4, 6, 3))
 DeepLabV3PlusResNet101 = functools.partial(DeepLabV3Plus, layers=(3, 4, 23, 3))
 
 REGISTRY_ENTRIES = {
+    'deeplabv3_resnet18': DeepLabV3ResNet18,
     'deeplabv3_resnet50': DeepLabV3ResNet50,
     'deeplabv3_resnet101': DeepLabV3ResNet101,
+    'deeplabv3plus_resnet18': DeepLabV3PlusResNet18,
     'deeplabv3plus_resnet50': DeepLabV3PlusResNet50,
     'deeplabv3plus_resnet101': DeepLabV3PlusResNet101,
     'lraspp_mobilenet_v3_large': LRASPP,

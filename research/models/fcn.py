@@ -37,7 +37,7 @@ import numpy as np
 from research.layers.common import BatchNorm, Conv, ModuleDef
 from research.layers.conv import ConvTranspose
 from research.layers.pooling import max_pool
-from research.models.deeplab import FCNHead, ResNetBackbone, _resize, _with_aux
+from research.models.deeplab import FCNHead, _resize, _with_aux, backbone_of
 
 #: VGG-16 (Table 1, D) conv widths per block at base 64.
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -126,6 +126,9 @@ class TorchvisionFCN(nn.Module):
     num_classes: int = 21
     layers: Sequence[int] = (3, 4, 6, 3)
     output_stride: int = 8
+    block: str | ModuleDef = 'bottleneck'
+    width: int = 64
+    stem_width: int = 64
     aux: bool = True
     conv: ModuleDef = Conv
     norm: Any = BatchNorm
@@ -134,14 +137,7 @@ class TorchvisionFCN(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, return_aux: bool = False):
         size = x.shape[1:3]
-        feats = ResNetBackbone(
-            self.layers,
-            output_stride=self.output_stride,
-            conv=self.conv,
-            norm=self.norm,
-            dtype=self.dtype,
-            name='backbone',
-        )(x, train)
+        feats = backbone_of(self)(x, train)
         y = FCNHead(self.num_classes, conv=self.conv, norm=self.norm, dtype=self.dtype, name='classifier')(
             feats['stage5'], train
         )
@@ -152,6 +148,7 @@ REGISTRY_ENTRIES = {
     'fcn32s': functools.partial(FCN, stride=32),
     'fcn16s': functools.partial(FCN, stride=16),
     'fcn8s': functools.partial(FCN, stride=8),
+    'fcn_resnet18': functools.partial(TorchvisionFCN, layers=(2, 2, 2, 2), block='basic'),  # CPU-sized
     'fcn_resnet50': functools.partial(TorchvisionFCN, layers=(3, 4, 6, 3)),
     'fcn_resnet101': functools.partial(TorchvisionFCN, layers=(3, 4, 23, 3)),
 }

@@ -20,18 +20,23 @@ import jax.numpy as jnp
 
 from research.layers.blocks import PyramidPooling, _conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm
-from research.models.deeplab import ResNetBackbone, _resize
+from research.models.deeplab import _resize, backbone_of
 
 
 class PSPNet(nn.Module):
-    """PSPNet (see the module docstring). Fields: bins ((1, 2, 3, 6)), bin_features (None = C/len(bins)),
+    """PSPNet (see the module docstring). Fields: bins ((1, 2, 3, 6); () = the dilated-FCN baseline),
+    pooling ('avg' / 'max', Table 1), bin_features (None = C/len(bins)), block / width / stem_width (backbone),
     head_features (512), aux_features (256), aux, dropout_rate (0.1), output_stride (8), layers."""
 
     num_classes: int = 21
     layers: Sequence[int] = (3, 4, 6, 3)
     output_stride: int = 8
+    block: str | ModuleDef = 'bottleneck'
+    width: int = 64
+    stem_width: int = 64
     bins: Sequence[int] = (1, 2, 3, 6)
     bin_features: int | None = None
+    pooling: str = 'avg'
     head_features: int = 512
     aux: bool = True
     aux_features: int = 256
@@ -46,18 +51,12 @@ class PSPNet(nn.Module):
         size = x.shape[1:3]
         norm = bind_norm(self.norm, train, self.dtype)
         conv = functools.partial(self.conv, dtype=self.dtype)
-        feats = ResNetBackbone(
-            self.layers,
-            output_stride=self.output_stride,
-            conv=self.conv,
-            norm=self.norm,
-            dtype=self.dtype,
-            name='backbone',
-        )(x, train)
+        feats = backbone_of(self)(x, train)
         y = PyramidPooling(
             self.bins,
             self.bin_features,
             self.align_corners,
+            self.pooling,
             conv=self.conv,
             norm=self.norm,
             dtype=self.dtype,
@@ -90,6 +89,7 @@ class PSPNet(nn.Module):
 
 
 REGISTRY_ENTRIES = {
+    'pspnet_resnet18': functools.partial(PSPNet, layers=(2, 2, 2, 2), block='basic'),  # CPU-sized (width=16)
     'pspnet_resnet50': functools.partial(PSPNet, layers=(3, 4, 6, 3)),
     'pspnet_resnet101': functools.partial(PSPNet, layers=(3, 4, 23, 3)),
 }

@@ -81,7 +81,8 @@ class ResNet(nn.Module):
       se_reduction: SE ratio r (16 in the SE paper), None = no SE.
       replace_stride_with_dilation, multi_grid: see the module docstring.
       zero_init_residual: last BN scale of every block starts at 0 (torchvision's option).
-      stem_width: filters of the 7x7 stem (64); planes of layer i are 64 * 2**i.
+      stem_width: filters of the 7x7 stem (64); width: planes of layer i are ``width * 2**i`` (64;
+        smaller for CPU-sized segmentation backbones).
       conv, norm, activation, dtype, num_classes, dropout_rate (before the fc; 0 in the paper).
       include_top: False drops the global pool and fc; ``__call__`` then returns the features dict
         (a backbone: the segmentation models use it, with torchvision's module names).
@@ -98,6 +99,7 @@ class ResNet(nn.Module):
     multi_grid: Sequence[int] | None = None
     zero_init_residual: bool = False
     stem_width: int = 64
+    width: int = 64
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = BatchNorm
     activation: str | Callable = nn.relu
@@ -148,7 +150,7 @@ class ResNet(nn.Module):
                         groups=self.groups, base_width=self.width_per_group, stride_on_1x1=self.stride_on_1x1
                     )
                 x = block(
-                    features=64 * 2**stage,
+                    features=self.width * 2**stage,
                     strides=strides if i == 0 else 1,
                     dilation=d,
                     shortcut='B',
