@@ -147,7 +147,12 @@ def base_config() -> ConfigDict:
             data_seed=0,  # generation seed (part of the dataset's identity)
             ce_weight=1.0,  # loss = ce_weight * CE (ignore label 255) + dice_weight * soft Dice
             dice_weight=0.0,
+            # CE class weights: 'none' | 'median_frequency' (SegNet Sec. 3.1; from the train split's labels)
+            class_balance="none",
             aux_weight=0.4,  # weight of an auxiliary head's loss (models with return_aux)
+            crf_eval=False,  # final evaluation also reports crf_miou etc. after dense-CRF post-processing
+            crf_iterations=5,  # mean-field iterations (research.segmentation.crf.dense_crf)
+            crf_method="approx",  # 'exact' | 'approx' (bilateral grid) | 'auto'
             viz_examples=8,  # rows of the input | truth | prediction PNG written at each eval
         )
     )

@@ -70,6 +70,35 @@ def test_cross_entropy_with_ignore_equals_manual_mean():
     )
 
 
+def test_weighted_cross_entropy_equals_torch_formula():
+    """Class-weighted CE = sum_i w[y_i] ce_i / sum_i w[y_i] over valid pixels (torch's weight= semantics)."""
+    logits = jax.random.normal(jax.random.key(0), (2, 3, 4, 5))
+    labels = np.array(jax.random.randint(jax.random.key(1), (2, 3, 4), 0, 5))
+    labels[0, 0, :2] = IGN
+    w = np.array([0.1, 1.0, 2.0, 0.5, 3.0], np.float32)
+    logp = np.asarray(jax.nn.log_softmax(logits, -1), np.float64)
+    valid = labels != IGN
+    safe = np.where(valid, labels, 0)
+    ce = -np.take_along_axis(logp, safe[..., None], -1)[..., 0]
+    want = np.sum(w[safe] * ce * valid) / np.sum(w[safe] * valid)
+    got = float(cross_entropy_loss(logits, jnp.asarray(labels), class_weights=jnp.asarray(w)))
+    assert got == pytest.approx(want, rel=1e-5)
+    ones = float(cross_entropy_loss(logits, jnp.asarray(labels), class_weights=jnp.ones(5)))
+    assert ones == pytest.approx(float(cross_entropy_loss(logits, jnp.asarray(labels))), rel=1e-6)
+
+
+def test_median_frequency_weights_hand_case():
+    from research.segmentation.losses import median_frequency_weights
+
+    # Image 0 (4 px): 3 background, 1 class 1. Image 1 (4 px, one ignored): 1 background, 2 class 2.
+    labels = np.array([[[0, 0], [0, 1]], [[0, 2], [2, IGN]]])
+    # f_0 = 4 / 7 (both images, 7 valid px), f_1 = 1 / 4, f_2 = 2 / 3; class 3 never occurs.
+    f = np.array([4 / 7, 1 / 4, 2 / 3])
+    w = median_frequency_weights(labels, 4)
+    np.testing.assert_allclose(w[:3], np.median(f) / f, rtol=1e-6)
+    assert w[3] == 0.0 and w[0] == pytest.approx(1.0)
+
+
 def test_dice_hand_case():
     # Two pixels, two classes; probabilities given via log-probs as logits.
     probs = np.array([[[[0.8, 0.2], [0.4, 0.6]]]], np.float32)  # (1, 1, 2, 2)
@@ -298,6 +327,48 @@ def test_train_step_changes_params_and_eval_counts_every_pixel_once(tmp_path):
     assert res['pixel_acc'] == pytest.approx(direct['pixel_acc'], abs=1e-6)
 
 
+def test_class_balance_knob(tmp_path):
+    from research.segmentation.losses import median_frequency_weights
+    from research.segmentation.train import SegTrainer
+
+    c = _task_config(tmp_path, class_balance='median_frequency')
+    tr = SegTrainer(c)
+    labels = seg_data.get_split(seg_data.get_seg_builder(c.data, c.seg), 'train').labels
+    np.testing.assert_allclose(tr.class_weights, median_frequency_weights(labels, 4), rtol=1e-6)
+    state, m = tr.train_step(
+        tr.init_state(), next(seg_data.make_train_iterator(c.data, c.seg, seed=0, global_batch_size=4))
+    )
+    assert np.isfinite(float(m['loss']))
+    with pytest.raises(ValueError, match="'median_freq'"):
+        SegTrainer(_task_config(tmp_path, class_balance='median_freq'))
+
+
+def test_crf_eval_option_equals_dense_crf_on_the_split(tmp_path):
+    """``seg.crf_eval``: the final evaluation adds crf_miou = mIoU of argmax dense_crf(logits, image)."""
+    from research.segmentation.crf import dense_crf
+    from research.segmentation.train import SegTrainer
+
+    c = _task_config(tmp_path, crf_eval=True, crf_method='exact', crf_iterations=3)
+    tr = SegTrainer(c)
+    state = tr.init_state()
+    state, _ = tr.train_step(
+        state, next(seg_data.make_train_iterator(c.data, c.seg, seed=0, global_batch_size=4))
+    )
+    res, _ = tr.evaluate(state, crf=True)
+    plain, _ = tr.evaluate(state)
+    assert res['miou'] == plain['miou'] and 'crf_miou' not in plain
+    split = seg_data.get_split(seg_data.get_seg_builder(c.data, c.seg), 'test')
+    mean, std = np.asarray(tr.info.mean, np.float32), np.asarray(tr.info.std, np.float32)
+    x = (split.images.astype(np.float32) / 255 - mean) / std
+    logits = state.apply_fn(state.variables(), jnp.asarray(x), train=False)
+    q = dense_crf(logits, jnp.asarray((x * std + mean) * 255), num_iterations=3, method='exact')
+    direct = metrics_from_confusion(confusion_matrix(jnp.argmax(q, -1), jnp.asarray(split.labels), 4))
+    assert res['crf_miou'] == pytest.approx(direct['miou'], abs=1e-6)
+    assert res['crf_pixel_acc'] == pytest.approx(direct['pixel_acc'], abs=1e-6)
+    with pytest.raises(ValueError, match='crf_eval'):
+        SegTrainer(_task_config(tmp_path)).evaluate(state, crf=True)
+
+
 def test_aux_head_is_used_when_the_model_has_one(tmp_path):
     from research.segmentation.train import SegTrainer, _has_aux
 
@@ -429,6 +500,8 @@ def test_ledger_segmentation_metrics(tmp_path):
         ('segnet_mnist', 'quick,deconvnet'),
         ('context_mnist', 'quick'),
         ('lraspp_mnist', 'quick'),
+        ('unet_mnist', 'quick,data=shapes'),
+        ('deeplabv3_mnist', 'quick,data=shapes'),
     ],
 )
 def test_experiment_configs_validate(name, arg):
@@ -438,11 +511,17 @@ def test_experiment_configs_validate(name, arg):
 
     c = importlib.import_module(f'experiments.segmentation.{name}').get_config(arg)
     validate_config(c)
-    assert c.task == 'segmentation' and c.data.name == 'mnist_seg' and os.path.exists(c.data.path)
+    assert c.task == 'segmentation'
+    assert (
+        c.data.name == 'shapes_seg'
+        if 'data=shapes' in arg
+        else (c.data.name == 'mnist_seg' and os.path.exists(c.data.path))
+    )
     module = importlib.import_module(f'experiments.segmentation.{name}')
     kwargs = {k: v for k, v in c.model.to_dict().items() if k != 'name'}
     model = models.create(c.model.name, num_classes=11, **kwargs)
-    x = jax.ShapeDtypeStruct((2, c.seg.canvas_size, c.seg.canvas_size, 1), jnp.float32)
+    channels = 3 if 'data=shapes' in arg else 1
+    x = jax.ShapeDtypeStruct((2, c.seg.canvas_size, c.seg.canvas_size, channels), jnp.float32)
     out = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0], x)
     assert out.shape == (2, c.seg.canvas_size, c.seg.canvas_size, 11)
     if hasattr(module, 'get_sweep'):  # every run of the sweep builds (model kwargs accepted) and has a table

@@ -24,7 +24,7 @@ ARGS = {**COMMON_ARGS, "bins": "1+2+3+6", "pooling": "avg"}
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
-    c = mnist_seg_config(args, quick_epochs=8, lr=2e-3)
+    c = mnist_seg_config(args, quick_epochs=10, lr=2e-3)
     c.model.bins = () if args["bins"] == "none" else tuple_arg(args["bins"])
     c.model.pooling = args["pooling"]
     if args["quick"]:

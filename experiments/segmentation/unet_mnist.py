@@ -24,7 +24,7 @@ ARGS = {**COMMON_ARGS, "width": 0, "depth": 0, "dice": -1.0}
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
     quick = args["quick"]
-    c = mnist_seg_config(args, quick_epochs=4, lr=2e-3 if quick else 1e-3)
+    c = mnist_seg_config(args, quick_epochs=4, lr=2e-3 if quick else 1e-3, balance=False)
     c.seg.dice_weight = args["dice"] if args["dice"] >= 0 else (0.5 if quick else 0.0)
     c.model.name = "unet"
     c.model.depth = args["depth"] or (3 if quick else 4)

@@ -30,10 +30,43 @@ def pixel_cross_entropy(
     return jnp.sum(ce * mask), jnp.sum(mask)
 
 
-def cross_entropy_loss(logits: jax.Array, labels: jax.Array, ignore_label: int = IGNORE_LABEL) -> jax.Array:
-    """Mean per-pixel cross-entropy over the valid pixels (0 if there are none)."""
-    total, count = pixel_cross_entropy(logits, labels, ignore_label)
-    return total / jnp.maximum(count, 1.0)
+def cross_entropy_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    ignore_label: int = IGNORE_LABEL,
+    class_weights: jax.Array | None = None,
+) -> jax.Array:
+    """Mean per-pixel cross-entropy over the valid pixels (0 if there are none).
+
+    ``class_weights`` [K] (optional): pixel i counts ``w[y_i]`` times, the mean is
+    ``sum_i w[y_i] ce_i / sum_i w[y_i]`` (torch's ``cross_entropy(weight=w)``).
+    """
+    weights = None
+    if class_weights is not None:
+        safe = jnp.where(labels == ignore_label, 0, labels)
+        weights = jnp.asarray(class_weights, jnp.float32)[safe]
+    total, count = pixel_cross_entropy(logits, labels, ignore_label, weights=weights)
+    return total / jnp.maximum(count, 1e-12 if class_weights is not None else 1.0)
+
+
+def median_frequency_weights(labels, num_classes: int, ignore_label: int = IGNORE_LABEL):
+    """Median frequency balancing (Eigen & Fergus 2015; SegNet, Badrinarayanan et al. 2017, Sec. 3.1):
+    ``w_c = median(f) / f_c`` with ``f_c`` = pixels of class c / pixels of the images where c occurs.
+    ``labels``: int array [N, H, W] (numpy, the whole train split); classes never seen get weight 0."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    flat = labels.reshape(len(labels), -1)
+    valid = flat != ignore_label
+    counts = np.stack([np.sum((flat == c) & valid, axis=1) for c in range(num_classes)], axis=1)  # [N, K]
+    image_pixels = valid.sum(axis=1, keepdims=True)  # [N, 1]
+    present = counts > 0
+    denom = np.sum(np.where(present, image_pixels, 0), axis=0)
+    freq = np.where(denom > 0, counts.sum(axis=0) / np.maximum(denom, 1), 0.0)
+    seen = freq > 0
+    weights = np.zeros(num_classes, np.float64)
+    weights[seen] = np.median(freq[seen]) / freq[seen]
+    return weights.astype(np.float32)
 
 
 def dice_loss(
@@ -61,11 +94,13 @@ def segmentation_loss(
     ce_weight: float = 1.0,
     dice_weight: float = 0.0,
     ignore_label: int = IGNORE_LABEL,
+    class_weights: jax.Array | None = None,
 ) -> jax.Array:
-    """``ce_weight * CE + dice_weight * Dice`` (each term only computed if its weight is non-zero)."""
+    """``ce_weight * CE + dice_weight * Dice`` (each term only computed if its weight is non-zero);
+    ``class_weights`` weight the CE term (see :func:`cross_entropy_loss`)."""
     loss = jnp.zeros((), jnp.float32)
     if ce_weight:
-        loss = loss + ce_weight * cross_entropy_loss(logits, labels, ignore_label)
+        loss = loss + ce_weight * cross_entropy_loss(logits, labels, ignore_label, class_weights)
     if dice_weight:
         loss = loss + dice_weight * dice_loss(logits, labels, ignore_label)
     return loss

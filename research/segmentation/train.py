@@ -32,7 +32,12 @@ from research import models
 from research.config import parse_duration, to_dict, validate_config
 from research.segmentation import data as seg_data
 from research.segmentation import viz as seg_viz
-from research.segmentation.losses import IGNORE_LABEL, pixel_cross_entropy, segmentation_loss
+from research.segmentation.losses import (
+    IGNORE_LABEL,
+    median_frequency_weights,
+    pixel_cross_entropy,
+    segmentation_loss,
+)
 from research.segmentation.metrics import confusion_matrix, metrics_from_confusion
 from research.train import checkpoint as ckpt_lib
 from research.train import mesh as mesh_lib
@@ -64,10 +69,12 @@ def seg_train_step(
     ce_weight: float = 1.0,
     dice_weight: float = 0.0,
     aux_weight: float = 0.0,
+    class_weights: tuple[float, ...] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on a dense-label batch; returns the new state and train metrics."""
     step_rng = jax.random.fold_in(state.rng, state.step)
     labels = batch["label"]
+    cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
 
     def loss_fn(params):
         kw = {"return_aux": True} if aux_weight else {}
@@ -76,11 +83,10 @@ def seg_train_step(
             rngs={"dropout": step_rng}, **kw,
         )  # fmt: skip
         logits, extras = out if aux_weight else (out, {})
-        loss = segmentation_loss(logits, labels, ce_weight=ce_weight, dice_weight=dice_weight)
+        lw = dict(ce_weight=ce_weight, dice_weight=dice_weight, class_weights=cw)
+        loss = segmentation_loss(logits, labels, **lw)
         if aux_weight:
-            loss = loss + aux_weight * segmentation_loss(
-                extras["aux"], labels, ce_weight=ce_weight, dice_weight=dice_weight
-            )
+            loss = loss + aux_weight * segmentation_loss(extras["aux"], labels, **lw)
         return loss, (logits, new_vars)
 
     (loss, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -102,18 +108,38 @@ def seg_train_step(
 
 
 def seg_eval_step(
-    state: TrainState, batch: dict[str, jax.Array], *, num_classes: int
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    num_classes: int,
+    crf: dict[str, Any] | None = None,
+    mean: tuple[float, ...] = (0.0,),
+    std: tuple[float, ...] = (1.0,),
 ) -> dict[str, jax.Array]:
-    """Sums over the real examples (``mask``) of a padded batch: confusion matrix, CE sum, pixels."""
+    """Sums over the real examples (``mask``) of a padded batch: confusion matrix, CE sum, pixels.
+
+    ``crf`` (keyword arguments of :func:`research.segmentation.crf.dense_crf`): also the confusion
+    matrix of the dense-CRF refined predictions (``crf_confusion``), the reference image being the
+    un-normalised input (``x * std + mean``) in 0..255.
+    """
     logits = state.apply_fn(state.variables(), batch["image"], train=False)
     weights = jnp.broadcast_to(batch["mask"][:, None, None], batch["label"].shape).astype(jnp.float32)
     ce_sum, count = pixel_cross_entropy(logits, batch["label"], weights=weights)
     preds = jnp.argmax(logits, -1)
-    return {
+    out = {
         "confusion": confusion_matrix(preds, batch["label"], num_classes, weights=weights),
         "ce_sum": ce_sum,
         "pixels": count,
     }
+    if crf is not None:
+        from research.segmentation.crf import dense_crf
+
+        image = (batch["image"] * jnp.asarray(std) + jnp.asarray(mean)) * 255.0
+        q = dense_crf(logits, image, **crf)
+        out["crf_confusion"] = confusion_matrix(
+            jnp.argmax(q, -1), batch["label"], num_classes, weights=weights
+        )
+    return out
 
 
 class _InitWithAux:
@@ -156,6 +182,7 @@ class SegTrainer:
         repl = mesh_lib.replicated(self.mesh)
         sample = jnp.zeros((1, *self.info.image_shape), jnp.float32)
         aux = float(sc.aux_weight) if sc.aux_weight and _has_aux(self.model, sample) else 0.0
+        self.class_weights = self._class_weights(sc.class_balance)
         init_model = _InitWithAux(self.model) if aux else self.model
         init = functools.partial(create_train_state, init_model, self.tx, sample_input=sample)
         abstract = jax.eval_shape(init, jax.random.key_data(jax.random.key(0)))
@@ -165,7 +192,7 @@ class SegTrainer:
         batch_sh = mesh_lib.batch_sharding(self.mesh)
         self.train_step = jax.jit(
             functools.partial(seg_train_step, ce_weight=float(sc.ce_weight), dice_weight=float(sc.dice_weight),
-                              aux_weight=aux),
+                              aux_weight=aux, class_weights=self.class_weights),
             in_shardings=(self.state_sharding, batch_sh), out_shardings=(self.state_sharding, repl),
             donate_argnums=(0,),
         )  # fmt: skip
@@ -173,13 +200,37 @@ class SegTrainer:
             functools.partial(seg_eval_step, num_classes=self.info.num_classes),
             in_shardings=(self.state_sharding, batch_sh), out_shardings=repl,
         )  # fmt: skip
+        crf = None
+        if sc.crf_eval:
+            crf = dict(num_iterations=int(sc.crf_iterations), method=str(sc.crf_method))
+        self.eval_step_crf = jax.jit(
+            functools.partial(seg_eval_step, num_classes=self.info.num_classes, crf=crf,
+                              mean=tuple(self.info.mean), std=tuple(self.info.std)),
+            in_shardings=(self.state_sharding, batch_sh), out_shardings=repl,
+        ) if crf else None  # fmt: skip
         self._predict = jax.jit(lambda st, x: jnp.argmax(st.apply_fn(st.variables(), x, train=False), -1))
+
+    def _class_weights(self, mode: str) -> tuple[float, ...] | None:
+        """``seg.class_balance``: 'none' or 'median_frequency' (weights from the whole train split)."""
+        if mode in ("", "none"):
+            return None
+        if mode != "median_frequency":
+            raise ValueError(f"seg.class_balance must be 'none' or 'median_frequency'; got {mode!r}")
+        builder = seg_data.get_seg_builder(self.config.data, self.config.seg)
+        labels = seg_data.get_split(builder, str(self.config.data.train_split)).labels
+        return tuple(float(w) for w in median_frequency_weights(labels, self.info.num_classes))
 
     def init_state(self) -> TrainState:
         return self._init(jax.random.key_data(jax.random.key(self.config.seed)))
 
-    def evaluate(self, state: TrainState, split: str | None = None) -> tuple[dict[str, float], dict]:
-        """Exact metrics over ``split`` and the first batch (for the picture)."""
+    def evaluate(
+        self, state: TrainState, split: str | None = None, *, crf: bool = False
+    ) -> tuple[dict[str, float], dict]:
+        """Exact metrics over ``split`` and the first batch (for the picture); ``crf``: also the
+        metrics after dense-CRF post-processing, prefixed ``crf_`` (needs ``seg.crf_eval``)."""
+        if crf and self.eval_step_crf is None:
+            raise ValueError("evaluate(crf=True) needs seg.crf_eval=True")
+        step_fn = self.eval_step_crf if crf else self.eval_step
         split = split or self.config.data.eval_split
         it = seg_data.make_eval_iterator(
             self.config.data, self.config.seg, split, global_batch_size=self.eval_batch_size,
@@ -189,10 +240,13 @@ class SegTrainer:
         totals, first = None, None
         for batch in it:
             first = first or batch
-            out = self.eval_step(state, mesh_lib.to_global(batch, sharding))
+            out = step_fn(state, mesh_lib.to_global(batch, sharding))
             totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
         totals = jax.device_get(totals)
         res = metrics_from_confusion(totals["confusion"], self.info.class_names)
+        if "crf_confusion" in totals:
+            crf_res = metrics_from_confusion(totals["crf_confusion"], self.info.class_names)
+            res.update({f"crf_{k}": v for k, v in crf_res.items() if k in ("miou", "pixel_acc", "mean_acc")})
         res["loss"] = float(totals["ce_sum"]) / max(float(totals["pixels"]), 1.0)
         res["count"] = self.info.num_examples[split]
         if int(res["pixels"]) != int(totals["pixels"]):
@@ -268,8 +322,8 @@ def train_segmentation(
         ckpt.save(s, state.arrays(), train_it.get_state(), {"step": s, "model": config.model.name})
         last_saved = s
 
-    def run_eval(s: int) -> dict[str, Any]:
-        res, first = tr.evaluate(state)
+    def run_eval(s: int, final: bool = False) -> dict[str, Any]:
+        res, first = tr.evaluate(state, crf=final and bool(config.seg.crf_eval))
         res["epoch"] = s / tr.steps_per_epoch
         writer.write(config.data.eval_split, s, res)
         if tr.is_main and first is not None and config.seg.viz_examples:
@@ -278,6 +332,7 @@ def train_segmentation(
         progress.message(
             f"eval @ step {s}: mIoU {100 * res['miou']:.2f}% pixel acc {100 * res['pixel_acc']:.2f}% "
             f"loss {res['loss']:.4f}"
+            + (f" | with dense CRF: mIoU {100 * res['crf_miou']:.2f}%" if "crf_miou" in res else "")
         )
         return res
 
@@ -329,7 +384,7 @@ def train_segmentation(
         "devices": jax.device_count(), "jax": jax.__version__, "workdir": str(workdir),
     }  # fmt: skip
     if step >= tr.total_steps:
-        res = run_eval(step)
+        res = run_eval(step, final=True)
         summary["final"] = {config.data.eval_split: res}
         best = max(history, key=lambda r: r["miou"])
         summary["best"] = {"miou": best["miou"], "step": best["step"]}
