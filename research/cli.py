@@ -77,6 +77,16 @@ _VIZ_DILATION = flags.DEFINE_string(
     "viz_dilation", "1,2,4", "Dilation rates of the 3x3 conv stack drawn by --viz=receptive_field."
 )
 
+# Multi-host (research/train/distributed.py): also JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+# JAX_PROCESS_ID, or detected under SLURM / mpirun / Cloud TPU.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-host: host:port of process 0's coordinator (jax.distributed)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "Multi-host: this process's index, 0..num_processes-1."
+)
+
 # Exceptions that carry a message meant for the user: printed without a traceback.
 _USER_ERRORS = (KeyError, ValueError, FileNotFoundError, FloatingPointError, RuntimeError)
 
@@ -192,6 +202,9 @@ def main(argv: list[str]) -> int:
     ].present:  # keep library INFO chatter (TFDS, XLA) out of the progress output
         logging.set_verbosity(logging.WARNING)
     _enable_compilation_cache()
+    from research.train import distributed
+
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from research.train import CheckpointError, train_and_evaluate
 
     config = _CONFIG.value

@@ -82,6 +82,13 @@ def base_config() -> ConfigDict:
             checkpoint_every="1 epochs",
             keep_checkpoints=3,
             async_checkpoints=True,
+            # Multi-device knobs (research/train/README section "Multi-device"):
+            bn_group_size=0,  # 0 = BatchNorm over the global batch; G > 0 = "ghost" BN over groups of G
+            # examples of each device's batch (shard_map); -1 = per-device batch (no cross-device sync)
+            precision="float32",  # float32 | bfloat16 (bf16 compute via the model's `dtype`; params,
+            # BN statistics, logits and the loss stay float32)
+            model_parallel=1,  # M > 1: a ('data', 'model') mesh of (devices/M, M); big params sharded
+            # FSDP-style over 'model' (research/train/mesh.py::param_sharding)
         )
     )
     # What launch.py runs (research/cli.py): 'classification' (the trainer), 'gan' (DCGAN,

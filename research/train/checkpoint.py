@@ -72,7 +72,16 @@ class Checkpointer:
     def restore_raw(self, step: int | None = None) -> dict[str, Any]:
         """The arrays of a checkpoint as saved (host numpy arrays), without a target: for inspection."""
         step = self.latest_step() if step is None else step
-        return self.manager.restore(step)["state"]
+        try:
+            return self.manager.restore(step)["state"]
+        except ValueError:  # saved on another topology (other devices/processes): restore onto one device
+            one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            meta = self.manager.item_metadata(step)["state"]
+            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            )
+            return restored["state"]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

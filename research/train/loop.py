@@ -3,7 +3,9 @@
 One code path for one device, many devices and many hosts: the train step is
 ``jax.jit``-compiled over a ``('data',)`` mesh with the batch sharded and the
 state replicated (so BatchNorm statistics are over the global batch), and the
-state buffers are donated. Checkpoints (train state + data-iterator state) are
+state buffers are donated. Knobs: ``train.bn_group_size`` (ghost BatchNorm through
+``jax.shard_map``), ``train.precision`` (bfloat16 compute, float32 params/statistics/loss),
+``train.model_parallel`` (a ``('data', 'model')`` mesh with FSDP-sharded parameters). Checkpoints (train state + data-iterator state) are
 written every ``train.checkpoint_every`` and at the end; a relaunch with the
 same ``workdir`` continues from the newest one to the same result as an
 uninterrupted run. A non-finite loss stops the run with :class:`NonFiniteLossError`
@@ -31,7 +33,7 @@ from research.train import mesh as mesh_lib
 from research.train import transfer
 from research.train.optim import make_optimizer, make_schedule
 from research.train.reporting import MetricWriter, Progress, format_seconds, read_metrics
-from research.train.state import TrainState, create_train_state, eval_step, train_step
+from research.train.state import TrainState, create_train_state, eval_step, ghost_bn_forward, train_step
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -42,10 +44,37 @@ def model_kwargs(config: ConfigDict) -> dict[str, Any]:
     return {k: v for k, v in to_dict(config.model).items() if k != "name"}
 
 
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(config: ConfigDict):
+    """The activation dtype of ``train.precision`` (None for float32: the model's own default)."""
+    precision = str(config.train.get("precision", "float32")) if "train" in config else "float32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown train.precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    return None if precision == "float32" else PRECISIONS[precision]
+
+
 def build_model(config: ConfigDict, num_classes: int):
-    """The registered model ``config.model.name`` with the other ``config.model`` keys as arguments."""
+    """The registered model ``config.model.name`` with the other ``config.model`` keys as arguments.
+
+    ``train.precision='bfloat16'`` sets the model's ``dtype`` (computation dtype; parameters
+    stay float32, BatchNorm reduces in float32, the models return float32 logits)."""
     kwargs = model_kwargs(config)
     kwargs.setdefault("num_classes", num_classes)
+    dtype = compute_dtype(config)
+    if dtype is not None:
+        if "dtype" in kwargs:
+            raise ValueError(
+                f"train.precision={config.train.precision!r} and model.dtype={kwargs['dtype']!r} both set "
+                "the compute dtype; set only one"
+            )
+        if "dtype" not in models.accepted_kwargs(config.model.name):
+            raise ValueError(
+                f"train.precision={config.train.precision!r} needs a model with a `dtype` field; "
+                f"'{config.model.name}' has none"
+            )
+        kwargs["dtype"] = dtype
     return models.create(config.model.name, **kwargs)
 
 
@@ -59,11 +88,14 @@ class Trainer:
         tc = config.train
         self.info = data_lib.get_dataset_info(config.data)
         self.model = build_model(config, self.info.num_classes)
-        self.mesh = mesh_lib.make_mesh()
+        self.mesh = mesh_lib.with_model_axis(mesh_lib.make_mesh(), tc.model_parallel)
         self.batch_size = tc.batch_size
         self.eval_batch_size = tc.eval_batch_size or tc.batch_size
         mesh_lib.check_batch_size(self.batch_size, self.mesh)
         mesh_lib.check_batch_size(self.eval_batch_size, self.mesh, name="train.eval_batch_size")
+        mesh_lib.check_process_slices(self.batch_size, self.mesh)
+        mesh_lib.check_process_slices(self.eval_batch_size, self.mesh)
+        self.bn_group_size = self._bn_group_size(tc)
         self.steps_per_epoch = data_lib.steps_per_epoch(config.data, self.batch_size)
         if self.steps_per_epoch < 1:
             raise ValueError(
@@ -83,7 +115,7 @@ class Trainer:
         sample = jnp.zeros((1, *self.info.image_shape), jnp.float32)
         init = functools.partial(create_train_state, self.model, self.tx, sample_input=sample)
         abstract = jax.eval_shape(init, jax.random.key_data(jax.random.key(0)))
-        self.state_sharding = jax.tree.map(lambda _: repl, abstract)
+        self.state_sharding = mesh_lib.state_sharding(abstract, self.mesh)
         self._init = jax.jit(init, out_shardings=self.state_sharding)
         self.num_params = models.count_params(abstract.params, collection=None)
         merge_stats = None
@@ -100,8 +132,13 @@ class Trainer:
                 merge_stats = transfer.keep_frozen_stats(frozen.__contains__)
         else:
             self.num_frozen = 0
+        forward = (
+            ghost_bn_forward(self.model.apply, self.mesh, self.bn_group_size) if self.bn_group_size else None
+        )
         self._train_step = jax.jit(
-            functools.partial(train_step, label_smoothing=tc.label_smoothing, merge_batch_stats=merge_stats),
+            functools.partial(
+                train_step, label_smoothing=tc.label_smoothing, merge_batch_stats=merge_stats, forward=forward
+            ),
             in_shardings=(self.state_sharding, mesh_lib.batch_sharding(self.mesh)),
             out_shardings=(self.state_sharding, repl),
             donate_argnums=(0,),
@@ -111,6 +148,22 @@ class Trainer:
             in_shardings=(self.state_sharding, mesh_lib.batch_sharding(self.mesh)),
             out_shardings=repl,
         )
+
+    def _bn_group_size(self, tc: ConfigDict) -> int:
+        """``train.bn_group_size`` resolved: 0 (global-batch BN) or a group size dividing the per-device batch."""
+        g = int(tc.bn_group_size)
+        if not g:
+            return 0
+        if self.mesh.axis_names != ("data",):
+            raise ValueError("train.bn_group_size (ghost BatchNorm) needs train.model_parallel=1")
+        per_device = self.batch_size // self.mesh.devices.size
+        g = per_device if g == -1 else g
+        if g < 1 or per_device % g:
+            raise ValueError(
+                f"train.bn_group_size={tc.bn_group_size} must be -1 (per device) or divide the per-device "
+                f"batch {per_device} (train.batch_size={self.batch_size} over {self.mesh.devices.size} devices)"
+            )
+        return g
 
     # -- state -----------------------------------------------------------------------------------
     def init_state(self) -> TrainState:

@@ -91,27 +91,81 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     return jnp.any(idx == labels[:, None], axis=-1).astype(jnp.float32)
 
 
+def ghost_bn_forward(
+    apply_fn: Callable, mesh: jax.sharding.Mesh, group_size: int, axis: str = "data"
+) -> Callable[[PyTree, jax.Array, jax.Array], tuple[jax.Array, PyTree]]:
+    """Train-mode forward with "ghost" BatchNorm: statistics over groups of ``group_size`` examples.
+
+    ``jax.shard_map`` over the mesh axis ``axis`` gives each device its own slice of the global
+    batch (per-device semantics: no cross-device BatchNorm reduction); inside, the slice is split
+    into contiguous groups of ``group_size`` and the model is ``vmap``-ed over the groups, so every
+    BatchNorm layer normalises each group with that group's own mean and variance. Group ``g`` of
+    the global batch is examples ``[g*G, (g+1)*G)`` whatever the device count, so 1 device and N
+    devices give the same result. The returned running statistics are the mean over all groups
+    (of every device) of each group's updated statistics: ``m*old + (1-m)*mean_g(stat_g)``, the
+    same for every device. Dropout draws ``fold_in(rng, g)`` per group.
+
+    Returns ``forward(variables, images, rng) -> (logits, batch_stats)``; differentiable in
+    ``variables`` (the cotangent of the replicated inputs is summed over devices by shard_map).
+    """
+    P = jax.sharding.PartitionSpec
+
+    def local(variables, images, rng):
+        b = images.shape[0]
+        if b % group_size:
+            raise ValueError(
+                f"per-device batch {b} is not divisible by the BatchNorm group size {group_size}"
+            )
+        k = b // group_size
+        first = jax.lax.axis_index(axis) * k
+        groups = images.reshape(k, group_size, *images.shape[1:])
+
+        def one(x, g):
+            return apply_fn(
+                variables,
+                x,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": jax.random.fold_in(rng, g)},
+            )
+
+        logits, new_vars = jax.vmap(one)(groups, first + jnp.arange(k))
+        logits = logits.reshape(b, *logits.shape[2:])
+        stats = jax.tree.map(
+            lambda s: jax.lax.pmean(jnp.mean(s, axis=0), axis), new_vars.get("batch_stats", {})
+        )
+        return logits, stats
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P()), out_specs=(P(axis), P()))
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
     *,
     label_smoothing: float = 0.0,
     merge_batch_stats: Callable[[PyTree, PyTree], PyTree] | None = None,
+    forward: Callable[[PyTree, jax.Array, jax.Array], tuple[jax.Array, PyTree]] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on a (global) batch; BatchNorm statistics come from the whole batch.
 
     ``merge_batch_stats(old, new)`` picks the statistics to keep (frozen modules keep theirs;
-    ``research.train.transfer``)."""
+    ``research.train.transfer``). ``forward(variables, images, rng) -> (logits, batch_stats)``
+    replaces the plain train-mode ``apply_fn`` (e.g. :func:`ghost_bn_forward`)."""
     step_rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
-        logits, new_vars = state.apply_fn(
-            state.variables(params),
-            batch["image"],
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": step_rng},
-        )
+        if forward is not None:
+            logits, stats = forward(state.variables(params), batch["image"], step_rng)
+            new_vars = {"batch_stats": stats} if state.batch_stats else {}
+        else:
+            logits, new_vars = state.apply_fn(
+                state.variables(params),
+                batch["image"],
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": step_rng},
+            )
         loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
         return loss, (logits, new_vars)
 
