@@ -109,25 +109,60 @@ def _resize_gray(img: np.ndarray, size: int) -> np.ndarray:
     return augment_lib.resize(img[None, :, :, None].astype(np.float32), size, size)[0, :, :, 0]
 
 
+def paste_digits(
+    digits: np.ndarray, digit_labels: np.ndarray, rng: np.random.Generator, *, canvas_size: int,
+    min_objects: int, max_objects: int, min_scale: float, max_scale: float,
+    max_iou: float | None = None, max_tries: int = 20,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Pastes ``min_objects..max_objects`` random digits on a black ``canvas_size`` square canvas.
+
+    Returns (float32 [S, S] image in 0..255, uint8 [S, S] instances: k = the k-th digit's visible
+    stroke (>= ``STROKE_THRESHOLD``), int32 [count] digit labels of digits 1..count). Later digits
+    occlude earlier ones. ``max_iou`` (None: any overlap) redraws a digit's position, up to
+    ``max_tries`` times, while its paste window overlaps an earlier one by more than that IoU.
+    Shared by ``mnist_seg`` and ``research.detection.data``'s ``mnist_det``.
+    """
+    s = canvas_size
+    image = np.zeros((s, s), np.float32)
+    inst = np.zeros((s, s), np.uint8)
+    count = int(rng.integers(min_objects, max_objects + 1))
+    labels, windows = [], []
+    for k in range(1, count + 1):
+        i = int(rng.integers(len(digits)))
+        size = int(np.clip(round(28 * rng.uniform(min_scale, max_scale)), 8, s))
+        d = np.clip(_resize_gray(digits[i], size), 0, 255)
+        y, x = (int(v) for v in rng.integers(0, s - size + 1, size=2))
+        if max_iou is not None:
+            for _ in range(max_tries):
+                if all(_window_iou((y, x, size), w) <= max_iou for w in windows):
+                    break
+                y, x = (int(v) for v in rng.integers(0, s - size + 1, size=2))
+            windows.append((y, x, size))
+        stroke = d >= STROKE_THRESHOLD
+        win = (slice(y, y + size), slice(x, x + size))
+        image[win] = np.maximum(image[win] * (d < STROKE_THRESHOLD), d)  # later digits occlude
+        inst[win][stroke] = k
+        labels.append(int(digit_labels[i]))
+    return image, inst, np.asarray(labels, np.int32)
+
+
+def _window_iou(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+    """IoU of two square windows given as (y, x, size)."""
+    iy = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    ix = max(0, min(a[1] + a[2], b[1] + b[2]) - max(a[1], b[1]))
+    inter = iy * ix
+    return inter / (a[2] ** 2 + b[2] ** 2 - inter)
+
+
 def make_mnist_canvas(
     digits: np.ndarray, digit_labels: np.ndarray, rng: np.random.Generator, p: SegParams
 ) -> dict[str, np.ndarray]:
     """One canvas: ``image`` uint8 [S, S, 1], ``segmentation`` uint8 [S, S], ``instances`` uint8 [S, S]."""
-    s = p.canvas_size
-    image = np.zeros((s, s), np.float32)
-    seg = np.zeros((s, s), np.uint8)
-    inst = np.zeros((s, s), np.uint8)
-    count = int(rng.integers(p.min_objects, p.max_objects + 1))
-    for k in range(1, count + 1):
-        i = int(rng.integers(len(digits)))
-        size = int(np.clip(round(28 * rng.uniform(p.min_scale, p.max_scale)), 8, s))
-        d = np.clip(_resize_gray(digits[i], size), 0, 255)
-        y, x = (int(v) for v in rng.integers(0, s - size + 1, size=2))
-        stroke = d >= STROKE_THRESHOLD
-        win = (slice(y, y + size), slice(x, x + size))
-        image[win] = np.maximum(image[win] * (d < STROKE_THRESHOLD), d)  # later digits occlude
-        seg[win][stroke] = int(digit_labels[i]) + 1
-        inst[win][stroke] = k
+    image, inst, labels = paste_digits(
+        digits, digit_labels, rng, canvas_size=p.canvas_size, min_objects=p.min_objects,
+        max_objects=p.max_objects, min_scale=p.min_scale, max_scale=p.max_scale,
+    )  # fmt: skip
+    seg = np.where(inst > 0, np.concatenate([[0], labels + 1])[inst], 0).astype(np.uint8)
     return {'image': np.round(image).astype(np.uint8)[..., None], 'segmentation': seg, 'instances': inst}
 
 
@@ -241,13 +276,17 @@ class MnistSeg(_SegBuilder, skip_registration=True):
         self._digits_lock = threading.Lock()
         super().__init__(config=SegConfig(params=params, source=source), **kwargs)
 
-    def example(self, split: str, index: int) -> dict[str, np.ndarray]:
+    def digit_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(images, labels) of the source's ``split`` digits (loaded once, shared by subclasses)."""
         with self._digits_lock:
             if self._digits is None:
                 self._digits = load_mnist_digits(self.builder_config.source)
         if split not in self._digits:
             raise ValueError(f"the digit source has no '{split}' split (has {sorted(self._digits)})")
-        images, labels = self._digits[split]
+        return self._digits[split]
+
+    def example(self, split: str, index: int) -> dict[str, np.ndarray]:
+        images, labels = self.digit_split(split)
         return make_mnist_canvas(images, labels, _rng(self.params.seed, split, index), self.params)
 
 

@@ -1,0 +1,303 @@
+"""``mnist_det``: an offline detection dataset (TFDS builder, array_record, ``Tensor`` features, no
+TensorFlow) of MNIST-10k digits pasted on canvases, and its grain pipelines.
+
+Each canvas (default 128 x 128, black) holds ``min_objects..max_objects`` digits at a random scale
+(``min_scale..max_scale`` x 28 px) and position; a digit's paste window overlaps earlier ones by
+IoU <= ``max_iou`` (positions are redrawn, a few times at most) and later digits occlude earlier
+ones. The pasting is ``research.segmentation.data.paste_digits`` (shared with ``mnist_seg``).
+Features, objects in paste order and padded to ``max_objects``:
+
+- ``image`` uint8 [S, S, 1]; ``num_objects`` int32;
+- ``boxes`` float32 [M, 4] xyxy pixels, tight around the visible stroke (pixels >= 128):
+  (x_min, y_min, x_max + 1, y_max + 1) of the mask, zeros for padding;
+- ``labels`` int32 [M]: digit + 1 (1..10), 0 for padding;
+- ``masks`` uint8 [M, S, S] (zlib-encoded): 1 on the object's visible stroke.
+
+A digit left with no visible pixel is dropped. Train canvases use the source's train digits, test
+canvases its test digits; every example is a pure function of (seed, split, index).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Mapping
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from research.data import augment as augment_lib
+from research.data import datasets as datasets_lib
+from research.segmentation import data as seg_data
+
+CLASSES = ('background',) + tuple(f'digit_{i}' for i in range(10))
+_SHUFFLE_TAG = 0x4445545348
+_AUG_TAG = 0x4445544147
+
+
+@dataclasses.dataclass(frozen=True)
+class DetParams:
+    """What ``mnist_det`` is generated from (part of the builder config's name)."""
+
+    canvas_size: int = 128
+    min_objects: int = 2
+    max_objects: int = 6
+    min_scale: float = 0.8
+    max_scale: float = 2.0
+    max_iou: float = 0.3
+    num_train: int = 8000
+    num_test: int = 2000
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.canvas_size < 28:
+            raise ValueError(f'canvas_size must be >= 28, got {self.canvas_size}')
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ValueError(
+                f'need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}'
+            )
+        if not 0 < self.min_scale <= self.max_scale:
+            raise ValueError(f'need 0 < min_scale <= max_scale, got {self.min_scale}, {self.max_scale}')
+        if self.num_train < 1 or self.num_test < 1:
+            raise ValueError('num_train and num_test must be >= 1')
+
+
+def params_from_config(det_cfg: Mapping | None) -> DetParams:
+    """``DetParams`` from a mapping / ConfigDict (``data_seed`` or ``seed``; missing keys: defaults)."""
+    kw = {}
+    for f in dataclasses.fields(DetParams):
+        for key in (f.name, 'data_seed') if f.name == 'seed' else (f.name,):
+            if det_cfg is not None and key in det_cfg:
+                kw[f.name] = type(getattr(DetParams, f.name))(det_cfg[key])
+    p = DetParams(**kw)
+    p.validate()
+    return p
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """float32 [..., 4] tight boxes (x_min, y_min, x_max + 1, y_max + 1) of boolean masks [..., H, W]
+    (zeros for empty masks)."""
+    masks = np.asarray(masks, bool)
+    rows, cols = masks.any(-1), masks.any(-2)
+    h, w = masks.shape[-2:]
+    y0, y1 = rows.argmax(-1), h - rows[..., ::-1].argmax(-1)
+    x0, x1 = cols.argmax(-1), w - cols[..., ::-1].argmax(-1)
+    boxes = np.stack([x0, y0, x1, y1], -1).astype(np.float32)
+    return np.where(rows.any(-1)[..., None], boxes, 0.0).astype(np.float32)
+
+
+def make_det_canvas(
+    digits: np.ndarray, digit_labels: np.ndarray, rng: np.random.Generator, p: DetParams
+) -> dict[str, np.ndarray]:
+    """One ``mnist_det`` example (see the module docstring)."""
+    image, inst, labels = seg_data.paste_digits(
+        digits, digit_labels, rng, canvas_size=p.canvas_size, min_objects=p.min_objects,
+        max_objects=p.max_objects, min_scale=p.min_scale, max_scale=p.max_scale, max_iou=p.max_iou,
+    )  # fmt: skip
+    s, m = p.canvas_size, p.max_objects
+    masks = inst[None] == np.arange(1, len(labels) + 1)[:, None, None]
+    keep = masks.any((1, 2))
+    n = int(keep.sum())
+    out_masks = np.zeros((m, s, s), np.uint8)
+    out_masks[:n] = masks[keep]
+    out_labels = np.zeros((m,), np.int32)
+    out_labels[:n] = labels[keep] + 1
+    return {
+        'image': np.round(image).astype(np.uint8)[..., None],
+        'boxes': masks_to_boxes(out_masks),
+        'labels': out_labels,
+        'num_objects': np.int32(n),
+        'masks': out_masks,
+    }
+
+
+class MnistDet(seg_data.MnistSeg, skip_registration=True):
+    """MNIST-10k digits on canvases with boxes, labels and instance masks (detection)."""
+
+    name = 'mnist_det'
+    VERSION = tfds.core.Version('1.0.0')
+    RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+    CLASSES = CLASSES
+
+    def __init__(self, *, path: str, params: DetParams = DetParams(), **kwargs):
+        super().__init__(path=path, params=params, **kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        s, m = self.params.canvas_size, self.params.max_objects
+        t = tfds.features.Tensor
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    'image': t(shape=(s, s, 1), dtype=np.uint8, encoding='bytes'),
+                    'boxes': t(shape=(m, 4), dtype=np.float32),
+                    'labels': t(shape=(m,), dtype=np.int32),
+                    'num_objects': t(shape=(), dtype=np.int32),
+                    'masks': t(shape=(m, s, s), dtype=np.uint8, encoding='zlib'),
+                }
+            ),
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(
+                class_names=list(self.CLASSES),
+                params=dataclasses.asdict(self.params),
+                source=self.builder_config.source,
+            ),
+        )
+
+    def example(self, split: str, index: int) -> dict[str, np.ndarray]:
+        images, labels = self.digit_split(split)
+        return make_det_canvas(images, labels, seg_data._rng(self.params.seed, split, index), self.params)
+
+
+_LOCK = threading.RLock()
+_CACHE: dict[tuple, MnistDet] = {}
+
+
+def get_det_builder(data_cfg, det_cfg: Mapping | None = None) -> MnistDet:
+    """The prepared ``mnist_det`` builder for ``config.data`` (``path``, ``data_dir``) and the generation
+    settings ``det_cfg`` (built once, then reused)."""
+    params = params_from_config(det_cfg)
+    data_dir = datasets_lib.resolve_data_dir(data_cfg)
+    path = str(datasets_lib.field(data_cfg, 'path') or seg_data.default_mnist_path())
+    key = (path, data_dir, params)
+    with _LOCK:
+        if key not in _CACHE:
+            builder = MnistDet(path=path, params=params, data_dir=data_dir)
+            if not tfds.core.dataset_info.dataset_info_path(builder.data_path).exists():
+                with datasets_lib._no_progress_bars():  # pylint: disable=protected-access
+                    builder.download_and_prepare(file_format='array_record')
+                builder = MnistDet(path=path, params=params, data_dir=data_dir)
+            _CACHE[key] = builder
+        return _CACHE[key]
+
+
+class DetSplit:
+    """A whole split in memory: images uint8 [N, S, S, 1], boxes [N, M, 4], labels [N, M], num_objects
+    [N] and (``with_masks``) masks uint8 [N, M, S, S]."""
+
+    def __init__(self, builder: MnistDet, split: str, with_masks: bool = False):
+        src = builder.as_data_source(split)
+        recs = src.__getitems__(list(range(len(src))))
+        self.images = np.stack([np.asarray(r['image'], np.uint8) for r in recs])
+        self.boxes = np.stack([np.asarray(r['boxes'], np.float32) for r in recs])
+        self.labels = np.stack([np.asarray(r['labels'], np.int32) for r in recs])
+        self.num_objects = np.asarray([int(r['num_objects']) for r in recs], np.int32)
+        self.masks = np.stack([np.asarray(r['masks'], np.uint8) for r in recs]) if with_masks else None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+_SPLITS: dict[tuple, DetSplit] = {}
+
+
+def get_split(builder: MnistDet, split: str, with_masks: bool = False) -> DetSplit:
+    key = (str(builder.data_path), split, with_masks)
+    with _LOCK:
+        if key not in _SPLITS:
+            if split not in builder.info.splits:
+                raise ValueError(
+                    f"unknown split '{split}' of mnist_det; available: {sorted(builder.info.splits)}"
+                )
+            _SPLITS[key] = DetSplit(builder, split, with_masks)
+        return _SPLITS[key]
+
+
+def normalization(data_cfg, det_cfg=None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the train split's pixels in [0, 1] when ``data.normalize``, else (0, 1)."""
+    if not datasets_lib.field(data_cfg, 'normalize'):
+        return (0.0,), (1.0,)
+    train = get_split(get_det_builder(data_cfg, det_cfg), str(datasets_lib.field(data_cfg, 'train_split')))
+    x = train.images.astype(np.float64) / 255.0
+    return (float(x.mean()),), (max(float(x.std()), 1e-6),)
+
+
+def hflip(images: np.ndarray, boxes: np.ndarray, valid: np.ndarray, masks: np.ndarray | None = None):
+    """Horizontal flip of images [B, S, S, C], boxes [B, M, 4] (x -> S - x; padding stays 0), masks."""
+    w = images.shape[2]
+    flipped = np.stack([w - boxes[..., 2], boxes[..., 1], w - boxes[..., 0], boxes[..., 3]], -1)
+    boxes = np.where(valid[..., None], flipped, 0.0).astype(np.float32)
+    return images[:, :, ::-1], boxes, None if masks is None else masks[..., ::-1]
+
+
+def _batch(data: DetSplit, idx: np.ndarray, valid_rows: np.ndarray, mean, std, flip_rows=None):
+    safe = np.where(valid_rows, idx, 0)
+    images, boxes, labels = data.images[safe], data.boxes[safe], data.labels[safe]
+    box_mask = (np.arange(boxes.shape[1])[None] < data.num_objects[safe][:, None]) & valid_rows[:, None]
+    masks = data.masks[safe] if data.masks is not None else None
+    if flip_rows is not None and flip_rows.any():
+        fi, fb, fm = hflip(images[flip_rows], boxes[flip_rows], box_mask[flip_rows],
+                           None if masks is None else masks[flip_rows])  # fmt: skip
+        images[flip_rows], boxes[flip_rows] = fi, fb
+        if masks is not None:
+            masks[flip_rows] = fm
+    x = augment_lib.Normalizer(mean, std, 1)(images.astype(np.float32) * np.float32(1 / 255))
+    x[~valid_rows] = 0.0
+    out = {
+        'image': x,
+        'boxes': np.where(box_mask[..., None], boxes, 0.0).astype(np.float32),
+        'labels': np.where(box_mask, labels, 0).astype(np.int32),
+        'box_mask': box_mask,
+    }
+    if masks is not None:
+        out['masks'] = np.where(box_mask[..., None, None], masks, 0).astype(np.uint8)
+    return out
+
+
+def make_train_iterator(
+    data_cfg, det_cfg=None, *, seed: int, global_batch_size: int, process_index: int = 0,
+    process_count: int = 1, with_masks: bool = False,
+):  # fmt: skip
+    """Infinite shuffled batches {'image' float32 [L, S, S, 1], 'boxes' [L, M, 4], 'labels' int32 [L, M],
+    'box_mask' bool [L, M] (+ 'masks' uint8 [L, M, S, S])}, horizontally flipped at random when
+    ``data.augment.flip``; determined by (seed, stream position), so the grain iterator is
+    checkpointable and resumes bit for bit."""
+    local = global_batch_size // process_count
+    data = get_split(
+        get_det_builder(data_cfg, det_cfg), str(datasets_lib.field(data_cfg, 'train_split')), with_masks
+    )
+    if len(data) < global_batch_size:
+        raise ValueError(f'global_batch_size {global_batch_size} exceeds the {len(data)} train examples')
+    mean, std = normalization(data_cfg, det_cfg)
+    flip = bool(datasets_lib.field(data_cfg, 'augment.flip'))
+    s = int(datasets_lib.field(data_cfg, 'shuffle_seed'))
+    seed = (seed if s < 0 else s) % 2**64
+    epoch_len = len(data) // global_batch_size * global_batch_size
+    lo = process_index * local
+
+    def fn(step: int) -> dict[str, np.ndarray]:
+        pos = np.arange(step * global_batch_size + lo, step * global_batch_size + lo + local, dtype=np.int64)
+        epochs, slots = np.divmod(pos, epoch_len)
+        idx = np.empty_like(pos)
+        for e in np.unique(epochs):
+            rng = np.random.default_rng(np.random.SeedSequence([seed, _SHUFFLE_TAG, int(e)]))
+            idx[epochs == e] = rng.permutation(len(data))[slots[epochs == e]]
+        flips = (augment_lib.uniform_hash(seed ^ _AUG_TAG, pos, 1)[:, 0] < 0.5) if flip else None
+        return _batch(data, idx, np.ones(local, bool), mean, std, flips)
+
+    steps = len(data) // global_batch_size
+    ds = grain.MapDataset.range(steps).repeat().map_with_index(lambda step, _: fn(step))
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+
+
+def make_eval_iterator(
+    data_cfg, det_cfg=None, split: str = 'test', *, global_batch_size: int, process_index: int = 0,
+    process_count: int = 1, with_masks: bool = False,
+):  # fmt: skip
+    """One ordered pass over ``split``: the train batch keys plus 'mask' bool [L]; the final batch is
+    padded with zero images and no boxes (mask False), so metrics over the pass are exact."""
+    local = global_batch_size // process_count
+    data = get_split(get_det_builder(data_cfg, det_cfg), str(split), with_masks)
+    mean, std = normalization(data_cfg, det_cfg)
+    lo = process_index * local
+
+    def fn(step: int) -> dict[str, np.ndarray]:
+        pos = np.arange(step * global_batch_size + lo, step * global_batch_size + lo + local, dtype=np.int64)
+        mask = pos < len(data)
+        return {**_batch(data, pos, mask, mean, std), 'mask': mask}
+
+    steps = -(-len(data) // global_batch_size)
+    ds = grain.MapDataset.range(steps).map(fn)
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
