@@ -163,6 +163,27 @@ def base_config() -> ConfigDict:
             viz_examples=8,  # rows of the input | truth | prediction PNG written at each eval
         )
     )
+    # Detection (config.task = 'detection'; research/detection/): mnist_det generation, proposals for the
+    # R-CNN lineage (models with needs_proposals), evaluation and pictures.
+    c.det = ConfigDict(
+        dict(
+            canvas_size=128,  # canvases are canvas_size x canvas_size, 1 channel
+            min_objects=2,  # digits per canvas
+            max_objects=6,  # also the padded ground-truth count M
+            min_scale=0.8,  # digit size factor (x 28 px)
+            max_scale=2.0,
+            max_iou=0.3,  # paste windows overlap earlier ones by at most this IoU
+            num_train=8000,  # generated train / test canvases
+            num_test=2000,
+            data_seed=0,  # generation seed (part of the dataset's identity)
+            proposals="selective_search",  # R-CNN / SPPNet / Fast R-CNN: 'selective_search' | 'sliding_window'
+            max_proposals=300,  # proposals kept per image
+            coco_eval=True,  # evaluations also report COCO AP@[.5:.95] (pycocotools)
+            latency_images=20,  # final eval: batch-1 latency measured on this many test images (0 = off)
+            viz_examples=6,  # rows of the truth | prediction PNG written at each eval
+            viz_score_threshold=0.3,  # predictions drawn at or above this score
+        )
+    )
     return c
 
 

@@ -23,7 +23,7 @@ from research.data import augment as augment_lib
 from research.data.builders import Digits, ImageFolder
 from research.data.builders import image_folder as image_folder_lib
 
-OFFLINE_BUILDERS = ('digits', 'image_folder', 'mnist_seg', 'shapes_seg')
+OFFLINE_BUILDERS = ('digits', 'image_folder', 'mnist_seg', 'shapes_seg', 'mnist_det')
 
 # Splits whose (resized) uint8 images fit in this many bytes are loaded into
 # memory once per process; larger ones are decoded lazily per batch.
@@ -144,6 +144,11 @@ def make_builder(name: str, path: str, data_dir: str):
         from research.segmentation.data import make_seg_builder  # pylint: disable=g-import-not-at-top
 
         return make_seg_builder(name, path, data_dir)
+    if name == 'mnist_det':  # boxes, labels, masks: read with research.detection.data (default generation)
+        from research.detection.data import MnistDet  # pylint: disable=g-import-not-at-top
+        from research.segmentation.data import default_mnist_path  # pylint: disable=g-import-not-at-top
+
+        return MnistDet(path=path or default_mnist_path(), data_dir=data_dir)
     try:
         return tfds.builder(name, data_dir=data_dir, file_format='array_record')
     except tfds.core.registered.DatasetNotFoundError as e:

@@ -240,6 +240,7 @@ def _batch(data: DetSplit, idx: np.ndarray, valid_rows: np.ndarray, mean, std, f
         'boxes': np.where(box_mask[..., None], boxes, 0.0).astype(np.float32),
         'labels': np.where(box_mask, labels, 0).astype(np.int32),
         'box_mask': box_mask,
+        'index': np.where(valid_rows, idx, -1).astype(np.int32),
     }
     if masks is not None:
         out['masks'] = np.where(box_mask[..., None, None], masks, 0).astype(np.uint8)
@@ -251,7 +252,8 @@ def make_train_iterator(
     process_count: int = 1, with_masks: bool = False,
 ):  # fmt: skip
     """Infinite shuffled batches {'image' float32 [L, S, S, 1], 'boxes' [L, M, 4], 'labels' int32 [L, M],
-    'box_mask' bool [L, M] (+ 'masks' uint8 [L, M, S, S])}, horizontally flipped at random when
+    'box_mask' bool [L, M], 'index' int32 [L] (the example's index in the split; -1 = padding)
+    (+ 'masks' uint8 [L, M, S, S])}, horizontally flipped at random when
     ``data.augment.flip``; determined by (seed, stream position), so the grain iterator is
     checkpointable and resumes bit for bit."""
     local = global_batch_size // process_count

@@ -15,7 +15,10 @@ A row is (re)built from the run's files, so it can be rebuilt at any time: ``run
 ``train_error`` (the last logged training window: a running average over augmented batches),
 ``num_params``, ``images_per_sec``, ``wall_time_s``. Segmentation runs (``task='segmentation'``)
 have ``<split>_miou`` and ``<split>_pixel_acc`` (%), ``<split>_loss``, ``best_<split>_miou``,
-``best_step``, ``train_loss`` and ``train_pixel_acc`` instead.
+``best_step``, ``train_loss`` and ``train_pixel_acc`` instead. Detection runs (``task='detection'``)
+have ``<split>_map50`` (VOC mAP@0.5 all-point, %), ``<split>_map50_11pt``, ``<split>_coco_ap``,
+``<split>_coco_ap50`` (%), ``latency_ms`` (batch 1), ``eval_images_per_sec``, ``best_<split>_map50``,
+``best_step`` and ``train_loss``.
 
 Writers hold an exclusive ``flock`` on ``ledger.jsonl.lock`` and replace the file atomically,
 so parallel workers may update the same ledger; re-running a sweep updates rows, never
@@ -131,6 +134,8 @@ def run_metrics(workdir: str | Path, eval_split: str = "test") -> dict[str, Any]
     final = summary.get("final", {}).get(eval_split)
     if summary.get("task") == "segmentation" or (final and "miou" in final):
         return _segmentation_metrics(final, rows, eval_split)
+    if summary.get("task") == "detection" or (final and "map50" in final):
+        return _detection_metrics(final, rows, eval_split)
     if final:
         out.update(
             {
@@ -181,6 +186,25 @@ def _segmentation_metrics(final: dict | None, rows: list[dict[str, Any]], eval_s
     if train:
         out["train_loss"] = train[-1]["loss"]
         out["train_pixel_acc"] = _pct(train[-1].get("pixel_acc"))
+    return out
+
+
+def _detection_metrics(final: dict | None, rows: list[dict[str, Any]], eval_split: str) -> dict[str, Any]:
+    """``<split>_map50`` / ``_map50_11pt`` / ``_coco_ap`` / ``_coco_ap50`` (%), ``latency_ms``,
+    ``eval_images_per_sec``, ``best_<split>_map50``, ``best_step``, ``train_loss`` of a detection run."""
+    out: dict[str, Any] = {}
+    if final:
+        for k in ("map50", "map50_11pt", "coco_ap", "coco_ap50"):
+            out[f"{eval_split}_{k}"] = _pct(final.get(k))
+        out["latency_ms"] = final.get("latency_ms")
+        out["eval_images_per_sec"] = final.get("eval_images_per_sec")
+    evals = [r for r in rows if r["split"] == eval_split and isinstance(r.get("map50"), (int, float))]
+    if evals:
+        best = max(evals, key=lambda r: r["map50"])
+        out.update({f"best_{eval_split}_map50": _pct(best["map50"]), "best_step": best["step"]})
+    train = [r for r in rows if r["split"] == "train" and isinstance(r.get("loss"), (int, float))]
+    if train:
+        out["train_loss"] = train[-1]["loss"]
     return out
 
 

@@ -16,13 +16,16 @@ from research.train.reporting import read_metrics
 
 def _curves(workdir: str | Path, eval_split: str) -> tuple[list, list, list, list, str]:
     """Train loss and the eval metric per epoch; the metric is error (%) for classifiers, mIoU (%)
-    for segmentation runs (rows with ``miou``)."""
+    for segmentation runs (rows with ``miou``), mAP@0.5 (%) for detection runs."""
     rows = read_metrics(workdir)
     train = [r for r in rows if r["split"] == "train" and isinstance(r.get("loss"), (int, float))]
     evals = [r for r in rows if r["split"] == eval_split]
     if any(isinstance(r.get("miou"), (int, float)) for r in evals):
         evals = [r for r in evals if isinstance(r.get("miou"), (int, float))]
         metric, values = "mIoU", [100.0 * r["miou"] for r in evals]
+    elif any(isinstance(r.get("map50"), (int, float)) for r in evals):
+        evals = [r for r in evals if isinstance(r.get("map50"), (int, float))]
+        metric, values = "mAP@0.5", [100.0 * r["map50"] for r in evals]
     else:
         evals = [r for r in evals if isinstance(r.get("top1"), (int, float))]
         metric, values = "error", [100.0 * (1.0 - r["top1"]) for r in evals]

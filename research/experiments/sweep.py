@@ -427,6 +427,15 @@ def prepare_data(runs: Sequence[Run]) -> None:
     seen = set()
     for run in runs:
         d = run.config.data
+        if run.config.get("task", "classification") == "detection":
+            from research.detection import data as det_data
+            from research.config import to_dict
+
+            key = (d.name, d.path, d.data_dir, repr(sorted(to_dict(run.config.det).items())))
+            if key not in seen:
+                seen.add(key)
+                det_data.get_det_builder(d, run.config.det)
+            continue
         if run.config.get("task", "classification") == "segmentation":
             from research.segmentation import data as seg_data
             from research.config import to_dict

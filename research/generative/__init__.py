@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TASKS = ("gan", "style_transfer", "fast_style", "segmentation")
+TASKS = ("gan", "style_transfer", "fast_style", "segmentation", "detection")
 
 
 def run_task(config, workdir: str | Path, *, show_progress: bool = True, stop_after_steps: int | None = None):
-    """Runs ``config.task`` ('gan', 'style_transfer', 'fast_style' or 'segmentation') in ``workdir``;
+    """Runs ``config.task`` ('gan', 'style_transfer', 'fast_style', 'segmentation' or 'detection') in ``workdir``;
     returns the run's summary dict. ``stop_after_steps`` (trained tasks): stop early (resumable)."""
     task = config.task
     stop = {} if stop_after_steps is None else {"stop_after_steps": stop_after_steps}
@@ -28,4 +28,8 @@ def run_task(config, workdir: str | Path, *, show_progress: bool = True, stop_af
         from research.segmentation.train import train_segmentation
 
         return train_segmentation(config, workdir, show_progress=show_progress, **stop)
+    if task == "detection":
+        from research.detection.train import train_detection
+
+        return train_detection(config, workdir, show_progress=show_progress, **stop)
     raise ValueError(f"unknown task {task!r} (known: classification, {', '.join(TASKS)})")

@@ -1,0 +1,413 @@
+"""``config.task == 'detection'``: train a registered detector on ``mnist_det``, resumable from ``workdir``.
+
+Same machinery as classification and segmentation (``research.train``): ``TrainState``, optax
+optimizers and schedules, the ``('data',)`` mesh with the batch sharded and the state replicated and
+donated, orbax checkpoints of the state and the grain iterator (a relaunch continues bit for bit),
+``metrics.jsonl`` / TensorBoard / progress bar. What differs:
+
+- the train step optimises the sum of the detector's ``loss_*`` terms (the detector contract in
+  ``research.detection.postprocess``) and logs each term;
+- evaluation runs the jitted detector over the split (padded batches masked), and scores the
+  detections on the host: VOC mAP@0.5 all-point (``map50``) and 11-point (``map50_11pt``), per-class AP,
+  and COCO AP@[.5:.95] / AP50 / AP75 with pycocotools (``det.coco_eval``); the final evaluation also
+  measures throughput (``eval_images_per_sec``) and batch-1 latency (``latency_ms``);
+- each evaluation writes ``viz/step_NNNNNN.png`` (ground truth | predictions);
+- models with ``needs_proposals`` (R-CNN, SPPNet, Fast R-CNN) get host proposals per example
+  (``research.detection.proposals.get_proposals``, cached next to the dataset), looked up by the
+  batch's ``index``; models with ``needs_masks`` (Mask R-CNN) get the instance masks.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from research import models
+from research.config import parse_duration, to_dict, validate_config
+from research.detection import data as det_data
+from research.detection import viz as det_viz
+from research.detection.metrics import DetectionEvaluator
+from research.segmentation.train import _check_finite
+from research.train import checkpoint as ckpt_lib
+from research.train import mesh as mesh_lib
+from research.train.loop import _check_same_run
+from research.train.optim import make_optimizer, make_schedule
+from research.train.reporting import MetricWriter, Progress, format_seconds
+from research.train.state import TrainState, create_train_state
+
+__all__ = ['DetTrainer', 'det_eval_step', 'det_train_step', 'train_detection']
+
+DATASETS = ('mnist_det',)
+
+
+def _targets(batch: dict) -> dict:
+    out = {k: batch[k] for k in ('boxes', 'labels', 'box_mask')}
+    if 'masks' in batch:
+        out['masks'] = batch['masks']
+    return out
+
+
+def _proposals(batch: dict) -> dict | None:
+    if 'proposals' not in batch:
+        return None
+    return {'boxes': batch['proposals'], 'valid': batch['proposal_valid']}
+
+
+def det_train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on the sum of the detector's ``loss_*`` terms; returns each term, the total
+    (``loss``) and the gradient norm."""
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    sample_rng, dropout_rng = jax.random.split(step_rng)
+    kw = {} if 'proposals' not in batch else {'proposals': _proposals(batch)}
+
+    def loss_fn(params):
+        losses, new_vars = state.apply_fn(
+            state.variables(params), batch['image'], _targets(batch), train=True, mutable=['batch_stats'],
+            rngs={'sample': sample_rng, 'dropout': dropout_rng}, **kw,
+        )  # fmt: skip
+        losses = {k: jnp.asarray(v, jnp.float32) for k, v in losses.items()}
+        return sum(losses.values()), (losses, new_vars)
+
+    (loss, (losses, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        opt_state=opt_state,
+        batch_stats=new_vars.get('batch_stats', state.batch_stats),
+    )
+    return new_state, {'loss': loss, **losses, 'grad_norm': optax.tree.norm(grads)}
+
+
+def det_eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The detector's eval output (``boxes``, ``scores``, ``labels``, ``valid`` [+ ``masks``])."""
+    kw = {} if 'proposals' not in batch else {'proposals': _proposals(batch)}
+    return state.apply_fn(state.variables(), batch['image'], train=False, **kw)
+
+
+class _InitWithTargets:
+    """``model`` whose ``init`` runs the training path (so every loss-side parameter is created)."""
+
+    def __init__(self, model, targets, proposals):
+        self.model, self.apply, self.targets, self.proposals = model, model.apply, targets, proposals
+
+    def init(self, rngs, x, train: bool = False):
+        if not isinstance(rngs, dict):
+            k1, k2, k3 = jax.random.split(rngs, 3)
+            rngs = {'params': k1, 'sample': k2, 'dropout': k3}
+        kw = {} if self.proposals is None else {'proposals': self.proposals}
+        return self.model.init(rngs, x, self.targets, train=True, **kw)
+
+
+class DetTrainer:
+    """What a detection run resolves once: data, model, mesh, compiled steps, proposals."""
+
+    def __init__(self, config):
+        validate_config(config)
+        self.config = config
+        if config.data.name not in DATASETS:
+            raise ValueError(
+                f"task 'detection' reads the offline datasets {list(DATASETS)}; got data.name={config.data.name!r}"
+            )
+        self.is_main = jax.process_index() == 0
+        tc, dc = config.train, config.det
+        self.params = det_data.params_from_config(dc)
+        self.builder = det_data.get_det_builder(config.data, dc)
+        self.class_names = det_data.CLASSES
+        self.num_classes = len(self.class_names)
+        kwargs = {k: v for k, v in to_dict(config.model).items() if k != 'name'}
+        kwargs.setdefault('num_classes', self.num_classes)
+        self.model = models.create(config.model.name, **kwargs)
+        if getattr(self.model, 'num_classes', self.num_classes) != self.num_classes:
+            raise ValueError(
+                f'model.num_classes={self.model.num_classes} but mnist_det has {self.num_classes} classes '
+                '(background + 10 digits)'
+            )
+        self.needs_masks = bool(getattr(type(self.model), 'needs_masks', False))
+        self.needs_proposals = bool(getattr(type(self.model), 'needs_proposals', False))
+        self.mesh = mesh_lib.make_mesh()
+        self.batch_size = tc.batch_size
+        self.eval_batch_size = tc.eval_batch_size or tc.batch_size
+        mesh_lib.check_batch_size(self.batch_size, self.mesh)
+        mesh_lib.check_batch_size(self.eval_batch_size, self.mesh, name='train.eval_batch_size')
+        n_train = self.params.num_train
+        self.steps_per_epoch = n_train // self.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f'train.batch_size={self.batch_size} is larger than the train split ({n_train})')
+        spe = self.steps_per_epoch
+        self.total_steps = parse_duration(tc.duration, spe, name='train.duration')
+        self.eval_every = parse_duration(tc.eval_every or 0, spe, name='train.eval_every')
+        self.ckpt_every = parse_duration(tc.checkpoint_every or 0, spe, name='train.checkpoint_every')
+        self.schedule = make_schedule(config.schedule, config.optimizer.lr, self.total_steps, spe)
+        self.tx = make_optimizer(config.optimizer, self.schedule)
+        self.proposals = {}
+        if self.needs_proposals:
+            for split in (str(config.data.train_split), str(config.data.eval_split)):
+                self.proposals[split] = self._get_proposals(split)
+        repl = mesh_lib.replicated(self.mesh)
+        s, m = self.params.canvas_size, self.params.max_objects
+        sample = jnp.zeros((1, s, s, 1), jnp.float32)
+        targets = {
+            'boxes': jnp.tile(jnp.asarray([[[4.0, 4.0, 40.0, 40.0]]]), (1, m, 1)),
+            'labels': jnp.ones((1, m), jnp.int32),
+            'box_mask': jnp.arange(m)[None] < 1,
+        }
+        if self.needs_masks:
+            targets['masks'] = jnp.zeros((1, m, s, s), jnp.uint8).at[:, 0, 4:40, 4:40].set(1)
+        proposals = None
+        if self.needs_proposals:
+            p = int(config.det.max_proposals)
+            proposals = {
+                'boxes': jnp.tile(targets['boxes'][:, :1], (1, p, 1)),
+                'valid': jnp.ones((1, p), bool),
+            }
+        init_model = _InitWithTargets(self.model, targets, proposals)
+        init = functools.partial(create_train_state, init_model, self.tx, sample_input=sample)
+        abstract = jax.eval_shape(init, jax.random.key_data(jax.random.key(0)))
+        self.state_sharding = jax.tree.map(lambda _: repl, abstract)
+        self._init = jax.jit(init, out_shardings=self.state_sharding)
+        self.num_params = models.count_params(abstract.params, collection=None)
+        batch_sh = mesh_lib.batch_sharding(self.mesh)
+        self.train_step = jax.jit(
+            det_train_step, in_shardings=(self.state_sharding, batch_sh), out_shardings=(self.state_sharding, repl),
+            donate_argnums=(0,),
+        )  # fmt: skip
+        self.eval_step = jax.jit(
+            det_eval_step, in_shardings=(self.state_sharding, batch_sh), out_shardings=repl
+        )
+        self._predict_one = jax.jit(det_eval_step)
+
+    def _get_proposals(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        from research.detection.proposals import get_proposals
+
+        dc = self.config.det
+        return get_proposals(
+            self.builder, split, method=str(dc.proposals), max_proposals=int(dc.max_proposals)
+        )
+
+    def with_proposals(self, batch: dict, split: str) -> dict:
+        """Adds ``proposals`` / ``proposal_valid`` of the batch's examples (zeros for padding rows)."""
+        if not self.needs_proposals:
+            return batch
+        boxes, valid = self.proposals[split]
+        idx = np.asarray(batch['index'])
+        safe = np.maximum(idx, 0)
+        return {
+            **batch,
+            'proposals': np.where((idx >= 0)[:, None, None], boxes[safe], 0.0).astype(np.float32),
+            'proposal_valid': valid[safe] & (idx >= 0)[:, None],
+        }
+
+    def train_iterator(self):
+        c = self.config
+        return det_data.make_train_iterator(
+            c.data, c.det, seed=c.seed, global_batch_size=self.batch_size, process_index=jax.process_index(),
+            process_count=jax.process_count(), with_masks=self.needs_masks,
+        )  # fmt: skip
+
+    def init_state(self) -> TrainState:
+        return self._init(jax.random.key_data(jax.random.key(self.config.seed)))
+
+    def evaluate(self, state: TrainState, split: str | None = None, *, timing: bool = False):
+        """Metrics over ``split`` (VOC mAP, per-class AP, COCO AP) and the first batch with its
+        detections (for the picture). ``timing``: also throughput and batch-1 latency."""
+        c = self.config
+        split = split or str(c.data.eval_split)
+        it = det_data.make_eval_iterator(
+            c.data, c.det, split, global_batch_size=self.eval_batch_size, process_index=jax.process_index(),
+            process_count=jax.process_count(), with_masks=self.needs_masks,
+        )  # fmt: skip
+        sharding = mesh_lib.batch_sharding(self.mesh)
+        ev = DetectionEvaluator(class_ids=range(1, self.num_classes))
+        first, timed, t_total, n_batches = None, 0, 0.0, 0
+        for batch in it:
+            batch = self.with_proposals(batch, split)
+            t0 = time.perf_counter()
+            out = jax.device_get(self.eval_step(state, mesh_lib.to_global(batch, sharding)))
+            if n_batches:  # the first batch compiles
+                t_total += time.perf_counter() - t0
+                timed += int(np.asarray(batch['mask']).sum())
+            n_batches += 1
+            ev.add(out['boxes'], out['scores'], out['labels'], out['valid'], batch['boxes'], batch['labels'],
+                   batch['box_mask'], batch['mask'])  # fmt: skip
+            if first is None:
+                first = (batch, out)
+        voc = ev.voc(0.5)
+        res: dict[str, Any] = {'map50': voc['map'], 'map50_11pt': ev.voc(0.5, use_07_metric=True)['map']}
+        for k in range(1, self.num_classes):
+            res[f'ap50/{self.class_names[k]}'] = voc[f'ap/{k}']
+        if c.det.coco_eval:
+            coco = ev.coco()
+            res.update({'coco_ap': coco['AP'], 'coco_ap50': coco['AP50'], 'coco_ap75': coco['AP75'],
+                        'coco_ar100': coco['AR100']})  # fmt: skip
+        res['count'] = len(ev.ground_truth)
+        res['detections_per_image'] = float(np.mean([len(p['scores']) for p in ev.predictions]))
+        if timing:
+            res['eval_images_per_sec'] = timed / t_total if t_total > 0 else float('nan')
+            res['latency_ms'] = self.latency_ms(state, first[0], int(c.det.latency_images))
+        return res, first
+
+    def latency_ms(self, state: TrainState, batch: dict, n: int) -> float:
+        """Median wall time (ms) of the jitted detector on one image (after a compile run), over ``n``
+        images of ``batch`` (repeated if fewer)."""
+        if n <= 0:
+            return float('nan')
+        rows = int(np.asarray(batch['mask']).sum())
+        times = []
+        for i in range(n + 1):
+            j = i % max(rows, 1)
+            one = {k: np.asarray(v)[j : j + 1] for k, v in batch.items()}
+            t0 = time.perf_counter()
+            jax.block_until_ready(self._predict_one(state, one))
+            if i:
+                times.append(time.perf_counter() - t0)
+        return 1000.0 * float(np.median(times))
+
+    def save_picture(self, batch: dict, out: dict, path: Path) -> Path:
+        dc = self.config.det
+        n = min(int(dc.viz_examples), int(np.asarray(batch['mask']).sum()))
+        mean, std = det_data.normalization(self.config.data, dc)
+        x = np.asarray(batch['image'][:n]) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+        return det_viz.save_detection_grid(
+            path, x, batch['boxes'][:n], batch['labels'][:n], batch['box_mask'][:n], out['boxes'][:n],
+            out['scores'][:n], out['labels'][:n], out['valid'][:n], class_names=self.class_names,
+            score_threshold=float(dc.viz_score_threshold), pred_masks=None if 'masks' not in out else out['masks'][:n],
+        )  # fmt: skip
+
+
+def train_detection(
+    config, workdir: str | Path, *, stop_after_steps: int | None = None, show_progress: bool = True
+) -> dict[str, Any]:
+    """Trains ``config`` in ``workdir`` (resuming from its newest checkpoint) and returns the summary."""
+    workdir = Path(workdir)
+    wall0 = time.perf_counter()
+    tr = DetTrainer(config)
+    tc = config.train
+    train_split = str(config.data.train_split)
+    log = print if tr.is_main else (lambda *a, **k: None)
+    if tr.is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+    ckpt = ckpt_lib.Checkpointer(workdir, keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
+    state = tr.init_state()
+    train_it = tr.train_iterator()
+    start = ckpt.latest_step()
+    if start is not None:
+        _check_same_run(workdir, config)  # a different model or dataset in this workdir is refused
+        arrays, data_state, _ = ckpt.restore(start, ckpt_lib.abstract_like(state.arrays()))
+        state = state.replace_arrays(arrays)
+        train_it.set_state(ckpt_lib.from_jsonable(data_state))
+        log(f'resumed from {ckpt.directory / str(start)} (step {start})')
+    start = start or 0
+    if tr.is_main:
+        resolved = to_dict(config)
+        resolved['_resolved'] = dict(
+            steps_per_epoch=tr.steps_per_epoch, total_steps=tr.total_steps, num_params=tr.num_params,
+            devices=jax.device_count(), dataset='mnist_det', num_classes=tr.num_classes,
+            image_shape=[tr.params.canvas_size, tr.params.canvas_size, 1],
+        )  # fmt: skip
+        (workdir / 'config.json').write_text(json.dumps(resolved, indent=2, default=str))
+    log(
+        f'model {config.model.name}: {tr.num_params:,} params | data mnist_det '
+        f'{{train: {tr.params.num_train}, test: {tr.params.num_test}}} | {tr.steps_per_epoch} steps/epoch, '
+        f'{tr.total_steps} steps | workdir {workdir}'
+    )
+    writer = MetricWriter(workdir, enabled=tr.is_main, resume_step=start)
+    progress = Progress(tr.total_steps, start, tr.batch_size, enabled=show_progress and tr.is_main)
+    sharding = mesh_lib.batch_sharding(tr.mesh)
+    stop_at = tr.total_steps if stop_after_steps is None else min(stop_after_steps, tr.total_steps)
+    history: list[dict[str, Any]] = []
+    window: dict[str, float] = {}
+    window_n, window_count, t0, train_time, timed_steps = 0, 0, time.perf_counter(), 0.0, 0
+    step, last_saved = start, (start or None)
+
+    def save(s: int) -> None:
+        nonlocal last_saved
+        ckpt.save(s, state.arrays(), train_it.get_state(), {'step': s, 'model': config.model.name})
+        last_saved = s
+
+    def run_eval(s: int, final: bool = False) -> dict[str, Any]:
+        res, first = tr.evaluate(state, timing=final)
+        res['epoch'] = s / tr.steps_per_epoch
+        writer.write(config.data.eval_split, s, res)
+        if tr.is_main and first is not None and config.det.viz_examples:
+            tr.save_picture(*first, workdir / 'viz' / f'step_{s:06d}.png')
+        history.append({'step': s, **res})
+        coco = f' COCO AP {100 * res["coco_ap"]:.2f}%' if 'coco_ap' in res else ''
+        progress.message(f'eval @ step {s}: mAP@0.5 {100 * res["map50"]:.2f}%{coco}')
+        return res
+
+    try:
+        while step < stop_at:
+            batch = tr.with_proposals(next(train_it), train_split)
+            state, metrics = tr.train_step(state, mesh_lib.to_global(batch, sharding))
+            step += 1
+            m = jax.device_get(metrics)
+            _check_finite(step, float(m['loss']), ckpt)
+            if step == start + 1:  # the first step compiles: not timed
+                t0 = time.perf_counter()
+                progress.reset_clock(step)
+            else:
+                window_n += 1
+            window_count += 1
+            for k, v in m.items():
+                window[k] = window.get(k, 0.0) + float(v)
+            if step % tc.log_every_steps == 0 or step == stop_at:
+                dt = time.perf_counter() - t0
+                train_time, timed_steps = train_time + dt, timed_steps + window_n
+                row = {k: v / window_count for k, v in window.items()}
+                row.update(
+                    epoch=step / tr.steps_per_epoch,
+                    lr=float(tr.schedule(step - 1)),
+                    images_per_sec=window_n * tr.batch_size / dt if dt > 0 and window_n else float('nan'),
+                )
+                writer.write('train', step, row)
+                progress.update(step, {'loss': row['loss'], 'lr': row['lr']})
+                window, window_n, window_count, t0 = {}, 0, 0, time.perf_counter()
+            if tr.eval_every and step % tr.eval_every == 0 and step != tr.total_steps:
+                run_eval(step)
+                t0 = time.perf_counter()
+            if tr.ckpt_every and step % tr.ckpt_every == 0 and step != stop_at:
+                save(step)
+        if last_saved != step:
+            save(step)
+    except BaseException:
+        progress.close()
+        ckpt.close()
+        writer.close()
+        raise
+    progress.close()
+    ckpt.close()
+    summary: dict[str, Any] = {
+        'task': 'detection', 'model': config.model.name, 'dataset': 'mnist_det', 'num_params': tr.num_params,
+        'step': step, 'total_steps': tr.total_steps, 'complete': step >= tr.total_steps,
+        'images_per_sec': timed_steps * tr.batch_size / train_time if train_time > 0 else None,
+        'devices': jax.device_count(), 'jax': jax.__version__, 'workdir': str(workdir),
+    }  # fmt: skip
+    if step >= tr.total_steps:
+        res = run_eval(step, final=True)
+        summary['final'] = {config.data.eval_split: res}
+        best = max(history, key=lambda r: r['map50'])
+        summary['best'] = {'map50': best['map50'], 'step': best['step']}
+    summary['wall_time_s'] = time.perf_counter() - wall0
+    writer.close()
+    if tr.is_main:
+        (workdir / 'summary.json').write_text(json.dumps(summary, indent=2))
+        if 'final' in summary:
+            r = summary['final'][config.data.eval_split]
+            coco = f' COCO AP {100 * r["coco_ap"]:.2f}%' if 'coco_ap' in r else ''
+            log(
+                f'done: {config.model.name} on mnist_det | {step} steps in {format_seconds(summary["wall_time_s"])} | '
+                f'{config.data.eval_split} mAP@0.5 {100 * r["map50"]:.2f}%{coco} | '
+                f'{r["latency_ms"]:.1f} ms/image (batch 1) | workdir {workdir}'
+            )
+        else:
+            log(f'stopped at step {step}/{tr.total_steps}; relaunch the same command to resume')
+    return summary

@@ -1,0 +1,64 @@
+"""PNG pictures of detections: each canvas drawn twice side by side, ground truth (green boxes, class
+names) | predictions (red boxes, class and score, above ``score_threshold``), masks tinted when given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = ['draw_boxes', 'save_detection_grid']
+
+_GT, _PRED = (40, 220, 60), (235, 50, 40)
+
+
+def draw_boxes(
+    image01: np.ndarray, boxes, labels, scores=None, *, class_names: Sequence[str] = (), colour=_PRED,
+    scale: int = 3, masks=None,
+) -> np.ndarray:  # fmt: skip
+    """uint8 [H*scale, W*scale, 3]: ``image01`` ([H, W, C] in [0, 1]) upscaled, with ``boxes`` (xyxy
+    pixels of the original image) outlined and labelled ``name`` or ``name score``; ``masks`` [N, H, W]
+    in [0, 1] tint their pixels."""
+    x = np.asarray(image01, np.float32)
+    x = np.repeat(x, 3, -1) if x.shape[-1] == 1 else x[..., :3]
+    if masks is not None and len(masks):
+        m = np.clip(np.max(np.asarray(masks, np.float32), 0), 0, 1)[..., None]
+        x = x * (1 - 0.5 * m) + 0.5 * m * np.asarray(colour, np.float32) / 255
+    img = Image.fromarray((np.clip(x, 0, 1) * 255).astype(np.uint8)).resize(
+        (x.shape[1] * scale, x.shape[0] * scale), Image.NEAREST
+    )
+    draw = ImageDraw.Draw(img)
+    for i, (b, lab) in enumerate(zip(np.asarray(boxes), np.asarray(labels))):
+        x1, y1, x2, y2 = (float(v) * scale for v in b)
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
+        name = class_names[int(lab)] if int(lab) < len(class_names) else str(int(lab))
+        name = name.replace('digit_', '')
+        text = name if scores is None else f'{name} {float(scores[i]):.2f}'
+        draw.text((x1 + 2, max(y1 - 11, 0)), text, fill=colour)
+    return np.asarray(img)
+
+
+def save_detection_grid(
+    path: str | Path, images01, gt_boxes, gt_labels, gt_valid, pred_boxes, pred_scores, pred_labels, pred_valid,
+    *, class_names: Sequence[str] = (), score_threshold: float = 0.3, pred_masks=None,
+) -> Path:  # fmt: skip
+    """One row per example: ground truth | predictions with score >= ``score_threshold``."""
+    rows = []
+    for i in range(len(images01)):
+        gv = np.asarray(gt_valid[i], bool)
+        pv = np.asarray(pred_valid[i], bool) & (np.asarray(pred_scores[i]) >= score_threshold)
+        left = draw_boxes(images01[i], np.asarray(gt_boxes[i])[gv], np.asarray(gt_labels[i])[gv],
+                          class_names=class_names, colour=_GT)  # fmt: skip
+        masks = None if pred_masks is None else np.asarray(pred_masks[i])[pv]
+        right = draw_boxes(images01[i], np.asarray(pred_boxes[i])[pv], np.asarray(pred_labels[i])[pv],
+                           np.asarray(pred_scores[i])[pv], class_names=class_names, masks=masks)  # fmt: skip
+        gap = np.full((left.shape[0], 4, 3), 255, np.uint8)
+        rows.append(np.concatenate([left, gap, right], 1))
+    sep = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
+    grid = np.concatenate([r for row in rows for r in (row, sep)][:-1], 0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+    return path
