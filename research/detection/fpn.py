@@ -3,7 +3,8 @@ in torchvision's layout so its weights convert: a 1x1 lateral conv (``inner_bloc
 a nearest-neighbour top-down pathway added to the laterals, a 3x3 output conv (``layer_blocks_i``) per
 level, and an optional extra block: ``'maxpool'`` (P6 = 1x1 max pool with stride 2 of the top output:
 Faster / Mask R-CNN) or ``'p6p7'`` (RetinaNet Sec. 4: P6 = 3x3/2 conv, P7 = 3x3/2 conv of ReLU(P6);
-from P5 when the input and output widths agree, as torchvision's ``LastLevelP6P7``, else from C5).
+P6 from ``p6p7_from`` = ``'p5'`` (torchvision's ``retinanet_resnet50_fpn``: ``LastLevelP6P7(256, 256)``)
+or ``'c5'`` (the paper, and torchvision's v2 model)).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class FeaturePyramidNetwork(nn.Module):
     out_channels: int = 256
     min_level: int = 2
     extra: str | None = 'maxpool'
+    p6p7_from: str = 'p5'
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -52,7 +54,9 @@ class FeaturePyramidNetwork(nn.Module):
         if self.extra == 'maxpool':
             outs.append(max_pool(outs[-1], 1, 2))
         elif self.extra == 'p6p7':
-            src = outs[-1] if feats[-1].shape[-1] == self.out_channels else feats[-1]
+            if self.p6p7_from not in ('p5', 'c5'):
+                raise ValueError(f"FPN p6p7_from must be 'p5' or 'c5'; got {self.p6p7_from!r}")
+            src = outs[-1] if self.p6p7_from == 'p5' else feats[-1]
             p6 = conv(3, 2, 'p6')(src)
             outs += [p6, conv(3, 2, 'p7')(nn.relu(p6))]
         return {f'p{self.min_level + i}': o for i, o in enumerate(outs)}
