@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ['draw_boxes', 'save_detection_grid']
 
@@ -30,13 +30,17 @@ def draw_boxes(
         (x.shape[1] * scale, x.shape[0] * scale), Image.NEAREST
     )
     draw = ImageDraw.Draw(img)
+    try:
+        font = ImageFont.load_default(size=4 * scale + 2)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        font = ImageFont.load_default()
     for i, (b, lab) in enumerate(zip(np.asarray(boxes), np.asarray(labels))):
         x1, y1, x2, y2 = (float(v) * scale for v in b)
         draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
         name = class_names[int(lab)] if int(lab) < len(class_names) else str(int(lab))
         name = name.replace('digit_', '')
         text = name if scores is None else f'{name} {float(scores[i]):.2f}'
-        draw.text((x1 + 2, max(y1 - 11, 0)), text, fill=colour)
+        draw.text((x1 + 2, max(y1 - 4 * scale - 4, 0)), text, fill=colour, font=font)
     return np.asarray(img)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ def plot_training_curves(
     if not drawn:
         ax_loss.text(0.5, 0.5, "no metrics yet", ha="center", va="center", transform=ax_loss.transAxes)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(textwrap.fill(title, 110), fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -114,7 +115,8 @@ def plot_metric_vs_axis(table, path: str | Path) -> Path:
             )
     ax.set_xticks(xs)
     ax.set_xticklabels([spec.row_label(r) for r in rows], rotation=0 if len(rows) < 6 else 30)
-    ax.set(xlabel=" / ".join(spec.rows), ylabel=spec.metric, title=spec.title or spec.name)
+    ax.set(xlabel=" / ".join(spec.rows), ylabel=spec.metric)
+    ax.set_title(textwrap.fill(spec.title or spec.name, 70), fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)

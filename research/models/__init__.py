@@ -21,12 +21,15 @@ from research.models import (
     resnet,
     resnet_cifar,
     resnext,
+    retinanet,
     segnet,
     shufflenet,
     squeezenet,
+    ssd,
     unet,
     vgg,
     wide_resnet,
+    yolo,
 )
 from research.models.lenet import LeNet5, LeNet5Modern
 from research.models.registry import accepted_kwargs, create, get_constructor, list_models, register
@@ -59,6 +62,10 @@ _FAMILIES = (
     pspnet,
     deeplab,
     context,
+    # detection (issue 6)
+    yolo,
+    ssd,
+    retinanet,
 )
 
 for _family in _FAMILIES:
