@@ -38,6 +38,17 @@ def test_sigmoid_focal_loss_matches_torchvision(alpha, gamma):
     assert float(sigmoid_focal_loss(jnp.zeros(1), jnp.ones(1))[0]) == pytest.approx(0.25 * 0.25 * np.log(2))
 
 
+@pytest.mark.parametrize('gamma', [0.5, 2.0])
+def test_sigmoid_focal_loss_gradient_finite_when_saturated(gamma):
+    """Confident correct logits (1 - p_t underflows to 0 in float32): the power's gradient must not
+    turn into NaN (it did for gamma < 1 with the naive (1 - p) ** gamma)."""
+    logits = jnp.asarray([120.0, -120.0, 30.0, -30.0, 0.0])
+    targets = jnp.asarray([1.0, 0.0, 1.0, 0.0, 1.0])
+    g = jax.grad(lambda x: sigmoid_focal_loss(x, targets, 0.25, gamma).sum())(logits)
+    assert np.isfinite(np.asarray(g)).all()
+    assert abs(float(g[0])) < 1e-20 and float(g[4]) < 0  # saturated: no push; uncertain positive: push up
+
+
 def test_softmax_cross_entropy_ignores_negative_labels():
     logits = jnp.asarray([[0.0, 0.0], [2.0, 0.0]])
     ce = softmax_cross_entropy(logits, jnp.asarray([1, -1]))

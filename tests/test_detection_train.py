@@ -102,7 +102,7 @@ def test_detection_task_end_to_end_and_resume(tmp_path, toy_registered):
     assert all(0.0 <= r['map50'] <= 1.0 and r['count'] == 7 for r in evals)
     final = full['final']['test']
     assert {'coco_ap', 'coco_ap50', 'map50_11pt', 'latency_ms', 'eval_images_per_sec'} <= set(final)
-    assert final['latency_ms'] > 0
+    assert final['latency_ms'] > 0 and final['proposal_ms'] == 0.0 and final['total_ms'] == final['latency_ms']
     png = tmp_path / 'full' / 'viz' / 'step_000004.png'
     assert png.exists()
     w, h = Image.open(png).size

@@ -9,7 +9,7 @@ Commands:
 
 ``quick``: ``retinanet_resnet18_fpn`` (basic blocks, widths 16-128, FPN/head width 64, 2 head convs,
 P3-P5 with anchors 16-64 px x 2^(k/3), trained from scratch with BatchNorm), Adam + cosine, 2,000
-canvases, 12 epochs of batch 16. Full: ``retinanet_resnet50_fpn`` (torchvision's layout; P3-P7, anchors
+canvases, 8 epochs of batch 16. Full: ``retinanet_resnet50_fpn`` (torchvision's layout; P3-P7, anchors
 32-512) with batch-statistics BatchNorm (no ImageNet weights offline), 8,000 canvases.
 
 Sweeps (``sweep=``): ``focal`` (default) the five (gamma, alpha) pairs of Table 1b (COCO AP beside
@@ -42,7 +42,7 @@ def _ratios(text) -> tuple[float, ...]:
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
     quick = args["quick"]
-    c = mnist_det_config(args, quick_epochs=12, lr=1e-3)
+    c = mnist_det_config(args, quick_epochs=8, lr=1e-3)
     if quick:
         c.model.name = "retinanet_resnet18_fpn"
         base = QUICK_BASE_SIZES

@@ -30,10 +30,15 @@ def sigmoid_focal_loss(
     """``-alpha_t (1 - p_t)^gamma log(p_t)`` per element; ``alpha < 0`` disables the alpha weighting and
     ``gamma = 0`` gives (alpha-weighted) binary cross-entropy."""
     targets = targets.astype(logits.dtype)
-    p = jax.nn.sigmoid(logits)
     ce = optax.sigmoid_binary_cross_entropy(logits, targets)
-    p_t = p * targets + (1 - p) * (1 - targets)
-    loss = ce * (1 - p_t) ** gamma if gamma else ce
+    if gamma:
+        # (1 - p_t)^gamma as exp(gamma log(1 - p_t)), log(1 - p_t) from log-sigmoids: equal to torchvision's
+        # value, but its gradient stays finite where 1 - p_t underflows to 0 (for gamma < 1 the power's
+        # derivative there is inf, and inf * 0 gave NaN losses in the gamma = 0.5 run).
+        log_1m_pt = targets * jax.nn.log_sigmoid(-logits) + (1 - targets) * jax.nn.log_sigmoid(logits)
+        loss = ce * jnp.exp(gamma * log_1m_pt)
+    else:
+        loss = ce
     if alpha >= 0:
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
     return loss

@@ -10,7 +10,9 @@ donated, orbax checkpoints of the state and the grain iterator (a relaunch conti
 - evaluation runs the jitted detector over the split (padded batches masked), and scores the
   detections on the host: VOC mAP@0.5 all-point (``map50``) and 11-point (``map50_11pt``), per-class AP,
   and COCO AP@[.5:.95] / AP50 / AP75 with pycocotools (``det.coco_eval``); the final evaluation also
-  measures throughput (``eval_images_per_sec``) and batch-1 latency (``latency_ms``);
+  measures throughput (``eval_images_per_sec``), batch-1 latency of the jitted network
+  (``latency_ms``), the host proposal time of proposal-based models (``proposal_ms``: selective
+  search, per image, median) and their sum (``total_ms``);
 - each evaluation writes ``viz/step_NNNNNN.png`` (ground truth | predictions);
 - models with ``needs_proposals`` (R-CNN, SPPNet, Fast R-CNN) get host proposals per example
   (``research.detection.proposals.get_proposals``, cached next to the dataset), looked up by the
@@ -253,6 +255,15 @@ class DetTrainer:
         if timing:
             res['eval_images_per_sec'] = timed / t_total if t_total > 0 else float('nan')
             res['latency_ms'] = self.latency_ms(state, first[0], int(c.det.latency_images))
+            res['proposal_ms'] = 0.0
+            if self.needs_proposals:
+                from research.detection.proposals import time_per_image
+
+                res['proposal_ms'] = time_per_image(
+                    self.builder, split, method=str(c.det.proposals), max_proposals=int(c.det.max_proposals),
+                    n=int(c.det.latency_images),
+                )  # fmt: skip
+            res['total_ms'] = res['latency_ms'] + res['proposal_ms']
         return res, first
 
     def latency_ms(self, state: TrainState, batch: dict, n: int) -> float:

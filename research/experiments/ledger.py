@@ -17,7 +17,8 @@ A row is (re)built from the run's files, so it can be rebuilt at any time: ``run
 have ``<split>_miou`` and ``<split>_pixel_acc`` (%), ``<split>_loss``, ``best_<split>_miou``,
 ``best_step``, ``train_loss`` and ``train_pixel_acc`` instead. Detection runs (``task='detection'``)
 have ``<split>_map50`` (VOC mAP@0.5 all-point, %), ``<split>_map50_11pt``, ``<split>_coco_ap``,
-``<split>_coco_ap50`` (%), ``latency_ms`` (batch 1), ``eval_images_per_sec``, ``best_<split>_map50``,
+``<split>_coco_ap50`` (%), ``latency_ms`` (batch 1), ``proposal_ms`` (host proposals), ``total_ms``,
+``eval_images_per_sec``, ``best_<split>_map50``,
 ``best_step`` and ``train_loss``.
 
 Writers hold an exclusive ``flock`` on ``ledger.jsonl.lock`` and replace the file atomically,
@@ -196,7 +197,8 @@ def _detection_metrics(final: dict | None, rows: list[dict[str, Any]], eval_spli
     if final:
         for k in ("map50", "map50_11pt", "coco_ap", "coco_ap50"):
             out[f"{eval_split}_{k}"] = _pct(final.get(k))
-        out["latency_ms"] = final.get("latency_ms")
+        for k in ("latency_ms", "proposal_ms", "total_ms"):
+            out[k] = final.get(k)
         out["eval_images_per_sec"] = final.get("eval_images_per_sec")
     evals = [r for r in rows if r["split"] == eval_split and isinstance(r.get("map50"), (int, float))]
     if evals:
