@@ -22,7 +22,6 @@ x aspect ratios {1} / {0.5, 1, 2} (Table 1c's axis). Args: ``quick``, ``gamma``,
 from experiments.detection.common import COMMON_ARGS, mnist_det_config
 from research.config import parse_arg
 from research.experiments import paper
-from research.experiments.sweep import product
 
 ARGS = {**COMMON_ARGS, "gamma": 2.0, "alpha": 0.25, "scales": 3, "ratios": "0.5+1+2", "sweep": "focal"}
 QUICK_BASE_SIZES = (16, 32, 64)  # P3-P5 on 128x128 canvases (digits ~22-56 px)
