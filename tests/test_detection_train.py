@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import tensorflow_datasets as tfds
+
 from research.config import base_config
 from research.detection.postprocess import select_detections
 from research.models import registry
@@ -102,7 +104,9 @@ def test_detection_task_end_to_end_and_resume(tmp_path, toy_registered):
     assert all(0.0 <= r['map50'] <= 1.0 and r['count'] == 7 for r in evals)
     final = full['final']['test']
     assert {'coco_ap', 'coco_ap50', 'map50_11pt', 'latency_ms', 'eval_images_per_sec'} <= set(final)
-    assert final['latency_ms'] > 0 and final['proposal_ms'] == 0.0 and final['total_ms'] == final['latency_ms']
+    assert (
+        final['latency_ms'] > 0 and final['proposal_ms'] == 0.0 and final['total_ms'] == final['latency_ms']
+    )
     png = tmp_path / 'full' / 'viz' / 'step_000004.png'
     assert png.exists()
     w, h = Image.open(png).size
@@ -205,3 +209,77 @@ def test_ledger_detection_metrics(tmp_path):
     assert m['test_map50_11pt'] == pytest.approx(48.0) and m['test_coco_ap50'] == pytest.approx(55.0)
     assert m['best_test_map50'] == pytest.approx(60.0) and m['best_step'] == 1
     assert m['latency_ms'] == 12.5 and m['train_loss'] == 1.5 and 'test_error' not in m
+
+
+class FakeVocDet(tfds.core.GeneratorBasedBuilder):
+    """VOC-like features (image, objects: bbox / label / is_crowd) from Tensors, for tests."""
+
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    'image': tfds.features.Tensor(shape=(48, 40, 3), dtype=np.uint8),
+                    'objects': tfds.features.Sequence(
+                        {
+                            'bbox': tfds.features.BBoxFeature(),
+                            'label': tfds.features.ClassLabel(names=['cat', 'dog', 'car']),
+                            'is_crowd': tfds.features.Tensor(shape=(), dtype=np.bool_),
+                        }
+                    ),
+                }
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {'train': self._generate_examples(12, 0), 'test': self._generate_examples(6, 1)}
+
+    def _generate_examples(self, n, seed):
+        rng = np.random.default_rng(seed)
+        for i in range(n):
+            k = 1 + i % 3
+            y0 = rng.uniform(0, 0.5, k)
+            x0 = rng.uniform(0, 0.5, k)
+            bbox = np.stack([y0, x0, y0 + 0.3, x0 + 0.4], -1).astype(np.float32)
+            yield (
+                i,
+                {
+                    'image': rng.integers(0, 255, (48, 40, 3), dtype=np.uint8),
+                    'objects': {'bbox': bbox, 'label': (np.arange(k) + i) % 3, 'is_crowd': np.arange(k) == 2},
+                },
+            )
+
+
+def test_detection_on_a_tfds_dataset_by_name(tmp_path, toy_registered):
+    """A TFDS detection dataset by name (VOC / COCO layout: image, objects.bbox normalised (ymin, xmin,
+    ymax, xmax), objects.label, objects.is_crowd): classes from its ClassLabel, boxes resized to
+    det.canvas_size in xyxy pixels, labels 1..K, crowd boxes dropped; the task trains on it."""
+    from research.detection import data as det_data
+    from research.detection.train import train_detection
+
+    c = _task_config(tmp_path)
+    c.data.name = 'fake_voc_det'
+    c.det.canvas_size, c.det.max_objects = 32, 3
+    builder = det_data.get_det_builder(c.data, c.det)
+    assert det_data.class_names(builder) == ('background', 'cat', 'dog', 'car')
+    split = det_data.get_split(builder, 'train', det_cfg=c.det)
+    rec = builder.as_data_source('train')[5]  # 3 objects, the third is a crowd box
+    ex = split.example(5)
+    assert ex['image'].shape == (32, 32, 3) and int(ex['num_objects']) == 2
+    bb = np.asarray(rec['objects']['bbox'])[:2]
+    np.testing.assert_allclose(
+        ex['boxes'][:2], np.stack([bb[:, 1], bb[:, 0], bb[:, 3], bb[:, 2]], -1) * 32, rtol=1e-6
+    )
+    lab = np.asarray(rec['objects']['label'])
+    np.testing.assert_array_equal(ex['labels'], [lab[0] + 1, lab[1] + 1, 0])
+    batch = next(det_data.make_eval_iterator(c.data, c.det, 'test', global_batch_size=4))
+    assert batch['image'].shape == (4, 32, 32, 3) and batch['boxes'].shape == (4, 3, 4)
+    c.model.num_classes = 4
+    summary = train_detection(c, tmp_path / 'run', show_progress=False)
+    assert summary['complete'] and summary['dataset'] == 'fake_voc_det'
+    assert summary['final']['test']['count'] == 6
+    c.data.name = 'no_such_detection_set'
+    with pytest.raises(ValueError, match="no_such_detection_set"):
+        det_data.get_det_builder(c.data, c.det)

@@ -32,6 +32,7 @@ from research.data import datasets as datasets_lib
 from research.segmentation import data as seg_data
 
 CLASSES = ('background',) + tuple(f'digit_{i}' for i in range(10))
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _SHUFFLE_TAG = 0x4445545348
 _AUG_TAG = 0x4445544147
 
@@ -155,11 +156,15 @@ _LOCK = threading.RLock()
 _CACHE: dict[tuple, MnistDet] = {}
 
 
-def get_det_builder(data_cfg, det_cfg: Mapping | None = None) -> MnistDet:
-    """The prepared ``mnist_det`` builder for ``config.data`` (``path``, ``data_dir``) and the generation
-    settings ``det_cfg`` (built once, then reused)."""
-    params = params_from_config(det_cfg)
+def get_det_builder(data_cfg, det_cfg: Mapping | None = None):
+    """The prepared builder of ``config.data``: ``mnist_det`` (generated from ``data.path`` with the
+    settings ``det_cfg``), or any other name through ``tfds.builder`` (``voc/2007``, ``coco/2017``, ...:
+    the user's TFDS with network access; prepared on first use). Built once, then reused."""
+    name = str(datasets_lib.field(data_cfg, 'name'))
     data_dir = datasets_lib.resolve_data_dir(data_cfg)
+    if name not in datasets_lib.OFFLINE_BUILDERS:  # the task refuses the other offline names
+        return _tfds_builder(name, data_dir)
+    params = params_from_config(det_cfg)
     path = str(datasets_lib.field(data_cfg, 'path') or seg_data.default_mnist_path())
     key = (path, data_dir, params)
     with _LOCK:
@@ -171,6 +176,36 @@ def get_det_builder(data_cfg, det_cfg: Mapping | None = None) -> MnistDet:
                 builder = MnistDet(path=path, params=params, data_dir=data_dir)
             _CACHE[key] = builder
         return _CACHE[key]
+
+
+def _tfds_builder(name: str, data_dir: str):
+    key = (name, data_dir)
+    with _LOCK:
+        if key not in _CACHE:
+            try:
+                builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
+            except tfds.core.registered.DatasetNotFoundError as e:
+                raise ValueError(
+                    f"unknown detection dataset data.name={name!r}: not 'mnist_det' and not a TFDS dataset"
+                ) from e
+            if not tfds.core.dataset_info.dataset_info_path(builder.data_path).exists():
+                builder.download_and_prepare(file_format='array_record')
+                builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
+            feats = builder.info.features
+            if 'image' not in feats or 'objects' not in feats or 'bbox' not in feats['objects'].feature:
+                raise ValueError(
+                    f"TFDS dataset {name!r} is not a detection dataset: it needs 'image' and "
+                    f"'objects' with 'bbox' and 'label' features (as voc and coco have)"
+                )
+            _CACHE[key] = builder
+        return _CACHE[key]
+
+
+def class_names(builder) -> tuple[str, ...]:
+    """('background', <the dataset's classes>...): label k of the batches is ``names[k]``."""
+    if isinstance(builder, MnistDet):
+        return CLASSES
+    return ('background',) + tuple(builder.info.features['objects']['label'].names)
 
 
 class DetSplit:
@@ -190,26 +225,110 @@ class DetSplit:
         return len(self.images)
 
 
+class TfdsDetSplit:
+    """A TFDS detection split (``voc``, ``coco``, ...) read lazily from its array_record data source,
+    with the in-memory split's interface (``images`` / ``boxes`` / ``labels`` / ``num_objects`` indexed
+    by example index arrays): each image is resized to ``size`` x ``size`` (bilinear; boxes scaled with
+    it), TFDS's normalised (ymin, xmin, ymax, xmax) boxes become xyxy pixels, labels become 1..K (0 =
+    padding), crowd boxes (COCO's ``is_crowd``) are dropped and the first ``max_objects`` objects kept.
+    Decoding an ``Image`` feature needs TensorFlow (the user's TFDS install); masks are not read."""
+
+    def __init__(self, builder, split: str, size: int, max_objects: int):
+        self.source = builder.as_data_source(split)
+        self.size, self.max_objects = int(size), int(max_objects)
+        shape = builder.info.features['image'].shape
+        self.channels = int(shape[-1] or 3)
+        self.masks = None
+        self._key, self._records = None, None
+        self.images, self.boxes = _LazyField(self, 'image'), _LazyField(self, 'boxes')
+        self.labels, self.num_objects = _LazyField(self, 'labels'), _LazyField(self, 'num_objects')
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def example(self, index: int) -> dict[str, np.ndarray]:
+        from PIL import Image  # pylint: disable=g-import-not-at-top
+
+        rec = self.source[int(index)]
+        image = np.asarray(rec['image'], np.uint8)
+        if image.ndim == 2:
+            image = image[..., None]
+        s, m = self.size, self.max_objects
+        if image.shape[:2] != (s, s):
+            chans = [
+                Image.fromarray(image[..., c]).resize((s, s), Image.BILINEAR) for c in range(image.shape[-1])
+            ]
+            image = np.stack([np.asarray(c, np.uint8) for c in chans], -1)
+        objects = rec['objects']
+        bbox = np.asarray(objects['bbox'], np.float32).reshape(-1, 4)
+        labels = np.asarray(objects['label'], np.int32).reshape(-1) + 1
+        keep = np.ones(len(labels), bool)
+        if 'is_crowd' in objects:
+            keep &= ~np.asarray(objects['is_crowd'], bool).reshape(-1)
+        bbox, labels = bbox[keep][:m], labels[keep][:m]
+        n = len(labels)
+        boxes = np.zeros((m, 4), np.float32)
+        boxes[:n] = np.stack([bbox[:, 1], bbox[:, 0], bbox[:, 3], bbox[:, 2]], -1) * s
+        out_labels = np.zeros((m,), np.int32)
+        out_labels[:n] = labels
+        return {'image': image, 'boxes': boxes, 'labels': out_labels, 'num_objects': np.int32(n)}
+
+    def records(self, indices) -> list[dict[str, np.ndarray]]:
+        key = tuple(int(i) for i in np.asarray(indices).ravel())
+        if key != self._key:  # the four fields of one batch decode the examples once
+            self._key, self._records = key, [self.example(i) for i in key]
+        return self._records
+
+
+class _LazyField:
+    def __init__(self, split: TfdsDetSplit, name: str):
+        self.split, self.name = split, name
+
+    def __getitem__(self, indices) -> np.ndarray:
+        idx = np.asarray(indices)
+        if idx.dtype == bool:
+            idx = np.nonzero(idx)[0]
+        recs = self.split.records(idx.reshape(-1))
+        return np.stack([r[self.name] for r in recs]).reshape(*idx.shape, *recs[0][self.name].shape)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+
 _SPLITS: dict[tuple, DetSplit] = {}
 
 
-def get_split(builder: MnistDet, split: str, with_masks: bool = False) -> DetSplit:
+def get_split(builder, split: str, with_masks: bool = False, det_cfg: Mapping | None = None):
+    """The split's examples: in memory for ``mnist_det`` (:class:`DetSplit`), lazily for a TFDS dataset
+    (:class:`TfdsDetSplit`, resized to ``det.canvas_size`` with ``det.max_objects`` objects)."""
     key = (str(builder.data_path), split, with_masks)
+    if not isinstance(builder, MnistDet):
+        p = params_from_config(det_cfg)
+        key += (p.canvas_size, p.max_objects)
     with _LOCK:
         if key not in _SPLITS:
             if split not in builder.info.splits:
                 raise ValueError(
-                    f"unknown split '{split}' of mnist_det; available: {sorted(builder.info.splits)}"
+                    f"unknown split '{split}' of {builder.info.name}; available: {sorted(builder.info.splits)}"
                 )
-            _SPLITS[key] = DetSplit(builder, split, with_masks)
+            if isinstance(builder, MnistDet):
+                _SPLITS[key] = DetSplit(builder, split, with_masks)
+            else:
+                if with_masks:
+                    raise ValueError(f'instance masks are read from mnist_det only, not {builder.info.name}')
+                _SPLITS[key] = TfdsDetSplit(builder, split, p.canvas_size, p.max_objects)
         return _SPLITS[key]
 
 
 def normalization(data_cfg, det_cfg=None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) of the train split's pixels in [0, 1] when ``data.normalize``, else (0, 1)."""
+    """(mean, std) of the train split's pixels in [0, 1] when ``data.normalize``, else (0, 1); a TFDS
+    dataset uses ImageNet's per-channel statistics (as torchvision's detectors)."""
     if not datasets_lib.field(data_cfg, 'normalize'):
         return (0.0,), (1.0,)
-    train = get_split(get_det_builder(data_cfg, det_cfg), str(datasets_lib.field(data_cfg, 'train_split')))
+    builder = get_det_builder(data_cfg, det_cfg)
+    if not isinstance(builder, MnistDet):
+        return IMAGENET_MEAN, IMAGENET_STD
+    train = get_split(builder, str(datasets_lib.field(data_cfg, 'train_split')))
     x = train.images.astype(np.float64) / 255.0
     return (float(x.mean()),), (max(float(x.std()), 1e-6),)
 
@@ -233,7 +352,7 @@ def _batch(data: DetSplit, idx: np.ndarray, valid_rows: np.ndarray, mean, std, f
         images[flip_rows], boxes[flip_rows] = fi, fb
         if masks is not None:
             masks[flip_rows] = fm
-    x = augment_lib.Normalizer(mean, std, 1)(images.astype(np.float32) * np.float32(1 / 255))
+    x = augment_lib.Normalizer(mean, std, images.shape[2])(images.astype(np.float32) * np.float32(1 / 255))
     x[~valid_rows] = 0.0
     out = {
         'image': x,
@@ -258,7 +377,10 @@ def make_train_iterator(
     checkpointable and resumes bit for bit."""
     local = global_batch_size // process_count
     data = get_split(
-        get_det_builder(data_cfg, det_cfg), str(datasets_lib.field(data_cfg, 'train_split')), with_masks
+        get_det_builder(data_cfg, det_cfg),
+        str(datasets_lib.field(data_cfg, 'train_split')),
+        with_masks,
+        det_cfg,
     )
     if len(data) < global_batch_size:
         raise ValueError(f'global_batch_size {global_batch_size} exceeds the {len(data)} train examples')
@@ -291,7 +413,7 @@ def make_eval_iterator(
     """One ordered pass over ``split``: the train batch keys plus 'mask' bool [L]; the final batch is
     padded with zero images and no boxes (mask False), so metrics over the pass are exact."""
     local = global_batch_size // process_count
-    data = get_split(get_det_builder(data_cfg, det_cfg), str(split), with_masks)
+    data = get_split(get_det_builder(data_cfg, det_cfg), str(split), with_masks, det_cfg)
     mean, std = normalization(data_cfg, det_cfg)
     lo = process_index * local
 

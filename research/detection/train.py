@@ -1,4 +1,5 @@
-"""``config.task == 'detection'``: train a registered detector on ``mnist_det``, resumable from ``workdir``.
+"""``config.task == 'detection'``: train a registered detector on ``mnist_det`` (or a TFDS detection
+dataset by name: ``voc/2007``, ``coco/2017``, ...), resumable from ``workdir``.
 
 Same machinery as classification and segmentation (``research.train``): ``TrainState``, optax
 optimizers and schedules, the ``('data',)`` mesh with the batch sharded and the state replicated and
@@ -46,8 +47,6 @@ from research.train.reporting import MetricWriter, Progress, format_seconds
 from research.train.state import TrainState, create_train_state
 
 __all__ = ['DetTrainer', 'det_eval_step', 'det_train_step', 'train_detection']
-
-DATASETS = ('mnist_det',)
 
 
 def _targets(batch: dict) -> dict:
@@ -115,23 +114,28 @@ class DetTrainer:
     def __init__(self, config):
         validate_config(config)
         self.config = config
-        if config.data.name not in DATASETS:
+        if config.data.name in ('mnist_seg', 'shapes_seg', 'digits', 'image_folder'):
             raise ValueError(
-                f"task 'detection' reads the offline datasets {list(DATASETS)}; got data.name={config.data.name!r}"
+                f"task 'detection' reads 'mnist_det' or a TFDS detection dataset (voc/2007, coco/2017, ...); "
+                f"got data.name={config.data.name!r}"
             )
         self.is_main = jax.process_index() == 0
         tc, dc = config.train, config.det
         self.params = det_data.params_from_config(dc)
         self.builder = det_data.get_det_builder(config.data, dc)
-        self.class_names = det_data.CLASSES
+        self.dataset = self.builder.info.name
+        self.offline = isinstance(self.builder, det_data.MnistDet)
+        self.class_names = det_data.class_names(self.builder)
         self.num_classes = len(self.class_names)
+        train_data = det_data.get_split(self.builder, str(config.data.train_split), det_cfg=dc)
+        self.channels = 1 if self.offline else train_data.channels
         kwargs = {k: v for k, v in to_dict(config.model).items() if k != 'name'}
         kwargs.setdefault('num_classes', self.num_classes)
         self.model = models.create(config.model.name, **kwargs)
         if getattr(self.model, 'num_classes', self.num_classes) != self.num_classes:
             raise ValueError(
-                f'model.num_classes={self.model.num_classes} but mnist_det has {self.num_classes} classes '
-                '(background + 10 digits)'
+                f'model.num_classes={self.model.num_classes} but {self.dataset} has {self.num_classes} classes '
+                f'(background + {self.num_classes - 1})'
             )
         self.needs_masks = bool(getattr(type(self.model), 'needs_masks', False))
         self.needs_proposals = bool(getattr(type(self.model), 'needs_proposals', False))
@@ -140,7 +144,12 @@ class DetTrainer:
         self.eval_batch_size = tc.eval_batch_size or tc.batch_size
         mesh_lib.check_batch_size(self.batch_size, self.mesh)
         mesh_lib.check_batch_size(self.eval_batch_size, self.mesh, name='train.eval_batch_size')
-        n_train = self.params.num_train
+        if not self.offline and (self.needs_masks or self.needs_proposals):
+            raise ValueError(
+                f'{config.model.name} needs instance masks or proposals: available for mnist_det only, '
+                f'not {self.dataset}'
+            )
+        n_train = len(train_data)
         self.steps_per_epoch = n_train // self.batch_size
         if self.steps_per_epoch < 1:
             raise ValueError(f'train.batch_size={self.batch_size} is larger than the train split ({n_train})')
@@ -156,7 +165,7 @@ class DetTrainer:
                 self.proposals[split] = self._get_proposals(split)
         repl = mesh_lib.replicated(self.mesh)
         s, m = self.params.canvas_size, self.params.max_objects
-        sample = jnp.zeros((1, s, s, 1), jnp.float32)
+        sample = jnp.zeros((1, s, s, self.channels), jnp.float32)
         targets = {
             'boxes': jnp.tile(jnp.asarray([[[4.0, 4.0, 40.0, 40.0]]]), (1, m, 1)),
             'labels': jnp.ones((1, m), jnp.int32),
@@ -321,13 +330,13 @@ def train_detection(
         resolved = to_dict(config)
         resolved['_resolved'] = dict(
             steps_per_epoch=tr.steps_per_epoch, total_steps=tr.total_steps, num_params=tr.num_params,
-            devices=jax.device_count(), dataset='mnist_det', num_classes=tr.num_classes,
-            image_shape=[tr.params.canvas_size, tr.params.canvas_size, 1],
+            devices=jax.device_count(), dataset=tr.dataset, num_classes=tr.num_classes,
+            image_shape=[tr.params.canvas_size, tr.params.canvas_size, tr.channels],
         )  # fmt: skip
         (workdir / 'config.json').write_text(json.dumps(resolved, indent=2, default=str))
     log(
-        f'model {config.model.name}: {tr.num_params:,} params | data mnist_det '
-        f'{{train: {tr.params.num_train}, test: {tr.params.num_test}}} | {tr.steps_per_epoch} steps/epoch, '
+        f'model {config.model.name}: {tr.num_params:,} params | data {tr.dataset} '
+        f'{ {k: int(v.num_examples) for k, v in tr.builder.info.splits.items()} } | {tr.steps_per_epoch} steps/epoch, '
         f'{tr.total_steps} steps | workdir {workdir}'
     )
     writer = MetricWriter(workdir, enabled=tr.is_main, resume_step=start)
@@ -397,7 +406,7 @@ def train_detection(
     progress.close()
     ckpt.close()
     summary: dict[str, Any] = {
-        'task': 'detection', 'model': config.model.name, 'dataset': 'mnist_det', 'num_params': tr.num_params,
+        'task': 'detection', 'model': config.model.name, 'dataset': tr.dataset, 'num_params': tr.num_params,
         'step': step, 'total_steps': tr.total_steps, 'complete': step >= tr.total_steps,
         'images_per_sec': timed_steps * tr.batch_size / train_time if train_time > 0 else None,
         'devices': jax.device_count(), 'jax': jax.__version__, 'workdir': str(workdir),
@@ -415,7 +424,7 @@ def train_detection(
             r = summary['final'][config.data.eval_split]
             coco = f' COCO AP {100 * r["coco_ap"]:.2f}%' if 'coco_ap' in r else ''
             log(
-                f'done: {config.model.name} on mnist_det | {step} steps in {format_seconds(summary["wall_time_s"])} | '
+                f'done: {config.model.name} on {tr.dataset} | {step} steps in {format_seconds(summary["wall_time_s"])} | '
                 f'{config.data.eval_split} mAP@0.5 {100 * r["map50"]:.2f}%{coco} | '
                 f'{r["latency_ms"]:.1f} ms/image (batch 1) | workdir {workdir}'
             )

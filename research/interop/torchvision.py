@@ -69,7 +69,7 @@ __all__ = [
 ]
 
 #: Family modules that define ``CONVERSIONS`` (filled here, in one place).
-_FAMILY_MODULES = ('tv_resnet', 'tv_classic', 'tv_dense', 'tv_mobile', 'tv_segmentation', 'tv_detection')
+_FAMILY_MODULES = ('tv_resnet', 'tv_classic', 'tv_dense', 'tv_mobile', 'tv_segmentation', 'tv_detection', 'tv_rcnn')
 
 
 class ConversionError(ValueError):

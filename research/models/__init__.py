@@ -10,6 +10,7 @@ from research.models import (
     densenet,
     dpn,
     efficientnet,
+    faster_rcnn,
     fcn,
     googlenet,
     inception,
@@ -18,6 +19,7 @@ from research.models import (
     mobilenet,
     preact_resnet,
     pspnet,
+    rcnn,
     resnet,
     resnet_cifar,
     resnext,
@@ -66,6 +68,8 @@ _FAMILIES = (
     yolo,
     ssd,
     retinanet,
+    faster_rcnn,
+    rcnn,
 )
 
 for _family in _FAMILIES:
