@@ -19,6 +19,12 @@ from research import models
 #: (regex on the registry name, input shape (H, W, C)); first match wins, default 224x224x3.
 INPUT_SHAPES: tuple[tuple[str, tuple[int, int, int]], ...] = (
     (r'^lenet', (32, 32, 1)),
+    # detection: mnist_det canvases for the CPU variants, the papers' / torchvision's sizes otherwise
+    (r'_mnist$|_resnet18_fpn$', (128, 128, 1)),
+    (r'^ssd300', (300, 300, 3)),
+    (r'^yolov1', (448, 448, 3)),
+    (r'^(retinanet|fasterrcnn|maskrcnn)_resnet50', (800, 800, 3)),
+    (r'^(fast_rcnn|sppnet)_', (600, 600, 3)),
     (r'^inception_v[34]', (299, 299, 3)),
     (r'^context_module', (64, 64, 21)),  # Yu & Koltun: runs on a 21-class score map
     (r'^unet_valid', (572, 572, 3)),  # Ronneberger et al. Fig. 1 (572 -> 388)
@@ -81,7 +87,13 @@ def rows(only: str | None = None):
             )
             continue
         t = time.perf_counter()
-        s = summarize(model, (1, *shape))
+        kw = {}
+        if getattr(type(model), 'needs_proposals', False):  # R-CNN lineage: 300 host proposals per image
+            import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+            box = jnp.asarray([[[0.0, 0.0, shape[1] / 2, shape[0] / 2]]])
+            kw['proposals'] = {'boxes': jnp.tile(box, (1, 300, 1)), 'valid': jnp.ones((1, 300), bool)}
+        s = summarize(model, (1, *shape), **kw)
         print(
             f'{name}: {s.params:,} params, {s.macs / 1e6:.1f} M MACs ({time.perf_counter() - t:.1f} s)',
             file=sys.stderr,
