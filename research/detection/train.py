@@ -23,7 +23,6 @@ donated, orbax checkpoints of the state and the grain iterator (a relaunch conti
 from __future__ import annotations
 
 import functools
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -38,13 +37,10 @@ from research.config import parse_duration, to_dict, validate_config
 from research.detection import data as det_data
 from research.detection import viz as det_viz
 from research.detection.metrics import DetectionEvaluator
-from research.segmentation.train import _check_finite
-from research.train import checkpoint as ckpt_lib
 from research.train import mesh as mesh_lib
-from research.train.loop import _check_same_run
 from research.train.optim import make_optimizer, make_schedule
-from research.train.reporting import MetricWriter, Progress, format_seconds
 from research.train.state import TrainState, create_train_state
+from research.train.task_loop import run_task_loop
 
 __all__ = ['DetTrainer', 'det_eval_step', 'det_train_step', 'train_detection']
 
@@ -217,6 +213,38 @@ class DetTrainer:
             'proposal_valid': valid[safe] & (idx >= 0)[:, None],
         }
 
+    task = 'detection'
+    best_metric = 'map50'
+
+    def next_batch(self, it) -> dict:
+        return self.with_proposals(next(it), str(self.config.data.train_split))
+
+    def resolved(self) -> dict[str, Any]:
+        s = self.params.canvas_size
+        return dict(dataset=self.dataset, num_classes=self.num_classes, image_shape=[s, s, self.channels])
+
+    def describe(self, workdir) -> str:
+        splits = {k: int(v.num_examples) for k, v in self.builder.info.splits.items()}
+        return (
+            f'model {self.config.model.name}: {self.num_params:,} params | data {self.dataset} {splits} | '
+            f'{self.steps_per_epoch} steps/epoch, {self.total_steps} steps | workdir {workdir}'
+        )
+
+    def evaluate_at(self, state: TrainState, step: int, final: bool):
+        res, first = self.evaluate(state, timing=final)
+        picture = None
+        if first is not None and self.config.det.viz_examples:
+            picture = lambda path: self.save_picture(*first, path)  # noqa: E731
+        return res, picture
+
+    def eval_message(self, res: dict) -> str:
+        coco = f' COCO AP {100 * res["coco_ap"]:.2f}%' if 'coco_ap' in res else ''
+        return f'mAP@0.5 {100 * res["map50"]:.2f}%{coco}'
+
+    def done_message(self, res: dict) -> str:
+        msg = f'{self.config.data.eval_split} {self.eval_message(res)}'
+        return msg + (f' | {res["total_ms"]:.1f} ms/image (batch 1)' if 'total_ms' in res else '')
+
     def train_iterator(self):
         c = self.config
         return det_data.make_train_iterator(
@@ -307,127 +335,5 @@ def train_detection(
     config, workdir: str | Path, *, stop_after_steps: int | None = None, show_progress: bool = True
 ) -> dict[str, Any]:
     """Trains ``config`` in ``workdir`` (resuming from its newest checkpoint) and returns the summary."""
-    workdir = Path(workdir)
-    wall0 = time.perf_counter()
-    tr = DetTrainer(config)
-    tc = config.train
-    train_split = str(config.data.train_split)
-    log = print if tr.is_main else (lambda *a, **k: None)
-    if tr.is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-    ckpt = ckpt_lib.Checkpointer(workdir, keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
-    state = tr.init_state()
-    train_it = tr.train_iterator()
-    start = ckpt.latest_step()
-    if start is not None:
-        _check_same_run(workdir, config)  # a different model or dataset in this workdir is refused
-        arrays, data_state, _ = ckpt.restore(start, ckpt_lib.abstract_like(state.arrays()))
-        state = state.replace_arrays(arrays)
-        train_it.set_state(ckpt_lib.from_jsonable(data_state))
-        log(f'resumed from {ckpt.directory / str(start)} (step {start})')
-    start = start or 0
-    if tr.is_main:
-        resolved = to_dict(config)
-        resolved['_resolved'] = dict(
-            steps_per_epoch=tr.steps_per_epoch, total_steps=tr.total_steps, num_params=tr.num_params,
-            devices=jax.device_count(), dataset=tr.dataset, num_classes=tr.num_classes,
-            image_shape=[tr.params.canvas_size, tr.params.canvas_size, tr.channels],
-        )  # fmt: skip
-        (workdir / 'config.json').write_text(json.dumps(resolved, indent=2, default=str))
-    log(
-        f'model {config.model.name}: {tr.num_params:,} params | data {tr.dataset} '
-        f'{ {k: int(v.num_examples) for k, v in tr.builder.info.splits.items()} } | {tr.steps_per_epoch} steps/epoch, '
-        f'{tr.total_steps} steps | workdir {workdir}'
-    )
-    writer = MetricWriter(workdir, enabled=tr.is_main, resume_step=start)
-    progress = Progress(tr.total_steps, start, tr.batch_size, enabled=show_progress and tr.is_main)
-    sharding = mesh_lib.batch_sharding(tr.mesh)
-    stop_at = tr.total_steps if stop_after_steps is None else min(stop_after_steps, tr.total_steps)
-    history: list[dict[str, Any]] = []
-    window: dict[str, float] = {}
-    window_n, window_count, t0, train_time, timed_steps = 0, 0, time.perf_counter(), 0.0, 0
-    step, last_saved = start, (start or None)
-
-    def save(s: int) -> None:
-        nonlocal last_saved
-        ckpt.save(s, state.arrays(), train_it.get_state(), {'step': s, 'model': config.model.name})
-        last_saved = s
-
-    def run_eval(s: int, final: bool = False) -> dict[str, Any]:
-        res, first = tr.evaluate(state, timing=final)
-        res['epoch'] = s / tr.steps_per_epoch
-        writer.write(config.data.eval_split, s, res)
-        if tr.is_main and first is not None and config.det.viz_examples:
-            tr.save_picture(*first, workdir / 'viz' / f'step_{s:06d}.png')
-        history.append({'step': s, **res})
-        coco = f' COCO AP {100 * res["coco_ap"]:.2f}%' if 'coco_ap' in res else ''
-        progress.message(f'eval @ step {s}: mAP@0.5 {100 * res["map50"]:.2f}%{coco}')
-        return res
-
-    try:
-        while step < stop_at:
-            batch = tr.with_proposals(next(train_it), train_split)
-            state, metrics = tr.train_step(state, mesh_lib.to_global(batch, sharding))
-            step += 1
-            m = jax.device_get(metrics)
-            _check_finite(step, float(m['loss']), ckpt)
-            if step == start + 1:  # the first step compiles: not timed
-                t0 = time.perf_counter()
-                progress.reset_clock(step)
-            else:
-                window_n += 1
-            window_count += 1
-            for k, v in m.items():
-                window[k] = window.get(k, 0.0) + float(v)
-            if step % tc.log_every_steps == 0 or step == stop_at:
-                dt = time.perf_counter() - t0
-                train_time, timed_steps = train_time + dt, timed_steps + window_n
-                row = {k: v / window_count for k, v in window.items()}
-                row.update(
-                    epoch=step / tr.steps_per_epoch,
-                    lr=float(tr.schedule(step - 1)),
-                    images_per_sec=window_n * tr.batch_size / dt if dt > 0 and window_n else float('nan'),
-                )
-                writer.write('train', step, row)
-                progress.update(step, {'loss': row['loss'], 'lr': row['lr']})
-                window, window_n, window_count, t0 = {}, 0, 0, time.perf_counter()
-            if tr.eval_every and step % tr.eval_every == 0 and step != tr.total_steps:
-                run_eval(step)
-                t0 = time.perf_counter()
-            if tr.ckpt_every and step % tr.ckpt_every == 0 and step != stop_at:
-                save(step)
-        if last_saved != step:
-            save(step)
-    except BaseException:
-        progress.close()
-        ckpt.close()
-        writer.close()
-        raise
-    progress.close()
-    ckpt.close()
-    summary: dict[str, Any] = {
-        'task': 'detection', 'model': config.model.name, 'dataset': tr.dataset, 'num_params': tr.num_params,
-        'step': step, 'total_steps': tr.total_steps, 'complete': step >= tr.total_steps,
-        'images_per_sec': timed_steps * tr.batch_size / train_time if train_time > 0 else None,
-        'devices': jax.device_count(), 'jax': jax.__version__, 'workdir': str(workdir),
-    }  # fmt: skip
-    if step >= tr.total_steps:
-        res = run_eval(step, final=True)
-        summary['final'] = {config.data.eval_split: res}
-        best = max(history, key=lambda r: r['map50'])
-        summary['best'] = {'map50': best['map50'], 'step': best['step']}
-    summary['wall_time_s'] = time.perf_counter() - wall0
-    writer.close()
-    if tr.is_main:
-        (workdir / 'summary.json').write_text(json.dumps(summary, indent=2))
-        if 'final' in summary:
-            r = summary['final'][config.data.eval_split]
-            coco = f' COCO AP {100 * r["coco_ap"]:.2f}%' if 'coco_ap' in r else ''
-            log(
-                f'done: {config.model.name} on {tr.dataset} | {step} steps in {format_seconds(summary["wall_time_s"])} | '
-                f'{config.data.eval_split} mAP@0.5 {100 * r["map50"]:.2f}%{coco} | '
-                f'{r["latency_ms"]:.1f} ms/image (batch 1) | workdir {workdir}'
-            )
-        else:
-            log(f'stopped at step {step}/{tr.total_steps}; relaunch the same command to resume')
-    return summary
+    return run_task_loop(DetTrainer(config), config, workdir, stop_after_steps=stop_after_steps,
+                         show_progress=show_progress)  # fmt: skip

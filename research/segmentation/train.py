@@ -17,9 +17,6 @@ ground truth | prediction) to the workdir.
 from __future__ import annotations
 
 import functools
-import json
-import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +36,10 @@ from research.segmentation.losses import (
     segmentation_loss,
 )
 from research.segmentation.metrics import confusion_matrix, metrics_from_confusion
-from research.train import checkpoint as ckpt_lib
 from research.train import mesh as mesh_lib
-from research.train.loop import NonFiniteLossError, _check_same_run
 from research.train.optim import make_optimizer, make_schedule
-from research.train.reporting import MetricWriter, Progress, format_seconds
 from research.train.state import TrainState, create_train_state
+from research.train.task_loop import run_task_loop
 
 
 def _has_aux(model, sample: jax.Array) -> bool:
@@ -220,6 +215,50 @@ class SegTrainer:
         labels = seg_data.get_split(builder, str(self.config.data.train_split)).labels
         return tuple(float(w) for w in median_frequency_weights(labels, self.info.num_classes))
 
+    task = "segmentation"
+    best_metric = "miou"
+
+    @property
+    def dataset(self) -> str:
+        return self.info.name
+
+    def train_iterator(self):
+        c = self.config
+        return seg_data.make_train_iterator(
+            c.data, c.seg, seed=c.seed, global_batch_size=self.batch_size,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+        )  # fmt: skip
+
+    def next_batch(self, it) -> dict:
+        return next(it)
+
+    def resolved(self) -> dict[str, Any]:
+        return dict(
+            dataset=self.info.name, num_classes=self.info.num_classes, image_shape=list(self.info.image_shape)
+        )
+
+    def describe(self, workdir) -> str:
+        return (
+            f"model {self.config.model.name}: {self.num_params:,} params | data {self.info.name} "
+            f"{self.info.num_examples} | {self.steps_per_epoch} steps/epoch, {self.total_steps} steps | workdir {workdir}"
+        )
+
+    def evaluate_at(self, state: TrainState, step: int, final: bool):
+        res, first = self.evaluate(state, crf=final and bool(self.config.seg.crf_eval))
+        picture = None
+        if first is not None and self.config.seg.viz_examples:
+            picture = lambda path: self.save_picture(state, first, path)  # noqa: E731
+        return res, picture
+
+    def eval_message(self, res: dict) -> str:
+        return (
+            f"mIoU {100 * res['miou']:.2f}% pixel acc {100 * res['pixel_acc']:.2f}% loss {res['loss']:.4f}"
+            + (f" | with dense CRF: mIoU {100 * res['crf_miou']:.2f}%" if "crf_miou" in res else "")
+        )
+
+    def done_message(self, res: dict) -> str:
+        return f"{self.config.data.eval_split} mIoU {100 * res['miou']:.2f}% pixel acc {100 * res['pixel_acc']:.2f}%"
+
     def init_state(self) -> TrainState:
         return self._init(jax.random.key_data(jax.random.key(self.config.seed)))
 
@@ -263,141 +302,9 @@ class SegTrainer:
         )
 
 
-def _check_finite(step: int, loss: float, ckpt) -> None:
-    if not math.isfinite(loss):
-        ckpt.wait()
-        raise NonFiniteLossError(
-            f"loss is {loss} at step {step}; stopping. last good checkpoint: {ckpt.latest_step()}"
-        )
-
-
 def train_segmentation(
     config, workdir: str | Path, *, stop_after_steps: int | None = None, show_progress: bool = True
 ) -> dict[str, Any]:
     """Trains ``config`` in ``workdir`` (resuming from its newest checkpoint) and returns the summary."""
-    workdir = Path(workdir)
-    wall0 = time.perf_counter()
-    tr = SegTrainer(config)
-    tc = config.train
-    log = print if tr.is_main else (lambda *a, **k: None)
-    if tr.is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-    ckpt = ckpt_lib.Checkpointer(workdir, keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
-    state = tr.init_state()
-    train_it = seg_data.make_train_iterator(
-        config.data, config.seg, seed=config.seed, global_batch_size=tr.batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-    )  # fmt: skip
-    start = ckpt.latest_step()
-    if start is not None:
-        _check_same_run(workdir, config)  # a different model or dataset in this workdir is refused
-        arrays, data_state, _ = ckpt.restore(start, ckpt_lib.abstract_like(state.arrays()))
-        state = state.replace_arrays(arrays)
-        train_it.set_state(ckpt_lib.from_jsonable(data_state))
-        log(f"resumed from {ckpt.directory / str(start)} (step {start})")
-    start = start or 0
-    if tr.is_main:
-        resolved = to_dict(config)
-        resolved["_resolved"] = dict(
-            steps_per_epoch=tr.steps_per_epoch, total_steps=tr.total_steps, num_params=tr.num_params,
-            devices=jax.device_count(), dataset=tr.info.name, num_classes=tr.info.num_classes,
-            image_shape=list(tr.info.image_shape),
-        )  # fmt: skip
-        (workdir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
-    log(
-        f"model {config.model.name}: {tr.num_params:,} params | data {tr.info.name} {tr.info.num_examples} | "
-        f"{tr.steps_per_epoch} steps/epoch, {tr.total_steps} steps | workdir {workdir}"
-    )
-    writer = MetricWriter(workdir, enabled=tr.is_main, resume_step=start)
-    progress = Progress(tr.total_steps, start, tr.batch_size, enabled=show_progress and tr.is_main)
-    sharding = mesh_lib.batch_sharding(tr.mesh)
-    stop_at = tr.total_steps if stop_after_steps is None else min(stop_after_steps, tr.total_steps)
-    history: list[dict[str, Any]] = []
-    window: dict[str, float] = {}
-    window_n, window_count, t0, train_time, timed_steps = 0, 0, time.perf_counter(), 0.0, 0
-    step, last_saved = start, (start or None)
-
-    def save(s: int) -> None:
-        nonlocal last_saved
-        ckpt.save(s, state.arrays(), train_it.get_state(), {"step": s, "model": config.model.name})
-        last_saved = s
-
-    def run_eval(s: int, final: bool = False) -> dict[str, Any]:
-        res, first = tr.evaluate(state, crf=final and bool(config.seg.crf_eval))
-        res["epoch"] = s / tr.steps_per_epoch
-        writer.write(config.data.eval_split, s, res)
-        if tr.is_main and first is not None and config.seg.viz_examples:
-            tr.save_picture(state, first, workdir / "viz" / f"step_{s:06d}.png")
-        history.append({"step": s, **res})
-        progress.message(
-            f"eval @ step {s}: mIoU {100 * res['miou']:.2f}% pixel acc {100 * res['pixel_acc']:.2f}% "
-            f"loss {res['loss']:.4f}"
-            + (f" | with dense CRF: mIoU {100 * res['crf_miou']:.2f}%" if "crf_miou" in res else "")
-        )
-        return res
-
-    try:
-        while step < stop_at:
-            batch = mesh_lib.to_global(next(train_it), sharding)
-            state, metrics = tr.train_step(state, batch)
-            step += 1
-            m = jax.device_get(metrics)
-            _check_finite(step, float(m["loss"]), ckpt)
-            if step == start + 1:  # the first step compiles: not timed
-                t0 = time.perf_counter()
-                progress.reset_clock(step)
-            else:
-                window_n += 1
-            window_count += 1
-            for k, v in m.items():
-                window[k] = window.get(k, 0.0) + float(v)
-            if step % tc.log_every_steps == 0 or step == stop_at:
-                dt = time.perf_counter() - t0
-                train_time, timed_steps = train_time + dt, timed_steps + window_n
-                row = {k: v / window_count for k, v in window.items()}
-                row.update(
-                    epoch=step / tr.steps_per_epoch,
-                    lr=float(tr.schedule(step - 1)),
-                    images_per_sec=window_n * tr.batch_size / dt if dt > 0 and window_n else float("nan"),
-                )
-                writer.write("train", step, row)
-                progress.update(step, {"loss": row["loss"], "lr": row["lr"]})
-                window, window_n, window_count, t0 = {}, 0, 0, time.perf_counter()
-            if tr.eval_every and step % tr.eval_every == 0 and step != tr.total_steps:
-                run_eval(step)
-                t0 = time.perf_counter()
-            if tr.ckpt_every and step % tr.ckpt_every == 0 and step != stop_at:
-                save(step)
-        if last_saved != step:
-            save(step)
-    except BaseException:
-        progress.close()
-        ckpt.close()
-        writer.close()
-        raise
-    progress.close()
-    ckpt.close()
-    summary: dict[str, Any] = {
-        "task": "segmentation", "model": config.model.name, "dataset": tr.info.name, "num_params": tr.num_params,
-        "step": step, "total_steps": tr.total_steps, "complete": step >= tr.total_steps,
-        "images_per_sec": timed_steps * tr.batch_size / train_time if train_time > 0 else None,
-        "devices": jax.device_count(), "jax": jax.__version__, "workdir": str(workdir),
-    }  # fmt: skip
-    if step >= tr.total_steps:
-        res = run_eval(step, final=True)
-        summary["final"] = {config.data.eval_split: res}
-        best = max(history, key=lambda r: r["miou"])
-        summary["best"] = {"miou": best["miou"], "step": best["step"]}
-    summary["wall_time_s"] = time.perf_counter() - wall0
-    writer.close()
-    if tr.is_main:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
-        if "final" in summary:
-            r = summary["final"][config.data.eval_split]
-            log(
-                f"done: {config.model.name} on {tr.info.name} | {step} steps in {format_seconds(summary['wall_time_s'])} | "
-                f"{config.data.eval_split} mIoU {100 * r['miou']:.2f}% pixel acc {100 * r['pixel_acc']:.2f}% | workdir {workdir}"
-            )
-        else:
-            log(f"stopped at step {step}/{tr.total_steps}; relaunch the same command to resume")
-    return summary
+    return run_task_loop(SegTrainer(config), config, workdir, stop_after_steps=stop_after_steps,
+                         show_progress=show_progress)  # fmt: skip
