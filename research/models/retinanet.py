@@ -145,7 +145,7 @@ class RetinaNetHead(nn.Module):
 
 
 class RetinaNet(nn.Module):
-    """RetinaNet (see the module docstring). Detector contract: ``__call__(images, targets=None,
+    """RetinaNet (Lin et al. 2017, Fig. 3: ResNet + FPN, class and box subnets, focal loss). Detector contract: ``__call__(images, targets=None,
     train=False, proposals=None)``; ``predict(images, train)`` gives the raw per-anchor outputs.
 
     Fields: layers / block / width / stem_width (ResNet backbone), backbone_norm ('frozen' | 'batch'),

@@ -122,7 +122,7 @@ class SSDVGG(nn.Module):
 
 
 class SSD(nn.Module):
-    """SSD (see the module docstring). Detector contract: ``__call__(images, targets=None, train=False,
+    """SSD (Liu et al. 2016, Fig. 2: multi-scale default boxes, hard negative mining). Detector contract: ``__call__(images, targets=None, train=False,
     proposals=None)``; ``predict(images)`` gives the raw per-box outputs.
 
     Fields: widths / fc_width / fc6_dilation / extras (base network), aspect_ratios (per feature map),

@@ -52,7 +52,7 @@ def leaky_relu(x):
 
 
 class YOLOv1(nn.Module):
-    """YOLO v1 (see the module docstring). Detector contract: ``__call__(images, targets=None, train=False,
+    """YOLO v1 (Redmon et al. 2016, Fig. 3: S x S grid, B boxes and C class probabilities per cell). Detector contract: ``__call__(images, targets=None, train=False,
     proposals=None)``; ``predict(images, train)`` gives the raw [B, S, S, 5 B + C] output.
 
     Fields: grid (S), boxes_per_cell (B), cfg (conv stack), width_mult (scales the conv widths), fc_width
