@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from research.config import base_config
@@ -534,3 +535,64 @@ def test_experiment_configs_validate(name, arg):
         assert commands.get_table_specs(module, arg)[0]['metric'] == 'test_miou'
     with pytest.raises(ValueError, match='unknown config argument'):
         module.get_config('quik')
+
+
+class FakeCitySeg(tfds.core.GeneratorBasedBuilder):
+    """Cityscapes' layout (image_left, segmentation_label with label ids 0..33) from Tensors, for tests."""
+
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    'image_left': tfds.features.Tensor(shape=(24, 40, 3), dtype=np.uint8),
+                    'segmentation_label': tfds.features.Tensor(shape=(24, 40, 1), dtype=np.uint8),
+                }
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {'train': self._generate_examples(8, 0), 'validation': self._generate_examples(5, 1)}
+
+    def _generate_examples(self, n, seed):
+        rng = np.random.default_rng(seed)
+        for i in range(n):
+            label = np.full((24, 40, 1), 7, np.uint8)  # road
+            label[:8] = 23  # sky
+            label[8:12, 10:20] = 26  # car
+            label[20:, :4] = 1  # ego vehicle: not evaluated
+            yield (
+                i,
+                {
+                    'image_left': rng.integers(0, 255, (24, 40, 3), dtype=np.uint8),
+                    'segmentation_label': label,
+                },
+            )
+
+
+def test_segmentation_on_a_tfds_dataset_by_name(tmp_path, monkeypatch):
+    """A TFDS segmentation dataset by name (Cityscapes' layout): label ids mapped to the 19 train ids
+    (others -> ignore), resized to seg.canvas_size by nearest neighbour; the task trains on it."""
+    from research.generative import run_task
+
+    monkeypatch.setitem(seg_data.TFDS_LAYOUTS, 'fake_city_seg', dict(seg_data.TFDS_LAYOUTS['cityscapes']))
+    c = _task_config(tmp_path)
+    c.data.name = 'fake_city_seg'
+    c.data.eval_split = 'validation'
+    c.seg.canvas_size = 16
+    c.model.num_classes = 19
+    builder = seg_data.get_seg_builder(c.data, c.seg)
+    info = seg_data.get_seg_info(c.data, c.seg)
+    assert info.num_classes == 19 and info.class_names[13] == 'car' and info.image_shape == (16, 16, 3)
+    split = seg_data.get_split(builder, 'train', c.seg)
+    image, label = split.example(0)
+    assert image.shape == (16, 16, 3) and label.shape == (16, 16)
+    assert set(np.unique(label).tolist()) == {0, 10, 13, 255}  # road, sky, car, ignore (ego vehicle)
+    assert label[0, 0] == 10 and label[8, 8] == 0 and label[15, 0] == 255
+    summary = run_task(c, tmp_path / 'run', show_progress=False)
+    assert summary['complete'] and summary['final']['validation']['count'] == 5
+    c.data.name = 'voc/2012'
+    with pytest.raises(ValueError, match="boxes only"):
+        seg_data.get_seg_builder(c.data, c.seg)

@@ -318,11 +318,50 @@ _LOCK = threading.RLock()
 _CACHE: dict[tuple, object] = {}
 
 
+#: TFDS segmentation datasets read by name (users with network access / manual downloads): image and
+#: label feature names, a label-id -> train-id table (255 = ignore) and the class names.
+CITYSCAPES_CLASSES = (
+    'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign', 'vegetation',
+    'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle',
+)  # fmt: skip
+# Cityscapes label ids 0..33 -> the 19 evaluated train ids (cityscapesScripts' labels.py), others ignored.
+_CITYSCAPES_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+                   26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}  # fmt: skip
+CITYSCAPES_TRAIN_IDS = np.full(256, IGNORE_LABEL, np.uint8)
+for _k, _v in _CITYSCAPES_IDS.items():
+    CITYSCAPES_TRAIN_IDS[_k] = _v
+TFDS_LAYOUTS = {
+    'cityscapes': dict(image='image_left', label='segmentation_label', table=CITYSCAPES_TRAIN_IDS,
+                       classes=CITYSCAPES_CLASSES),
+}  # fmt: skip
+
+
+def tfds_layout(name: str) -> dict | None:
+    """The layout of TFDS segmentation dataset ``name`` (``cityscapes``, ``cityscapes/semantic_segmentation``)."""
+    return TFDS_LAYOUTS.get(name.split('/')[0].split(':')[0])
+
+
 def get_seg_builder(data_cfg, seg_cfg=None):
-    """The prepared builder for ``config.data`` / ``config.seg`` (built once, then reused)."""
+    """The prepared builder for ``config.data`` / ``config.seg`` (built once, then reused): ``mnist_seg``,
+    ``shapes_seg``, or a TFDS dataset of :data:`TFDS_LAYOUTS` by name (prepared by TFDS on first use)."""
     name = str(datasets_lib.field(data_cfg, 'name'))
     params = params_from_config(seg_cfg)
     data_dir = datasets_lib.resolve_data_dir(data_cfg)
+    if name not in SEG_BUILDERS and tfds_layout(name) is not None:
+        key = (name, data_dir)
+        with _LOCK:
+            if key not in _CACHE:
+                builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
+                if not tfds.core.dataset_info.dataset_info_path(builder.data_path).exists():
+                    builder.download_and_prepare(file_format='array_record')
+                    builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
+                _CACHE[key] = builder
+            return _CACHE[key]
+    if name not in SEG_BUILDERS:
+        raise ValueError(
+            f"unknown segmentation dataset '{name}' (offline: {', '.join(SEG_BUILDERS)}; TFDS by name: "
+            f"{', '.join(TFDS_LAYOUTS)}; TFDS's 'voc' holds boxes only: use it with task='detection')"
+        )
     path = str(datasets_lib.field(data_cfg, 'path')) if name == 'mnist_seg' else ''
     key = (name, path, data_dir, params)
     with _LOCK:
@@ -361,23 +400,97 @@ class SegSplit:
         return len(self.images)
 
 
+class TfdsSegSplit:
+    """A TFDS segmentation split read lazily (``images`` / ``labels`` indexed by example index arrays):
+    images resized bilinearly and labels by nearest neighbour to ``size`` x ``size``, label ids mapped
+    to train ids by the layout's table (unlisted ids -> the ignore label). Decoding ``Image`` features
+    needs TensorFlow (the user's TFDS install)."""
+
+    def __init__(self, builder, split: str, size: int, layout: dict):
+        self.source = builder.as_data_source(split)
+        self.size, self.layout = int(size), layout
+        self._key, self._records = None, None
+        self.images, self.labels = _LazySegField(self, 0), _LazySegField(self, 1)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        from PIL import Image  # pylint: disable=g-import-not-at-top
+
+        rec = self.source[int(index)]
+        image = np.asarray(rec[self.layout['image']], np.uint8)
+        label = np.asarray(rec[self.layout['label']], np.uint8).reshape(image.shape[:2])
+        s = self.size
+        if image.shape[:2] != (s, s):
+            image = np.stack(
+                [np.asarray(Image.fromarray(image[..., c]).resize((s, s), Image.BILINEAR)) for c in range(image.shape[-1])],
+                -1,
+            )  # fmt: skip
+            label = np.asarray(Image.fromarray(label).resize((s, s), Image.NEAREST))
+        return image.astype(np.uint8), self.layout['table'][label]
+
+    def records(self, indices) -> list[tuple[np.ndarray, np.ndarray]]:
+        key = tuple(int(i) for i in np.asarray(indices).ravel())
+        if key != self._key:
+            self._key, self._records = key, [self.example(i) for i in key]
+        return self._records
+
+
+class _LazySegField:
+    def __init__(self, split: TfdsSegSplit, which: int):
+        self.split, self.which = split, which
+
+    def __getitem__(self, indices) -> np.ndarray:
+        idx = np.asarray(indices)
+        if idx.dtype == bool:
+            idx = np.nonzero(idx)[0]
+        recs = self.split.records(idx.reshape(-1))
+        return np.stack([r[self.which] for r in recs]).reshape(*idx.shape, *recs[0][self.which].shape)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        image, label = self.split.records([0])[0]
+        return (len(self.split),) + (image if self.which == 0 else label).shape
+
+
 _SPLITS: dict[tuple, SegSplit] = {}
 
 
-def get_split(builder, split: str) -> SegSplit:
+def get_split(builder, split: str, seg_cfg=None):
+    """In memory for the offline datasets (:class:`SegSplit`); lazily for a TFDS dataset
+    (:class:`TfdsSegSplit`, resized to ``seg.canvas_size``)."""
+    layout = None if isinstance(builder, (MnistSeg, ShapesSeg)) else tfds_layout(builder.info.name)
     key = (str(builder.data_path), split)
+    if layout is not None:
+        key += (params_from_config(seg_cfg).canvas_size,)
     with _LOCK:
         if key not in _SPLITS:
             if split not in builder.info.splits:
                 raise ValueError(
                     f"unknown split '{split}' of {builder.name}; available: {sorted(builder.info.splits)}"
                 )
-            _SPLITS[key] = SegSplit(builder, split)
+            if layout is None:
+                _SPLITS[key] = SegSplit(builder, split)
+            else:
+                _SPLITS[key] = TfdsSegSplit(builder, split, params_from_config(seg_cfg).canvas_size, layout)
         return _SPLITS[key]
 
 
 def get_seg_info(data_cfg, seg_cfg=None) -> SegInfo:
     builder = get_seg_builder(data_cfg, seg_cfg)
+    layout = None if isinstance(builder, (MnistSeg, ShapesSeg)) else tfds_layout(builder.info.name)
+    if layout is not None:
+        s = params_from_config(seg_cfg).canvas_size
+        c = int(builder.info.features[layout['image']].shape[-1] or 3)
+        mean, std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if c == 3 else ((0.5,) * c, (0.25,) * c)
+        if not datasets_lib.field(data_cfg, 'normalize'):
+            mean, std = (0.0,) * c, (1.0,) * c
+        return SegInfo(
+            name=builder.info.full_name, num_classes=len(layout['classes']), class_names=tuple(layout['classes']),
+            image_shape=(s, s, c), num_examples={k: int(v.num_examples) for k, v in builder.info.splits.items()},
+            mean=mean, std=std,
+        )  # fmt: skip
     train = get_split(builder, str(datasets_lib.field(data_cfg, 'train_split')))
     if datasets_lib.field(data_cfg, 'normalize'):
         x = train.images.reshape(-1, train.images.shape[-1]).astype(np.float64) / 255.0
@@ -457,7 +570,7 @@ def make_train_iterator(
     """Infinite shuffled batches {'image': float32 [L, S, S, C], 'label': int32 [L, S, S]} (checkpointable)."""
     local = global_batch_size // process_count
     builder = get_seg_builder(data_cfg, seg_cfg)
-    data = get_split(builder, str(datasets_lib.field(data_cfg, 'train_split')))
+    data = get_split(builder, str(datasets_lib.field(data_cfg, 'train_split')), seg_cfg)
     if len(data) < global_batch_size:
         raise ValueError(f'global_batch_size {global_batch_size} exceeds the {len(data)} train examples')
     aug = (
@@ -480,7 +593,7 @@ def make_eval_iterator(
     """One ordered pass: {'image', 'label' (padded examples all ``IGNORE_LABEL``), 'mask' bool [L]}."""
     local = global_batch_size // process_count
     builder = get_seg_builder(data_cfg, seg_cfg)
-    data = get_split(builder, str(split))
+    data = get_split(builder, str(split), seg_cfg)
     info = get_seg_info(data_cfg, seg_cfg)
     lo = process_index * local
 

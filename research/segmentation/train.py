@@ -212,7 +212,10 @@ class SegTrainer:
         if mode != "median_frequency":
             raise ValueError(f"seg.class_balance must be 'none' or 'median_frequency'; got {mode!r}")
         builder = seg_data.get_seg_builder(self.config.data, self.config.seg)
-        labels = seg_data.get_split(builder, str(self.config.data.train_split)).labels
+        split = seg_data.get_split(builder, str(self.config.data.train_split), self.config.seg)
+        labels = split.labels
+        if not isinstance(labels, np.ndarray):  # a lazily read TFDS split: the first 1,000 examples
+            labels = labels[np.arange(min(len(split), 1000))]
         return tuple(float(w) for w in median_frequency_weights(labels, self.info.num_classes))
 
     task = "segmentation"
