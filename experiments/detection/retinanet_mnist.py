@@ -74,14 +74,19 @@ def get_sweep(arg=None):
 def get_table(arg=None):
     args = parse_arg(arg, ARGS)
     if args["sweep"] == "focal":
-        return dict(
-            name="retinanet_focal",
-            title="RetinaNet on mnist_det: test mAP@0.5 (%) vs focal loss (gamma, alpha) (paper: COCO AP, Table 1b)",
-            rows=["model.focal_gamma", "model.focal_alpha"],
-            metric="test_map50",
-            paper=paper.RETINANET_GAMMA_ALPHA,
-            paper_label="paper (COCO AP)",
-        )
+        rows = ["model.focal_gamma", "model.focal_alpha"]
+        return [
+            dict(
+                name="retinanet_focal",
+                title="RetinaNet on mnist_det: test COCO AP@[.5:.95] (%) vs focal loss (gamma, alpha) (paper: COCO, Table 1b)",
+                rows=rows, metric="test_coco_ap", paper=paper.RETINANET_GAMMA_ALPHA, paper_label="paper (COCO AP)",
+            ),
+            dict(
+                name="retinanet_focal_map50",
+                title="RetinaNet on mnist_det: test VOC mAP@0.5 (%) vs focal loss (gamma, alpha)",
+                rows=rows, metric="test_map50", plot=False,
+            ),
+        ]  # fmt: skip
     return dict(
         name="retinanet_anchors",
         title="RetinaNet on mnist_det: test mAP@0.5 (%) vs anchor scales per octave x aspect ratios",
