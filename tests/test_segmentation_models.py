@@ -130,6 +130,24 @@ def test_unet_valid_matches_the_paper_figure():
         unet.unet_valid_output_size(124)
 
 
+def test_unet_overlap_tile_mirrors_the_input_and_crops_to_its_size():
+    """Fig. 2's overlap-tile strategy: a 64x64 input is mirror-padded to the smallest valid size (156 at
+    depth 3: 156 -> 68) and the output cropped to 64x64; on a 388x388 input the network sees 572x572."""
+    assert unet.overlap_tile_input_size(64, 3) == 156 and unet.unet_valid_output_size(156, 3) == 68
+    assert unet.overlap_tile_input_size(388, 4) == 572
+    m = create('unet_valid', num_classes=3, depth=3, base_features=4, overlap_tile=True)
+    x = jax.random.normal(jax.random.key(0), (1, 64, 64, 1))
+    v = m.init(jax.random.key(1), x)
+    y = m.apply(v, x)
+    assert y.shape == (1, 64, 64, 3)
+    # Equal to the plain valid net applied to the mirror-padded input, centre-cropped.
+    plain = create('unet_valid', num_classes=3, depth=3, base_features=4)
+    padded = jnp.pad(x, ((0, 0), (46, 46), (46, 46), (0, 0)), mode='reflect')
+    full = plain.apply(v, padded)
+    assert full.shape == (1, 68, 68, 3)
+    np.testing.assert_allclose(y, full[:, 2:66, 2:66], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize('name', AUX_MODELS)
 def test_aux_head_only_on_request(name):
     (logits, extra), _ = _abstract(name, return_aux=True)
@@ -375,11 +393,15 @@ def test_pyramid_pooling_bins_and_pooling_knobs():
         blocks.PyramidPooling(pooling='min').init(jax.random.key(1), x, train=False)
 
 
-@pytest.mark.parametrize('name', ['deeplabv3_resnet18', 'pspnet_resnet18', 'fcn_resnet18', 'deeplabv3plus_resnet18'])
+@pytest.mark.parametrize(
+    'name', ['deeplabv3_resnet18', 'pspnet_resnet18', 'fcn_resnet18', 'deeplabv3plus_resnet18']
+)
 def test_small_resnet_backbones_scale_with_width(name):
     """The CPU-sized models: ``width`` scales the ResNet-18 backbone (planes width * 2**i)."""
-    _, v = _abstract(name, width=16, stem_width=16, aux=False) if name != 'deeplabv3plus_resnet18' else _abstract(
-        name, width=16, stem_width=16
+    _, v = (
+        _abstract(name, width=16, stem_width=16, aux=False)
+        if name != 'deeplabv3plus_resnet18'
+        else _abstract(name, width=16, stem_width=16)
     )
     bb = v['params']['backbone']
     assert bb['conv1']['kernel'].shape == (7, 7, 3, 16)

@@ -16,6 +16,11 @@ being the bottom map's side (572 -> 388 with b = 28; 284 -> 100; the smallest is
 pads the convs, so the output has the input size (input divisible by 2**depth). ``norm`` None as the
 paper (2015, no BN); 'batch' adds BN after every conv. 31,031,810 params at 2 classes (Fig. 1's
 net), 31,033,045 at the default 21.
+
+``overlap_tile=True`` (valid padding) is the paper's overlap-tile strategy (Fig. 2) for one tile:
+the input is mirror-padded to the smallest size whose valid output covers it, and the output is
+centre-cropped back to the input size, so the valid U-Net trains on dense labels of the input's size
+(the ``unet_valid`` segmentation configs use it).
 """
 
 from __future__ import annotations
@@ -37,6 +42,18 @@ def center_crop(x, size):
     if dh < 0 or dw < 0:
         raise ValueError(f'cannot crop {x.shape[1:3]} to {tuple(size)}')
     return x[:, dh // 2 : dh // 2 + size[0], dw // 2 : dw // 2 + size[1], :]
+
+
+def overlap_tile_input_size(size: int, depth: int = 4) -> int:
+    """The smallest input side >= ``size`` (same parity) whose valid-padding output is >= ``size``."""
+    padded = size
+    while True:
+        try:
+            if unet_valid_output_size(padded, depth) >= size:
+                return padded
+        except ValueError:
+            pass
+        padded += 2
 
 
 def unet_valid_output_size(size: int, depth: int = 4) -> int:
@@ -61,6 +78,7 @@ class UNet(nn.Module):
     depth: int = 4
     base_features: int = 64
     padding: str = 'same'
+    overlap_tile: bool = False
     dropout_rate: float = 0.5
     norm: Any = None
     conv: ModuleDef = Conv
@@ -85,6 +103,13 @@ class UNet(nn.Module):
             return h
 
         h = jnp.asarray(x, self.dtype)
+        in_size = h.shape[1:3]
+        if self.overlap_tile and self.padding == 'valid':
+            pads = []
+            for n in in_size:
+                extra = overlap_tile_input_size(n, self.depth) - n
+                pads.append((extra // 2, extra - extra // 2))
+            h = jnp.pad(h, ((0, 0), *pads, (0, 0)), mode='reflect')
         skips = []
         for level in range(self.depth):
             h = double(h, self.base_features * 2**level, f'down{level + 1}')
@@ -104,6 +129,8 @@ class UNet(nn.Module):
         if h.shape[1] <= 0 or h.shape[2] <= 0:
             raise ValueError(f'U-Net: input {x.shape[1:3]} too small for valid padding (empty output)')
         h = self.conv(self.num_classes, (1, 1), dtype=self.dtype, name='classifier')(h)
+        if self.overlap_tile and self.padding == 'valid':
+            h = center_crop(h, in_size)
         return jnp.asarray(h, jnp.float32)
 
 
