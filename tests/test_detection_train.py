@@ -211,45 +211,62 @@ def test_ledger_detection_metrics(tmp_path):
     assert m['latency_ms'] == 12.5 and m['train_loss'] == 1.5 and 'test_error' not in m
 
 
-class FakeVocDet(tfds.core.GeneratorBasedBuilder):
-    """VOC-like features (image, objects: bbox / label / is_crowd) from Tensors, for tests."""
+def _fake_voc_builder():
+    """Defines (and so registers with TFDS) the fake builder once per process: this module may be
+    imported twice (as a test file and as ``tests.<name>`` by a sweep config), and TFDS refuses a
+    second registration of the name."""
+    if _fake_voc_builder.cls is not None:
+        return _fake_voc_builder.cls
 
-    VERSION = tfds.core.Version('1.0.0')
+    class FakeVocDet(tfds.core.GeneratorBasedBuilder):
+        """VOC-like features (image, objects: bbox / label / is_crowd) from Tensors, for tests."""
 
-    def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self,
-            features=tfds.features.FeaturesDict(
-                {
-                    'image': tfds.features.Tensor(shape=(48, 40, 3), dtype=np.uint8),
-                    'objects': tfds.features.Sequence(
-                        {
-                            'bbox': tfds.features.BBoxFeature(),
-                            'label': tfds.features.ClassLabel(names=['cat', 'dog', 'car']),
-                            'is_crowd': tfds.features.Tensor(shape=(), dtype=np.bool_),
-                        }
-                    ),
-                }
-            ),
-        )
+        VERSION = tfds.core.Version('1.0.0')
 
-    def _split_generators(self, dl_manager):
-        return {'train': self._generate_examples(12, 0), 'test': self._generate_examples(6, 1)}
-
-    def _generate_examples(self, n, seed):
-        rng = np.random.default_rng(seed)
-        for i in range(n):
-            k = 1 + i % 3
-            y0 = rng.uniform(0, 0.5, k)
-            x0 = rng.uniform(0, 0.5, k)
-            bbox = np.stack([y0, x0, y0 + 0.3, x0 + 0.4], -1).astype(np.float32)
-            yield (
-                i,
-                {
-                    'image': rng.integers(0, 255, (48, 40, 3), dtype=np.uint8),
-                    'objects': {'bbox': bbox, 'label': (np.arange(k) + i) % 3, 'is_crowd': np.arange(k) == 2},
-                },
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {
+                        'image': tfds.features.Tensor(shape=(48, 40, 3), dtype=np.uint8),
+                        'objects': tfds.features.Sequence(
+                            {
+                                'bbox': tfds.features.BBoxFeature(),
+                                'label': tfds.features.ClassLabel(names=['cat', 'dog', 'car']),
+                                'is_crowd': tfds.features.Tensor(shape=(), dtype=np.bool_),
+                            }
+                        ),
+                    }
+                ),
             )
+
+        def _split_generators(self, dl_manager):
+            return {'train': self._generate_examples(12, 0), 'test': self._generate_examples(6, 1)}
+
+        def _generate_examples(self, n, seed):
+            rng = np.random.default_rng(seed)
+            for i in range(n):
+                k = 1 + i % 3
+                y0 = rng.uniform(0, 0.5, k)
+                x0 = rng.uniform(0, 0.5, k)
+                bbox = np.stack([y0, x0, y0 + 0.3, x0 + 0.4], -1).astype(np.float32)
+                yield (
+                    i,
+                    {
+                        'image': rng.integers(0, 255, (48, 40, 3), dtype=np.uint8),
+                        'objects': {
+                            'bbox': bbox,
+                            'label': (np.arange(k) + i) % 3,
+                            'is_crowd': np.arange(k) == 2,
+                        },
+                    },
+                )
+
+    _fake_voc_builder.cls = FakeVocDet
+    return FakeVocDet
+
+
+_fake_voc_builder.cls = None
 
 
 def test_detection_on_a_tfds_dataset_by_name(tmp_path, toy_registered):
@@ -259,6 +276,7 @@ def test_detection_on_a_tfds_dataset_by_name(tmp_path, toy_registered):
     from research.detection import data as det_data
     from research.detection.train import train_detection
 
+    _fake_voc_builder()
     c = _task_config(tmp_path)
     c.data.name = 'fake_voc_det'
     c.det.canvas_size, c.det.max_objects = 32, 3

@@ -537,39 +537,52 @@ def test_experiment_configs_validate(name, arg):
         module.get_config('quik')
 
 
-class FakeCitySeg(tfds.core.GeneratorBasedBuilder):
-    """Cityscapes' layout (image_left, segmentation_label with label ids 0..33) from Tensors, for tests."""
+def _fake_city_builder():
+    """Defines (and so registers with TFDS) the fake builder once per process: this module may be
+    imported twice (as a test file and as ``tests.<name>`` by a sweep config), and TFDS refuses a
+    second registration of the name."""
+    if _fake_city_builder.cls is not None:
+        return _fake_city_builder.cls
 
-    VERSION = tfds.core.Version('1.0.0')
+    class FakeCitySeg(tfds.core.GeneratorBasedBuilder):
+        """Cityscapes' layout (image_left, segmentation_label with label ids 0..33) from Tensors, for tests."""
 
-    def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self,
-            features=tfds.features.FeaturesDict(
-                {
-                    'image_left': tfds.features.Tensor(shape=(24, 40, 3), dtype=np.uint8),
-                    'segmentation_label': tfds.features.Tensor(shape=(24, 40, 1), dtype=np.uint8),
-                }
-            ),
-        )
+        VERSION = tfds.core.Version('1.0.0')
 
-    def _split_generators(self, dl_manager):
-        return {'train': self._generate_examples(8, 0), 'validation': self._generate_examples(5, 1)}
-
-    def _generate_examples(self, n, seed):
-        rng = np.random.default_rng(seed)
-        for i in range(n):
-            label = np.full((24, 40, 1), 7, np.uint8)  # road
-            label[:8] = 23  # sky
-            label[8:12, 10:20] = 26  # car
-            label[20:, :4] = 1  # ego vehicle: not evaluated
-            yield (
-                i,
-                {
-                    'image_left': rng.integers(0, 255, (24, 40, 3), dtype=np.uint8),
-                    'segmentation_label': label,
-                },
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {
+                        'image_left': tfds.features.Tensor(shape=(24, 40, 3), dtype=np.uint8),
+                        'segmentation_label': tfds.features.Tensor(shape=(24, 40, 1), dtype=np.uint8),
+                    }
+                ),
             )
+
+        def _split_generators(self, dl_manager):
+            return {'train': self._generate_examples(8, 0), 'validation': self._generate_examples(5, 1)}
+
+        def _generate_examples(self, n, seed):
+            rng = np.random.default_rng(seed)
+            for i in range(n):
+                label = np.full((24, 40, 1), 7, np.uint8)  # road
+                label[:8] = 23  # sky
+                label[8:12, 10:20] = 26  # car
+                label[20:, :4] = 1  # ego vehicle: not evaluated
+                yield (
+                    i,
+                    {
+                        'image_left': rng.integers(0, 255, (24, 40, 3), dtype=np.uint8),
+                        'segmentation_label': label,
+                    },
+                )
+
+    _fake_city_builder.cls = FakeCitySeg
+    return FakeCitySeg
+
+
+_fake_city_builder.cls = None
 
 
 def test_segmentation_on_a_tfds_dataset_by_name(tmp_path, monkeypatch):
@@ -577,6 +590,7 @@ def test_segmentation_on_a_tfds_dataset_by_name(tmp_path, monkeypatch):
     (others -> ignore), resized to seg.canvas_size by nearest neighbour; the task trains on it."""
     from research.generative import run_task
 
+    _fake_city_builder()
     monkeypatch.setitem(seg_data.TFDS_LAYOUTS, 'fake_city_seg', dict(seg_data.TFDS_LAYOUTS['cityscapes']))
     c = _task_config(tmp_path)
     c.data.name = 'fake_city_seg'
