@@ -33,14 +33,13 @@ import numpy as np
 import optax
 
 from research import models
-from research.config import parse_duration, to_dict, validate_config
+from research.config import to_dict, validate_config
 from research.detection import data as det_data
 from research.detection import viz as det_viz
 from research.detection.metrics import DetectionEvaluator
 from research.train import mesh as mesh_lib
-from research.train.optim import make_optimizer, make_schedule
 from research.train.state import TrainState, create_train_state
-from research.train.task_loop import run_task_loop
+from research.train.task_loop import resolve_schedule, run_task_loop
 
 __all__ = ['DetTrainer', 'det_eval_step', 'det_train_step', 'train_detection']
 
@@ -116,7 +115,7 @@ class DetTrainer:
                 f"got data.name={config.data.name!r}"
             )
         self.is_main = jax.process_index() == 0
-        tc, dc = config.train, config.det
+        dc = config.det
         self.params = det_data.params_from_config(dc)
         self.builder = det_data.get_det_builder(config.data, dc)
         self.dataset = self.builder.info.name
@@ -136,25 +135,12 @@ class DetTrainer:
         self.needs_masks = bool(getattr(type(self.model), 'needs_masks', False))
         self.needs_proposals = bool(getattr(type(self.model), 'needs_proposals', False))
         self.mesh = mesh_lib.make_mesh()
-        self.batch_size = tc.batch_size
-        self.eval_batch_size = tc.eval_batch_size or tc.batch_size
-        mesh_lib.check_batch_size(self.batch_size, self.mesh)
-        mesh_lib.check_batch_size(self.eval_batch_size, self.mesh, name='train.eval_batch_size')
         if not self.offline and (self.needs_masks or self.needs_proposals):
             raise ValueError(
                 f'{config.model.name} needs instance masks or proposals: available for mnist_det only, '
                 f'not {self.dataset}'
             )
-        n_train = len(train_data)
-        self.steps_per_epoch = n_train // self.batch_size
-        if self.steps_per_epoch < 1:
-            raise ValueError(f'train.batch_size={self.batch_size} is larger than the train split ({n_train})')
-        spe = self.steps_per_epoch
-        self.total_steps = parse_duration(tc.duration, spe, name='train.duration')
-        self.eval_every = parse_duration(tc.eval_every or 0, spe, name='train.eval_every')
-        self.ckpt_every = parse_duration(tc.checkpoint_every or 0, spe, name='train.checkpoint_every')
-        self.schedule = make_schedule(config.schedule, config.optimizer.lr, self.total_steps, spe)
-        self.tx = make_optimizer(config.optimizer, self.schedule)
+        resolve_schedule(self, config, len(train_data))
         self.proposals = {}
         if self.needs_proposals:
             for split in (str(config.data.train_split), str(config.data.eval_split)):

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from research import models
-from research.config import parse_duration, to_dict, validate_config
+from research.config import to_dict, validate_config
 from research.segmentation import data as seg_data
 from research.segmentation import viz as seg_viz
 from research.segmentation.losses import (
@@ -37,9 +37,8 @@ from research.segmentation.losses import (
 )
 from research.segmentation.metrics import confusion_matrix, metrics_from_confusion
 from research.train import mesh as mesh_lib
-from research.train.optim import make_optimizer, make_schedule
 from research.train.state import TrainState, create_train_state
-from research.train.task_loop import run_task_loop
+from research.train.task_loop import resolve_schedule, run_task_loop
 
 
 def _has_aux(model, sample: jax.Array) -> bool:
@@ -154,26 +153,13 @@ class SegTrainer:
         validate_config(config)
         self.config = config
         self.is_main = jax.process_index() == 0
-        tc, sc = config.train, config.seg
+        sc = config.seg
         self.info = seg_data.get_seg_info(config.data, sc)
         kwargs = {k: v for k, v in to_dict(config.model).items() if k != "name"}
         kwargs.setdefault("num_classes", self.info.num_classes)
         self.model = models.create(config.model.name, **kwargs)
         self.mesh = mesh_lib.make_mesh()
-        self.batch_size = tc.batch_size
-        self.eval_batch_size = tc.eval_batch_size or tc.batch_size
-        mesh_lib.check_batch_size(self.batch_size, self.mesh)
-        mesh_lib.check_batch_size(self.eval_batch_size, self.mesh, name="train.eval_batch_size")
-        n_train = self.info.num_examples[config.data.train_split]
-        self.steps_per_epoch = n_train // self.batch_size
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"train.batch_size={self.batch_size} is larger than the train split ({n_train})")
-        spe = self.steps_per_epoch
-        self.total_steps = parse_duration(tc.duration, spe, name="train.duration")
-        self.eval_every = parse_duration(tc.eval_every or 0, spe, name="train.eval_every")
-        self.ckpt_every = parse_duration(tc.checkpoint_every or 0, spe, name="train.checkpoint_every")
-        self.schedule = make_schedule(config.schedule, config.optimizer.lr, self.total_steps, spe)
-        self.tx = make_optimizer(config.optimizer, self.schedule)
+        resolve_schedule(self, config, self.info.num_examples[config.data.train_split])
         repl = mesh_lib.replicated(self.mesh)
         sample = jnp.zeros((1, *self.info.image_shape), jnp.float32)
         aux = float(sc.aux_weight) if sc.aux_weight and _has_aux(self.model, sample) else 0.0

@@ -22,13 +22,34 @@ from typing import Any
 
 import jax
 
-from research.config import to_dict
+from research.config import parse_duration, to_dict
 from research.train import checkpoint as ckpt_lib
 from research.train import mesh as mesh_lib
 from research.train.loop import NonFiniteLossError, _check_same_run
+from research.train.optim import make_optimizer, make_schedule
 from research.train.reporting import MetricWriter, Progress, format_seconds
 
-__all__ = ['check_finite', 'run_task_loop']
+__all__ = ['check_finite', 'resolve_schedule', 'run_task_loop']
+
+
+def resolve_schedule(tr, config, n_train: int) -> None:
+    """Sets the trainer's batch sizes (checked against its mesh), ``steps_per_epoch``, ``total_steps``,
+    ``eval_every``, ``ckpt_every``, ``schedule`` and ``tx`` from ``config.train`` / ``optimizer`` /
+    ``schedule`` and the train split's size."""
+    tc = config.train
+    tr.batch_size = tc.batch_size
+    tr.eval_batch_size = tc.eval_batch_size or tc.batch_size
+    mesh_lib.check_batch_size(tr.batch_size, tr.mesh)
+    mesh_lib.check_batch_size(tr.eval_batch_size, tr.mesh, name='train.eval_batch_size')
+    tr.steps_per_epoch = n_train // tr.batch_size
+    if tr.steps_per_epoch < 1:
+        raise ValueError(f'train.batch_size={tr.batch_size} is larger than the train split ({n_train})')
+    spe = tr.steps_per_epoch
+    tr.total_steps = parse_duration(tc.duration, spe, name='train.duration')
+    tr.eval_every = parse_duration(tc.eval_every or 0, spe, name='train.eval_every')
+    tr.ckpt_every = parse_duration(tc.checkpoint_every or 0, spe, name='train.checkpoint_every')
+    tr.schedule = make_schedule(config.schedule, config.optimizer.lr, tr.total_steps, spe)
+    tr.tx = make_optimizer(config.optimizer, tr.schedule)
 
 
 def check_finite(step: int, loss: float, ckpt) -> None:
