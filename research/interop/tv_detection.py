@@ -51,13 +51,22 @@ _FPN = re.compile(r'^(inner|layer)_blocks_(\d+)$')
 _HEAD_CONV = re.compile(r'^conv_(\d+)$')
 
 
-def rename_retinanet(path: tuple[str, ...]) -> str:
+def rename_backbone_fpn(path: tuple[str, ...]) -> str | None:
+    """``backbone/...`` (ResNet) and ``fpn/...`` -> torchvision's ``backbone.body.*`` / ``backbone.fpn.*``
+    (shared by RetinaNet and Faster / Mask R-CNN); None for other modules."""
     top, rest = path[0], path[1:]
     if top == 'backbone':
         return 'backbone.body.' + rename_resnet(rest)
     if top == 'fpn':
         m = _FPN.match(rest[0])
         return f'backbone.fpn.{m.group(1)}_blocks.{m.group(2)}.0'
+    return None
+
+
+def rename_retinanet(path: tuple[str, ...]) -> str:
+    top, rest = path[0], path[1:]
+    if (name := rename_backbone_fpn(path)) is not None:
+        return name
     if top in ('p6', 'p7'):
         return f'backbone.fpn.extra_blocks.{top}'
     if top in ('classification_head', 'regression_head'):

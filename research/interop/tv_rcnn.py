@@ -27,24 +27,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.interop.tv_detection import convert
-from research.interop.tv_resnet import rename_resnet
+from research.interop.tv_detection import convert, rename_backbone_fpn
 
 #: Two-stage detectors are converted with the functions below, not via the generic table.
 CONVERSIONS = {}
 
-_FPN = re.compile(r'^(inner|layer)_blocks_(\d+)$')
 _MASK = re.compile(r'^mask_head_(\d+)$')
 
 
 def rename_rcnn(path: tuple[str, ...]) -> str:
     """Flax module path of ``FasterRCNN`` / ``MaskRCNN`` -> torchvision module prefix."""
     top, rest = path[0], path[1:]
-    if top == 'backbone':
-        return 'backbone.body.' + rename_resnet(rest)
-    if top == 'fpn':
-        m = _FPN.match(rest[0])
-        return f'backbone.fpn.{m.group(1)}_blocks.{m.group(2)}.0'
+    if (name := rename_backbone_fpn(path)) is not None:
+        return name
     if top == 'rpn':
         return 'rpn.head.' + ('conv.0.0' if rest[0] == 'conv' else rest[0])
     if top in ('box_head', 'box_predictor', 'mask_predictor'):
