@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from research.detection.metrics import DetectionEvaluator, coco_evaluate, voc_ap, voc_evaluate
+from research.detection.metrics import DetectionEvaluator, coco_evaluate, encode_masks, voc_ap, voc_evaluate
 
 
 def _gt():
@@ -101,3 +101,84 @@ def test_evaluator_accumulates_masked_batches():
     ev.add(pb, np.ones((3, 4)), pl, pv, gb, gl, gv, example_mask=np.array([True, True, False]))
     assert len(ev.predictions) == 2
     assert ev.voc()['map'] == pytest.approx(1.0) and ev.coco()['AP'] == pytest.approx(1.0)
+
+
+def _rect_masks(boxes, size=48):
+    """Binary [N, size, size] masks filling each (integer) box."""
+    m = np.zeros((len(boxes), size, size), np.uint8)
+    for k, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, int)):
+        m[k, y0:y1, x0:x1] = 1
+    return m
+
+
+def test_mask_ap_perfect_masks_score_one():
+    gt = [dict(g, masks=_rect_masks(g['boxes'])) for g in _gt()]
+    with pytest.raises(ValueError, match='masks'):  # predictions without masks
+        coco_evaluate(_perfect(gt), gt, iou_type='segm')
+    pred = [dict(p, masks=g['masks']) for p, g in zip(_perfect(gt), gt)]
+    c = coco_evaluate(pred, gt, iou_type='segm')
+    assert (
+        c['AP'] == pytest.approx(1.0) and c['AP50'] == pytest.approx(1.0) and c['ap/2'] == pytest.approx(1.0)
+    )
+    # Masks given as RLEs (as the evaluator stores them) score the same.
+    rle = [dict(p, masks=encode_masks(p['masks'])) for p in pred]
+    assert coco_evaluate(rle, gt, iou_type='segm')['AP'] == pytest.approx(1.0)
+
+
+def test_mask_ap_uses_mask_iou_not_box_iou():
+    # One object: a stroke x 10..14, y 10..29 (100 px) with box (10, 10, 30, 30); the prediction has
+    # the exact box but its mask is x 20..29 (200 px): box IoU 1, mask IoU 0.
+    box = np.array([[10, 10, 30, 30]], np.float32)
+    gt_mask = np.zeros((1, 48, 48), np.uint8)
+    gt_mask[0, 10:30, 10:15] = 1
+    pred_mask = np.zeros((1, 48, 48), bool)
+    pred_mask[0, 10:30, 20:30] = True
+    gt = [{'boxes': box, 'labels': np.array([1]), 'masks': gt_mask}]
+    pred = [{'boxes': box, 'scores': np.array([0.9]), 'labels': np.array([1]), 'masks': pred_mask}]
+    box_ap = coco_evaluate(pred, gt)
+    assert box_ap['AP50'] == pytest.approx(1.0) and box_ap['AP'] == pytest.approx(1.0)
+    segm = coco_evaluate(pred, gt, iou_type='segm')
+    assert segm['AP50'] == 0.0 and segm['AP'] == 0.0
+    # x 12..29: mask IoU 60 / (100 + 360 - 60) = 0.15, still a miss.
+    pred_mask[0, 10:30, 12:30] = True
+    assert coco_evaluate(pred, gt, iou_type='segm')['AP50'] == 0.0
+    # x 10..16: mask IoU 100 / 140 = 0.714, a hit at IoU thresholds .5-.7 (5 of 10) only.
+    pred_mask[0] = False
+    pred_mask[0, 10:30, 10:17] = True
+    segm = coco_evaluate(pred, gt, iou_type='segm')
+    assert segm['AP50'] == pytest.approx(1.0) and segm['AP75'] == 0.0 and segm['AP'] == pytest.approx(0.5)
+
+
+def test_evaluator_masks_skip_padding_and_are_rle():
+    ev = DetectionEvaluator(class_ids=[1])
+    b, k, s = 3, 2, 48
+    box = [10, 10, 30, 30]
+    boxes = np.zeros((b, k, 4), np.float32)
+    boxes[:, 0] = box
+    valid = np.zeros((b, k), bool)
+    valid[:, 0] = True
+    labels = np.ones((b, k), int)
+    scores = np.array([[0.9, 0.9], [0.8, 0.8], [0.7, 0.7]])
+    gt_masks = np.zeros((b, k, s, s), np.uint8)
+    gt_masks[:, 0] = _rect_masks([box])[0]
+    pred_masks = gt_masks.astype(bool)
+    pred_masks[0, 1, 0:5, 0:5] = True  # an invalid detection's mask: not kept
+    pred_masks[1, 0] = False  # example 1: the right box, a wrong mask (IoU 0)
+    pred_masks[1, 0, 0:5, 0:5] = True
+    gt_masks[2, 0] = 0  # example 2 (padding): would be a mask false positive and a miss, if it counted
+    ev.add(boxes, scores, labels, valid, boxes, labels, valid, np.array([True, True, False]),
+           pred_masks=pred_masks, gt_masks=gt_masks)  # fmt: skip
+    assert ev.has_masks and len(ev.predictions) == len(ev.ground_truth) == 2
+    assert all(isinstance(r, dict) and 'counts' in r for p in ev.predictions for r in p['masks'])
+    assert [len(p['masks']) for p in ev.predictions] == [1, 1]  # valid detections only
+    assert ev.coco()['AP50'] == pytest.approx(1.0)  # boxes: both right
+    # Masks: TP (0.9), FP (0.8) for two objects -> precision 1 up to recall 0.5 (51 of 101 points).
+    segm = ev.coco(iou_type='segm')
+    assert segm['AP50'] == pytest.approx(51 / 101) and segm['AP'] == pytest.approx(51 / 101)
+    with pytest.raises(ValueError, match='masks'):  # masks in every batch once given
+        ev.add(boxes, scores, labels, valid, boxes, labels, valid)
+    with pytest.raises(TypeError, match='threshold'):
+        DetectionEvaluator().add(boxes, scores, labels, valid, boxes, labels, valid,
+                                 pred_masks=pred_masks.astype(np.float32), gt_masks=gt_masks)  # fmt: skip
+    with pytest.raises(ValueError, match='segm'):
+        DetectionEvaluator().coco(iou_type='segm')

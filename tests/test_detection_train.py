@@ -26,6 +26,7 @@ class ToyDetector(nn.Module):
     num_classes: int = 11
     num_boxes: int = 3
     uses_proposals: bool = False
+    with_masks: bool = False
 
     @nn.compact
     def __call__(self, images, targets=None, train=False, proposals=None):
@@ -51,7 +52,15 @@ class ToyDetector(nn.Module):
             }
         scores = jax.nn.softmax(logits)
         size = images.shape[1:3]
-        return jax.vmap(lambda s: select_detections(boxes, s, image_size=size, max_detections=10))(scores)
+        out = jax.vmap(lambda s: select_detections(boxes, s, image_size=size, max_detections=10))(scores)
+        # Mask R-CNN's 'masks' [B, D, H, W] (probabilities), here of the bright pixels in each box
+        if self.with_masks:
+            b = out['boxes'][:, :, None, None, :]
+            ys, xs = jnp.arange(size[0])[:, None] + 0.5, jnp.arange(size[1])[None] + 0.5
+            inside = (xs >= b[..., 0]) & (xs < b[..., 2]) & (ys >= b[..., 1]) & (ys < b[..., 3])
+            prob = jax.nn.sigmoid(4.0 * images[:, None, :, :, 0])
+            out['masks'] = jnp.where(inside & out['valid'][:, :, None, None], prob, 0.0)
+        return out
 
 
 class ToyProposalDetector(ToyDetector):
@@ -59,13 +68,20 @@ class ToyProposalDetector(ToyDetector):
     uses_proposals: bool = True
 
 
+class ToyMaskDetector(ToyDetector):
+    needs_masks: ClassVar[bool] = True
+    with_masks: bool = True
+
+
 @pytest.fixture
 def toy_registered():
     registry.register('toy_detector', ToyDetector, overwrite=True)
     registry.register('toy_proposal_detector', ToyProposalDetector, overwrite=True)
+    registry.register('toy_mask_detector', ToyMaskDetector, overwrite=True)
     yield
     registry._REGISTRY.pop('toy_detector', None)
     registry._REGISTRY.pop('toy_proposal_detector', None)
+    registry._REGISTRY.pop('toy_mask_detector', None)
 
 
 def _task_config(tmp_path, model='toy_detector'):
@@ -123,17 +139,20 @@ def test_detection_task_end_to_end_and_resume(tmp_path, toy_registered):
     assert a['loss'] == pytest.approx(b['loss'], rel=1e-6)
 
 
-def test_detection_eval_is_exact_voc(tmp_path, toy_registered):
-    """The loop's mAP equals VOC AP computed directly from the same detections, unpadded."""
+@pytest.mark.parametrize('model', ['toy_detector', 'toy_mask_detector'])
+def test_detection_eval_is_exact_voc(tmp_path, toy_registered, model):
+    """The loop's mAP equals VOC AP computed directly from the same detections, unpadded; a model with
+    masks also gets COCO mask AP (pycocotools 'segm' on the masks thresholded at 0.5), exactly."""
     from research.detection import data as det_data
-    from research.detection.metrics import voc_evaluate
+    from research.detection.metrics import coco_evaluate, voc_evaluate
     from research.detection.train import DetTrainer
 
-    c = _task_config(tmp_path)
+    c = _task_config(tmp_path, model)
     tr = DetTrainer(c)
     state = tr.init_state()
     res, _ = tr.evaluate(state)
-    split = det_data.get_split(tr.builder, 'test')
+    with_masks = model == 'toy_mask_detector'
+    split = det_data.get_split(tr.builder, 'test', with_masks=with_masks)
     preds, gts = [], []
     it = det_data.make_eval_iterator(c.data, c.det, 'test', global_batch_size=1)
     for batch in it:
@@ -144,8 +163,20 @@ def test_detection_eval_is_exact_voc(tmp_path, toy_registered):
         )
         n = int(split.num_objects[len(gts)])
         gts.append({'boxes': split.boxes[len(gts)][:n], 'labels': split.labels[len(gts)][:n]})
+        if with_masks:
+            preds[-1]['masks'] = out['masks'][0][v] > 0.5
+            gts[-1]['masks'] = split.masks[len(gts) - 1][:n]
     direct = voc_evaluate(preds, gts, 0.5, class_ids=range(1, 11))
     assert res['map50'] == pytest.approx(direct['map'], abs=1e-6)
+    mask_keys = {'mask_ap', 'mask_ap50', 'mask_ap75', 'mask_ar100'}
+    if not with_masks:
+        assert not mask_keys & set(res) and 'coco_ap' in res
+        return
+    assert mask_keys <= set(res) and 'mask AP' in tr.eval_message(res)
+    segm = coco_evaluate(preds, gts, class_ids=range(1, 11), iou_type='segm')
+    assert segm['AP50'] > 0  # some masks match (0.035 measured): not a trivial 0 == 0
+    for k in ('AP', 'AP50', 'AP75', 'AR100'):
+        assert res[f'mask_{k.lower()}'] == pytest.approx(segm[k], abs=1e-9), k
 
 
 def test_detection_proposals_plumbing(tmp_path, toy_registered, monkeypatch):
@@ -196,7 +227,7 @@ def test_ledger_detection_metrics(tmp_path):
     from research.experiments import ledger
 
     final = {'map50': 0.5, 'map50_11pt': 0.48, 'coco_ap': 0.3, 'coco_ap50': 0.55, 'latency_ms': 12.5,
-             'eval_images_per_sec': 80.0}  # fmt: skip
+             'eval_images_per_sec': 80.0, 'mask_ap': 0.25, 'mask_ap50': 0.5}  # fmt: skip
     (tmp_path / 'summary.json').write_text(json.dumps({'task': 'detection', 'final': {'test': final}}))
     rows = [
         {'split': 'train', 'step': 1, 'loss': 1.5, 'loss_cls': 1.0, 'loss_box': 0.5},
@@ -209,6 +240,11 @@ def test_ledger_detection_metrics(tmp_path):
     assert m['test_map50_11pt'] == pytest.approx(48.0) and m['test_coco_ap50'] == pytest.approx(55.0)
     assert m['best_test_map50'] == pytest.approx(60.0) and m['best_step'] == 1
     assert m['latency_ms'] == 12.5 and m['train_loss'] == 1.5 and 'test_error' not in m
+    assert m['test_mask_ap'] == pytest.approx(25.0) and m['test_mask_ap50'] == pytest.approx(50.0)
+    # A model without masks: no mask columns.
+    del final['mask_ap'], final['mask_ap50']
+    (tmp_path / 'summary.json').write_text(json.dumps({'task': 'detection', 'final': {'test': final}}))
+    assert not {'test_mask_ap', 'test_mask_ap50'} & set(ledger.run_metrics(tmp_path))
 
 
 def _fake_voc_builder():

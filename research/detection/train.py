@@ -10,8 +10,10 @@ donated, orbax checkpoints of the state and the grain iterator (a relaunch conti
   ``research.detection.postprocess``) and logs each term;
 - evaluation runs the jitted detector over the split (padded batches masked), and scores the
   detections on the host: VOC mAP@0.5 all-point (``map50``) and 11-point (``map50_11pt``), per-class AP,
-  and COCO AP@[.5:.95] / AP50 / AP75 with pycocotools (``det.coco_eval``); the final evaluation also
-  measures throughput (``eval_images_per_sec``), batch-1 latency of the jitted network
+  and COCO AP@[.5:.95] / AP50 / AP75 with pycocotools (``det.coco_eval``), plus, for models that
+  predict instance masks (Mask R-CNN), COCO mask AP (``mask_ap``, ``mask_ap50``, ``mask_ap75``,
+  ``mask_ar100``: pycocotools ``segm``, the pasted mask probabilities thresholded at 0.5); the final
+  evaluation also measures throughput (``eval_images_per_sec``), batch-1 latency of the jitted network
   (``latency_ms``), the host proposal time of proposal-based models (``proposal_ms``: selective
   search, per image, median) and their sum (``total_ms``);
 - each evaluation writes ``viz/step_NNNNNN.png`` (ground truth | predictions);
@@ -225,6 +227,7 @@ class DetTrainer:
 
     def eval_message(self, res: dict) -> str:
         coco = f' COCO AP {100 * res["coco_ap"]:.2f}%' if 'coco_ap' in res else ''
+        coco += f' mask AP {100 * res["mask_ap"]:.2f}%' if 'mask_ap' in res else ''
         return f'mAP@0.5 {100 * res["map50"]:.2f}%{coco}'
 
     def done_message(self, res: dict) -> str:
@@ -242,8 +245,9 @@ class DetTrainer:
         return self._init(jax.random.key_data(jax.random.key(self.config.seed)))
 
     def evaluate(self, state: TrainState, split: str | None = None, *, timing: bool = False):
-        """Metrics over ``split`` (VOC mAP, per-class AP, COCO AP) and the first batch with its
-        detections (for the picture). ``timing``: also throughput and batch-1 latency."""
+        """Metrics over ``split`` (VOC mAP, per-class AP, COCO AP; COCO mask AP when the model
+        predicts masks) and the first batch with its detections (for the picture). ``timing``: also
+        throughput and batch-1 latency."""
         c = self.config
         split = split or str(c.data.eval_split)
         it = det_data.make_eval_iterator(
@@ -261,8 +265,12 @@ class DetTrainer:
                 t_total += time.perf_counter() - t0
                 timed += int(np.asarray(batch['mask']).sum())
             n_batches += 1
+            masks = {}
+            if c.det.coco_eval and 'masks' in out and 'masks' in batch:
+                # mask AP: binarised at 0.5 as Mask R-CNN's inference (He et al. 2017, Sec. 3.1)
+                masks = {'pred_masks': np.asarray(out['masks']) > 0.5, 'gt_masks': batch['masks']}
             ev.add(out['boxes'], out['scores'], out['labels'], out['valid'], batch['boxes'], batch['labels'],
-                   batch['box_mask'], batch['mask'])  # fmt: skip
+                   batch['box_mask'], batch['mask'], **masks)  # fmt: skip
             if first is None:
                 first = (batch, out)
         voc = ev.voc(0.5)
@@ -273,6 +281,10 @@ class DetTrainer:
             coco = ev.coco()
             res.update({'coco_ap': coco['AP'], 'coco_ap50': coco['AP50'], 'coco_ap75': coco['AP75'],
                         'coco_ar100': coco['AR100']})  # fmt: skip
+            if ev.has_masks:
+                segm = ev.coco(iou_type='segm')
+                res.update({'mask_ap': segm['AP'], 'mask_ap50': segm['AP50'], 'mask_ap75': segm['AP75'],
+                            'mask_ar100': segm['AR100']})  # fmt: skip
         res['count'] = len(ev.ground_truth)
         res['detections_per_image'] = float(np.mean([len(p['scores']) for p in ev.predictions]))
         if timing:

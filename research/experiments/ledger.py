@@ -17,7 +17,8 @@ A row is (re)built from the run's files, so it can be rebuilt at any time: ``run
 have ``<split>_miou`` and ``<split>_pixel_acc`` (%), ``<split>_loss``, ``best_<split>_miou``,
 ``best_step``, ``train_loss`` and ``train_pixel_acc`` instead. Detection runs (``task='detection'``)
 have ``<split>_map50`` (VOC mAP@0.5 all-point, %), ``<split>_map50_11pt``, ``<split>_coco_ap``,
-``<split>_coco_ap50`` (%), ``latency_ms`` (batch 1), ``proposal_ms`` (host proposals), ``total_ms``,
+``<split>_coco_ap50`` (%), with instance masks (Mask R-CNN) also ``<split>_mask_ap``, ``<split>_mask_ap50``
+(COCO mask AP, %), ``latency_ms`` (batch 1), ``proposal_ms`` (host proposals), ``total_ms``,
 ``eval_images_per_sec``, ``best_<split>_map50``,
 ``best_step`` and ``train_loss``.
 
@@ -191,12 +192,16 @@ def _segmentation_metrics(final: dict | None, rows: list[dict[str, Any]], eval_s
 
 
 def _detection_metrics(final: dict | None, rows: list[dict[str, Any]], eval_split: str) -> dict[str, Any]:
-    """``<split>_map50`` / ``_map50_11pt`` / ``_coco_ap`` / ``_coco_ap50`` (%), ``latency_ms``,
-    ``eval_images_per_sec``, ``best_<split>_map50``, ``best_step``, ``train_loss`` of a detection run."""
+    """``<split>_map50`` / ``_map50_11pt`` / ``_coco_ap`` / ``_coco_ap50`` (%; + ``_mask_ap`` /
+    ``_mask_ap50`` when the run reported mask AP), ``latency_ms``, ``eval_images_per_sec``,
+    ``best_<split>_map50``, ``best_step``, ``train_loss`` of a detection run."""
     out: dict[str, Any] = {}
     if final:
         for k in ("map50", "map50_11pt", "coco_ap", "coco_ap50"):
             out[f"{eval_split}_{k}"] = _pct(final.get(k))
+        for k in ("mask_ap", "mask_ap50"):
+            if k in final:
+                out[f"{eval_split}_{k}"] = _pct(final[k])
         for k in ("latency_ms", "proposal_ms", "total_ms"):
             out[k] = final.get(k)
         out["eval_images_per_sec"] = final.get("eval_images_per_sec")
