@@ -89,3 +89,24 @@ def test_overfit_mnist_det():
     first, last, m_ap, secs = overfit(models.create('yolov1_mnist'), mnist_det_batch(8), 150)
     print(f'yolo overfit: loss {first:.3f} -> {last:.3f}, mAP {m_ap:.3f}, {secs:.0f} s')
     assert last < 0.01 * first and m_ap > 0.7
+
+
+def test_conv_head_ablation():
+    """head='conv' (no fully connected layers, per-cell weights shared): same S x S x (5B + C) output, head
+    parameters a 3x3 conv to fc_width and a 1x1 conv to 5B + C; a stack not ending at S x S is refused."""
+    x = jnp.zeros((1, 128, 128, 1), jnp.float32)
+    fc = models.abstract_variables(models.create('yolov1_mnist', batch_norm=True), x.shape)
+    conv_m = models.create('yolov1_mnist', batch_norm=True, head='conv', fc_width=256)
+    v = models.abstract_variables(conv_m, x.shape)
+    assert 'fc1' not in v['params'] and 'fc1' in fc['params']
+    stack = models.count_params(fc['params']) - sum(
+        models.count_params(fc['params'][k]) for k in ('fc1', 'fc2')
+    )  # the conv stack alone (BN scale/bias, no conv biases)
+    head = 3 * 3 * 32 * 256 + 2 * 256 + 256 * 20 + 20  # head1 (BN instead of bias), head2 with bias
+    assert models.count_params(v['params']) == stack + head
+    out = jax.eval_shape(lambda v, x: conv_m.apply(v, x, method='predict'), v, x)
+    assert out.shape == (1, 8, 8, 20)
+    with pytest.raises(ValueError, match='8x8 grid, got 4x4'):
+        models.abstract_variables(conv_m, (1, 64, 64, 1))
+    with pytest.raises(ValueError, match="head must be 'fc' or 'conv', got 'mlp'"):
+        models.abstract_variables(models.create('yolov1_mnist', head='mlp'), x.shape)

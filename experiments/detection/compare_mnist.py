@@ -19,13 +19,20 @@ from research.config import parse_arg
 
 ARGS = {**COMMON_ARGS, "sweep": "lineage"}
 LINEAGE = ("rcnn_mnist", "sppnet_mnist", "fast_rcnn_mnist", "fasterrcnn_resnet18_fpn")
-STAGES = ("yolov1_mnist", "ssd_mnist", "retinanet_resnet18_fpn", "fasterrcnn_resnet18_fpn")
+STAGES = (
+    "yolov1_mnist",
+    "yolov1_mnist_conv",
+    "ssd_mnist",
+    "retinanet_resnet18_fpn",
+    "fasterrcnn_resnet18_fpn",
+)
 LABELS = {
     "rcnn_mnist": "R-CNN (2014)",
     "sppnet_mnist": "SPPNet (2014)",
     "fast_rcnn_mnist": "Fast R-CNN (2015)",
     "fasterrcnn_resnet18_fpn": "Faster R-CNN + FPN (2 stages)",
     "yolov1_mnist": "YOLO v1 (1 stage)",
+    "yolov1_mnist_conv": "YOLO v1, conv head (1 stage)",
     "ssd_mnist": "SSD (1 stage)",
     "retinanet_resnet18_fpn": "RetinaNet (1 stage)",
 }

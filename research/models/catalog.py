@@ -20,7 +20,7 @@ from research import models
 INPUT_SHAPES: tuple[tuple[str, tuple[int, int, int]], ...] = (
     (r'^lenet', (32, 32, 1)),
     # detection: mnist_det canvases for the CPU variants, the papers' / torchvision's sizes otherwise
-    (r'_mnist$|_resnet18_fpn$', (128, 128, 1)),
+    (r'_mnist(_conv)?$|_resnet18_fpn$', (128, 128, 1)),
     (r'^ssd300', (300, 300, 3)),
     (r'^yolov1', (448, 448, 3)),
     (r'^(retinanet|fasterrcnn|maskrcnn)_resnet50', (800, 800, 3)),

@@ -19,7 +19,8 @@
 - Detection (Sec. 2 "At test time"): class-specific confidence Pr(class_i | object) x confidence per box,
   then ``select_detections`` (threshold, class-wise NMS). Outputs are clipped to [0, 1] for the scores.
 
-``yolov1_mnist``: a CPU-sized net for 128x128 mnist_det canvases, S = 8 (16 px cells), B = 2, 10 classes.
+``yolov1_mnist``: a CPU-sized net for 128x128 mnist_det canvases, S = 8 (16 px cells), B = 2, 10 classes;
+``yolov1_mnist_conv``: the same with BatchNorm and ``head='conv'`` (no fully connected layers).
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ class YOLOv1(nn.Module):
     proposals=None)``; ``predict(images, train)`` gives the raw [B, S, S, 5 B + C] output.
 
     Fields: grid (S), boxes_per_cell (B), cfg (conv stack), width_mult (scales the conv widths), fc_width
-    (4096), dropout_rate (0.5), batch_norm (False; YOLO v2 adds it), lambda_coord (5), lambda_noobj (0.5),
+    (4096), dropout_rate (0.5), batch_norm (False; YOLO v2 adds it), head ('fc': the paper's two fully
+    connected layers over the flattened map; 'conv': an ablation in the direction of YOLO v2, which
+    "removes the fully connected layers": a 3x3 conv of ``fc_width`` channels then a 1x1 conv to
+    5B + C per cell, weights shared by all cells; needs the conv stack to end at S x S), lambda_coord (5), lambda_noobj (0.5),
     rescore (confidence target = IoU), score_thresh, nms_thresh, detections_per_img.
     """
 
@@ -68,6 +72,7 @@ class YOLOv1(nn.Module):
     fc_width: int = 4096
     dropout_rate: float = 0.5
     batch_norm: bool = False
+    head: str = 'fc'
     lambda_coord: float = 5.0
     lambda_noobj: float = 0.5
     rescore: bool = True
@@ -106,10 +111,26 @@ class YOLOv1(nn.Module):
             if self.batch_norm:
                 x = BatchNorm(use_running_average=not train, dtype=self.dtype, name=f'bn{i}')(x)
             x = leaky_relu(x)
+        s = self.grid
+        if self.head == 'conv':
+            if x.shape[1:3] != (s, s):
+                raise ValueError(
+                    f"head='conv' needs the conv stack to end at the {s}x{s} grid, got {x.shape[1]}x{x.shape[2]} "
+                    f'for {images.shape[1]}x{images.shape[2]} inputs'
+                )
+            x = nn.Conv(
+                self.fc_width, (3, 3), padding=1, use_bias=not self.batch_norm, dtype=self.dtype, name='head1'
+            )(x)
+            if self.batch_norm:
+                x = BatchNorm(use_running_average=not train, dtype=self.dtype, name='head_bn')(x)
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(leaky_relu(x))
+            x = nn.Conv(self.cell_channels, (1, 1), dtype=self.dtype, name='head2')(x)
+            return x.astype(jnp.float32)
+        if self.head != 'fc':
+            raise ValueError(f"head must be 'fc' or 'conv', got {self.head!r}")
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
         x = leaky_relu(nn.Dense(self.fc_width, dtype=self.dtype, name='fc1')(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        s = self.grid
         x = nn.Dense(s * s * self.cell_channels, dtype=self.dtype, name='fc2')(x)
         return x.reshape(x.shape[0], s, s, self.cell_channels).astype(jnp.float32)
 
@@ -216,6 +237,9 @@ YOLOv1Mnist = functools.partial(
     detections_per_img=50,
 )
 
-REGISTRY_ENTRIES = {'yolov1': YOLOv1Paper, 'yolov1_mnist': YOLOv1Mnist}
+#: The conv-head ablation of ``yolov1_mnist`` (BatchNorm, no fully connected layers): see ``head``.
+YOLOv1MnistConv = functools.partial(YOLOv1Mnist, batch_norm=True, head='conv')
+
+REGISTRY_ENTRIES = {'yolov1': YOLOv1Paper, 'yolov1_mnist': YOLOv1Mnist, 'yolov1_mnist_conv': YOLOv1MnistConv}
 
 __all__ = ['YOLOV1_CFG', 'YOLOv1', 'yolo_decode', 'yolo_loss']
