@@ -83,6 +83,12 @@ _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Multi-host: host:port of process 0's coordinator (jax.distributed)."
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices",
+    0,
+    "Split the host CPU into N XLA devices for data parallelism (-1: one per core; 0: one device). "
+    "Faster training of small conv nets on CPU (research/train/distributed.py: set_cpu_devices).",
+)
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "Multi-host: this process's index, 0..num_processes-1."
 )
@@ -204,6 +210,11 @@ def main(argv: list[str]) -> int:
     _enable_compilation_cache()
     from research.train import distributed
 
+    try:
+        distributed.set_cpu_devices(_CPU_DEVICES.value)
+    except ValueError as e:
+        print(f"launch.py: {e}", file=sys.stderr)
+        return 2
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from research.train import CheckpointError, train_and_evaluate
 

@@ -418,3 +418,30 @@ def test_distributed_initialize_is_a_no_op_without_flags_or_env(monkeypatch):
     assert distributed.initialize(num_processes=1) is False
     with pytest.raises(ValueError, match="num_processes must be >= 1"):
         distributed.initialize(num_processes=0)
+
+
+def test_cpu_devices_flag_runs_data_parallel(data_dir, tmp_path):
+    """``launch.py --cpu_devices=2`` splits the CPU into 2 devices (config.json records them) and trains to
+    the same test loss as the 1-device run (global-batch BN: only float32 reduction order differs)."""
+    losses = {}
+    for n in (0, 2):
+        wd = tmp_path / f"cpu{n}"
+        r = _run([
+            "launch.py", "--config=experiments/classification/lenet5_digits.py", f"--workdir={wd}",
+            f"--cpu_devices={n}", "--config.train.duration=12 steps", f"--config.data.data_dir={data_dir}",
+            "--config.train.eval_every=12 steps", "--noprogress",
+        ])  # fmt: skip
+        cfg = json.loads((wd / "config.json").read_text())
+        assert cfg["_resolved"]["devices"] == max(n, 1), r.stdout[-1000:]
+        losses[n] = [m["loss"] for m in read_metrics(wd) if m.get("split") == "test"][-1]
+    assert abs(losses[0] - losses[2]) < 1e-4, losses
+
+
+def test_cpu_devices_errors():
+    with pytest.raises(ValueError, match="got -3"):
+        distributed.set_cpu_devices(-3)
+    assert distributed.set_cpu_devices(0) == 0
+    jax.devices()  # the backend exists now: a different count can no longer be set
+    with pytest.raises(RuntimeError, match="already initialised"):
+        distributed.set_cpu_devices(jax.local_device_count() + 1)
+    assert distributed.set_cpu_devices(jax.local_device_count()) == jax.local_device_count()
