@@ -2,12 +2,15 @@
 
     python benchmarks/train_step.py                    # lenet5_modern and resnet20 on this machine
     python benchmarks/train_step.py --models=resnet20 --batch=128 --steps=10
+    python benchmarks/train_step.py --models=resnet50 --resnet50_batch=32 --steps=3 --no_compile_times
 
 Prints images/s for the project's jitted train step (research.train.state.train_step: SGD
 momentum, softmax cross-entropy, BatchNorm in train mode) and for the equivalent PyTorch model
 and step (eager, channels_last where it helps, torch.compile optionally), and the ratio
 jax/torch (>1 means JAX is faster). Also prints the JAX compile time, cold and with the
-persistent compilation cache warm (a second process). Needs `pip install -e '.[torch]'`.
+persistent compilation cache warm (a second process). JAX runs on one CPU device and, data parallel
+(``research.train.distributed.set_cpu_devices``, ``launch.py --cpu_devices``), on one device per core,
+each in its own process. Needs `pip install -e '.[torch]'`.
 """
 
 from __future__ import annotations
@@ -22,19 +25,23 @@ import time
 
 import numpy as np
 
-MODELS = {"lenet5_modern": (32, 1), "resnet20": (32, 3)}
+#: name -> (image size, channels, classes)
+MODELS = {"lenet5_modern": (32, 1, 10), "resnet20": (32, 3, 10), "resnet50": (224, 3, 1000)}
 
 
-def jax_step_time(name: str, batch: int, steps: int) -> tuple[float, float]:
+def jax_step_time(name: str, batch: int, steps: int, cpu_devices: int = 1) -> tuple[float, float]:
+    """Seconds per training step and compile seconds; ``cpu_devices`` > 1: data parallel over that many
+    CPU devices (must be set before JAX starts: see :func:`jax_step_time_subprocess`)."""
     import jax
     import jax.numpy as jnp
     import optax
 
     from research import models
+    from research.train.mesh import batch_sharding, make_mesh, replicate
     from research.train.state import create_train_state, train_step
 
-    size, ch = MODELS[name]
-    model = models.create(name, num_classes=10)
+    size, ch, classes = MODELS[name]
+    model = models.create(name, num_classes=classes)
     tx = optax.sgd(0.1, momentum=0.9)
     init = jax.jit(
         functools.partial(create_train_state, model, tx, sample_input=jnp.zeros((1, size, size, ch)))
@@ -42,9 +49,15 @@ def jax_step_time(name: str, batch: int, steps: int) -> tuple[float, float]:
     state = init(jax.random.key_data(jax.random.key(0)))
     rng = np.random.default_rng(0)
     data = {
-        "image": jnp.asarray(rng.standard_normal((batch, size, size, ch), np.float32)),
-        "label": jnp.asarray(rng.integers(0, 10, batch).astype(np.int32)),
+        "image": rng.standard_normal((batch, size, size, ch), np.float32),
+        "label": rng.integers(0, classes, batch).astype(np.int32),
     }
+    if cpu_devices > 1:  # the trainer's path: batch split on 'data', state replicated, global-batch BN
+        assert jax.device_count() == cpu_devices, (jax.devices(), cpu_devices)
+        mesh = make_mesh()
+        state, data = replicate(state, mesh), jax.device_put(data, batch_sharding(mesh))
+    else:
+        data = jax.device_put(data)
     step = jax.jit(train_step, donate_argnums=0)
     t0 = time.perf_counter()
     state, m = step(state, data)
@@ -60,11 +73,31 @@ def jax_step_time(name: str, batch: int, steps: int) -> tuple[float, float]:
     return (time.perf_counter() - t0) / steps, compile_s
 
 
+def jax_step_time_subprocess(name: str, batch: int, steps: int, cpu_devices: int) -> float:
+    """``jax_step_time`` in a fresh process whose CPU is split into ``cpu_devices`` devices."""
+    code = (
+        "import sys; from research.train.distributed import set_cpu_devices; set_cpu_devices(int(sys.argv[1]));"
+        "sys.path.insert(0, sys.argv[2]); from train_step import jax_step_time;"
+        f"print(jax_step_time({name!r}, {batch}, {steps}, int(sys.argv[1]))[0])"
+    )
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(cpu_devices), here], capture_output=True, text=True, check=False
+    )
+    if r.returncode:
+        raise RuntimeError(f"jax step with {cpu_devices} CPU devices failed:\n{r.stderr[-3000:]}")
+    return float(r.stdout.strip().splitlines()[-1])
+
+
 def torch_model(name: str):
     import torch
     from torch import nn
     import torch.nn.functional as F
 
+    if name == "resnet50":
+        import torchvision
+
+        return torchvision.models.resnet50()
     if name == "lenet5_modern":
         return nn.Sequential(
             nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
@@ -101,10 +134,10 @@ def torch_model(name: str):
 def torch_step_time(name: str, batch: int, steps: int, channels_last: bool, compile_: bool) -> float:
     import torch
 
-    size, ch = MODELS[name]
+    size, ch, classes = MODELS[name]
     model = torch_model(name)
     x = torch.randn(batch, ch, size, size)
-    y = torch.randint(0, 10, (batch,))
+    y = torch.randint(0, classes, (batch,))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -120,7 +153,7 @@ def torch_step_time(name: str, batch: int, steps: int, channels_last: bool, comp
 
     if compile_:
         step = torch.compile(step)
-    for _ in range(3):
+    for _ in range(2):
         step()
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -150,27 +183,38 @@ def compile_times(name: str, batch: int) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="lenet5_modern,resnet20")
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--batch", type=int, default=128, help="global batch (resnet50: --resnet50_batch)")
+    p.add_argument("--resnet50_batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument(
+        "--cpu_devices", type=int, default=-1,
+        help="also time JAX data parallel over this many CPU devices (-1: one per core; 0/1: skip)",
+    )  # fmt: skip
     p.add_argument("--torch_compile", action="store_true", help="also time torch.compile")
+    p.add_argument("--no_compile_times", action="store_true", help="skip the cold/cached compile timing")
     args = p.parse_args()
     import torch
 
-    print(f"torch {torch.__version__} threads={torch.get_num_threads()}; batch {args.batch}")
-    print(f"{'model':<15}{'jax img/s':>11}{'torch img/s':>13}{'torch CL':>10}{'jax/torch':>11}"
-          f"{'compile cold s':>16}{'cached s':>10}")  # fmt: skip
+    ndev = len(os.sched_getaffinity(0)) if args.cpu_devices == -1 else args.cpu_devices
+    print(f"torch {torch.__version__} threads={torch.get_num_threads()}; batch {args.batch} "
+          f"(resnet50 {args.resnet50_batch}); JAX on 1 CPU device and on {ndev} (data parallel)")  # fmt: skip
+    print(f"{'model':<15}{'jax img/s':>11}{f'jax {ndev}dev':>11}{'torch img/s':>13}{'torch CL':>10}"
+          f"{'jax/torch':>11}{f'{ndev}dev/torch':>12}{'compile cold s':>16}{'cached s':>10}")  # fmt: skip
     for name in args.models.split(","):
-        jt, _ = jax_step_time(name, args.batch, args.steps)
-        tt = torch_step_time(name, args.batch, args.steps, channels_last=False, compile_=False)
-        tcl = torch_step_time(name, args.batch, args.steps, channels_last=True, compile_=False)
+        batch = args.resnet50_batch if name == "resnet50" else args.batch
+        jt = jax_step_time_subprocess(name, batch, args.steps, 1)
+        jn = jax_step_time_subprocess(name, batch, args.steps, ndev) if ndev > 1 else float("nan")
+        tt = torch_step_time(name, batch, args.steps, channels_last=False, compile_=False)
+        tcl = torch_step_time(name, batch, args.steps, channels_last=True, compile_=False)
         best = min(tt, tcl)
-        cold, warm = compile_times(name, args.batch)
-        print(f"{name:<15}{args.batch / jt:>11.0f}{args.batch / tt:>13.0f}{args.batch / tcl:>10.0f}"
-              f"{best / jt:>11.2f}{cold:>16.2f}{warm:>10.2f}")  # fmt: skip
+        cold, warm = (float("nan"),) * 2 if args.no_compile_times else compile_times(name, batch)
+        print(f"{name:<15}{batch / jt:>11.0f}{batch / jn:>11.0f}{batch / tt:>13.0f}{batch / tcl:>10.0f}"
+              f"{best / jt:>11.2f}{best / jn:>12.2f}{cold:>16.2f}{warm:>10.2f}", flush=True)  # fmt: skip
         if args.torch_compile:
-            tc = torch_step_time(name, args.batch, args.steps, channels_last=True, compile_=True)
+            tc = torch_step_time(name, batch, args.steps, channels_last=True, compile_=True)
             print(
-                f"{'':<15}torch.compile channels_last: {args.batch / tc:.0f} img/s, jax/torch {tc / jt:.2f}"
+                f"{'':<15}torch.compile channels_last: {batch / tc:.0f} img/s, jax/torch {tc / jt:.2f}, "
+                f"{ndev}dev/torch {tc / jn:.2f}"
             )
 
 

@@ -9,7 +9,8 @@ paper's). Sweep: ``model.plain`` x ``model.depth`` x ``seed`` (``resnet_cifar`` 
 ``plain=True`` is the paper's plain net).
 
 Arguments: ``quick`` (reduced budget: ``epochs`` epochs, default 3, step schedule scaled),
-``epochs=E``, ``seeds=S`` (default 2), ``depths=20+56`` (``+``-separated), ``path=<folder>``.
+``epochs=E``, ``seeds=S`` (default 2), ``depths=20+56`` (``+``-separated), ``path=<folder>``,
+``train_images=N`` / ``test_images=N`` (the first N images of each split; 0 = all).
 
 Reduced scale, 2 CPU cores (ResNet-20 ~115 img/s measured, 56-layer nets ~3.1x the MACs):
 ~7 min/epoch for the 20-layer nets, ~22 min/epoch for the 56-layer ones, plus ~1/3 of that for
@@ -37,7 +38,10 @@ from research.config import parse_arg, with_model
 from research.experiments import paper
 from research.experiments.sweep import product
 
-ARGS = {"quick": False, "epochs": 3, "seeds": 2, "depths": "20+56", "path": CIFAR10_FOLDER}
+ARGS = {
+    "quick": False, "epochs": 3, "seeds": 2, "depths": "20+56", "path": CIFAR10_FOLDER, "train_images": 0,
+    "test_images": 0,
+}  # fmt: skip
 
 
 def _depths(args):
@@ -50,6 +54,10 @@ def get_config(arg=None):
     c = resnet_cifar.get_config(base_arg)
     # One model name for all four nets, so that `plain` and `depth` are sweepable keys.
     with_model(c, "resnet_cifar", depth=_depths(args)[0], shortcut="A", plain=False)
+    if args["train_images"]:  # TFDS sub-splits: the first N images of each split
+        c.data.train_split = f"train[:{args['train_images']}]"
+    if args["test_images"]:
+        c.data.eval_split = f"test[:{args['test_images']}]"
     return c
 
 
