@@ -415,6 +415,39 @@ def test_min_pool_is_negated_max_pool(window, strides, pad, dil, ceil):
     _close(J.min_pool(x, window, strides, pad, dil, ceil), -J.max_pool(-x, window, strides, pad, dil, ceil))
 
 
+@pytest.mark.parametrize(
+    'shape,window',
+    [((2, 9, 7, 3), (2, 2)), ((2, 10, 3), (3,)), ((2, 6, 6, 4, 2), (2, 3, 2)), ((1, 9, 9, 2), (3, 3))],
+)
+@pytest.mark.parametrize('ties', [False, True])
+def test_tiled_max_pool_matches_reduce_window_values_and_gradients(shape, window, ties):
+    """Non-overlapping windows take the reshape path (custom VJP, no select-and-scatter): the values and
+    the gradient equal lax.reduce_window's, ties included (the first maximum in row-major order gets it),
+    trailing rows beyond whole windows get zero gradient."""
+    from jax import lax
+
+    from research.layers import pooling
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    if ties:  # many equal maxima per window (0 / 1 plateaus, as after a ReLU)
+        x = np.round(x).clip(0, 1)
+    x = jnp.asarray(x)
+    zero = ((0, 0),) * len(window)
+
+    def ref(x):
+        return pooling._reduce_pool(x, np.float32(-np.inf), lax.max, window, window, (1,) * len(window), zero,
+                                    (0,) * len(window))  # fmt: skip
+
+    y, vjp = jax.vjp(lambda x: L.max_pool(x, window), x)
+    y_ref, vjp_ref = jax.vjp(ref, x)
+    g = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape).astype(np.float32))
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(vjp(g)[0], vjp_ref(g)[0])
+    if ties:  # each window's gradient lands on exactly one input
+        hits = np.asarray(vjp(jnp.ones_like(y))[0])
+        assert hits.sum() == y.size and set(np.unique(hits)) <= {0.0, 1.0}
+
+
 def test_pool_output_size_and_global_pools():
     x = _rand((2, 9, 10, 3))
     for f, s, p, d, ceil in itertools.product((2, 3), (1, 2, 3), (0, 1), (1, 2), (False, True)):
@@ -797,3 +830,43 @@ def test_torchvision_roi_align_and_pool(sr, aligned, scale):
     # [K, 4] boxes + batch indices
     got = J.roi_align(x, BOXES[:, 1:], (3, 4), scale, sr, aligned, batch_indices=BOXES[:, 0].astype(np.int32))
     _close(got, J.roi_align(x, BOXES, (3, 4), scale, sr, aligned))
+
+
+@pytest.mark.parametrize(
+    'shape,kernel,strides,padding',
+    [((2, 12, 12, 1), (5, 5, 1, 6), (1, 1), 'VALID'), ((2, 9, 9, 3), (3, 3, 3, 4), (2, 2), ((1, 0), (2, 1))),
+     ((2, 8, 8, 3), (3, 3, 3, 5), (1, 1), 'SAME')],
+)  # fmt: skip
+def test_first_layer_conv_formulation_equals_xla(shape, kernel, strides, padding):
+    """common.conv_general_dilated (flax nn.Conv's conv in ``Conv``): on CPU a few-channel input takes the
+    shift-and-add forward (no convolution op in the forward jaxpr) with XLA's gradients; values and
+    gradients equal lax.conv_general_dilated's."""
+    from jax import lax
+
+    from research.layers.common import conv_general_dilated
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(shape).astype(np.float32))
+    w = jnp.asarray(rng.standard_normal(kernel).astype(np.float32))
+    dn = ('NHWC', 'HWIO', 'NHWC')
+
+    def f(conv):
+        return lambda x, w: jnp.sum(jnp.sin(conv(x, w, strides, padding, dimension_numbers=dn)))
+
+    fwd = str(
+        jax.make_jaxpr(lambda x, w: conv_general_dilated(x, w, strides, padding, dimension_numbers=dn))(x, w)
+    )
+    assert ('conv_general_dilated' not in fwd) == (jax.default_backend() == 'cpu')
+    _close(conv_general_dilated(x, w, strides, padding, dimension_numbers=dn),
+           lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn))  # fmt: skip
+    for a, b in zip(
+        jax.grad(f(conv_general_dilated), (0, 1))(x, w), jax.grad(f(lax.conv_general_dilated), (0, 1))(x, w)
+    ):
+        _close(a, b)
+    # not eligible (8 input channels, or groups): the plain XLA convolution
+    x8 = jnp.zeros((1, 8, 8, 8))
+    assert 'conv_general_dilated' in str(
+        jax.make_jaxpr(
+            lambda x: conv_general_dilated(x, jnp.zeros((3, 3, 8, 4)), (1, 1), 'SAME', dimension_numbers=dn)
+        )(x8)
+    )

@@ -12,15 +12,100 @@ import functools
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 ModuleDef = Any
 
 #: torchvision's ``kaiming_normal_(mode='fan_out', nonlinearity='relu')``.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
-#: Conv with the project's default init. Callers pass ``use_bias`` (False before a norm layer).
-Conv = functools.partial(nn.Conv, kernel_init=conv_kernel_init)
+#: Inputs with at most this many channels and kernels of at most SHIFT_MAX_TAPS taps x channels take
+#: the shift-and-add forward on CPU (:func:`conv_general_dilated`).
+SHIFT_MAX_CHANNELS = 3
+SHIFT_MAX_TAPS = 27
+
+
+def _shift_add_conv(x, w, strides, pads):
+    """Dense conv of a few-channel input as a sum over taps and input channels of strided shifted
+    slices times ``w[tap, c]`` (channels last, kernel (*F, C, K))."""
+    nd = w.ndim - 2
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    out = [(x.shape[1 + i] - w.shape[i]) // strides[i] + 1 for i in range(nd)]
+    y = None
+    for tap in np.ndindex(*w.shape[:nd]):
+        limit = tuple(t + (o - 1) * s + 1 for t, o, s in zip(tap, out, strides))
+        sl = lax.slice(x, (0, *tap, 0), (x.shape[0], *limit, x.shape[-1]), (1, *strides, 1))
+        for c in range(x.shape[-1]):
+            term = sl[..., c : c + 1] * w[tap][c]
+            y = term if y is None else y + term
+    return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _shift_conv(x, w, strides, pads, dn):
+    return _shift_add_conv(x, w, strides, pads)
+
+
+def _shift_conv_fwd(x, w, strides, pads, dn):
+    return _shift_add_conv(x, w, strides, pads), (x, w)
+
+
+def _shift_conv_bwd(strides, pads, dn, res, g):
+    x, w = res  # XLA's own convolution gradients (fast); the forward value is not recomputed
+    _, vjp = jax.vjp(lambda x, w: lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=dn), x, w)
+    return vjp(g)
+
+
+_shift_conv.defvjp(_shift_conv_fwd, _shift_conv_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+                         preferred_element_type=None):  # fmt: skip
+    """``lax.conv_general_dilated``, except on CPU for a first layer (an input of at most
+    ``SHIFT_MAX_CHANNELS`` channels, small kernel, channels-last, no dilation or groups): there
+    XLA:CPU's convolution is 4-14x slower than a sum of shifted slices times the kernel taps
+    (benchmarks/RESULTS.md: LeNet's 5x5 1 -> 6 and ResNet's 3x3 3 -> 16), so the forward pass is
+    computed that way and the backward pass by XLA's convolution gradients. Same values (float
+    summation order aside). ``Conv`` (flax ``nn.Conv``) uses it for every model built with it."""
+    nd = rhs.ndim - 2
+    fast = (
+        jax.default_backend() == 'cpu'
+        and lhs.shape[-1] <= SHIFT_MAX_CHANNELS
+        and int(np.prod(rhs.shape[:nd])) * lhs.shape[-1] <= SHIFT_MAX_TAPS
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and all(d == 1 for d in (lhs_dilation or (1,) * nd))
+        and all(d == 1 for d in (rhs_dilation or (1,) * nd))
+        and preferred_element_type is None
+        and precision in (None, lax.Precision.DEFAULT)
+    )
+    if fast:
+        dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        channels_last = tuple(range(nd + 2))
+        fast = (
+            dn.lhs_spec == (0, nd + 1, *range(1, nd + 1))
+            and dn.out_spec == dn.lhs_spec
+            and dn.rhs_spec == (nd + 1, nd, *range(nd))
+            and len(channels_last) == lhs.ndim
+        )
+    if not fast:
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type,
+        )  # fmt: skip
+    pads = lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:nd], window_strides, padding) if isinstance(
+        padding, str) else padding  # fmt: skip
+    pads = tuple(tuple(int(v) for v in p) for p in pads)
+    return _shift_conv(lhs, rhs, tuple(int(s) for s in window_strides), pads, dn)
+
+
+#: Conv with the project's default init and the CPU first-layer formulation above. Callers pass
+#: ``use_bias`` (False before a norm layer).
+Conv = functools.partial(nn.Conv, kernel_init=conv_kernel_init, conv_general_dilated=conv_general_dilated)
 
 #: BatchNorm with PyTorch's defaults (running stats live in the 'batch_stats' collection).
 BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.layers.common import conv_kernel_init, resolve_activation, scaled_tanh
+from research.layers.common import Conv, conv_general_dilated, resolve_activation, scaled_tanh
+from research.layers.pooling import avg_pool, max_pool
 
 INPUT_SIZE = 32
 
@@ -228,7 +229,9 @@ class LeNet5(nn.Module):
         dense_init = lecun98_uniform() if self.paper_init else nn.initializers.lecun_normal()
         x = pad_to_input_size(jnp.asarray(x, self.dtype), value=self.pad_value, model='LeNet5')
         feats = {}
-        x = act(nn.Conv(6, (5, 5), padding='VALID', kernel_init=dense_init, dtype=self.dtype, name='C1')(x))
+        x = nn.Conv(6, (5, 5), padding='VALID', kernel_init=dense_init, dtype=self.dtype, name='C1',
+                    conv_general_dilated=conv_general_dilated)(x)  # fmt: skip
+        x = act(x)
         feats['c1'] = x
         x = act(Subsampling(paper_init=self.paper_init, dtype=self.dtype, name='S2')(x))
         feats['s2'] = x
@@ -269,10 +272,10 @@ class LeNet5Modern(nn.Module):
         if callable(self.pool):
             pool = self.pool
         elif self.pool in ('max', 'avg'):
-            pool = nn.max_pool if self.pool == 'max' else nn.avg_pool
+            pool = max_pool if self.pool == 'max' else avg_pool
         else:
             raise ValueError(f"unknown pool {self.pool!r}; expected 'max', 'avg' or a callable")
-        conv = functools.partial(nn.Conv, padding='VALID', kernel_init=conv_kernel_init, dtype=self.dtype)
+        conv = functools.partial(Conv, padding='VALID', dtype=self.dtype)
         x = pad_to_input_size(jnp.asarray(x, self.dtype), value=self.pad_value, model='LeNet5Modern')
         feats = {}
         x = feats['c1'] = act(conv(6, (5, 5), name='conv1')(x))

@@ -35,7 +35,8 @@ import jax.numpy as jnp
 
 from research.detection.boxes import box_iou
 from research.detection.postprocess import select_detections
-from research.layers.common import BatchNorm
+from research.layers.common import BatchNorm, conv_general_dilated
+from research.layers.pooling import max_pool
 
 M = 'M'
 #: Fig. 3: (filters, kernel, stride) per conv, 'M' = 2x2/2 max pool.
@@ -94,7 +95,7 @@ class YOLOv1(nn.Module):
         i = 0
         for v in self.cfg:
             if v == M:
-                x = nn.max_pool(x, (2, 2), (2, 2))
+                x = max_pool(x, 2, 2)
                 continue
             f, k, s = v
             i += 1
@@ -107,6 +108,7 @@ class YOLOv1(nn.Module):
                 use_bias=not self.batch_norm,
                 dtype=self.dtype,
                 name=f'conv{i}',
+                conv_general_dilated=conv_general_dilated,
             )(x)
             if self.batch_norm:
                 x = BatchNorm(use_running_average=not train, dtype=self.dtype, name=f'bn{i}')(x)
