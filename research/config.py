@@ -93,7 +93,8 @@ def base_config() -> ConfigDict:
     )
     # What launch.py runs (research/cli.py): 'classification' (the trainer), 'gan' (DCGAN,
     # research/generative/dcgan.py), 'style_transfer' (Gatys et al. image optimisation) or
-    # 'fast_style' (Johnson et al. feed-forward network), both in research/generative/style_transfer.py.
+    # 'fast_style' (Johnson et al. feed-forward network), both in research/generative/style_transfer.py;
+    # 'speedrun' (airbench-style CIFAR-10 speed run, research/train/speedrun.py; settings in c.speedrun).
     c.task = "classification"
     c.gan = ConfigDict(
         dict(
@@ -182,6 +183,25 @@ def base_config() -> ConfigDict:
             latency_images=20,  # final eval: batch-1 latency measured on this many test images (0 = off)
             viz_examples=6,  # rows of the truth | prediction PNG written at each eval
             viz_score_threshold=0.3,  # predictions drawn at or above this score
+        )
+    )
+    # CIFAR-10 speed run (config.task = 'speedrun'; research/train/speedrun.py, airbench94's recipe): the
+    # train split on the device, K steps per jitted call (lax.scan), augmentation inside the step.
+    c.speedrun = ConfigDict(
+        dict(
+            steps_per_call=8,  # K: train steps per jitted call
+            unroll=0,  # lax.scan unroll; 0 = auto: full on CPU (XLA:CPU is slow in loop bodies), 1 on GPU
+            translate=2,  # random crop: reflect-pad by this many pixels, crop back (0 = off)
+            flip="alternating",  # alternating (airbench: per-image bit XOR odd epoch) | random | none
+            bias_lr_scale=64.0,  # BatchNorm params: lr x this, weight decay / this (airbench's bias_scaler)
+            whiten_bias_epochs=3.0,  # the whitening conv's bias trains for this many epochs, then freezes
+            whiten_samples=5000,  # train images whose 2x2-patch covariance sets the whitening kernel (0 = off)
+            whiten_eps=5e-4,  # kernel = eigenvectors / sqrt(eigenvalue + eps)
+            ema_start_epochs=3.0,  # lookahead: from this epoch on, every ema_every steps
+            ema_every=5,  # 0 = no lookahead
+            ema_decay_base=0.95,  # rho = ema_decay_base^ema_every * (step / total_steps)^ema_decay_pow
+            ema_decay_pow=3.0,
+            tta_level=2,  # final evaluation: 0 plain, 1 + mirror, 2 + mirror of 1-px translations (airbench)
         )
     )
     return c

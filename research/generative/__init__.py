@@ -1,15 +1,17 @@
-"""Generative models: DCGAN (``dcgan``) and neural style transfer (``style_transfer``)."""
+"""Generative models: DCGAN (``dcgan``) and neural style transfer (``style_transfer``); ``run_task``
+dispatches every task other than classification (also segmentation, detection and the speed run)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-TASKS = ("gan", "style_transfer", "fast_style", "segmentation", "detection")
+TASKS = ("gan", "style_transfer", "fast_style", "segmentation", "detection", "speedrun")
 
 
 def run_task(config, workdir: str | Path, *, show_progress: bool = True, stop_after_steps: int | None = None):
-    """Runs ``config.task`` ('gan', 'style_transfer', 'fast_style', 'segmentation' or 'detection') in ``workdir``;
-    returns the run's summary dict. ``stop_after_steps`` (trained tasks): stop early (resumable)."""
+    """Runs ``config.task`` ('gan', 'style_transfer', 'fast_style', 'segmentation', 'detection' or 'speedrun') in
+    ``workdir``; returns the run's summary dict. ``stop_after_steps`` (trained tasks): stop early (resumable;
+    a speed run keeps no checkpoint and starts over)."""
     task = config.task
     stop = {} if stop_after_steps is None else {"stop_after_steps": stop_after_steps}
     if task == "gan":
@@ -32,4 +34,8 @@ def run_task(config, workdir: str | Path, *, show_progress: bool = True, stop_af
         from research.detection.train import train_detection
 
         return train_detection(config, workdir, show_progress=show_progress, **stop)
+    if task == "speedrun":
+        from research.train.speedrun import train_speedrun
+
+        return train_speedrun(config, workdir, show_progress=show_progress, **stop)
     raise ValueError(f"unknown task {task!r} (known: classification, {', '.join(TASKS)})")

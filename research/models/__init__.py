@@ -4,6 +4,7 @@ Usage: ``model = create('resnet20', num_classes=10)``; ``model.apply(variables, 
 """
 
 from research.models import (
+    airbench,
     alexnet,
     context,
     deeplab,
@@ -57,6 +58,7 @@ _FAMILIES = (
     mobilenet,
     efficientnet,
     mnasnet,
+    airbench,  # CIFAR-10 speed run (issue 8)
     # segmentation (issue 5)
     fcn,
     segnet,
