@@ -208,7 +208,8 @@ def main() -> None:
         tcl = torch_step_time(name, batch, args.steps, channels_last=True, compile_=False)
         best = min(tt, tcl)
         cold, warm = (float("nan"),) * 2 if args.no_compile_times else compile_times(name, batch)
-        print(f"{name:<15}{batch / jt:>11.0f}{batch / jn:>11.0f}{batch / tt:>13.0f}{batch / tcl:>10.0f}"
+        f = ".1f" if batch / tt < 100 else ".0f"
+        print(f"{name:<15}{batch / jt:>11{f}}{batch / jn:>11{f}}{batch / tt:>13{f}}{batch / tcl:>10{f}}"
               f"{best / jt:>11.2f}{best / jn:>12.2f}{cold:>16.2f}{warm:>10.2f}", flush=True)  # fmt: skip
         if args.torch_compile:
             tc = torch_step_time(name, batch, args.steps, channels_last=True, compile_=True)
