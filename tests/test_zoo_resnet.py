@@ -530,3 +530,15 @@ def test_wrn_ablation_table_matches_real_counts():
     for d, k in wrn_depth_width.NETS:
         if (d, k) in params['paper']:
             assert _params(f'wrn{d}_{k}') == params['paper'][(d, k)]
+
+
+@pytest.mark.parametrize('module', ['resnet_degradation', 'wrn_depth_width'])
+def test_ablation_subset_arguments(module):
+    """train_images / test_images select TFDS sub-splits (the first N images); 0 keeps the whole splits."""
+    import importlib
+
+    m = importlib.import_module(f'experiments.ablations.{module}')
+    c = m.get_config('quick,train_images=5000,test_images=2000')
+    assert (c.data.train_split, c.data.eval_split) == ('train[:5000]', 'test[:2000]')
+    c = m.get_config('quick,train_images=0')
+    assert (c.data.train_split, c.data.eval_split) == ('train', 'test')

@@ -12,7 +12,8 @@ epochs 60/120/160, 200 epochs, batch 128, weight decay 5e-4, pad-4 crop + flip.
 
 Arguments: ``quick`` (``epochs`` epochs, default 3, on the first ``train_images`` training
 images, default 10000, schedule scaled), ``epochs=E``, ``train_images=N`` (0 = all 50k),
-``seeds=S`` (default 2), ``path=<CIFAR-10 folder>``.
+``test_images=N`` (evaluate on the first N test images; 0 = all 10k), ``seeds=S`` (default 2),
+``path=<CIFAR-10 folder>``. ``--sweep_only='model.depth=16,model.widen_factor=1;...'`` runs a subset.
 
 Reduced scale, 2 CPU cores: MACs grow as blocks x width^2; estimated from ResNet-20's
 ~115 img/s, one pass over 10k images costs ~1 min (16-1), 4 (16-2), 15 (16-4), 6 (22-2),
@@ -36,7 +37,14 @@ from research.config import parse_arg
 from research.experiments import paper
 from research.experiments.sweep import chain, product, zip_
 
-ARGS = {"quick": False, "epochs": 3, "train_images": 10000, "seeds": 2, "path": CIFAR10_FOLDER}
+ARGS = {
+    "quick": False,
+    "epochs": 3,
+    "train_images": 10000,
+    "test_images": 0,
+    "seeds": 2,
+    "path": CIFAR10_FOLDER,
+}
 
 # WRN (depth, k)
 NETS = [(16, 1), (16, 2), (16, 4), (22, 2), (40, 1), (40, 2)]
@@ -49,6 +57,8 @@ def get_config(arg=None):
     c = wrn_cifar.get_config(f"folder,path={args['path']},depth={depth},k={k}{quick}")
     if args["quick"] and args["train_images"]:
         c.data.train_split = f"train[:{args['train_images']}]"
+    if args["test_images"]:
+        c.data.eval_split = f"test[:{args['test_images']}]"
     return c
 
 
