@@ -386,3 +386,17 @@ def test_launch_parallel_sweep(config_file, data_dir, tmp_path):
     rows = ledger.read(tmp_path / "ledger.jsonl")
     assert sorted(r["seed"] for r in rows) == [0, 1] and all(r["status"] == "done" for r in rows)
     assert all((Path(r["workdir"]) / "launch.log").exists() for r in rows)
+
+
+def test_sub_split_metrics_report_under_the_split_name(tmp_path):
+    """A reduced run evaluated on ``test[:2000]`` fills the same ledger keys (``test_error``) as a full run."""
+    (tmp_path / "summary.json").write_text(
+        json.dumps({"final": {"test[:2000]": {"top1": 0.75, "loss": 0.9}}})
+    )
+    rows = [{"split": "test[:2000]", "step": 5, "top1": 0.6}, {"split": "test[:2000]", "step": 10, "top1": 0.75},
+            {"split": "train", "step": 10, "loss": 1.0, "top1": 0.5}]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = ledger.run_metrics(tmp_path, "test[:2000]")
+    assert m["test_error"] == pytest.approx(25.0) and m["best_test_error"] == pytest.approx(25.0)
+    assert m["best_step"] == 10 and m["train_error"] == pytest.approx(50.0)
+    assert not any("[" in k for k in m)

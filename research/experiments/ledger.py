@@ -128,7 +128,17 @@ def _err(top1: Any) -> float | None:
 
 
 def run_metrics(workdir: str | Path, eval_split: str = "test") -> dict[str, Any]:
-    """Final and best metrics of a run directory (see the module docstring)."""
+    """Final and best metrics of a run directory (see the module docstring). A TFDS sub-split
+    (``test[:2000]``, ``test[50%:]``) reports under its split's name (``test_error``), so tables of
+    reduced-scale runs read the same keys as full ones (the ledger row's config keeps the slice)."""
+    out = _run_metrics(workdir, eval_split)
+    base = eval_split.split("[", 1)[0]
+    if base == eval_split:
+        return out
+    return {k.replace(eval_split, base): v for k, v in out.items()}
+
+
+def _run_metrics(workdir: str | Path, eval_split: str) -> dict[str, Any]:
     workdir = Path(workdir)
     summary = _read_json(workdir / "summary.json")
     rows = _read_metrics(workdir)
