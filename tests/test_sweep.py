@@ -393,10 +393,17 @@ def test_sub_split_metrics_report_under_the_split_name(tmp_path):
     (tmp_path / "summary.json").write_text(
         json.dumps({"final": {"test[:2000]": {"top1": 0.75, "loss": 0.9}}})
     )
-    rows = [{"split": "test[:2000]", "step": 5, "top1": 0.6}, {"split": "test[:2000]", "step": 10, "top1": 0.75},
-            {"split": "train", "step": 10, "loss": 1.0, "top1": 0.5}]  # fmt: skip
+    rows = [{"split": "test[:2000]", "step": 5, "epoch": 1, "top1": 0.6},
+            {"split": "test[:2000]", "step": 10, "epoch": 2, "top1": 0.75},
+            {"split": "train", "step": 10, "epoch": 2, "loss": 1.0, "top1": 0.5}]  # fmt: skip
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     m = ledger.run_metrics(tmp_path, "test[:2000]")
     assert m["test_error"] == pytest.approx(25.0) and m["best_test_error"] == pytest.approx(25.0)
     assert m["best_step"] == 10 and m["train_error"] == pytest.approx(50.0)
     assert not any("[" in k for k in m)
+    from research.experiments import plots
+
+    epochs, _, eval_epochs, errors, metric = plots._curves(
+        tmp_path, "test"
+    )  # the table's curves find them too
+    assert metric == "error" and errors == pytest.approx([40.0, 25.0]) and len(eval_epochs) == 2
