@@ -7,6 +7,8 @@ epsilon 1e-5), conv kernels He/Kaiming normal, fan_out, untruncated (torchvision
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 from typing import Any, Callable
@@ -62,6 +64,20 @@ def _shift_conv_bwd(strides, pads, dn, res, g):
 _shift_conv.defvjp(_shift_conv_fwd, _shift_conv_bwd)
 
 
+_NATIVE_CONV = contextvars.ContextVar('native_conv', default=False)
+
+
+@contextlib.contextmanager
+def native_convolutions():
+    """Within this context :func:`conv_general_dilated` always emits ``lax.conv_general_dilated``
+    (for tools that read convolutions off the traced program, e.g. ``layers.summary``)."""
+    token = _NATIVE_CONV.set(True)
+    try:
+        yield
+    finally:
+        _NATIVE_CONV.reset(token)
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
                          preferred_element_type=None):  # fmt: skip
@@ -73,7 +89,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     summation order aside). ``Conv`` (flax ``nn.Conv``) uses it for every model built with it."""
     nd = rhs.ndim - 2
     fast = (
-        jax.default_backend() == 'cpu'
+        not _NATIVE_CONV.get()
+        and jax.default_backend() == 'cpu'
         and lhs.shape[-1] <= SHIFT_MAX_CHANNELS
         and int(np.prod(rhs.shape[:nd])) * lhs.shape[-1] <= SHIFT_MAX_TAPS
         and feature_group_count == 1

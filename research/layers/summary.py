@@ -46,6 +46,8 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 from jax.extend import core as jcore
 
+from research.layers.common import native_convolutions
+
 __all__ = ['LAYER_KINDS', 'Layer', 'Summary', 'format_count', 'register_layer', 'summarize']
 
 _TAG = '__summary_layer_'
@@ -770,7 +772,7 @@ def summarize(
         out = model.apply(v, x, rngs=rng, mutable=mutable, **kw)
         return out[0] if mutable else out
 
-    with nn.intercept_methods(interceptor):
+    with nn.intercept_methods(interceptor), native_convolutions():  # convolutions as lax ops, to be read
         closed, out_struct = jax.make_jaxpr(forward, return_shape=True)(variables, x_spec)
     out_shape = jax.tree.map(lambda a: tuple(a.shape), out_struct)
 
