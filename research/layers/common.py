@@ -102,12 +102,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     )
     if fast:
         dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-        channels_last = tuple(range(nd + 2))
-        fast = (
+        fast = (  # channels-last input and output, (*F, C, K) kernel
             dn.lhs_spec == (0, nd + 1, *range(1, nd + 1))
             and dn.out_spec == dn.lhs_spec
             and dn.rhs_spec == (nd + 1, nd, *range(nd))
-            and len(channels_last) == lhs.ndim
         )
     if not fast:
         return lax.conv_general_dilated(
