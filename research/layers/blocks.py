@@ -31,7 +31,15 @@ import jax.numpy as jnp
 from research.layers.conv import channel_shuffle
 from research.layers.pooling import adaptive_avg_pool, adaptive_max_pool, avg_pool, max_pool
 from research.layers.resample import upsample_bilinear
-from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation, resolve_norm
+from research.layers.common import (
+    BatchNorm,
+    Conv,
+    ModuleDef,
+    bind_norm,
+    materialize,
+    resolve_activation,
+    resolve_norm,
+)
 
 __all__ = [
     'ASPP',
@@ -229,7 +237,7 @@ class BasicBlock(nn.Module):
         if self.se_reduction:
             y = SqueezeExcite(self.se_reduction, activation=act, dtype=self.dtype, name='se')(y)
         r = residual_shortcut(x, self.features, self.strides, self.shortcut, conv, norm)
-        return act(y + r if r is not None else y)
+        return materialize(act(y + r)) if r is not None else act(y)
 
 
 def _zero_scale(norm):
@@ -295,7 +303,7 @@ class Bottleneck(nn.Module):
         if self.se_reduction:
             y = SqueezeExcite(self.se_reduction, activation=act, dtype=self.dtype, name='se')(y)
         r = residual_shortcut(x, out, self.strides, self.shortcut, conv, norm)
-        return act(y + r if r is not None else y)
+        return materialize(act(y + r)) if r is not None else act(y)
 
 
 class ResNeXtBlock(Bottleneck):
@@ -401,7 +409,7 @@ class PreActBlock(nn.Module):
             h = act(h)
         elif o == 'b':
             h = act(bn(h, f'bn{(n_bn := n_bn + 1)}'))
-        return h
+        return materialize(h) if r is not None else h
 
 
 # --------------------------------------------------------------------------- DenseNet
@@ -543,7 +551,9 @@ class DualPathBlock(nn.Module):
         y = bn_act_conv(x_in, self.bottleneck_width, 1, 1, 1, 'conv1')
         y = bn_act_conv(y, self.bottleneck_width, 3, self.strides, self.groups, 'conv2')
         y = bn_act_conv(y, self.features + self.increment, 1, 1, 1, 'conv3')
-        return resid + y[..., : self.features], jnp.concatenate([dense, y[..., self.features :]], axis=-1)
+        return materialize(resid + y[..., : self.features]), jnp.concatenate(
+            [dense, y[..., self.features :]], axis=-1
+        )
 
 
 # --------------------------------------------------------------------------- Inception
@@ -661,7 +671,7 @@ class InvertedResidual(nn.Module):
         if self.strides == 1 and c_in == self.features:
             if self.drop_path_rate and train:
                 y = drop_path(y, self.drop_path_rate, self.make_rng('dropout'))
-            y = y + x
+            y = materialize(y + x)
         return y
 
 
@@ -718,7 +728,7 @@ class ShuffleUnitV1(nn.Module):
         y = _conv_norm_act(y, conv, norm, None, out, 1, groups=self.groups, name='gconv2', norm_name='bn3')
         if self.strides > 1:
             return act(jnp.concatenate([avg_pool(x, 3, self.strides, padding=1), y], axis=-1))
-        return act(x + y)
+        return materialize(act(x + y))
 
 
 class ShuffleUnitV2(nn.Module):

@@ -118,6 +118,22 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     return _shift_conv(lhs, rhs, tuple(int(s) for s in window_strides), pads, dn)
 
 
+def materialize(x):
+    """``x`` unchanged, but computed once: an ``optimization_barrier`` that stops XLA from fusing
+    (and so recomputing) the ops that produce ``x`` into each of its consumers.
+
+    Used on the residual stream (the output of every residual block). Without it XLA:CPU fuses
+    the chain ``x_{l+1} = act(y_l + x_l)`` into the transposes that feed each weight-gradient
+    convolution, re-evaluating all earlier blocks of the stage for every one of them: quadratic in
+    depth, 2x the step time of ResNet-56 (benchmarks/RESULTS.md). Differentiable (the barrier
+    also stands on the cotangent) and free where the value is materialized anyway (GPU, TPU).
+    Disabled within :func:`native_convolutions` so traced-program tools see plain ops.
+    """
+    if _NATIVE_CONV.get():
+        return x
+    return lax.optimization_barrier(x)
+
+
 #: Conv with the project's default init and the CPU first-layer formulation above. Callers pass
 #: ``use_bias`` (False before a norm layer).
 Conv = functools.partial(nn.Conv, kernel_init=conv_kernel_init, conv_general_dilated=conv_general_dilated)
