@@ -487,6 +487,7 @@ CONFIGS = [
     ('experiments.classification.wrn_cifar', 'depth=28,k=10,dropout=0.3', 'wrn'),
     ('experiments.classification.resnext_cifar', 'cardinality=16,quick', 'resnext_cifar'),
     ('experiments.ablations.preact_orderings', 'depth=164,quick', 'preact_resnet_cifar'),
+    ('experiments.ablations.preact_orderings', 'depth=20,quick,train_images=1000', 'preact_resnet_cifar'),
     ('experiments.ablations.wrn_depth_width', 'quick', 'wrn'),
 ]
 
@@ -532,7 +533,7 @@ def test_wrn_ablation_table_matches_real_counts():
             assert _params(f'wrn{d}_{k}') == params['paper'][(d, k)]
 
 
-@pytest.mark.parametrize('module', ['resnet_degradation', 'wrn_depth_width'])
+@pytest.mark.parametrize('module', ['resnet_degradation', 'wrn_depth_width', 'preact_orderings'])
 def test_ablation_subset_arguments(module):
     """train_images / test_images select TFDS sub-splits (the first N images); 0 keeps the whole splits."""
     import importlib
@@ -542,3 +543,19 @@ def test_ablation_subset_arguments(module):
     assert (c.data.train_split, c.data.eval_split) == ('train[:5000]', 'test[:2000]')
     c = m.get_config('quick,train_images=0')
     assert (c.data.train_split, c.data.eval_split) == ('train', 'test')
+
+
+def test_preact_orderings_reduced_depth():
+    """A smaller 6n+2 depth runs basic units without the 110-layer warm-up and shows ResNet-110's
+    paper numbers, labelled as such; other depths are refused by name."""
+    from experiments.ablations import preact_orderings
+
+    c = preact_orderings.get_config('depth=20,quick')
+    assert (c.model.depth, c.model.bottleneck, c.schedule.warmup) == (20, False, '0 steps')
+    assert preact_orderings.get_config('depth=110,quick').schedule.warmup == '400 steps'
+    table = preact_orderings.get_table('depth=20')
+    assert table['paper']['e'] == 6.37 and table['paper_label'] == 'paper ResNet-110 (median of 5)'
+    assert preact_orderings.get_table('depth=164')['paper']['e'] == 5.46
+    for bad in (21, 4, 1001):
+        with pytest.raises(ValueError, match=f'got {bad}'):
+            preact_orderings.get_config(f'depth={bad}')

@@ -10,8 +10,11 @@ Paper (medians of 5 runs), ResNet-110: (a) 6.61, (b) 8.17, (c) 7.84, (d) 6.71, (
 ResNet-164: 6.61 -> 5.93, 6.50, 6.14, 5.91, 5.46. Recipe: that of resnet_cifar.py (SGD 0.1,
 /10 at 32k and 48k, 64k iterations, batch 128, wd 1e-4) with the 400-step warm-up of depth 110.
 
-Arguments: ``depth=110|164``, ``quick`` (``epochs`` epochs, default 2), ``epochs=E``,
-``seeds=S`` (default 2; the paper takes medians of 5), ``path=<CIFAR-10 folder>``.
+Arguments: ``depth=110|164`` (the paper's) or a smaller ``6n+2`` of basic units for a reduced run
+(``depth=20``: no warm-up; the paper column then shows ResNet-110's numbers), ``quick``
+(``epochs`` epochs, default 2), ``epochs=E``, ``seeds=S`` (default 2; the paper takes medians of 5),
+``train_images=N`` / ``test_images=N`` (the first N images of each split; 0 = all),
+``path=<CIFAR-10 folder>``.
 
 Reduced scale, 2 CPU cores: ResNet-110 is ~6.2x the MACs of ResNet-20 (~115 img/s), about
 45 min per epoch plus ~15 min of evaluation: with the quick defaults (2 epochs, 5 orderings,
@@ -20,6 +23,10 @@ Reduced scale, 2 CPU cores: ResNet-110 is ~6.2x the MACs of ResNet-20 (~115 img/
 
   python launch.py --config=experiments/ablations/preact_orderings.py:quick --dry_run
   python launch.py --config=experiments/ablations/preact_orderings.py:quick,seeds=1 --sweep --table
+
+Reduced depth (the README's run: ResNet-20 units, 10k/2k images, 4 epochs, 2 seeds, ~40 min)::
+
+  python launch.py --config=experiments/ablations/preact_orderings.py:depth=20,quick,epochs=4,seeds=2,train_images=10000,test_images=2000 --sweep --table --cpu_devices=-1
 
 Full scale, GPU(s)::
 
@@ -33,17 +40,40 @@ from research.config import parse_arg, with_model
 from research.experiments import paper
 from research.experiments.sweep import product
 
-ARGS = {"depth": 110, "quick": False, "epochs": 2, "seeds": 2, "path": CIFAR10_FOLDER}
+ARGS = {
+    "depth": 110,
+    "quick": False,
+    "epochs": 2,
+    "seeds": 2,
+    "path": CIFAR10_FOLDER,
+    "train_images": 0,
+    "test_images": 0,
+}
+PAPER_DEPTHS = (110, 164)
 ORDERINGS = ("a", "b", "c", "d", "e")
+
+
+def _paper_depth(depth: int) -> int:
+    """The paper's net whose numbers stand beside a run of ``depth`` (164 for bottleneck, else 110)."""
+    return 164 if depth == 164 else 110
 
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
-    if args["depth"] not in (110, 164):
-        raise ValueError(f"depth must be 110 or 164 (the paper's), got {args['depth']}")
+    depth = args["depth"]
+    if depth not in PAPER_DEPTHS and (not isinstance(depth, int) or depth < 8 or (depth - 2) % 6):
+        raise ValueError(
+            f"depth must be 110 or 164 (the paper's) or a smaller 6n+2 (e.g. 20, 32), got {depth!r}"
+        )
     quick = f",quick,epochs={args['epochs']}" if args["quick"] else ""
-    c = resnet_cifar.get_config(f"folder,path={args['path']},depth=110{quick}")  # depth 110: warm-up
-    with_model(c, "preact_resnet_cifar", depth=args["depth"], ordering="e", bottleneck=args["depth"] == 164)
+    # depth >= 110: resnet_cifar's 400-step warm-up at lr 0.01 (He et al. 2015, Sec. 4.2)
+    base = 110 if depth in PAPER_DEPTHS else depth
+    c = resnet_cifar.get_config(f"folder,path={args['path']},depth={base}{quick}")
+    with_model(c, "preact_resnet_cifar", depth=depth, ordering="e", bottleneck=depth == 164)
+    if args["train_images"]:  # TFDS sub-splits: the first N images of each split
+        c.data.train_split = f"train[:{args['train_images']}]"
+    if args["test_images"]:
+        c.data.eval_split = f"test[:{args['test_images']}]"
     return c
 
 
@@ -54,6 +84,7 @@ def get_sweep(arg=None):
 
 def get_table(arg=None):
     args = parse_arg(arg, ARGS)
+    ref = _paper_depth(args["depth"])
     return dict(
         name="preact_orderings",
         title=f"CIFAR-10 test error (%), ResNet-{args['depth']} unit orderings (He et al. 2016, Table 2)",
@@ -61,6 +92,6 @@ def get_table(arg=None):
         row_values=list(ORDERINGS),
         row_labels=paper.PREACT_ORDERING_NAMES,
         metric="test_error",
-        paper={o: v[args["depth"]] for o, v in paper.PREACT_ORDERINGS.items()},
-        paper_label="paper (median of 5)",
+        paper={o: v[ref] for o, v in paper.PREACT_ORDERINGS.items()},
+        paper_label="paper (median of 5)" if ref == args["depth"] else f"paper ResNet-{ref} (median of 5)",
     )
