@@ -3,6 +3,7 @@
     python benchmarks/train_step.py                    # lenet5_modern and resnet20 on this machine
     python benchmarks/train_step.py --models=resnet20 --batch=128 --steps=10
     python benchmarks/train_step.py --models=resnet50 --resnet50_batch=32 --steps=3 --no_compile_times
+    python benchmarks/train_step.py --models=resnet20,resnet56 --no_compile_times --without_research_xla_flags
 
 Prints images/s for the project's jitted train step (research.train.state.train_step: SGD
 momentum, softmax cross-entropy, BatchNorm in train mode) and for the equivalent PyTorch model
@@ -26,7 +27,12 @@ import time
 import numpy as np
 
 #: name -> (image size, channels, classes)
-MODELS = {"lenet5_modern": (32, 1, 10), "resnet20": (32, 3, 10), "resnet50": (224, 3, 1000)}
+MODELS = {
+    "lenet5_modern": (32, 1, 10),
+    "resnet20": (32, 3, 10),
+    "resnet56": (32, 3, 10),
+    "resnet50": (224, 3, 1000),
+}
 
 
 def jax_step_time(name: str, batch: int, steps: int, cpu_devices: int = 1) -> tuple[float, float]:
@@ -73,16 +79,24 @@ def jax_step_time(name: str, batch: int, steps: int, cpu_devices: int = 1) -> tu
     return (time.perf_counter() - t0) / steps, compile_s
 
 
-def jax_step_time_subprocess(name: str, batch: int, steps: int, cpu_devices: int) -> float:
-    """``jax_step_time`` in a fresh process whose CPU is split into ``cpu_devices`` devices."""
+def jax_step_time_subprocess(
+    name: str, batch: int, steps: int, cpu_devices: int, research_xla_flags: bool = True
+) -> float:
+    """``jax_step_time`` in a fresh process whose CPU is split into ``cpu_devices`` devices;
+    ``research_xla_flags=False``: without the flags ``research.xla_flags`` sets (RESEARCH_XLA_FLAGS=0)."""
     code = (
         "import sys; from research.train.distributed import set_cpu_devices; set_cpu_devices(int(sys.argv[1]));"
         "sys.path.insert(0, sys.argv[2]); from train_step import jax_step_time;"
         f"print(jax_step_time({name!r}, {batch}, {steps}, int(sys.argv[1]))[0])"
     )
     here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, **({} if research_xla_flags else {"RESEARCH_XLA_FLAGS": "0"}))
     r = subprocess.run(
-        [sys.executable, "-c", code, str(cpu_devices), here], capture_output=True, text=True, check=False
+        [sys.executable, "-c", code, str(cpu_devices), here],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     )
     if r.returncode:
         raise RuntimeError(f"jax step with {cpu_devices} CPU devices failed:\n{r.stderr[-3000:]}")
@@ -123,8 +137,9 @@ def torch_model(name: str):
             return F.relu(y + r)
 
     layers, cin = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()], 16
+    n = (int(name.removeprefix("resnet")) - 2) // 6  # resnet20, resnet56: 6n + 2
     for i, cout in enumerate((16, 32, 64)):
-        for j in range(3):
+        for j in range(n):
             layers.append(Block(cin, cout, 2 if (i > 0 and j == 0) else 1))
             cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)]
@@ -192,6 +207,10 @@ def main() -> None:
     )  # fmt: skip
     p.add_argument("--torch_compile", action="store_true", help="also time torch.compile")
     p.add_argument("--no_compile_times", action="store_true", help="skip the cold/cached compile timing")
+    p.add_argument(
+        "--without_research_xla_flags", action="store_true",
+        help="also time JAX on 1 device without research.xla_flags (RESEARCH_XLA_FLAGS=0)",
+    )  # fmt: skip
     args = p.parse_args()
     import torch
 
@@ -211,6 +230,11 @@ def main() -> None:
         f = ".1f" if batch / tt < 100 else ".0f"
         print(f"{name:<15}{batch / jt:>11{f}}{batch / jn:>11{f}}{batch / tt:>13{f}}{batch / tcl:>10{f}}"
               f"{best / jt:>11.2f}{best / jn:>12.2f}{cold:>16.2f}{warm:>10.2f}", flush=True)  # fmt: skip
+        if args.without_research_xla_flags:
+            jo = jax_step_time_subprocess(name, batch, args.steps, 1, research_xla_flags=False)
+            print(
+                f"{'':<15}without research.xla_flags: jax {batch / jo:{f}} img/s, jax/torch {best / jo:.2f}"
+            )
         if args.torch_compile:
             tc = torch_step_time(name, batch, args.steps, channels_last=True, compile_=True)
             print(
