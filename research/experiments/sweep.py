@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from research.config import FREE_FORM_SECTIONS, ConfigDict, flatten, to_dict, validate_config
+from research.train.distributed import usable_cores
 
 Overrides = dict[str, Any]
 
@@ -509,20 +510,13 @@ def device_slices(
             DeviceSlot({"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * per : (i + 1) * per])})
             for i in range(parallel)
         ]
-    cores = sorted(cpus if cpus is not None else _affinity())
+    cores = sorted(cpus if cpus is not None else usable_cores())
     if len(cores) < parallel:  # fewer cores than workers: they share all cores
         return [DeviceSlot({"JAX_PLATFORMS": "cpu"}, None) for _ in range(parallel)]
     per = len(cores) // parallel
     return [
         DeviceSlot({"JAX_PLATFORMS": "cpu"}, set(cores[i * per : (i + 1) * per])) for i in range(parallel)
     ]
-
-
-def _affinity() -> set[int]:
-    try:
-        return set(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return set(range(os.cpu_count() or 1))
 
 
 def child_argv(argv: Sequence[str], run: Run, launcher: str | None = None) -> list[str]:

@@ -24,6 +24,14 @@ def _int_or_none(value) -> int | None:
     return None if value in (None, "") else int(value)
 
 
+def usable_cores() -> set[int]:
+    """The CPU cores this process may run on (its affinity; all cores where that is unknown)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return set(range(os.cpu_count() or 1))
+
+
 def initialize(
     coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
 ) -> bool:
@@ -69,8 +77,7 @@ def set_cpu_devices(count: int) -> int:
         raise ValueError(
             f"--cpu_devices must be -1 (one per core), 0 (default) or a positive count, got {count}"
         )
-    n = len(os.sched_getaffinity(0)) if count == -1 and hasattr(os, "sched_getaffinity") else count
-    n = (os.cpu_count() or 1) if n == -1 else n
+    n = len(usable_cores()) if count == -1 else count
     from jax._src import xla_bridge  # noqa: PLC0415 - the one place that knows whether a backend exists
 
     if xla_bridge.backends_are_initialized():
