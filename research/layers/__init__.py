@@ -32,6 +32,7 @@ from research.layers.resample import upsample_bed_of_nails as upsample_bed_of_na
 from research.layers.resample import upsample_bilinear as upsample_bilinear
 from research.layers.resample import upsample_nearest as upsample_nearest
 from research.layers.roi import roi_align as roi_align
+from research.layers.roi import roi_max_pool as roi_max_pool
 from research.layers.roi import roi_pool as roi_pool
 from research.layers.blocks import ASPP as ASPP
 from research.layers.blocks import BasicBlock as BasicBlock

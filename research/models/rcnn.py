@@ -40,7 +40,7 @@ from research.detection.roi_heads import (
 )
 from research.layers.common import Conv
 from research.layers.pooling import max_pool
-from research.layers.roi import _pool_axis, _round_half_away, roi_align
+from research.layers.roi import roi_align, roi_max_pool
 from research.models.alexnet import local_response_norm
 from research.models.vgg import CFGS, M
 
@@ -80,57 +80,6 @@ def feature_stride(cfg) -> int:
         elif v != 'LRN' and not isinstance(v, int) and len(v) > 2:
             s *= int(v[2])
     return s
-
-
-def _sparse_table_2d(x: jax.Array) -> jax.Array:
-    """[Lx, Ly, H, W, C] with T[j, i, y, x] = max of x over rows [y, y + 2^i) and columns [x, x + 2^j)
-    (entries whose window leaves the map are never queried)."""
-
-    def levels(a, axis):
-        out, n, s = [a], a.shape[axis], 1
-        while 2 * s <= n:
-            prev = out[-1]
-            shifted = jnp.concatenate(
-                [
-                    jax.lax.slice_in_dim(prev, s, n, axis=axis),
-                    jax.lax.slice_in_dim(prev, n - s, n, axis=axis),
-                ],
-                axis,
-            )
-            out.append(jnp.maximum(prev, shifted))
-            s *= 2
-        return jnp.stack(out)
-
-    return levels(levels(x, 0), 2)
-
-
-def roi_max_pool(features: jax.Array, boxes: jax.Array, output_size: int, spatial_scale: float) -> jax.Array:
-    """``research.layers.roi_pool`` of ONE image (features [H, W, C], boxes [K, 4] -> [K, S, S, C]), the
-    same bins and values (tested equal), computed with a 2-D sparse table of range maxima: each bin is
-    the max of 4 table entries (O(C) per bin after O(H W C log H log W) once per image) instead of a
-    masked max over the whole map per RoI (~50x faster for 300 RoIs on a 16 x 16 x 128 map on CPU)."""
-    h, w = features.shape[:2]
-    q = _round_half_away(jnp.asarray(boxes, jnp.float32) * spatial_scale).astype(jnp.int32)
-
-    def bounds(start, end, size):
-        m = jax.vmap(lambda s, e: _pool_axis(s, e, output_size, size))(start, end)  # (K, S, size)
-        lo = jnp.argmax(m, -1)
-        hi = size - jnp.argmax(m[..., ::-1], -1)
-        length = jnp.maximum(hi - lo, 1)
-        lvl = 31 - jax.lax.clz(length.astype(jnp.int32))  # floor(log2(length))
-        far = jnp.clip(hi - (1 << lvl), 0, size - 1)
-        return jnp.clip(lo, 0, size - 1), far, lvl, m.any(-1)
-
-    y0, y1, ly, oky = bounds(q[:, 1], q[:, 3], h)
-    x0, x1, lx, okx = bounds(q[:, 0], q[:, 2], w)
-    t = _sparse_table_2d(features)
-    ly, y0, y1 = ly[:, :, None], y0[:, :, None], y1[:, :, None]
-    lx, x0, x1 = lx[:, None, :], x0[:, None, :], x1[:, None, :]
-    out = jnp.maximum(
-        jnp.maximum(t[lx, ly, y0, x0], t[lx, ly, y1, x0]), jnp.maximum(t[lx, ly, y0, x1], t[lx, ly, y1, x1])
-    )
-    ok = oky[:, :, None] & okx[:, None, :]
-    return jnp.where(ok[..., None], out, jnp.zeros((), features.dtype))
 
 
 class ConvStack(nn.Module):
