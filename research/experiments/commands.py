@@ -118,11 +118,9 @@ def render_tables(module, arg, runs, workdir: Path, names: list[str]) -> list[Pa
     for run in runs:  # rows re-read from the run directories, so a ledger from older code renders too
         row = ledger_lib.find(path, run.id) if path.exists() else None
         if row is not None and Path(run.workdir).is_dir():
-            fresh = ledger_lib.build_row(
-                run, row.get("sweep", ""), status=row.get("status"), error=row.get("error")
-            )
-            if fresh["metrics"] != row.get("metrics"):
-                ledger_lib.upsert(path, {**row, "metrics": fresh["metrics"]})
+            metrics = ledger_lib.row_metrics(run)
+            if metrics != row.get("metrics"):
+                ledger_lib.upsert(path, {**row, "metrics": metrics})
     rows = ledger_lib.read(path)
     written = []
     for spec in specs:

@@ -225,6 +225,22 @@ def _detection_metrics(final: dict | None, rows: list[dict[str, Any]], eval_spli
     return out
 
 
+def row_metrics(run, *, meta=None, summary=None, resolved=None) -> dict[str, Any]:
+    """The ``metrics`` of ``run``'s ledger row, read from its directory (final/best metrics of its
+    eval split, parameters, images/s, wall time)."""
+    wd = Path(run.workdir)
+    meta = _read_json(wd / "run.json") if meta is None else meta
+    summary = _read_json(wd / "summary.json") if summary is None else summary
+    resolved = _read_json(wd / "config.json").get("_resolved", {}) if resolved is None else resolved
+    metrics = run_metrics(wd, run.flat_config.get("data.eval_split", "test"))
+    metrics.update(
+        num_params=summary.get("num_params", resolved.get("num_params")),
+        images_per_sec=summary.get("images_per_sec"),
+        wall_time_s=meta.get("wall_time_s", summary.get("wall_time_s")),
+    )
+    return metrics
+
+
 def build_row(run, sweep_name: str, *, status: str | None = None, error: str | None = None) -> dict[str, Any]:
     """The ledger row of ``run`` (a :class:`~research.experiments.sweep.Run`) from its files."""
     from research.experiments.sweep import run_status
@@ -235,12 +251,7 @@ def build_row(run, sweep_name: str, *, status: str | None = None, error: str | N
     resolved = _read_json(wd / "config.json").get("_resolved", {})
     flat = run.flat_config
     status = status or run_status(wd)
-    metrics = run_metrics(wd, flat.get("data.eval_split", "test"))
-    metrics.update(
-        num_params=summary.get("num_params", resolved.get("num_params")),
-        images_per_sec=summary.get("images_per_sec"),
-        wall_time_s=meta.get("wall_time_s", summary.get("wall_time_s")),
-    )
+    metrics = row_metrics(run, meta=meta, summary=summary, resolved=resolved)
     return {
         "id": run.id,
         "sweep": sweep_name,
