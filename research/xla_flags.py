@@ -42,6 +42,8 @@ def with_disabled_pass(flags: str, name: str = PASS) -> str:
 
 
 def backend_started() -> bool:
+    """Whether a JAX backend has started (after which XLA flags and ``jax_num_cpu_devices`` no longer
+    apply); the one place that asks JAX's private ``xla_bridge``."""
     try:
         from jax._src import xla_bridge
 

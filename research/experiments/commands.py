@@ -115,8 +115,9 @@ def render_tables(module, arg, runs, workdir: Path, names: list[str]) -> list[Pa
             raise ValueError(f"unknown table {unknown[0]!r}; the config defines: {', '.join(known)}")
         specs = [s for s in specs if s["name"] in names]
     path = workdir / "ledger.jsonl"
+    ledger_rows = {r["id"]: r for r in ledger_lib.read(path)}
     for run in runs:  # rows re-read from the run directories, so a ledger from older code renders too
-        row = ledger_lib.find(path, run.id) if path.exists() else None
+        row = ledger_rows.get(run.id)
         if row is not None and Path(run.workdir).is_dir():
             metrics = ledger_lib.row_metrics(run)
             if metrics != row.get("metrics"):

@@ -127,12 +127,17 @@ def _err(top1: Any) -> float | None:
     return 100.0 * (1.0 - float(top1)) if isinstance(top1, (int, float)) else None
 
 
+def split_base(split: str) -> str:
+    """The split a TFDS sub-split slices: ``test[:2000]`` -> ``test`` (a plain name is returned as is)."""
+    return str(split).split("[", 1)[0]
+
+
 def run_metrics(workdir: str | Path, eval_split: str = "test") -> dict[str, Any]:
     """Final and best metrics of a run directory (see the module docstring). A TFDS sub-split
     (``test[:2000]``, ``test[50%:]``) reports under its split's name (``test_error``), so tables of
     reduced-scale runs read the same keys as full ones (the ledger row's config keeps the slice)."""
     out = _run_metrics(workdir, eval_split)
-    base = eval_split.split("[", 1)[0]
+    base = split_base(eval_split)
     if base == eval_split:
         return out
     return {k.replace(eval_split, base): v for k, v in out.items()}

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from research.experiments.ledger import split_base
 from research.train.reporting import read_metrics
 
 
@@ -20,8 +21,8 @@ def _curves(workdir: str | Path, eval_split: str) -> tuple[list, list, list, lis
     for segmentation runs (rows with ``miou``), mAP@0.5 (%) for detection runs."""
     rows = read_metrics(workdir)
     train = [r for r in rows if r["split"] == "train" and isinstance(r.get("loss"), (int, float))]
-    base = eval_split.split("[", 1)[0]  # 'test' also finds a reduced run's 'test[:2000]' rows
-    evals = [r for r in rows if r["split"] == eval_split or str(r["split"]).split("[", 1)[0] == base]
+    base = split_base(eval_split)  # 'test' also finds a reduced run's 'test[:2000]' rows
+    evals = [r for r in rows if r["split"] == eval_split or split_base(r["split"]) == base]
     if any(isinstance(r.get("miou"), (int, float)) for r in evals):
         evals = [r for r in evals if isinstance(r.get("miou"), (int, float))]
         metric, values = "mIoU", [100.0 * r["miou"] for r in evals]

@@ -69,8 +69,9 @@ _NATIVE_CONV = contextvars.ContextVar('native_conv', default=False)
 
 @contextlib.contextmanager
 def native_convolutions():
-    """Within this context :func:`conv_general_dilated` always emits ``lax.conv_general_dilated``
-    (for tools that read convolutions off the traced program, e.g. ``layers.summary``)."""
+    """Within this context :func:`conv_general_dilated` always emits ``lax.conv_general_dilated`` and
+    :func:`materialize` adds no barrier (for tools that read layers off the traced program, e.g.
+    ``layers.summary``)."""
     token = _NATIVE_CONV.set(True)
     try:
         yield

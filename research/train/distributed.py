@@ -17,6 +17,8 @@ import os
 
 import jax
 
+from research.xla_flags import backend_started
+
 _CLUSTER_SIZE_VARS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
 
@@ -78,9 +80,7 @@ def set_cpu_devices(count: int) -> int:
             f"--cpu_devices must be -1 (one per core), 0 (default) or a positive count, got {count}"
         )
     n = len(usable_cores()) if count == -1 else count
-    from jax._src import xla_bridge  # noqa: PLC0415 - the one place that knows whether a backend exists
-
-    if xla_bridge.backends_are_initialized():
+    if backend_started():
         if jax.local_device_count("cpu") == n:
             return n
         raise RuntimeError(
