@@ -35,17 +35,22 @@ MODELS = {
 }
 
 
-def jax_step_time(name: str, batch: int, steps: int, cpu_devices: int = 1) -> tuple[float, float]:
+def jax_step_time(
+    name: str, batch: int, steps: int, cpu_devices: int = 1, cpu_conv: str = "xla"
+) -> tuple[float, float]:
     """Seconds per training step and compile seconds; ``cpu_devices`` > 1: data parallel over that many
-    CPU devices (must be set before JAX starts: see :func:`jax_step_time_subprocess`)."""
+    CPU devices (must be set before JAX starts: see :func:`jax_step_time_subprocess`); ``cpu_conv``:
+    'onednn' computes the convolutions with oneDNN (research.kernels.onednn)."""
     import jax
     import jax.numpy as jnp
     import optax
 
     from research import models
+    from research.kernels import onednn
     from research.train.mesh import batch_sharding, make_mesh, replicate
     from research.train.state import create_train_state, train_step
 
+    onednn.set_enabled(cpu_conv == "onednn")
     size, ch, classes = MODELS[name]
     model = models.create(name, num_classes=classes)
     tx = optax.sgd(0.1, momentum=0.9)
@@ -80,14 +85,14 @@ def jax_step_time(name: str, batch: int, steps: int, cpu_devices: int = 1) -> tu
 
 
 def jax_step_time_subprocess(
-    name: str, batch: int, steps: int, cpu_devices: int, research_xla_flags: bool = True
+    name: str, batch: int, steps: int, cpu_devices: int, research_xla_flags: bool = True, cpu_conv: str = "xla"
 ) -> float:
     """``jax_step_time`` in a fresh process whose CPU is split into ``cpu_devices`` devices;
     ``research_xla_flags=False``: without the flags ``research.xla_flags`` sets (RESEARCH_XLA_FLAGS=0)."""
     code = (
         "import sys; from research.train.distributed import set_cpu_devices; set_cpu_devices(int(sys.argv[1]));"
         "sys.path.insert(0, sys.argv[2]); from train_step import jax_step_time;"
-        f"print(jax_step_time({name!r}, {batch}, {steps}, int(sys.argv[1]))[0])"
+        f"print(jax_step_time({name!r}, {batch}, {steps}, int(sys.argv[1]), {cpu_conv!r})[0])"
     )
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, **({} if research_xla_flags else {"RESEARCH_XLA_FLAGS": "0"}))
@@ -105,8 +110,8 @@ def jax_step_time_subprocess(
 
 def torch_model(name: str):
     import torch
-    from torch import nn
     import torch.nn.functional as F
+    from torch import nn
 
     if name == "resnet50":
         import torchvision
@@ -211,8 +216,18 @@ def main() -> None:
         "--without_research_xla_flags", action="store_true",
         help="also time JAX on 1 device without research.xla_flags (RESEARCH_XLA_FLAGS=0)",
     )  # fmt: skip
+    p.add_argument(
+        "--onednn", action=argparse.BooleanOptionalAction, default=True,
+        help="also time JAX on 1 device with oneDNN convolutions (research.kernels.onednn), if installed",
+    )  # fmt: skip
     args = p.parse_args()
     import torch
+
+    from research.kernels import onednn
+
+    if args.onednn and not onednn.available():
+        print(f"oneDNN convolutions skipped: {onednn.unavailable_reason()}")
+        args.onednn = False
 
     ndev = len(os.sched_getaffinity(0)) if args.cpu_devices == -1 else args.cpu_devices
     print(f"torch {torch.__version__} threads={torch.get_num_threads()}; batch {args.batch} "
@@ -235,6 +250,9 @@ def main() -> None:
             print(
                 f"{'':<15}without research.xla_flags: jax {batch / jo:{f}} img/s, jax/torch {best / jo:.2f}"
             )
+        if args.onednn:
+            jd = jax_step_time_subprocess(name, batch, args.steps, 1, cpu_conv="onednn")
+            print(f"{'':<15}with oneDNN convolutions: jax {batch / jd:{f}} img/s, jax/torch {best / jd:.2f}")
         if args.torch_compile:
             tc = torch_step_time(name, batch, args.steps, channels_last=True, compile_=True)
             print(

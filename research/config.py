@@ -87,6 +87,8 @@ def base_config() -> ConfigDict:
             # examples of each device's batch (shard_map); -1 = per-device batch (no cross-device sync)
             precision="float32",  # float32 | bfloat16 (bf16 compute via the model's `dtype`; params,
             # BN statistics, logits and the loss stay float32)
+            cpu_conv="auto",  # auto | onednn | xla: convolutions on CPU (research/kernels/onednn.py);
+            # auto = oneDNN where the `onednn` extra is installed and the run has one device, else XLA
             model_parallel=1,  # M > 1: a ('data', 'model') mesh of (devices/M, M); big params sharded
             # FSDP-style over 'model' (research/train/mesh.py::param_sharding)
         )

@@ -39,6 +39,7 @@ from research.config import to_dict, validate_config
 from research.detection import data as det_data
 from research.detection import viz as det_viz
 from research.detection.metrics import DetectionEvaluator
+from research.kernels import onednn
 from research.train import mesh as mesh_lib
 from research.train.state import TrainState, create_train_state
 from research.train.task_loop import resolve_schedule, run_task_loop
@@ -168,17 +169,18 @@ class DetTrainer:
         init = functools.partial(create_train_state, init_model, self.tx, sample_input=sample)
         abstract = jax.eval_shape(init, jax.random.key_data(jax.random.key(0)))
         self.state_sharding = jax.tree.map(lambda _: repl, abstract)
-        self._init = jax.jit(init, out_shardings=self.state_sharding)
+        on = self.cpu_conv == 'onednn'  # the steps are traced with the convolutions resolved here
+        self._init = onednn.scoped(jax.jit(init, out_shardings=self.state_sharding), on)
         self.num_params = models.count_params(abstract.params, collection=None)
         batch_sh = mesh_lib.batch_sharding(self.mesh)
-        self.train_step = jax.jit(
+        self.train_step = onednn.scoped(jax.jit(
             det_train_step, in_shardings=(self.state_sharding, batch_sh), out_shardings=(self.state_sharding, repl),
             donate_argnums=(0,),
-        )  # fmt: skip
-        self.eval_step = jax.jit(
+        ), on)  # fmt: skip
+        self.eval_step = onednn.scoped(jax.jit(
             det_eval_step, in_shardings=(self.state_sharding, batch_sh), out_shardings=repl
-        )
-        self._predict_one = jax.jit(det_eval_step)
+        ), on)
+        self._predict_one = onednn.scoped(jax.jit(det_eval_step), on)
 
     def _get_proposals(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         from research.detection.proposals import get_proposals

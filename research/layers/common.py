@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from research.kernels import onednn
+
 ModuleDef = Any
 
 #: torchvision's ``kaiming_normal_(mode='fan_out', nonlinearity='relu')``.
@@ -79,6 +81,37 @@ def native_convolutions():
         _NATIVE_CONV.reset(token)
 
 
+def _channels_last(dn, nd: int) -> bool:
+    """Channels-last input and output, (*F, C, K) kernel."""
+    return (
+        dn.lhs_spec == (0, nd + 1, *range(1, nd + 1))
+        and dn.out_spec == dn.lhs_spec
+        and dn.rhs_spec == (nd + 1, nd, *range(nd))
+    )
+
+
+def _onednn_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                 feature_group_count, batch_group_count, preferred_element_type):  # fmt: skip
+    """The explicit pads if oneDNN (:mod:`research.kernels.onednn`) can compute this convolution on
+    CPU (dense float32 2D, NHWC / HWIO, no input dilation, non-negative pads), else None."""
+    if not (
+        rhs.ndim == 4
+        and lhs.dtype == jnp.float32
+        and rhs.dtype == jnp.float32
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and all(d == 1 for d in (lhs_dilation or (1, 1)))
+        and preferred_element_type in (None, jnp.float32)
+        and jax.default_backend() == 'cpu'
+        and _channels_last(lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers), 2)
+    ):
+        return None
+    pads = lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:2], window_strides, padding) if isinstance(
+        padding, str) else padding  # fmt: skip
+    pads = tuple(tuple(int(v) for v in p) for p in pads)
+    return pads if min(min(p) for p in pads) >= 0 else None
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
                          preferred_element_type=None):  # fmt: skip
@@ -89,6 +122,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     computed that way and the backward pass by XLA's convolution gradients. Same values (float
     summation order aside). ``Conv`` (flax ``nn.Conv``) uses it for every model built with it."""
     nd = rhs.ndim - 2
+    if onednn.enabled() and not _NATIVE_CONV.get():
+        pads = _onednn_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                            feature_group_count, batch_group_count, preferred_element_type)  # fmt: skip
+        if pads is not None:
+            return onednn.conv2d(lhs, rhs, tuple(int(s) for s in window_strides), pads,
+                                 tuple(int(d) for d in (rhs_dilation or (1, 1))))  # fmt: skip
     fast = (
         not _NATIVE_CONV.get()
         and jax.default_backend() == 'cpu'
@@ -103,11 +142,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     )
     if fast:
         dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-        fast = (  # channels-last input and output, (*F, C, K) kernel
-            dn.lhs_spec == (0, nd + 1, *range(1, nd + 1))
-            and dn.out_spec == dn.lhs_spec
-            and dn.rhs_spec == (nd + 1, nd, *range(nd))
-        )
+        fast = _channels_last(dn, nd)
     if not fast:
         return lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,

@@ -27,6 +27,7 @@ import optax
 
 from research import models
 from research.config import to_dict, validate_config
+from research.kernels import onednn
 from research.segmentation import data as seg_data
 from research.segmentation import viz as seg_viz
 from research.segmentation.losses import (
@@ -168,28 +169,31 @@ class SegTrainer:
         init = functools.partial(create_train_state, init_model, self.tx, sample_input=sample)
         abstract = jax.eval_shape(init, jax.random.key_data(jax.random.key(0)))
         self.state_sharding = jax.tree.map(lambda _: repl, abstract)
-        self._init = jax.jit(init, out_shardings=self.state_sharding)
+        on = self.cpu_conv == 'onednn'  # the steps are traced with the convolutions resolved here
+        self._init = onednn.scoped(jax.jit(init, out_shardings=self.state_sharding), on)
         self.num_params = models.count_params(abstract.params, collection=None)
         batch_sh = mesh_lib.batch_sharding(self.mesh)
-        self.train_step = jax.jit(
+        self.train_step = onednn.scoped(jax.jit(
             functools.partial(seg_train_step, ce_weight=float(sc.ce_weight), dice_weight=float(sc.dice_weight),
                               aux_weight=aux, class_weights=self.class_weights),
             in_shardings=(self.state_sharding, batch_sh), out_shardings=(self.state_sharding, repl),
             donate_argnums=(0,),
-        )  # fmt: skip
-        self.eval_step = jax.jit(
+        ), on)  # fmt: skip
+        self.eval_step = onednn.scoped(jax.jit(
             functools.partial(seg_eval_step, num_classes=self.info.num_classes),
             in_shardings=(self.state_sharding, batch_sh), out_shardings=repl,
-        )  # fmt: skip
+        ), on)  # fmt: skip
         crf = None
         if sc.crf_eval:
             crf = dict(num_iterations=int(sc.crf_iterations), method=str(sc.crf_method))
-        self.eval_step_crf = jax.jit(
+        self.eval_step_crf = onednn.scoped(jax.jit(
             functools.partial(seg_eval_step, num_classes=self.info.num_classes, crf=crf,
                               mean=tuple(self.info.mean), std=tuple(self.info.std)),
             in_shardings=(self.state_sharding, batch_sh), out_shardings=repl,
-        ) if crf else None  # fmt: skip
-        self._predict = jax.jit(lambda st, x: jnp.argmax(st.apply_fn(st.variables(), x, train=False), -1))
+        ), on) if crf else None  # fmt: skip
+        self._predict = onednn.scoped(
+            jax.jit(lambda st, x: jnp.argmax(st.apply_fn(st.variables(), x, train=False), -1)), on
+        )
 
     def _class_weights(self, mode: str) -> tuple[float, ...] | None:
         """``seg.class_balance``: 'none' or 'median_frequency' (weights from the whole train split)."""

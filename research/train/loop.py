@@ -28,6 +28,7 @@ from ml_collections import ConfigDict
 from research import data as data_lib
 from research import models
 from research.config import parse_duration, to_dict, validate_config
+from research.kernels import onednn
 from research.train import checkpoint as ckpt_lib
 from research.train import mesh as mesh_lib
 from research.train import transfer
@@ -96,6 +97,7 @@ class Trainer:
         mesh_lib.check_process_slices(self.batch_size, self.mesh)
         mesh_lib.check_process_slices(self.eval_batch_size, self.mesh)
         self.bn_group_size = self._bn_group_size(tc)
+        self.cpu_conv = onednn.resolve(tc.cpu_conv, self.mesh.devices.size)
         self.steps_per_epoch = data_lib.steps_per_epoch(config.data, self.batch_size)
         if self.steps_per_epoch < 1:
             raise ValueError(
@@ -116,7 +118,8 @@ class Trainer:
         init = functools.partial(create_train_state, self.model, self.tx, sample_input=sample)
         abstract = jax.eval_shape(init, jax.random.key_data(jax.random.key(0)))
         self.state_sharding = mesh_lib.state_sharding(abstract, self.mesh)
-        self._init = jax.jit(init, out_shardings=self.state_sharding)
+        on = self.cpu_conv == "onednn"  # the steps are traced with the convolutions resolved here
+        self._init = onednn.scoped(jax.jit(init, out_shardings=self.state_sharding), on)
         self.num_params = models.count_params(abstract.params, collection=None)
         merge_stats = None
         if oc.freeze or oc.lr_multipliers:
@@ -135,18 +138,24 @@ class Trainer:
         forward = (
             ghost_bn_forward(self.model.apply, self.mesh, self.bn_group_size) if self.bn_group_size else None
         )
-        self._train_step = jax.jit(
-            functools.partial(
-                train_step, label_smoothing=tc.label_smoothing, merge_batch_stats=merge_stats, forward=forward
+        self._train_step = onednn.scoped(
+            jax.jit(
+                functools.partial(
+                    train_step, label_smoothing=tc.label_smoothing, merge_batch_stats=merge_stats, forward=forward
+                ),
+                in_shardings=(self.state_sharding, mesh_lib.batch_sharding(self.mesh)),
+                out_shardings=(self.state_sharding, repl),
+                donate_argnums=(0,),
             ),
-            in_shardings=(self.state_sharding, mesh_lib.batch_sharding(self.mesh)),
-            out_shardings=(self.state_sharding, repl),
-            donate_argnums=(0,),
+            on,
         )
-        self._eval_step = jax.jit(
-            eval_step,
-            in_shardings=(self.state_sharding, mesh_lib.batch_sharding(self.mesh)),
-            out_shardings=repl,
+        self._eval_step = onednn.scoped(
+            jax.jit(
+                eval_step,
+                in_shardings=(self.state_sharding, mesh_lib.batch_sharding(self.mesh)),
+                out_shardings=repl,
+            ),
+            on,
         )
 
     def _bn_group_size(self, tc: ConfigDict) -> int:
@@ -306,7 +315,8 @@ def train_and_evaluate(
     log(
         f"model {config.model.name}: {trainer.num_params:,} params | data {trainer.info.name} "
         f"{trainer.info.num_examples} | {trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps | "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s) | workdir {workdir}"
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
+        f"{' (oneDNN convolutions)' if trainer.cpu_conv == 'onednn' else ''} | workdir {workdir}"
     )
 
     writer = MetricWriter(workdir, enabled=trainer.is_main, resume_step=start)

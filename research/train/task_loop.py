@@ -23,6 +23,7 @@ from typing import Any
 import jax
 
 from research.config import parse_duration, to_dict
+from research.kernels import onednn
 from research.train import checkpoint as ckpt_lib
 from research.train import mesh as mesh_lib
 from research.train.loop import NonFiniteLossError, _check_same_run
@@ -35,7 +36,8 @@ __all__ = ['check_finite', 'resolve_schedule', 'run_task_loop']
 def resolve_schedule(tr, config, n_train: int) -> None:
     """Sets the trainer's batch sizes (checked against its mesh), ``steps_per_epoch``, ``total_steps``,
     ``eval_every``, ``ckpt_every``, ``schedule`` and ``tx`` from ``config.train`` / ``optimizer`` /
-    ``schedule`` and the train split's size."""
+    ``schedule`` and the train split's size; ``cpu_conv`` ('onednn' or 'xla', ``train.cpu_conv``
+    resolved: wrap the jitted steps in ``onednn.scoped``)."""
     tc = config.train
     tr.batch_size = tc.batch_size
     tr.eval_batch_size = tc.eval_batch_size or tc.batch_size
@@ -50,6 +52,7 @@ def resolve_schedule(tr, config, n_train: int) -> None:
     tr.ckpt_every = parse_duration(tc.checkpoint_every or 0, spe, name='train.checkpoint_every')
     tr.schedule = make_schedule(config.schedule, config.optimizer.lr, tr.total_steps, spe)
     tr.tx = make_optimizer(config.optimizer, tr.schedule)
+    tr.cpu_conv = onednn.resolve(str(tc.get('cpu_conv', 'auto')), tr.mesh.devices.size)
 
 
 def check_finite(step: int, loss: float, ckpt) -> None:
