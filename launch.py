@@ -5,9 +5,14 @@ All logic lives in :mod:`research.cli`.
 
 import sys
 
-from absl import app
+if __name__ == "__main__":  # first: restart with huge pages for malloc where that helps (research/hugepages.py)
+    from research.hugepages import reexec_with_hugepages
 
-from research import cli
+    reexec_with_hugepages()
+
+from absl import app  # noqa: E402
+
+from research import cli  # noqa: E402
 
 
 def main(argv):

@@ -220,7 +220,15 @@ def main() -> None:
         "--onednn", action=argparse.BooleanOptionalAction, default=True,
         help="also time JAX on 1 device with oneDNN convolutions (research.kernels.onednn), if installed",
     )  # fmt: skip
+    p.add_argument(
+        "--hugepages", action=argparse.BooleanOptionalAction, default=True,
+        help="restart with glibc malloc's huge pages (research/hugepages.py; JAX and torch both run with them)",
+    )  # fmt: skip
     args = p.parse_args()
+    if args.hugepages:
+        from research.hugepages import reexec_with_hugepages
+
+        reexec_with_hugepages()
     import torch
 
     from research.kernels import onednn
@@ -230,7 +238,8 @@ def main() -> None:
         args.onednn = False
 
     ndev = len(os.sched_getaffinity(0)) if args.cpu_devices == -1 else args.cpu_devices
-    print(f"torch {torch.__version__} threads={torch.get_num_threads()}; batch {args.batch} "
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    print(f"GLIBC_TUNABLES={tunables!r}; torch {torch.__version__} threads={torch.get_num_threads()}; batch {args.batch} "
           f"(resnet50 {args.resnet50_batch}); JAX on 1 CPU device and on {ndev} (data parallel)")  # fmt: skip
     print(f"{'model':<15}{'jax img/s':>11}{f'jax {ndev}dev':>11}{'torch img/s':>13}{'torch CL':>10}"
           f"{'jax/torch':>11}{f'{ndev}dev/torch':>12}{'compile cold s':>16}{'cached s':>10}")  # fmt: skip

@@ -53,6 +53,7 @@ import optax
 from ml_collections import ConfigDict
 
 from research.config import parse_duration, to_dict, validate_config
+from research.kernels import onednn
 from research.train.optim import make_optimizer, make_schedule
 from research.train.reporting import MetricWriter, Progress, format_seconds
 from research.train.state import TrainState, create_train_state, cross_entropy, train_step
@@ -385,7 +386,8 @@ def train_speedrun(
     freeze = not getattr(model, 'whiten_trainable', False)
     tx = make_speedrun_optimizer(config, schedule, spe, freeze_whiten_kernel=freeze)
     sample = jnp.zeros((1, *info.image_shape), jnp.float32)
-    init = jax.jit(functools.partial(create_train_state, model, tx, sample_input=sample))
+    on = onednn.resolve(str(tc.cpu_conv), 1) == 'onednn'  # one device; train.cpu_conv on CPU
+    init = onednn.scoped(jax.jit(functools.partial(create_train_state, model, tx, sample_input=sample)), on)
     train_state = init(jax.random.key_data(jax.random.key(seed)))
     num_params = models.count_params(train_state.params, collection=None)
     whiten_s = 0.0
@@ -423,8 +425,9 @@ def train_speedrun(
 
     def runner(num: int):
         if num not in compiled:
-            fn = jax.jit(
-                functools.partial(run_steps, recipe=recipe, num_steps=num, unroll=unroll), donate_argnums=(0,)
+            fn = onednn.scoped(
+                jax.jit(functools.partial(run_steps, recipe=recipe, num_steps=num, unroll=unroll), donate_argnums=(0,)),
+                on,
             )
             compiled[num] = fn.lower(state, data).compile()
         return compiled[num]
@@ -440,7 +443,7 @@ def train_speedrun(
     )
     evaluators = {}
     for level in {int(sc.tta_level)} | ({0} if eval_every else set()):
-        fn = jax.jit(functools.partial(eval_batch, level=level))
+        fn = onednn.scoped(jax.jit(functools.partial(eval_batch, level=level)), on)
         evaluators[level] = fn.lower(state, *eval_shapes, data['mean'], data['std']).compile()
     compile_s = time.perf_counter() - t0
 
@@ -477,7 +480,8 @@ def train_speedrun(
     (workdir / 'config.json').write_text(json.dumps(resolved, indent=2, default=str))
     log(
         f'speedrun {config.model.name}: {num_params:,} params | data {info.name} train {n} test {len(test_x)} | '
-        f'batch {batch}, {spe} steps/epoch, {total} steps, {k_steps} per call | {device.platform} | '
+        f'batch {batch}, {spe} steps/epoch, {total} steps, {k_steps} per call | {device.platform}'
+        f'{" (oneDNN convolutions)" if on else ""} | '
         f'compile {compile_s:.1f}s, whitening {whiten_s:.2f}s, data {data_load_s:.1f}s | workdir {workdir}'
     )
 
@@ -536,6 +540,7 @@ def train_speedrun(
         'steps_per_call': k_steps,
         'devices': 1,
         'platform': device.platform,
+        'cpu_conv': 'onednn' if on else 'xla',
         'device': str(getattr(device, 'device_kind', device.platform)),
         'jax': jax.__version__,
         'train_time_s': train_s,
