@@ -4,6 +4,7 @@
     python benchmarks/train_step.py --models=resnet20 --batch=128 --steps=10
     python benchmarks/train_step.py --models=resnet50 --resnet50_batch=32 --steps=3 --no_compile_times
     python benchmarks/train_step.py --models=resnet20,resnet56 --no_compile_times --without_research_xla_flags
+    python benchmarks/train_step.py --steps=20 --no_compile_times --repeats=5   # median of 5 ratios
 
 Prints images/s for the project's jitted train step (research.train.state.train_step: SGD
 momentum, softmax cross-entropy, BatchNorm in train mode) and for the equivalent PyTorch model
@@ -221,6 +222,10 @@ def main() -> None:
         help="also time JAX on 1 device with oneDNN convolutions (research.kernels.onednn), if installed",
     )  # fmt: skip
     p.add_argument(
+        "--repeats", type=int, default=1,
+        help="N > 1: also N alternating rounds of JAX+oneDNN and torch channels_last; median ratio and range",
+    )  # fmt: skip
+    p.add_argument(
         "--hugepages", action=argparse.BooleanOptionalAction, default=True,
         help="restart with glibc malloc's huge pages (research/hugepages.py; JAX and torch both run with them)",
     )  # fmt: skip
@@ -262,6 +267,23 @@ def main() -> None:
         if args.onednn:
             jd = jax_step_time_subprocess(name, batch, args.steps, 1, cpu_conv="onednn")
             print(f"{'':<15}with oneDNN convolutions: jax {batch / jd:{f}} img/s, jax/torch {best / jd:.2f}")
+            if args.repeats > 1:  # alternate the two, one ratio per round: robust to shared-core drift
+                rounds = [(jd, tcl)]
+                for _ in range(args.repeats - 1):
+                    rounds.append(
+                        (
+                            jax_step_time_subprocess(name, batch, args.steps, 1, cpu_conv="onednn"),
+                            torch_step_time(name, batch, args.steps, channels_last=True, compile_=False),
+                        )
+                    )
+                ratios = sorted(t / j for j, t in rounds)
+                print(
+                    f"{'':<15}oneDNN vs torch channels_last, {len(rounds)} alternating rounds: jax "
+                    f"{np.median([batch / j for j, _ in rounds]):{f}} img/s, torch "
+                    f"{np.median([batch / t for _, t in rounds]):{f}} img/s (medians); jax/torch median "
+                    f"{np.median(ratios):.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f}",
+                    flush=True,
+                )
         if args.torch_compile:
             tc = torch_step_time(name, batch, args.steps, channels_last=True, compile_=True)
             print(
