@@ -111,20 +111,26 @@ def build() -> pathlib.Path:
 
 
 _LOCK = threading.Lock()
-
-
-@functools.cache
-def _load() -> None:
-    path = build()
-    lib = ctypes.CDLL(str(path))
-    for name, symbol in TARGETS.values():
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform='cpu')
+_LOADED: dict[str, OnednnUnavailable | None] = {}  # 'result': None once registered, or the failure
 
 
 def load() -> None:
-    """Build (if needed) and register the handlers; raises OnednnUnavailable with the reason."""
+    """Build (if needed) and register the handlers, once per process; raises OnednnUnavailable with
+    the reason (remembered: a failed build is not retried by every caller)."""
     with _LOCK:
-        _load()
+        if 'result' not in _LOADED:
+            try:
+                lib = ctypes.CDLL(str(build()))
+            except OSError as e:  # a library that does not load (e.g. libdnnl moved since the build)
+                _LOADED['result'] = OnednnUnavailable(f'loading the oneDNN kernels failed: {e}')
+            except OnednnUnavailable as e:
+                _LOADED['result'] = e
+            else:
+                for name, symbol in TARGETS.values():
+                    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform='cpu')
+                _LOADED['result'] = None
+        if _LOADED['result'] is not None:
+            raise _LOADED['result']
 
 
 def available() -> bool:

@@ -80,6 +80,9 @@ dnnl::convolution_forward::primitive_desc ForwardPd(const Geometry& g) {
       g.strides, g.dilates, g.pad_l, g.pad_r);
 }
 
+// At most this many primitives per thread (a training run uses a few dozen shapes).
+constexpr size_t kMaxCached = 512;
+
 std::unordered_map<std::string, Entry>& Cache() {
   thread_local std::unordered_map<std::string, Entry> cache;
   return cache;
@@ -91,6 +94,7 @@ Entry& GetEntry(char op, const Geometry& g) {
   std::string key = g.Key(op);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
+  if (cache.size() >= kMaxCached) cache.clear();
   Entry e;
   memory::desc wei_user(g.wei, dt::f32, tag::hwio);
   e.wei_user_md = wei_user;

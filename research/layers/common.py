@@ -90,12 +90,22 @@ def _channels_last(dn, nd: int) -> bool:
     )
 
 
+def _explicit_pads(lhs, rhs, window_strides, padding) -> tuple[tuple[int, int], ...]:
+    """``padding`` ('SAME' / 'VALID' or pairs) as int (lo, hi) pairs of a channels-last conv."""
+    nd = rhs.ndim - 2
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:nd], window_strides, padding)
+    return tuple(tuple(int(v) for v in p) for p in padding)
+
+
 def _onednn_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                  feature_group_count, batch_group_count, preferred_element_type):  # fmt: skip
     """The explicit pads if oneDNN (:mod:`research.kernels.onednn`) can compute this convolution on
-    CPU (dense float32 2D, NHWC / HWIO, no input dilation, non-negative pads), else None."""
+    CPU (dense float32 2D, NHWC / HWIO, no input dilation, non-negative pads, no empty axis), else None."""
     if not (
         rhs.ndim == 4
+        and lhs.size > 0
+        and rhs.size > 0
         and lhs.dtype == jnp.float32
         and rhs.dtype == jnp.float32
         and feature_group_count == 1
@@ -106,10 +116,9 @@ def _onednn_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, 
         and _channels_last(lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers), 2)
     ):
         return None
-    pads = lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:2], window_strides, padding) if isinstance(
-        padding, str) else padding  # fmt: skip
-    pads = tuple(tuple(int(v) for v in p) for p in pads)
-    return pads if min(min(p) for p in pads) >= 0 else None
+    pads = _explicit_pads(lhs, rhs, window_strides, padding)
+    out = onednn.output_shape(lhs.shape, rhs.shape, window_strides, pads, rhs_dilation or (1, 1))
+    return pads if min(min(p) for p in pads) >= 0 and min(out) > 0 else None
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -120,7 +129,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     XLA:CPU's convolution is 4-14x slower than a sum of shifted slices times the kernel taps
     (benchmarks/RESULTS.md: LeNet's 5x5 1 -> 6 and ResNet's 3x3 3 -> 16), so the forward pass is
     computed that way and the backward pass by XLA's convolution gradients. Same values (float
-    summation order aside). ``Conv`` (flax ``nn.Conv``) uses it for every model built with it."""
+    summation order aside). ``Conv`` (flax ``nn.Conv``) uses it for every model built with it.
+
+    Within :func:`research.kernels.onednn.use_onednn` (the trainers' ``train.cpu_conv``), dense
+    float32 2D convolutions go to oneDNN instead (all three passes), first layers included."""
     nd = rhs.ndim - 2
     if onednn.enabled() and not _NATIVE_CONV.get():
         pads = _onednn_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
@@ -148,9 +160,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count, precision, preferred_element_type,
         )  # fmt: skip
-    pads = lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:nd], window_strides, padding) if isinstance(
-        padding, str) else padding  # fmt: skip
-    pads = tuple(tuple(int(v) for v in p) for p in pads)
+    pads = _explicit_pads(lhs, rhs, window_strides, padding)
     return _shift_conv(lhs, rhs, tuple(int(s) for s in window_strides), pads, dn)
 
 
