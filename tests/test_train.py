@@ -16,8 +16,15 @@ import pytest
 
 from research import data as data_lib
 from research.config import base_config, parse_arg, parse_duration, validate_config, with_model
-from research.train import CheckpointError, NonFiniteLossError, Trainer, make_optimizer, make_schedule
-from research.train import train_and_evaluate
+from research.kernels import onednn
+from research.train import (
+    CheckpointError,
+    NonFiniteLossError,
+    Trainer,
+    make_optimizer,
+    make_schedule,
+    train_and_evaluate,
+)
 from research.train.checkpoint import Checkpointer
 from research.train.reporting import read_metrics
 
@@ -110,7 +117,9 @@ def test_run_writes_metrics_summary_config_and_checkpoints(data_dir, tmp_path):
     summary = train_and_evaluate(digits_config(data_dir, steps=12), tmp_path, show_progress=False)
     assert summary["complete"] and summary["step"] == 12
     assert (tmp_path / "config.json").exists() and (tmp_path / "summary.json").exists()
-    assert json.loads((tmp_path / "config.json").read_text())["_resolved"]["total_steps"] == 12
+    resolved = json.loads((tmp_path / "config.json").read_text())["_resolved"]
+    assert resolved["total_steps"] == 12
+    assert resolved["cpu_conv"] == onednn.resolve("auto", 1)  # oneDNN where the extra is installed
     train_rows = read_metrics(tmp_path, "train")
     assert [r["step"] for r in train_rows] == [5, 10, 12]
     assert all(np.isfinite(r["loss"]) and r["images_per_sec"] > 0 for r in train_rows[1:])

@@ -307,6 +307,7 @@ def train_and_evaluate(
             num_params=trainer.num_params,
             devices=jax.device_count(),
             processes=jax.process_count(),
+            cpu_conv=trainer.cpu_conv,  # train.cpu_conv resolved: what the convolutions ran on
             dataset=trainer.info.name,
             num_classes=trainer.info.num_classes,
             image_shape=list(trainer.info.image_shape),
