@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from research.layers import upsample_nearest
+from research.layers.common import FlaxConv
 from research.layers.pooling import max_pool
 
 __all__ = ['FeaturePyramidNetwork']
@@ -40,7 +41,7 @@ class FeaturePyramidNetwork(nn.Module):
         if self.extra not in (None, 'maxpool', 'p6p7'):
             raise ValueError(f"FPN extra must be None, 'maxpool' or 'p6p7'; got {self.extra!r}")
         feats = [jnp.asarray(f, self.dtype) for f in features]
-        conv = lambda k, s, name: nn.Conv(  # noqa: E731
+        conv = lambda k, s, name: FlaxConv(  # noqa: E731
             self.out_channels, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2, kernel_init=_FPN_INIT,
             dtype=self.dtype, name=name,
         )  # fmt: skip

@@ -27,6 +27,7 @@ from research.detection.assign import assign_anchors, sample_balanced
 from research.detection.boxes import RPN_WEIGHTS, clip_boxes, decode_boxes, min_size_mask
 from research.detection.losses import smooth_l1
 from research.detection.nms import batched_nms
+from research.layers.common import FlaxConv
 
 __all__ = ['RPNHead', 'generate_proposals', 'rpn_loss']
 
@@ -46,9 +47,9 @@ class RPNHead(nn.Module):
     def __call__(self, features: Sequence[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
         c = features[0].shape[-1]
         kw = dict(kernel_init=_RPN_INIT, bias_init=nn.initializers.zeros, dtype=self.dtype)
-        conv = nn.Conv(c, (3, 3), padding=[(1, 1), (1, 1)], name='conv', **kw)
-        cls = nn.Conv(self.num_anchors, (1, 1), name='cls_logits', **kw)
-        box = nn.Conv(4 * self.num_anchors, (1, 1), name='bbox_pred', **kw)
+        conv = FlaxConv(c, (3, 3), padding=[(1, 1), (1, 1)], name='conv', **kw)
+        cls = FlaxConv(self.num_anchors, (1, 1), name='cls_logits', **kw)
+        box = FlaxConv(4 * self.num_anchors, (1, 1), name='bbox_pred', **kw)
         logits, deltas = [], []
         for f in features:
             t = nn.relu(conv(f))

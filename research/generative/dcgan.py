@@ -37,7 +37,7 @@ import numpy as np
 import optax
 from ml_collections import ConfigDict
 
-from research.layers.common import BatchNorm
+from research.layers.common import BatchNorm, FlaxConv
 from research.layers.conv import ConvTranspose
 
 PyTree = Any
@@ -109,7 +109,7 @@ class Discriminator(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         n = _num_stages(self.image_size, self.base_size)
-        conv = functools.partial(nn.Conv, kernel_init=dcgan_init)
+        conv = functools.partial(FlaxConv, kernel_init=dcgan_init)
         for i in range(n):
             use_bn = i > 0 and self.norm is not None
             x = conv(self.width * 2**i, (4, 4), strides=2, padding=1, use_bias=not use_bn, name=f"conv{i}")(x)

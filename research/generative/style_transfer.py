@@ -41,6 +41,7 @@ import numpy as np
 import optax
 from ml_collections import ConfigDict
 
+from research.layers.common import FlaxConv
 from research.layers.conv import ConvTranspose
 from research.viz.feature_maps import layer_outputs, used_variables
 
@@ -323,7 +324,7 @@ class ConvLayer(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = reflect_pad(x, self.kernel // 2)
-        x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride, padding="VALID")(x)
+        x = FlaxConv(self.features, (self.kernel, self.kernel), strides=self.stride, padding="VALID")(x)
         if self.norm:
             x = nn.InstanceNorm(epsilon=1e-5)(x)
         return nn.relu(x) if self.relu else x

@@ -180,9 +180,14 @@ def materialize(x):
     return lax.optimization_barrier(x)
 
 
-#: Conv with the project's default init and the CPU first-layer formulation above. Callers pass
-#: ``use_bias`` (False before a norm layer).
-Conv = functools.partial(nn.Conv, kernel_init=conv_kernel_init, conv_general_dilated=conv_general_dilated)
+#: Flax's ``nn.Conv`` (its own default init) computing through :func:`conv_general_dilated`: the CPU
+#: first-layer formulation and, within ``use_onednn`` (``train.cpu_conv``), oneDNN. Models that keep
+#: Flax's or a paper's init use this rather than ``nn.Conv``, whose convolutions XLA would compute.
+FlaxConv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+
+#: Conv with the project's default init and the CPU paths above. Callers pass ``use_bias`` (False
+#: before a norm layer).
+Conv = functools.partial(FlaxConv, kernel_init=conv_kernel_init)
 
 #: BatchNorm with PyTorch's defaults (running stats live in the 'batch_stats' collection).
 BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from research.layers.common import bind_norm, conv_kernel_init, resolve_activation
+from research.layers.common import bind_norm, conv_general_dilated, conv_kernel_init, resolve_activation
 
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
 IntOrSeq = int | Sequence[int]
@@ -227,11 +227,12 @@ def _conv(x, kernel, strides, pads, dilation, groups, precision, impl, lhs_dilat
         'dimension_numbers': _dimension_numbers(nd),
         'precision': precision,
     }
+    # research.layers.common.conv_general_dilated: lax's, or on CPU the first-layer and oneDNN paths
     if groups == 1 or impl == 'xla':
-        return lax.conv_general_dilated(x, kernel, feature_group_count=groups, **kw)
+        return conv_general_dilated(x, kernel, feature_group_count=groups, **kw)
     xs = jnp.split(x, groups, axis=-1)
     ws = jnp.split(kernel, groups, axis=-1)
-    return jnp.concatenate([lax.conv_general_dilated(a, b, **kw) for a, b in zip(xs, ws)], axis=-1)
+    return jnp.concatenate([conv_general_dilated(a, b, **kw) for a, b in zip(xs, ws)], axis=-1)
 
 
 def conv_nd(

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.layers.common import conv_general_dilated
+from research.layers.common import FlaxConv, conv_general_dilated
 from research.layers.pooling import max_pool
 
 #: PyTorch's default Conv2d / Linear weight init: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)).
@@ -117,7 +117,7 @@ class ConvGroup(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         conv = functools.partial(
-            nn.Conv,
+            FlaxConv,
             self.features,
             (3, 3),
             padding='SAME',

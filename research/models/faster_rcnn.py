@@ -53,7 +53,7 @@ from research.detection.roi_heads import (
     sample_rois,
 )
 from research.detection.rpn import RPNHead, generate_proposals, rpn_loss
-from research.layers.common import conv_kernel_init
+from research.layers.common import FlaxConv, conv_kernel_init
 from research.layers.conv import ConvTranspose
 from research.models.resnet import ResNet
 
@@ -74,7 +74,7 @@ class MaskRCNNHeads(nn.Module):
         x = x.reshape(-1, *x.shape[-3:])
         d = self.dilation
         for i, c in enumerate(self.layers):
-            x = nn.Conv(
+            x = FlaxConv(
                 c, (3, 3), padding=[(d, d), (d, d)], kernel_dilation=(d, d), kernel_init=conv_kernel_init,
                 dtype=self.dtype, name=f'mask_head_{i}',
             )(x)  # fmt: skip
@@ -96,7 +96,7 @@ class MaskRCNNPredictor(nn.Module):
         lead = x.shape[:-3]
         x = x.reshape(-1, *x.shape[-3:])
         x = ConvTranspose(self.dim_reduced, 2, strides=2, dtype=self.dtype, name='conv5_mask')(x)
-        x = nn.Conv(
+        x = FlaxConv(
             self.num_classes, (1, 1), kernel_init=conv_kernel_init, dtype=self.dtype, name='mask_fcn_logits'
         )(nn.relu(x))
         return x.reshape(*lead, *x.shape[1:]).astype(jnp.float32)

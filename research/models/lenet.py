@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.layers.common import Conv, conv_general_dilated, resolve_activation, scaled_tanh
+from research.layers.common import Conv, FlaxConv, conv_general_dilated, resolve_activation, scaled_tanh
 from research.layers.pooling import avg_pool, max_pool
 
 INPUT_SIZE = 32
@@ -144,9 +144,7 @@ class PartialConv(nn.Module):
             kernel = kernel.at[:, :, in_idx, out_idx].set(packed)
         bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
         x, kernel, bias = (jnp.asarray(a, self.dtype) for a in (x, kernel, bias))
-        y = jax.lax.conv_general_dilated(
-            x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
-        )
+        y = conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
         return y + bias
 
 
@@ -229,8 +227,7 @@ class LeNet5(nn.Module):
         dense_init = lecun98_uniform() if self.paper_init else nn.initializers.lecun_normal()
         x = pad_to_input_size(jnp.asarray(x, self.dtype), value=self.pad_value, model='LeNet5')
         feats = {}
-        x = nn.Conv(6, (5, 5), padding='VALID', kernel_init=dense_init, dtype=self.dtype, name='C1',
-                    conv_general_dilated=conv_general_dilated)(x)  # fmt: skip
+        x = FlaxConv(6, (5, 5), padding='VALID', kernel_init=dense_init, dtype=self.dtype, name='C1')(x)
         x = act(x)
         feats['c1'] = x
         x = act(Subsampling(paper_init=self.paper_init, dtype=self.dtype, name='S2')(x))
@@ -240,7 +237,9 @@ class LeNet5(nn.Module):
         feats['c3'] = x
         x = act(Subsampling(paper_init=self.paper_init, dtype=self.dtype, name='S4')(x))
         feats['s4'] = x
-        x = act(nn.Conv(120, (5, 5), padding='VALID', kernel_init=dense_init, dtype=self.dtype, name='C5')(x))
+        x = act(
+            FlaxConv(120, (5, 5), padding='VALID', kernel_init=dense_init, dtype=self.dtype, name='C5')(x)
+        )
         feats['c5'] = x
         x = x.reshape(x.shape[0], -1)
         x = act(nn.Dense(84, kernel_init=dense_init, dtype=self.dtype, name='F6')(x))

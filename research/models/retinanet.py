@@ -44,7 +44,7 @@ from research.detection.boxes import RPN_WEIGHTS, box_iou, decode_boxes, encode_
 from research.detection.fpn import FeaturePyramidNetwork
 from research.detection.losses import sigmoid_focal_loss, smooth_l1
 from research.detection.postprocess import select_detections
-from research.layers.common import BatchNorm
+from research.layers.common import BatchNorm, FlaxConv
 from research.models.resnet import ResNet
 
 #: torchvision's ``_default_anchorgen``: (x, int(x 2^(1/3)), int(x 2^(2/3))) for x in 32..512 (P3..P7).
@@ -132,7 +132,7 @@ class RetinaNetHead(nn.Module):
     @nn.compact
     def __call__(self, levels: Sequence[jax.Array]) -> list[jax.Array]:
         conv = functools.partial(
-            nn.Conv, kernel_size=(3, 3), padding=1, kernel_init=_HEAD_INIT, dtype=self.dtype
+            FlaxConv, kernel_size=(3, 3), padding=1, kernel_init=_HEAD_INIT, dtype=self.dtype
         )
         convs = [conv(self.width, name=f'conv_{i}') for i in range(self.num_convs)]
         final = conv(self.out, bias_init=nn.initializers.constant(self.prior_bias), name=self.final_name)
@@ -221,7 +221,7 @@ class RetinaNet(nn.Module):
         levels = list(p.values())
         if self.max_level >= 6:
             conv = functools.partial(
-                nn.Conv, features=self.fpn_width, kernel_size=(3, 3), strides=(2, 2), padding=1,
+                FlaxConv, features=self.fpn_width, kernel_size=(3, 3), strides=(2, 2), padding=1,
                 kernel_init=_FPN_EXTRA_INIT, dtype=self.dtype,
             )  # fmt: skip
             p6 = conv(name='p6')(levels[-1] if self.p6_from == 'p5' else c[-1])

@@ -40,7 +40,7 @@ from research.detection.assign import match
 from research.detection.boxes import ROI_HEAD_WEIGHTS, box_iou, decode_boxes, encode_boxes
 from research.detection.losses import hard_negative_mask, smooth_l1, softmax_cross_entropy
 from research.detection.postprocess import select_detections
-from research.layers.common import Conv
+from research.layers.common import Conv, FlaxConv
 from research.layers.pooling import max_pool
 from research.models.retinanet import flatten_head
 
@@ -91,7 +91,7 @@ class SSDVGG(nn.Module):
         x = max_pool(x, 3, 1, padding=1)  # pool5
         d = self.fc6_dilation
         x = nn.relu(
-            nn.Conv(
+            FlaxConv(
                 self.fc_width,
                 (3, 3),
                 padding=d,
@@ -101,13 +101,13 @@ class SSDVGG(nn.Module):
                 name='fc6',
             )(x)
         )
-        x = nn.relu(nn.Conv(self.fc_width, (1, 1), kernel_init=_XAVIER, dtype=self.dtype, name='fc7')(x))
+        x = nn.relu(FlaxConv(self.fc_width, (1, 1), kernel_init=_XAVIER, dtype=self.dtype, name='fc7')(x))
         outs.append(x)
         for i, (mid, out, stride, pad) in enumerate(self.extras):
             x = nn.relu(
-                nn.Conv(mid, (1, 1), kernel_init=_XAVIER, dtype=self.dtype, name=f'extra{i + 1}_1')(x)
+                FlaxConv(mid, (1, 1), kernel_init=_XAVIER, dtype=self.dtype, name=f'extra{i + 1}_1')(x)
             )
-            x = nn.Conv(
+            x = FlaxConv(
                 out,
                 (3, 3),
                 (stride, stride),
@@ -174,7 +174,7 @@ class SSD(nn.Module):
         for i, (f, ratios) in enumerate(zip(feats, self.aspect_ratios)):
             a = 2 + 2 * len(ratios)
             conv = functools.partial(
-                nn.Conv, kernel_size=(3, 3), padding=1, kernel_init=_XAVIER, dtype=self.dtype
+                FlaxConv, kernel_size=(3, 3), padding=1, kernel_init=_XAVIER, dtype=self.dtype
             )
             cls.append(flatten_head(conv(a * k, name=f'cls_{i}')(f), k))
             box.append(flatten_head(conv(a * 4, name=f'box_{i}')(f), 4))

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from research.detection.boxes import box_iou
 from research.detection.postprocess import select_detections
-from research.layers.common import BatchNorm, conv_general_dilated
+from research.layers.common import BatchNorm, FlaxConv, conv_general_dilated
 from research.layers.pooling import max_pool
 
 M = 'M'
@@ -100,7 +100,7 @@ class YOLOv1(nn.Module):
             f, k, s = v
             i += 1
             f = max(1, int(round(f * self.width_mult)))
-            x = nn.Conv(
+            x = FlaxConv(
                 f,
                 (k, k),
                 (s, s),
@@ -120,13 +120,13 @@ class YOLOv1(nn.Module):
                     f"head='conv' needs the conv stack to end at the {s}x{s} grid, got {x.shape[1]}x{x.shape[2]} "
                     f'for {images.shape[1]}x{images.shape[2]} inputs'
                 )
-            x = nn.Conv(
+            x = FlaxConv(
                 self.fc_width, (3, 3), padding=1, use_bias=not self.batch_norm, dtype=self.dtype, name='head1'
             )(x)
             if self.batch_norm:
                 x = BatchNorm(use_running_average=not train, dtype=self.dtype, name='head_bn')(x)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(leaky_relu(x))
-            x = nn.Conv(self.cell_channels, (1, 1), dtype=self.dtype, name='head2')(x)
+            x = FlaxConv(self.cell_channels, (1, 1), dtype=self.dtype, name='head2')(x)
             return x.astype(jnp.float32)
         if self.head != 'fc':
             raise ValueError(f"head must be 'fc' or 'conv', got {self.head!r}")
