@@ -5,6 +5,7 @@
     python benchmarks/train_step.py --models=resnet50 --resnet50_batch=32 --steps=3 --no_compile_times
     python benchmarks/train_step.py --models=resnet20,resnet56 --no_compile_times --without_research_xla_flags
     python benchmarks/train_step.py --steps=20 --no_compile_times --repeats=5   # median of 5 ratios
+    python benchmarks/train_step.py --models=airbench94_cifar --batch=1024 --steps=3 --no_compile_times
 
 Prints images/s for the project's jitted train step (research.train.state.train_step: SGD
 momentum, softmax cross-entropy, BatchNorm in train mode) and for the equivalent PyTorch model
@@ -33,6 +34,7 @@ MODELS = {
     "resnet20": (32, 3, 10),
     "resnet56": (32, 3, 10),
     "resnet50": (224, 3, 1000),
+    "airbench94_cifar": (32, 3, 10),  # the speed run's net (Jordan 2024); batch 1024 in its recipe
 }
 
 
@@ -118,6 +120,23 @@ def torch_model(name: str):
         import torchvision
 
         return torchvision.models.resnet50()
+    if name == "airbench94_cifar":  # airbench94.py's layers: BN weight frozen at 1, exact GELU
+
+        def group(cin, cout):
+            bn1, bn2 = nn.BatchNorm2d(cout, eps=1e-12), nn.BatchNorm2d(cout, eps=1e-12)
+            for bn in (bn1, bn2):
+                bn.weight.requires_grad = False
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2), bn1, nn.GELU(),
+                nn.Conv2d(cout, cout, 3, padding=1, bias=False), bn2, nn.GELU(),
+            )  # fmt: skip
+
+        whiten = nn.Conv2d(3, 24, 2)
+        whiten.weight.requires_grad = False
+        return nn.Sequential(
+            whiten, nn.GELU(), group(24, 64), group(64, 256), group(256, 256),
+            nn.MaxPool2d(3), nn.Flatten(), nn.Linear(256, 10, bias=False),
+        )  # fmt: skip
     if name == "lenet5_modern":
         return nn.Sequential(
             nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
