@@ -161,6 +161,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
             feature_group_count, batch_group_count, precision, preferred_element_type,
         )  # fmt: skip
     pads = _explicit_pads(lhs, rhs, window_strides, padding)
+    if min(min(p) for p in pads) < 0:  # negative pads crop (ConvND's sub-pixel transposed conv): lax's
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type,
+        )  # fmt: skip
     return _shift_conv(lhs, rhs, tuple(int(s) for s in window_strides), pads, dn)
 
 
