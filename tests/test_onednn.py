@@ -20,6 +20,8 @@ from jax import lax
 from research import models
 from research.kernels import onednn
 from research.layers.common import _onednn_pads, conv_general_dilated
+from research.models.catalog import call_kwargs, input_shape
+from research.models.registry import _module_class
 from research.train.state import create_train_state, train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,9 +103,7 @@ def _uses_onednn(f, *args) -> bool:
 @needs_onednn
 def test_conv_general_dilated_routes_only_what_onednn_computes():
     x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
-    dense = functools.partial(
-        conv_general_dilated, window_strides=(1, 1), padding="SAME", dimension_numbers=DN
-    )
+    dense = functools.partial(conv_general_dilated, window_strides=(1, 1), padding="SAME", dimension_numbers=DN)
     assert not _uses_onednn(dense, x, w)  # off by default
     with onednn.use_onednn():
         assert _uses_onednn(dense, x, w)
@@ -111,9 +111,7 @@ def test_conv_general_dilated_routes_only_what_onednn_computes():
         grouped = functools.partial(dense, feature_group_count=2)
         assert not _uses_onednn(grouped, x, jnp.ones((3, 3, 2, 4)))
         assert not _uses_onednn(dense, x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
-        transposed = functools.partial(
-            dense, lhs_dilation=(2, 2), padding=((1, 1), (1, 1))
-        )  # transposed: XLA
+        transposed = functools.partial(dense, lhs_dilation=(2, 2), padding=((1, 1), (1, 1)))  # transposed: XLA
         assert not _uses_onednn(transposed, x, w)
         nchw = functools.partial(conv_general_dilated, window_strides=(1, 1), padding="SAME")
         assert not _uses_onednn(nchw, jnp.ones((2, 4, 8, 8)), jnp.ones((4, 4, 3, 3)))
@@ -143,9 +141,7 @@ def test_unavailable_onednn_names_where_it_looked(tmp_path):
         "assert onednn.resolve('auto', 1) == 'xla'\n"
         "try:\n    onednn.resolve('onednn', 1)\nexcept onednn.OnednnUnavailable as e:\n    print(e)\n"
     )
-    env = dict(
-        os.environ, RESEARCH_ONEDNN_ROOT=str(tmp_path / "nowhere"), RESEARCH_KERNEL_CACHE=str(tmp_path)
-    )
+    env = dict(os.environ, RESEARCH_ONEDNN_ROOT=str(tmp_path / "nowhere"), RESEARCH_KERNEL_CACHE=str(tmp_path))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr[-2000:]
     assert str(tmp_path / "nowhere") in r.stdout and "[onednn]" in r.stdout
@@ -177,9 +173,7 @@ def test_resnet_train_steps_equal_xla():
     (s1, l1, hlo), (s0, l0, _) = run(True), run(False)
     assert "research_onednn_conv_bwd_weights" in hlo  # the step really ran oneDNN's kernels
     np.testing.assert_allclose(l1, l0, rtol=1e-5)
-    for a, b in zip(
-        jax.tree.leaves((s1.params, s1.batch_stats)), jax.tree.leaves((s0.params, s0.batch_stats))
-    ):
+    for a, b in zip(jax.tree.leaves((s1.params, s1.batch_stats)), jax.tree.leaves((s0.params, s0.batch_stats))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert not onednn.enabled()
 
@@ -208,9 +202,7 @@ def _one_name_per_class() -> list[str]:
     """The first registered name of each model class that builds with its defaults."""
     seen = {}
     for name in models.list_models():
-        cls = models.get_constructor(name)
-        while isinstance(cls, functools.partial):
-            cls = cls.func
+        cls = _module_class(models.get_constructor(name))
         if cls in seen:
             continue
         try:
@@ -229,17 +221,10 @@ def test_every_model_routes_its_convolutions(name):
     ``conv_general_dilated`` (so ``train.cpu_conv`` reaches them): with oneDNN on, no convolution
     oneDNN could compute is left in the traced forward pass (nothing is computed). airbench94's
     ``nn.Conv`` layers once bypassed it: 57 img/s instead of 187 at batch 1024."""
-    from research.models.catalog import input_shape
-
     model = models.create(name)
-    h, w, c = input_shape(name)
-    kw = {}
-    if getattr(type(model), "needs_proposals", False):  # R-CNN lineage: host proposals per image
-        kw["proposals"] = {
-            "boxes": jnp.asarray([[[0.0, 0.0, w / 2, h / 2]]]),
-            "valid": jnp.ones((1, 1), bool),
-        }
-    x = jax.ShapeDtypeStruct((1, h, w, c), jnp.float32)
+    shape = input_shape(name)
+    kw = call_kwargs(model, shape)
+    x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
     with onednn.use_onednn():
         jaxpr = jax.make_jaxpr(lambda x: model.init(jax.random.key(0), x, **kw))(x)
     assert _missed_routes(jaxpr.jaxpr) == []

@@ -155,13 +155,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     if fast:
         dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
         fast = _channels_last(dn, nd)
+    if fast:  # negative pads crop (ConvND's sub-pixel transposed conv): lax's
+        pads = _explicit_pads(lhs, rhs, window_strides, padding)
+        fast = min(min(p) for p in pads) >= 0
     if not fast:
-        return lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-            feature_group_count, batch_group_count, precision, preferred_element_type,
-        )  # fmt: skip
-    pads = _explicit_pads(lhs, rhs, window_strides, padding)
-    if min(min(p) for p in pads) < 0:  # negative pads crop (ConvND's sub-pixel transposed conv): lax's
         return lax.conv_general_dilated(
             lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count, precision, preferred_element_type,

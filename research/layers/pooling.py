@@ -113,8 +113,8 @@ def _max_pool_tiled_bwd(w, res, g):
     b = _blocks(x, w)
     axes = tuple(range(2, 2 * len(w) + 1, 2))  # the window axes of the block layout
     flat = jnp.zeros((), jnp.int32)
-    for a in axes:  # row-major index of each element within its window
-        flat = flat * w[axes.index(a)] + lax.broadcasted_iota(jnp.int32, b.shape, a)
+    for f, a in zip(w, axes):  # row-major index of each element within its window
+        flat = flat * f + lax.broadcasted_iota(jnp.int32, b.shape, a)
     hit = b == jnp.expand_dims(y, axes)
     first = jnp.min(jnp.where(hit, flat, np.int32(np.prod(w))), axis=axes, keepdims=True)
     gb = jnp.where(flat == first, jnp.expand_dims(g, axes), jnp.zeros((), g.dtype))

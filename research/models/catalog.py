@@ -52,6 +52,17 @@ def input_shape(name: str) -> tuple[int, int, int]:
     return (224, 224, 3)
 
 
+def call_kwargs(model, shape: tuple[int, int, int]) -> dict:
+    """Keyword inputs besides the image that ``model`` needs for a forward pass at ``shape`` (H, W, C):
+    300 host proposals per image for the R-CNN lineage (``needs_proposals``), else none."""
+    if not getattr(type(model), 'needs_proposals', False):
+        return {}
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+    box = jnp.asarray([[[0.0, 0.0, shape[1] / 2, shape[0] / 2]]])
+    return {'proposals': {'boxes': jnp.tile(box, (1, 300, 1)), 'valid': jnp.ones((1, 300), bool)}}
+
+
 def paper(name: str) -> str:
     """First sentence of the model class docstring (which cites the paper)."""
     cls = models.get_constructor(name)
@@ -87,13 +98,7 @@ def rows(only: str | None = None):
             )
             continue
         t = time.perf_counter()
-        kw = {}
-        if getattr(type(model), 'needs_proposals', False):  # R-CNN lineage: 300 host proposals per image
-            import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
-            box = jnp.asarray([[[0.0, 0.0, shape[1] / 2, shape[0] / 2]]])
-            kw['proposals'] = {'boxes': jnp.tile(box, (1, 300, 1)), 'valid': jnp.ones((1, 300), bool)}
-        s = summarize(model, (1, *shape), **kw)
+        s = summarize(model, (1, *shape), **call_kwargs(model, shape))
         print(
             f'{name}: {s.params:,} params, {s.macs / 1e6:.1f} M MACs ({time.perf_counter() - t:.1f} s)',
             file=sys.stderr,
