@@ -6,6 +6,10 @@
     python benchmarks/train_step.py --models=resnet20,resnet56 --no_compile_times --without_research_xla_flags
     python benchmarks/train_step.py --steps=20 --no_compile_times --repeats=5   # median of 5 ratios
     python benchmarks/train_step.py --models=airbench94_cifar --batch=1024 --steps=3 --no_compile_times
+    # GPU (the issue's ResNet-50 goal): bf16 compute (JAX: float32 params, bf16 activations; torch: AMP
+    # autocast), torch.compile + channels_last; the CPU-only rows (oneDNN, one device per core) are skipped
+    python benchmarks/train_step.py --models=resnet50 --resnet50_batch=256 --precision=bfloat16 --torch_compile \
+        --steps=20 --no_compile_times
 
 Prints images/s for the project's jitted train step (research.train.state.train_step: SGD
 momentum, softmax cross-entropy, BatchNorm in train mode) and for the equivalent PyTorch model
@@ -13,7 +17,9 @@ and step (eager, channels_last where it helps, torch.compile optionally), and th
 jax/torch (>1 means JAX is faster). Also prints the JAX compile time, cold and with the
 persistent compilation cache warm (a second process). JAX runs on one CPU device and, data parallel
 (``research.train.distributed.set_cpu_devices``, ``launch.py --cpu_devices``), on one device per core,
-each in its own process. Needs `pip install -e '.[torch]'`.
+each in its own process. ``--precision=bfloat16``: JAX with the model's ``dtype`` bfloat16 (what
+``train.precision`` sets), torch under ``torch.autocast(dtype=bfloat16)``. Torch runs on CUDA when
+there is one (``--torch_device``), JAX on its default backend. Needs `pip install -e '.[torch]'`.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ MODELS = {
 
 
 def jax_step_time(
-    name: str, batch: int, steps: int, cpu_devices: int = 1, cpu_conv: str = "xla"
+    name: str, batch: int, steps: int, cpu_devices: int = 1, cpu_conv: str = "xla", precision: str = "float32"
 ) -> tuple[float, float]:
     """Seconds per training step and compile seconds; ``cpu_devices`` > 1: data parallel over that many
     CPU devices (must be set before JAX starts: see :func:`jax_step_time_subprocess`); ``cpu_conv``:
@@ -55,7 +61,9 @@ def jax_step_time(
 
     onednn.set_enabled(cpu_conv == "onednn")
     size, ch, classes = MODELS[name]
-    model = models.create(name, num_classes=classes)
+    model = models.create(
+        name, num_classes=classes, **({"dtype": jnp.bfloat16} if precision == "bfloat16" else {})
+    )
     tx = optax.sgd(0.1, momentum=0.9)
     init = jax.jit(
         functools.partial(create_train_state, model, tx, sample_input=jnp.zeros((1, size, size, ch)))
@@ -88,14 +96,20 @@ def jax_step_time(
 
 
 def jax_step_time_subprocess(
-    name: str, batch: int, steps: int, cpu_devices: int, research_xla_flags: bool = True, cpu_conv: str = "xla"
+    name: str,
+    batch: int,
+    steps: int,
+    cpu_devices: int,
+    research_xla_flags: bool = True,
+    cpu_conv: str = "xla",
+    precision: str = "float32",
 ) -> float:
     """``jax_step_time`` in a fresh process whose CPU is split into ``cpu_devices`` devices;
     ``research_xla_flags=False``: without the flags ``research.xla_flags`` sets (RESEARCH_XLA_FLAGS=0)."""
     code = (
         "import sys; from research.train.distributed import set_cpu_devices; set_cpu_devices(int(sys.argv[1]));"
         "sys.path.insert(0, sys.argv[2]); from train_step import jax_step_time;"
-        f"print(jax_step_time({name!r}, {batch}, {steps}, int(sys.argv[1]), {cpu_conv!r})[0])"
+        f"print(jax_step_time({name!r}, {batch}, {steps}, int(sys.argv[1]), {cpu_conv!r}, {precision!r})[0])"
     )
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, **({} if research_xla_flags else {"RESEARCH_XLA_FLAGS": "0"}))
@@ -171,13 +185,29 @@ def torch_model(name: str):
     return torch.nn.Sequential(*layers)
 
 
-def torch_step_time(name: str, batch: int, steps: int, channels_last: bool, compile_: bool) -> float:
+def torch_step_time(
+    name: str,
+    batch: int,
+    steps: int,
+    channels_last: bool,
+    compile_: bool,
+    precision: str = "float32",
+    device: str = "cpu",
+) -> float:
+    import contextlib
+
     import torch
 
     size, ch, classes = MODELS[name]
-    model = torch_model(name)
-    x = torch.randn(batch, ch, size, size)
-    y = torch.randint(0, classes, (batch,))
+    model = torch_model(name).to(device)
+    x = torch.randn(batch, ch, size, size, device=device)
+    y = torch.randint(0, classes, (batch,), device=device)
+    amp = (
+        (lambda: torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16))
+        if precision == "bfloat16"
+        else contextlib.nullcontext
+    )
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -186,7 +216,8 @@ def torch_step_time(name: str, batch: int, steps: int, channels_last: bool, comp
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        with amp():
+            loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
         return loss
@@ -195,9 +226,11 @@ def torch_step_time(name: str, batch: int, steps: int, channels_last: bool, comp
         step = torch.compile(step)
     for _ in range(2):
         step()
+    sync()
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     return (time.perf_counter() - t0) / steps
 
 
@@ -248,6 +281,9 @@ def main() -> None:
         "--hugepages", action=argparse.BooleanOptionalAction, default=True,
         help="restart with glibc malloc's huge pages (research/hugepages.py; JAX and torch both run with them)",
     )  # fmt: skip
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="bfloat16: JAX model dtype bfloat16 (float32 params), torch AMP autocast")  # fmt: skip
+    p.add_argument("--torch_device", default="", help="torch device ('' = cuda if available, else cpu)")
     args = p.parse_args()
     if args.hugepages:
         from research.hugepages import reexec_with_hugepages
@@ -257,42 +293,55 @@ def main() -> None:
 
     from research.kernels import onednn
 
+    tdev = args.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
+    jax_platform = subprocess.run(  # in a child: importing JAX here would take the GPU's memory
+        [sys.executable, "-c", "import jax; print(jax.default_backend())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[-1]
+    if jax_platform != "cpu":  # oneDNN convolutions and one device per core are CPU rows
+        args.onednn, args.cpu_devices = False, 0
+    prec = args.precision
+    tstep = functools.partial(torch_step_time, precision=prec, device=tdev)
+    jstep = functools.partial(jax_step_time_subprocess, precision=prec)
     if args.onednn and not onednn.available():
         print(f"oneDNN convolutions skipped: {onednn.unavailable_reason()}")
         args.onednn = False
 
     ndev = len(os.sched_getaffinity(0)) if args.cpu_devices == -1 else args.cpu_devices
     tunables = os.environ.get("GLIBC_TUNABLES", "")
-    print(f"GLIBC_TUNABLES={tunables!r}; torch {torch.__version__} threads={torch.get_num_threads()}; batch {args.batch} "
-          f"(resnet50 {args.resnet50_batch}); JAX on 1 CPU device and on {ndev} (data parallel)")  # fmt: skip
+    print(f"GLIBC_TUNABLES={tunables!r}; torch {torch.__version__} on {tdev} threads={torch.get_num_threads()}; "
+          f"JAX on {jax_platform}; batch {args.batch} (resnet50 {args.resnet50_batch}); precision {prec}; "
+          f"JAX on 1 device and on {ndev} CPU devices (data parallel)")  # fmt: skip
     print(f"{'model':<15}{'jax img/s':>11}{f'jax {ndev}dev':>11}{'torch img/s':>13}{'torch CL':>10}"
           f"{'jax/torch':>11}{f'{ndev}dev/torch':>12}{'compile cold s':>16}{'cached s':>10}")  # fmt: skip
     for name in args.models.split(","):
         batch = args.resnet50_batch if name == "resnet50" else args.batch
-        jt = jax_step_time_subprocess(name, batch, args.steps, 1)
-        jn = jax_step_time_subprocess(name, batch, args.steps, ndev) if ndev > 1 else float("nan")
-        tt = torch_step_time(name, batch, args.steps, channels_last=False, compile_=False)
-        tcl = torch_step_time(name, batch, args.steps, channels_last=True, compile_=False)
+        jt = jstep(name, batch, args.steps, 1)
+        jn = jstep(name, batch, args.steps, ndev) if ndev > 1 else float("nan")
+        tt = tstep(name, batch, args.steps, channels_last=False, compile_=False)
+        tcl = tstep(name, batch, args.steps, channels_last=True, compile_=False)
         best = min(tt, tcl)
         cold, warm = (float("nan"),) * 2 if args.no_compile_times else compile_times(name, batch)
         f = ".1f" if batch / tt < 100 else ".0f"
         print(f"{name:<15}{batch / jt:>11{f}}{batch / jn:>11{f}}{batch / tt:>13{f}}{batch / tcl:>10{f}}"
               f"{best / jt:>11.2f}{best / jn:>12.2f}{cold:>16.2f}{warm:>10.2f}", flush=True)  # fmt: skip
         if args.without_research_xla_flags:
-            jo = jax_step_time_subprocess(name, batch, args.steps, 1, research_xla_flags=False)
+            jo = jstep(name, batch, args.steps, 1, research_xla_flags=False)
             print(
                 f"{'':<15}without research.xla_flags: jax {batch / jo:{f}} img/s, jax/torch {best / jo:.2f}"
             )
         if args.onednn:
-            jd = jax_step_time_subprocess(name, batch, args.steps, 1, cpu_conv="onednn")
+            jd = jstep(name, batch, args.steps, 1, cpu_conv="onednn")
             print(f"{'':<15}with oneDNN convolutions: jax {batch / jd:{f}} img/s, jax/torch {best / jd:.2f}")
             if args.repeats > 1:  # alternate the two, one ratio per round: robust to shared-core drift
                 rounds = [(jd, tcl)]
                 for _ in range(args.repeats - 1):
                     rounds.append(
                         (
-                            jax_step_time_subprocess(name, batch, args.steps, 1, cpu_conv="onednn"),
-                            torch_step_time(name, batch, args.steps, channels_last=True, compile_=False),
+                            jstep(name, batch, args.steps, 1, cpu_conv="onednn"),
+                            tstep(name, batch, args.steps, channels_last=True, compile_=False),
                         )
                     )
                 ratios = sorted(t / j for j, t in rounds)
@@ -304,7 +353,7 @@ def main() -> None:
                     flush=True,
                 )
         if args.torch_compile:
-            tc = torch_step_time(name, batch, args.steps, channels_last=True, compile_=True)
+            tc = tstep(name, batch, args.steps, channels_last=True, compile_=True)
             print(
                 f"{'':<15}torch.compile channels_last: {batch / tc:.0f} img/s, jax/torch {tc / jt:.2f}, "
                 f"{ndev}dev/torch {tc / jn:.2f}"

@@ -225,6 +225,45 @@ def test_corrupt_checkpoint_gives_clear_error(data_dir, tmp_path):
         train_and_evaluate(digits_config(data_dir, steps=12), tmp_path, show_progress=False)
 
 
+def test_synthetic_data_trains_on_one_device_batch_without_the_pipeline(data_dir, tmp_path, monkeypatch):
+    """``data.synthetic``: every step takes the same random batch made on the devices once; the grain
+    pipeline is never built. The run equals a hand loop of the trainer's step on that batch, resumes, and
+    a relaunch as a real-data run in the same workdir is refused."""
+    from research.train import loop
+
+    def no_pipeline(*a, **k):
+        raise AssertionError("the input pipeline was built for a synthetic run")
+
+    monkeypatch.setattr(loop.data_lib, "make_train_iterator", no_pipeline)
+    c = digits_config(data_dir, steps=8)
+    c.data.synthetic = True
+    c.train.eval_every = ""
+    part = train_and_evaluate(c, tmp_path, stop_after_steps=5, show_progress=False)
+    assert not part["complete"] and part["synthetic_data"] is True
+    summary = train_and_evaluate(c, tmp_path, show_progress=False)  # resumes from the checkpoint of step 5
+    assert summary["complete"] and summary["synthetic_data"] is True and summary["images_per_sec"] > 0
+
+    trainer = loop.Trainer(c, show_progress=False)
+    state = trainer.init_state()
+    sharding = loop.mesh_lib.batch_sharding(trainer.mesh)
+    batch = next(loop.SyntheticBatches(trainer.info.image_shape, 10, 32, sharding, c.seed))
+    assert batch["image"].shape == (32, 32, 32, 1) and batch["image"].sharding == sharding
+    for _ in range(8):
+        state, _ = trainer._train_step(state, batch)
+    saved = _params(tmp_path)
+    for key in ("params", "batch_stats"):
+        jax.tree.map(
+            lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7),
+            saved[key],
+            getattr(state, key),
+        )
+    monkeypatch.undo()
+    c.data.synthetic = False
+    c.train.duration = "12 steps"
+    with pytest.raises(ValueError, match="different data config"):
+        train_and_evaluate(c, tmp_path, show_progress=False)
+
+
 # -- launch.py ----------------------------------------------------------------------------------
 def _launch(*args, data_dir=None, timeout=300):
     env = dict(os.environ)

@@ -44,7 +44,10 @@ def data_config_defaults() -> ml_collections.ConfigDict:
     x/255); augment.{crop_padding, flip, rotation (deg), scale, brightness}:
     0/False = off; shuffle_seed: -1 = run seed; num_threads: grain threads;
     classes: keep only these classes (names or indices, relabelled 0..k-1 in
-    the given order; () = all), e.g. a source/target split for transfer learning.
+    the given order; () = all), e.g. a source/target split for transfer learning;
+    synthetic: train on one random batch made on the devices once (no input
+    pipeline: the throughput baseline the pipeline is measured against; the
+    dataset still gives the shapes, the classes and the evaluation).
     """
     return ml_collections.ConfigDict(
         {
@@ -65,6 +68,7 @@ def data_config_defaults() -> ml_collections.ConfigDict:
             'shuffle_seed': -1,
             'num_threads': 0,
             'classes': (),
+            'synthetic': False,
         }
     )
 

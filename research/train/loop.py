@@ -79,6 +79,43 @@ def build_model(config: ConfigDict, num_classes: int):
     return models.create(config.model.name, **kwargs)
 
 
+class SyntheticBatches:
+    """``data.synthetic``: one random global batch (standard-normal images, uniform labels) made on the
+    devices once, sharded as the pipeline's batches, and yielded at every step: the trainer's step
+    without any input pipeline or host-to-device copy, the baseline ``benchmarks/input_pipeline.py``
+    measures the real pipeline against. Same iterator protocol as the grain iterator (its state is a
+    marker, so a synthetic run resumes as one)."""
+
+    STATE = {"synthetic": True}
+
+    def __init__(self, image_shape, num_classes: int, global_batch_size: int, sharding, seed: int):
+        shape = (int(global_batch_size), *image_shape)
+
+        def make(key):
+            ki, kl = jax.random.split(key)
+            return {
+                "image": jax.random.normal(ki, shape, jnp.float32),
+                "label": jax.random.randint(kl, shape[:1], 0, num_classes, jnp.int32),
+            }
+
+        self._batch = jax.jit(make, out_shardings=sharding)(jax.random.key(seed))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, jax.Array]:
+        return self._batch
+
+    def get_state(self) -> dict[str, bool]:
+        return dict(self.STATE)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if state != self.STATE:
+            raise ValueError(
+                f"data.synthetic=True cannot resume the data-iterator state {state!r} of a real run"
+            )
+
+
 class Trainer:
     """Holds what a run resolves once (data, model, mesh, compiled steps); see :func:`train_and_evaluate`."""
 
@@ -248,10 +285,11 @@ def _check_same_run(workdir: Path, config: ConfigDict) -> None:
         return
     old = json.loads(saved.read_text())
     new = to_dict(config)
-    for section, keys in (("model", None), ("data", ("name", "path", "image_size"))):
+    defaults = data_lib.data_config_defaults()
+    for section, keys in (("model", None), ("data", ("name", "path", "image_size", "synthetic"))):
         a, b = old.get(section, {}), new.get(section, {})
-        if keys is not None:
-            a, b = {k: a.get(k) for k in keys}, {k: b.get(k) for k in keys}
+        if keys is not None:  # a key absent from an older config.json has its default
+            a, b = ({k: d.get(k, defaults[k]) for k in keys} for d in (a, b))
         if a != b:
             diff = {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
             raise ValueError(
@@ -280,13 +318,20 @@ def train_and_evaluate(
         workdir.mkdir(parents=True, exist_ok=True)
     ckpt = ckpt_lib.Checkpointer(workdir, keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
     state = trainer.init_state()
-    train_it = data_lib.make_train_iterator(
-        config.data,
-        seed=config.seed,
-        global_batch_size=trainer.batch_size,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
+    sharding = mesh_lib.batch_sharding(trainer.mesh)
+    synthetic = bool(config.data.get("synthetic", False))
+    if synthetic:
+        train_it = SyntheticBatches(
+            trainer.info.image_shape, trainer.info.num_classes, trainer.batch_size, sharding, config.seed
+        )
+    else:
+        train_it = data_lib.make_train_iterator(
+            config.data,
+            seed=config.seed,
+            global_batch_size=trainer.batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
     start = ckpt.latest_step()
     log = print if trainer.is_main else (lambda *a, **k: None)
     if start is not None:
@@ -319,10 +364,11 @@ def train_and_evaluate(
         f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
         f"{' (oneDNN convolutions)' if trainer.cpu_conv == 'onednn' else ''} | workdir {workdir}"
     )
+    if synthetic:
+        log("data.synthetic: training on one random batch kept on the devices (no input pipeline)")
 
     writer = MetricWriter(workdir, enabled=trainer.is_main, resume_step=start)
     progress = Progress(trainer.total_steps, start, trainer.batch_size, enabled=trainer.show_progress)
-    sharding = mesh_lib.batch_sharding(trainer.mesh)
     history: list[dict[str, Any]] = []
     step = start
     pending: tuple[int, Any] | None = None
@@ -357,7 +403,7 @@ def train_and_evaluate(
 
     try:
         while step < stop_at:
-            batch = mesh_lib.to_global(next(train_it), sharding)
+            batch = next(train_it) if synthetic else mesh_lib.to_global(next(train_it), sharding)
             state, metrics = trainer._train_step(state, batch)
             step += 1
             drain()  # the previous step's metrics, while this one runs
@@ -430,6 +476,7 @@ def train_and_evaluate(
         "devices": jax.device_count(),
         "platform": jax.devices()[0].platform,
         "jax": jax.__version__,
+        "synthetic_data": synthetic,
         "images_per_sec": train_steps * trainer.batch_size / train_time if train_time > 0 else None,
         "wall_time_s": time.perf_counter() - wall0,
         "workdir": str(workdir),

@@ -1,0 +1,156 @@
+"""Input-pipeline throughput against synthetic data, in one run, through the trainer's own loop.
+
+    python benchmarks/input_pipeline.py                                  # ResNet-20, CIFAR-10 folder, batch 128
+    python benchmarks/input_pipeline.py --steps=40 --repeats=3 --num_threads=0,2
+    python benchmarks/input_pipeline.py --cpu_devices=-1                 # data parallel over one device per core
+    # GPU: ResNet-50 at 224 px (the CIFAR-10 folder upsampled; or folder=<ImageNet tree>), bf16
+    python benchmarks/input_pipeline.py \\
+        --config=experiments/classification/resnet_imagenet.py:model=resnet50,quick,size=224 \\
+        --set=train.batch_size=256 --set=train.precision=bfloat16 --steps=50 --num_threads=8,16
+
+Each measurement is ``research.train.train_and_evaluate`` (what ``launch.py`` runs) for ``--steps`` timed
+steps after the untimed compiling one, in a scratch workdir: once with ``data.synthetic=True`` (one
+random batch made on the devices once: no decoding, augmentation, normalisation or host-to-device copy)
+and once per ``--num_threads`` value with the real grain pipeline of the config (``data.num_threads``
+worker threads, 0 = the main thread between steps). The images/s are the trainer's own figure
+(``summary.json``'s ``images_per_sec``: synchronised windows, compile excluded). Also printed: the host
+pipeline alone (``make_train_iterator``, batches/s without training). The issue's goal: real >= 90% of
+synthetic. ``--repeats`` N alternates synthetic and real N times and prints the median ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = "experiments/classification/resnet_cifar.py:depth=20,folder"
+
+
+def parse_set(items: list[str]) -> dict[str, object]:
+    """``key=value`` strings to overrides (values read as Python literals, else kept as strings)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = raw
+    return out
+
+
+def load_config(spec: str, overrides: dict[str, object]):
+    from research.experiments.sweep import apply_overrides, load_config_module
+
+    path, _, arg = spec.partition(":")
+    config = load_config_module(REPO / path if not os.path.isabs(path) else path).get_config(arg or None)
+    return apply_overrides(config, overrides)
+
+
+def timed_run(config, steps: int, *, synthetic: bool, num_threads: int) -> float:
+    """Images/s of ``steps`` timed training steps (the trainer's figure), in a scratch workdir."""
+    from research.experiments.sweep import apply_overrides
+    from research.train import train_and_evaluate
+
+    c = apply_overrides(
+        config,
+        {
+            "data.synthetic": synthetic,
+            "data.num_threads": num_threads,
+            "train.duration": f"{steps + 2} steps",  # stopped one step earlier: no final evaluation
+            "train.log_every_steps": steps + 1,
+            "train.eval_every": "",
+            "train.checkpoint_every": "",
+        },
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="pipeline_bench_") as workdir,
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
+        summary = train_and_evaluate(c, workdir, stop_after_steps=steps + 1, show_progress=False)
+    return float(summary["images_per_sec"])
+
+
+def host_rate(config, batches: int, num_threads: int) -> float:
+    """Images/s of the host pipeline alone (no training): ``batches`` batches after the first."""
+    from research import data as data_lib
+    from research.experiments.sweep import apply_overrides
+
+    c = apply_overrides(config, {"data.num_threads": num_threads})
+    it = data_lib.make_train_iterator(c.data, seed=c.seed, global_batch_size=int(c.train.batch_size))
+    next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * int(c.train.batch_size) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--config", default=DEFAULT_CONFIG, help="experiment config file[:arguments], as launch.py"
+    )
+    p.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
+    p.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")
+    p.add_argument("--num_threads", default="0", help="comma-separated data.num_threads values to measure")
+    p.add_argument("--repeats", type=int, default=1, help="alternating synthetic/real rounds (median ratio)")
+    p.add_argument("--cpu_devices", type=int, default=0, help="as launch.py --cpu_devices (CPU only)")
+    p.add_argument(
+        "--hugepages", action=argparse.BooleanOptionalAction, default=True,
+        help="restart with glibc malloc's huge pages, as launch.py (research/hugepages.py)",
+    )  # fmt: skip
+    args = p.parse_args()
+    if args.hugepages:
+        from research.hugepages import reexec_with_hugepages
+
+        reexec_with_hugepages()
+    from research.train import distributed
+
+    distributed.set_cpu_devices(args.cpu_devices)
+    import jax
+
+    from research.cli import _enable_compilation_cache
+
+    _enable_compilation_cache()
+    config = load_config(args.config, parse_set(args.set))
+    threads = [int(t) for t in args.num_threads.split(",")]
+    batch = int(config.train.batch_size)
+    dev = jax.devices()
+    print(
+        f"{args.config} {' '.join('--set=' + s for s in args.set)} | model {config.model.name}, data "
+        f"{config.data.name} {config.data.path or ''}, batch {batch}, precision {config.train.precision} | "
+        f"{len(dev)} {dev[0].platform} device(s) ({dev[0].device_kind}), {os.cpu_count()} host cores | "
+        f"{args.steps} timed steps, {args.repeats} round(s)",
+        flush=True,
+    )
+    for n in threads:
+        print(f"host pipeline alone, data.num_threads={n}: {host_rate(config, 10, n):,.0f} img/s", flush=True)
+    print(f"{'data':<28}{'img/s (median)':>16}{'ratio to synthetic':>20}{'range':>14}", flush=True)
+    rounds: dict[str, list[float]] = {"synthetic": []} | {f"pipeline, {n} threads": [] for n in threads}
+    for _ in range(args.repeats):
+        rounds["synthetic"].append(timed_run(config, args.steps, synthetic=True, num_threads=0))
+        for n in threads:
+            rounds[f"pipeline, {n} threads"].append(
+                timed_run(config, args.steps, synthetic=False, num_threads=n)
+            )
+    syn = rounds["synthetic"]
+    for name, rates in rounds.items():
+        ratios = sorted(r / s for r, s in zip(rates, syn))
+        rng = f"{ratios[0]:.2f}-{ratios[-1]:.2f}" if len(ratios) > 1 else ""
+        print(f"{name:<28}{np.median(rates):>16,.0f}{np.median(ratios):>20.2f}{rng:>14}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    main()

@@ -1,0 +1,33 @@
+"""The benchmark scripts run end to end (tiny settings); their figures are in benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_input_pipeline_benchmark_prints_rates_and_ratios(tmp_path):
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "input_pipeline.py"),
+        "--config=experiments/classification/lenet5_digits.py",
+        f"--set=data.data_dir={tmp_path}",
+        "--set=train.batch_size=64",
+        "--steps=3",
+        "--num_threads=0,1",
+        "--no-hugepages",
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout
+    assert re.search(r"host pipeline alone, data\.num_threads=1: [\d,]+ img/s", out), out
+    rows = {m[0]: (float(m[1].replace(",", "")), float(m[2])) for m in re.findall(
+        r"^(synthetic|pipeline, \d threads)\s+([\d,]+)\s+([\d.]+)", out, re.M
+    )}  # fmt: skip
+    assert set(rows) == {"synthetic", "pipeline, 0 threads", "pipeline, 1 threads"}, out
+    assert rows["synthetic"][1] == 1.0 and all(rate > 0 and ratio > 0 for rate, ratio in rows.values())
+    assert "model lenet5_modern" in out and "batch 64" in out
