@@ -334,3 +334,16 @@ def test_run_task_rejects_unknown_task():
     c.task = "diffusion"
     with pytest.raises(ValueError, match="unknown task 'diffusion'"):
         run_task(c, "/nonexistent")
+
+
+@pytest.mark.parametrize("task", ["speedrun", "segmentation", "detection", "gan"])
+def test_run_task_rejects_synthetic_data(task):
+    """data.synthetic is the classification trainer's; the other tasks refuse it rather than ignore it."""
+    from research.config import base_config
+    from research.generative import run_task
+
+    c = base_config()
+    c.task = task
+    c.data.synthetic = True
+    with pytest.raises(ValueError, match=f"data.synthetic=True .* task '{task}'"):
+        run_task(c, "/nonexistent")
