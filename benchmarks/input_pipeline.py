@@ -3,6 +3,9 @@
     python benchmarks/input_pipeline.py                                  # ResNet-20, CIFAR-10 folder, batch 128
     python benchmarks/input_pipeline.py --steps=40 --repeats=3 --num_threads=0,2
     python benchmarks/input_pipeline.py --cpu_devices=-1                 # data parallel over one device per core
+    python benchmarks/input_pipeline.py --host_only --num_threads=0,2 --host_batches=4 \
+        --config=experiments/classification/resnet_imagenet.py:model=resnet50,quick --set=data.image_size=224 \
+        --set=data.augment.crop_padding=28 --set=data.augment.scale=0.25 --set=train.batch_size=256
     # GPU: ResNet-50 at 224 px (the CIFAR-10 folder upsampled; or folder=<ImageNet tree>), bf16
     python benchmarks/input_pipeline.py \\
         --config=experiments/classification/resnet_imagenet.py:model=resnet50,quick,size=224 \\
@@ -106,6 +109,8 @@ def main() -> None:
     p.add_argument("--num_threads", default="0", help="comma-separated data.num_threads values to measure")
     p.add_argument("--repeats", type=int, default=1, help="alternating synthetic/real rounds (median ratio)")
     p.add_argument("--cpu_devices", type=int, default=0, help="as launch.py --cpu_devices (CPU only)")
+    p.add_argument("--host_only", action="store_true", help="only the host pipeline's rate (no training)")
+    p.add_argument("--host_batches", type=int, default=10, help="batches timed for the host pipeline's rate")
     p.add_argument(
         "--hugepages", action=argparse.BooleanOptionalAction, default=True,
         help="restart with glibc malloc's huge pages, as launch.py (research/hugepages.py)",
@@ -135,7 +140,10 @@ def main() -> None:
         flush=True,
     )
     for n in threads:
-        print(f"host pipeline alone, data.num_threads={n}: {host_rate(config, 10, n):,.0f} img/s", flush=True)
+        rate = host_rate(config, args.host_batches, n)
+        print(f"host pipeline alone, data.num_threads={n}: {rate:,.0f} img/s", flush=True)
+    if args.host_only:
+        return
     print(f"{'data':<28}{'img/s (median)':>16}{'ratio to synthetic':>20}{'range':>14}", flush=True)
     rounds: dict[str, list[float]] = {"synthetic": []} | {f"pipeline, {n} threads": [] for n in threads}
     for _ in range(args.repeats):
