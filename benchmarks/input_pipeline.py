@@ -3,13 +3,13 @@
     python benchmarks/input_pipeline.py                                  # ResNet-20, CIFAR-10 folder, batch 128
     python benchmarks/input_pipeline.py --steps=40 --repeats=3 --num_threads=0,2
     python benchmarks/input_pipeline.py --cpu_devices=-1                 # data parallel over one device per core
-    python benchmarks/input_pipeline.py --host_only --num_threads=0,2 --host_batches=4 \
-        --config=experiments/classification/resnet_imagenet.py:model=resnet50,quick --set=data.image_size=224 \
+    python benchmarks/input_pipeline.py --host_only --num_threads=0,2 --host_batches=4 \\
+        --config=experiments/classification/resnet_imagenet.py:model=resnet50,quick --set=data.image_size=224 \\
         --set=data.augment.crop_padding=28 --set=data.augment.scale=0.25 --set=train.batch_size=256
-    # GPU: ResNet-50 at 224 px (the CIFAR-10 folder upsampled; or folder=<ImageNet tree>), bf16
-    python benchmarks/input_pipeline.py \\
-        --config=experiments/classification/resnet_imagenet.py:model=resnet50,quick,size=224 \\
-        --set=train.batch_size=256 --set=train.precision=bfloat16 --steps=50 --num_threads=8,16
+    # GPU: ResNet-50 at 224 px (the CIFAR-10 folder upsampled; ImageNet-style zoom + crop + flip), bf16
+    python benchmarks/input_pipeline.py --config=experiments/classification/resnet_imagenet.py:model=resnet50,quick \\
+        --set=data.image_size=224 --set=data.augment.crop_padding=28 --set=data.augment.scale=0.25 \\
+        --set=train.batch_size=256 --set=train.precision=bfloat16 --steps=40 --num_threads=8,16
 
 Each measurement is ``research.train.train_and_evaluate`` (what ``launch.py`` runs) for ``--steps`` timed
 steps after the untimed compiling one, in a scratch workdir: once with ``data.synthetic=True`` (one
