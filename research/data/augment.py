@@ -15,6 +15,9 @@ import numpy as np
 _U_CROP_Y, _U_CROP_X, _U_FLIP, _U_ROTATE, _U_SCALE, _U_BRIGHTNESS = range(6)
 NUM_UNIFORMS = 6
 
+# Output pixels per chunk of `rotate_scale` (about one 224 px image).
+_WARP_PIXELS = 1 << 16
+
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -95,47 +98,90 @@ def pad_crop_flip(
     return out
 
 
-def rotate_scale(images: np.ndarray, angle_deg: np.ndarray, zoom: np.ndarray) -> np.ndarray:
+def rotate_scale(
+    images: np.ndarray,
+    angle_deg: np.ndarray,
+    zoom: np.ndarray,
+    *,
+    offset_y: np.ndarray | None = None,
+    offset_x: np.ndarray | None = None,
+    flip: np.ndarray | None = None,
+    padding: int = 0,
+    out_scale: float = 1.0,
+) -> np.ndarray:
     """Rotates by `angle_deg` and zooms by `zoom` about the centre (bilinear).
 
     Positive angles turn the content counter-clockwise (like PIL's
     `Image.rotate`); zoom > 1 enlarges the content; pixels sampled from outside
-    the image are 0. Returns float32 [B, H, W, C].
+    the image are 0 (bilinear weights blend towards 0 within one pixel of the
+    edge, like `scipy.ndimage.map_coordinates(order=1, mode='grid-constant')`).
+    Returns float32 [B, H, W, C].
+
+    The optional crop and flip are fused into the same pass: the result equals
+    `pad_crop_flip(rotate_scale(images, ...), offset_y, offset_x, flip,
+    padding) * out_scale` bit for bit, without the padded float copy.
+
+    Works through the batch in chunks of about `_WARP_PIXELS` output pixels so
+    every temporary stays in cache: at 224 px this is ~4x faster than one
+    batched gather, whose 13 MB temporaries are fresh pages each time.
     """
     b, h, w, c = images.shape
     theta = np.deg2rad(np.asarray(angle_deg, np.float32))
     inv = np.float32(1.0) / np.asarray(zoom, np.float32)
-    cos = (np.cos(theta) * inv)[:, None, None]
-    sin = (np.sin(theta) * inv)[:, None, None]
+    cos_all = (np.cos(theta) * inv)[:, None, None]
+    sin_all = (np.sin(theta) * inv)[:, None, None]
     cy, cx = np.float32((h - 1) / 2.0), np.float32((w - 1) / 2.0)
-    yy = (np.arange(h, dtype=np.float32) - cy)[None, :, None]
-    xx = (np.arange(w, dtype=np.float32) - cx)[None, None, :]
-    # Inverse map: output pixel -> source location.
-    src_x = cos * xx - sin * yy + cx
-    src_y = sin * xx + cos * yy + cy
-    x0f = np.floor(src_x)
-    y0f = np.floor(src_y)
-    fx = src_x - x0f
-    fy = src_y - y0f
+    # Output pixel (y, x) shows the rotated image's pixel (Y, X): Y = y + dy,
+    # X = x + dx (or w - 1 - x + dx when flipped); 0 where (Y, X) is off it.
+    rows = np.arange(h, dtype=np.int64)[None, :] + (
+        0 if offset_y is None else np.asarray(offset_y, np.int64)[:, None] - padding
+    )
+    cols = np.broadcast_to(np.arange(w, dtype=np.int64), (b, w))
+    if flip is not None:
+        cols = np.where(np.asarray(flip, bool)[:, None], cols[:, ::-1], cols)
+    if offset_x is not None:
+        cols = cols + (np.asarray(offset_x, np.int64)[:, None] - padding)
+    rows = np.broadcast_to(rows, (b, h))
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    yy = (rows.astype(np.float32) - cy)[:, :, None]
+    xx = (cols.astype(np.float32) - cx)[:, None, :]
     # A 2-pixel zero border lets all four taps use one clipped index: any
     # coordinate outside the image lands on the border and reads 0.
     hp, wp = h + 4, w + 4
-    y0 = np.clip(y0f, -2, h).astype(np.int32) + 2
-    x0 = np.clip(x0f, -2, w).astype(np.int32) + 2
-    idx = (np.arange(b, dtype=np.int32) * (hp * wp))[:, None, None] + y0 * wp + x0
-    idx = idx.ravel()
-    padded = np.zeros((c, b, hp, wp), np.float32)
-    padded[:, :, 2 : h + 2, 2 : w + 2] = np.moveaxis(images, -1, 0)
-    padded = padded.reshape(c, -1)
-    fx, fy = fx.ravel(), fy.ravel()
-    gx = 1 - fx
-    out = np.empty((c, b * h * w), np.float32)
-    for ch in range(c):
-        plane = padded[ch]
-        top = plane.take(idx) * gx + plane.take(idx + 1) * fx
-        bottom = plane.take(idx + wp) * gx + plane.take(idx + wp + 1) * fx
-        out[ch] = top + (bottom - top) * fy
-    return np.moveaxis(out.reshape(c, b, h, w), 0, -1)
+    n = max(1, min(b, _WARP_PIXELS // (h * w)))  # images per chunk
+    padded = np.zeros((c, n, hp, wp), np.float32)
+    planes = padded.reshape(c, n * hp * wp)
+    base = (np.arange(n, dtype=np.int32) * (hp * wp))[:, None, None]
+    out = np.empty((b, h, w, c), np.float32)
+    scale = np.float32(out_scale)
+    for lo in range(0, b, n):
+        hi = min(lo + n, b)
+        k = hi - lo
+        cos, sin = cos_all[lo:hi], sin_all[lo:hi]
+        # Inverse map: output pixel -> source location.
+        src_x = cos * xx[lo:hi] - sin * yy[lo:hi] + cx
+        src_y = sin * xx[lo:hi] + cos * yy[lo:hi] + cy
+        x0f = np.floor(src_x)
+        y0f = np.floor(src_y)
+        fx = (src_x - x0f).ravel()
+        fy = (src_y - y0f).ravel()
+        gx = 1 - fx
+        y0 = np.clip(y0f, -2, h).astype(np.int32) + 2
+        x0 = np.clip(x0f, -2, w).astype(np.int32) + 2
+        # Cropped-away pixels read the (zero) top-left corner of the border.
+        i00 = np.where(inside[lo:hi], base[:k] + y0 * wp + x0, base[:k]).ravel()
+        i01, i10 = i00 + 1, i00 + wp
+        i11 = i10 + 1
+        padded[:, :k, 2 : h + 2, 2 : w + 2] = np.moveaxis(images[lo:hi], -1, 0)
+        dst = out[lo:hi].reshape(k * h * w, c)
+        for ch in range(c):
+            plane = planes[ch]
+            top = plane.take(i00) * gx + plane.take(i01) * fx
+            bottom = plane.take(i10) * gx + plane.take(i11) * fx
+            dst[:, ch] = top + (bottom - top) * fy
+        if out_scale != 1.0:
+            dst *= scale
+    return out
 
 
 def augment_batch(
@@ -154,18 +200,23 @@ def augment_batch(
     pad-and-crop, horizontal flip, brightness (clipped to [0, 1]).
     """
     x = images
-    if rotation or scale:
-        angle = (2 * uniforms[:, _U_ROTATE] - 1) * rotation
-        zoom = 1.0 + (2 * uniforms[:, _U_SCALE] - 1) * scale
-        x = rotate_scale(x, angle, zoom)
+    crop = {}
     if crop_padding or flip:
         p = int(crop_padding)
         n = 2 * p + 1
         oy = np.minimum((uniforms[:, _U_CROP_Y] * n).astype(np.int64), n - 1)
         ox = np.minimum((uniforms[:, _U_CROP_X] * n).astype(np.int64), n - 1)
         do_flip = (uniforms[:, _U_FLIP] < 0.5) if flip else np.zeros(len(x), bool)
-        x = pad_crop_flip(x, oy, ox, do_flip, p)
-    x = x.astype(np.float32) * np.float32(1.0 / 255.0)
+        crop = dict(offset_y=oy, offset_x=ox, flip=do_flip, padding=p)
+    if rotation or scale:
+        angle = (2 * uniforms[:, _U_ROTATE] - 1) * rotation
+        zoom = 1.0 + (2 * uniforms[:, _U_SCALE] - 1) * scale
+        # One pass: warp, crop, flip and the 1/255 (see rotate_scale).
+        x = rotate_scale(x, angle, zoom, **crop, out_scale=1.0 / 255.0)
+    else:
+        if crop:
+            x = pad_crop_flip(x, **crop)
+        x = x.astype(np.float32) * np.float32(1.0 / 255.0)
     if brightness:
         delta = ((2 * uniforms[:, _U_BRIGHTNESS] - 1) * brightness).astype(np.float32)
         x = np.clip(x + delta[:, None, None, None], 0.0, 1.0)
