@@ -42,6 +42,20 @@ def test_airbench94_exact_parameter_count():
     assert 'scale' not in v['params']['block1']['norm1']
 
 
+def test_airbench95_exact_parameter_count():
+    # airbench95.py: widths 128, 384, 384, otherwise airbench94's layers.
+    expected = (
+        _conv(3, 24, 2) + 24
+        + _conv(24, 128) + 128 + _conv(128, 128) + 128
+        + _conv(128, 384) + 384 + _conv(384, 384) + 384
+        + 2 * (_conv(384, 384) + 384)
+        + 384 * 10
+    )  # fmt: skip
+    assert expected == 4_604_728
+    v = models.abstract_variables(models.create('airbench95_cifar'), (1, 32, 32, 3))
+    assert models.count_params(v) == expected
+
+
 def test_airbench_forward_shapes_and_dirac_init():
     m = models.create('airbench94_cifar', widths=(4, 8, 8), num_classes=7)
     v = jax.jit(m.init)(jax.random.key(0), jnp.zeros((2, 32, 32, 1)))
@@ -351,3 +365,13 @@ def test_airbench_config_validates_and_scales_lr():
     assert abs(quick.optimizer.lr - 1.5 * quick.train.batch_size / 1024) < 1e-12
     with pytest.raises(ValueError, match='unknown config argument'):
         airbench_cifar.get_config('epoch=3')
+    # airbench95.py: widths 128/384/384, lr 10.0 per 1024 examples, 15 epochs, the rest unchanged.
+    v95 = airbench_cifar.get_config('variant=95')
+    validate_config(v95)
+    assert v95.model.name == 'airbench95_cifar' and tuple(v95.model.widths) == (128, 384, 384)
+    assert v95.train.duration == '15.0 epochs' and abs(v95.optimizer.lr - 10.0 / (1 + 1 / 0.15)) < 1e-12
+    assert abs(v95.optimizer.weight_decay - 0.0153 / 10.0) < 1e-12
+    assert v95.schedule.warmup == f'{0.23 * 15.0} epochs' and v95.train.label_smoothing == 0.2
+    assert tuple(airbench_cifar.get_config('variant=95,width=8').model.widths) == (16, 48, 48)
+    with pytest.raises(ValueError, match="unknown airbench variant 96"):
+        airbench_cifar.get_config('variant=96')

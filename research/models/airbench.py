@@ -178,4 +178,8 @@ class AirbenchNet(nn.Module):
         return (logits, feats) if return_features else logits
 
 
-REGISTRY_ENTRIES = {'airbench94_cifar': AirbenchNet}  # Jordan 2024 (cifar10-airbench).
+REGISTRY_ENTRIES = {  # Jordan 2024 (cifar10-airbench).
+    'airbench94_cifar': AirbenchNet,
+    # airbench95.py: the same net at widths 128, 384, 384 (95.01% in 15 epochs, 10.4 s on an A100).
+    'airbench95_cifar': functools.partial(AirbenchNet, widths=(128, 384, 384)),
+}
