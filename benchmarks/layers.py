@@ -5,12 +5,14 @@ Each op: ``grad`` of ``sum(layer(x))`` w.r.t. params and input, jitted (JAX) / `
 with several JAX formulations print one row each ``[impl]``: 1x1 as matmul vs conv; grouped as
 per-group dense convs vs ``feature_group_count``; depthwise as ``feature_group_count`` vs explicit
 shifted multiply-add; transposed as sub-pixel phases vs lhs dilation vs ``lax.conv_transpose``;
-'full' padding as an explicit pad before a 'valid' conv vs the conv's own padding.
+'full' padding as an explicit pad before a 'valid' conv vs the conv's own padding. 'batchnorm + relu'
+is ``research.layers.common.BatchNorm`` in train mode against ``BatchNorm2d`` + ``ReLU`` in train mode.
 The library's ``impl='auto'`` picks the fastest one on CPU (see the docstrings in
 ``research/layers/conv.py``). 'separable' uses the defaults.
 
     python benchmarks/layers.py                      # batch 32, 32x32, 64 channels
     python benchmarks/layers.py --iters 5 --only depthwise,transposed
+    python benchmarks/layers.py --only batchnorm --batch 128 --channels 16   # ResNet-20's first stage
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import statistics
 import sys
 import time
 
+import flax.linen as linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +31,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from research import layers as L
+from research.layers.common import BatchNorm
 
 try:
     import torch
@@ -48,10 +52,15 @@ def _median_ms(fn, iters: int, warmup: int) -> float:
 
 def _jax_case(module, x):
     variables = module.init(jax.random.key(0), x)
+    mutable = ['batch_stats'] if 'batch_stats' in variables else False  # BatchNorm in train mode
+
+    def loss(v, x):
+        out = module.apply(v, x, mutable=mutable)
+        return jnp.sum(out[0] if mutable else out)
 
     @jax.jit
     def step(variables, x):
-        return jax.grad(lambda v, x: jnp.sum(module.apply(v, x)), argnums=(0, 1))(variables, x)
+        return jax.grad(loss, argnums=(0, 1))(variables, x)
 
     return lambda: jax.block_until_ready(step(variables, x))
 
@@ -68,6 +77,14 @@ def _torch_case(module, shape_nhwc):
         module(x).sum().backward()
 
     return run
+
+
+class BatchNormReLU(linen.Module):
+    """The project's BatchNorm in train mode (batch statistics, running averages updated), then ReLU."""
+
+    @linen.compact
+    def __call__(self, x):
+        return linen.relu(BatchNorm(use_running_average=False)(x))
 
 
 def cases(c: int):
@@ -115,6 +132,12 @@ def cases(c: int):
             '2d',
         ),
         ('transposed 4x4 s2 [lax]', L.ConvTranspose(c, (4, 4), 2, 1, impl='lax'), transposed, '2d'),
+        (
+            'batchnorm + relu (train)',
+            BatchNormReLU(),
+            lambda: nn.Sequential(nn.BatchNorm2d(c), nn.ReLU()),
+            '2d',
+        ),
         (
             'conv3d 3x3x3',
             L.ConvND(c // 2, (3, 3, 3), padding='same'),

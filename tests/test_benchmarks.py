@@ -31,3 +31,14 @@ def test_input_pipeline_benchmark_prints_rates_and_ratios(tmp_path):
     assert set(rows) == {"synthetic", "pipeline, 0 threads", "pipeline, 1 threads"}, out
     assert rows["synthetic"][1] == 1.0 and all(rate > 0 and ratio > 0 for rate, ratio in rows.values())
     assert "model lenet5_modern" in out and "batch 64" in out
+
+
+def test_layers_benchmark_times_batchnorm_in_train_mode():
+    # The BatchNorm row applies the project's BatchNorm with batch statistics (mutable batch_stats).
+    cmd = [sys.executable, str(REPO / "benchmarks" / "layers.py"), "--only=batchnorm", "--batch=4",
+           "--size=8", "--channels=8", "--iters=1", "--warmup=1"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = re.findall(r"^batchnorm \+ relu \(train\)\s+([\d.]+)\s+(\S+)\s+(\S+)$", r.stdout, re.M)
+    assert len(rows) == 1 and float(rows[0][0]) > 0, r.stdout
+    assert "conv 3x3" not in r.stdout  # --only filters
