@@ -9,7 +9,8 @@
 # `run` installs the wheels into /tmp/site (no index, no deps), then prints and saves under $OUT (default
 # /tmp/gpu_check):
 #   1. train_step.txt      ResNet-50 bf16 training step, JAX vs torch eager / channels_last / torch.compile + AMP
-#   2. input_pipeline.txt  the trainer's loop on the grain pipeline vs data.synthetic (ResNet-50, 224 px, bf16)
+#   2. input_pipeline.txt  the trainer's loop on the grain pipeline vs data.synthetic (ResNet-50, 224 px, bf16),
+#                          host-augmented and with data.on_device (augmentation in the step)
 #   3. speedrun.txt, summary.json   the airbench94 speed run on the CIFAR-10 folder (bf16), beside 3.09 s on an A100
 #   4. speedrun95.txt, summary95.json   airbench95's recipe (:variant=95) on the folder (bf16), beside 10.4 s
 # Each step has its own time limit; the whole run is meant to end inside 10 minutes on an H100 / H200.
@@ -50,7 +51,7 @@ run)
   timeout 150 python3 benchmarks/input_pipeline.py \
     --config="experiments/classification/resnet_imagenet.py:model=resnet50,quick,path=$DATA" \
     --set=data.image_size=224 --set=data.augment.crop_padding=28 --set=data.augment.scale=0.25 \
-    --set=train.batch_size=256 --set=train.precision=bfloat16 --steps=40 --num_threads=8,16 2>&1 | tee "$OUT/input_pipeline.txt"
+    --set=train.batch_size=256 --set=train.precision=bfloat16 --steps=30 --num_threads=16 --on_device 2>&1 | tee "$OUT/input_pipeline.txt"
   timeout 120 python3 launch.py --config="experiments/classification/airbench_cifar.py:path=$DATA" \
     --config.train.precision=bfloat16 --workdir=/tmp/airbench_gpu 2>&1 | tee "$OUT/speedrun.txt"
   cp /tmp/airbench_gpu/summary.json "$OUT/" 2>/dev/null

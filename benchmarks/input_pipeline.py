@@ -9,7 +9,7 @@
     # GPU: ResNet-50 at 224 px (the CIFAR-10 folder upsampled; ImageNet-style zoom + crop + flip), bf16
     python benchmarks/input_pipeline.py --config=experiments/classification/resnet_imagenet.py:model=resnet50,quick \\
         --set=data.image_size=224 --set=data.augment.crop_padding=28 --set=data.augment.scale=0.25 \\
-        --set=train.batch_size=256 --set=train.precision=bfloat16 --steps=40 --num_threads=8,16
+        --set=train.batch_size=256 --set=train.precision=bfloat16 --steps=40 --num_threads=8,16 --on_device
 
 Each measurement is ``research.train.train_and_evaluate`` (what ``launch.py`` runs) for ``--steps`` timed
 steps after the untimed compiling one, in a scratch workdir: once with ``data.synthetic=True`` (one
@@ -19,6 +19,8 @@ worker threads, 0 = the main thread between steps). The images/s are the trainer
 (``summary.json``'s ``images_per_sec``: synchronised windows, compile excluded). Also printed: the host
 pipeline alone (``make_train_iterator``, batches/s without training). The issue's goal: real >= 90% of
 synthetic. ``--repeats`` N alternates synthetic and real N times and prints the median ratio.
+``--on_device`` adds rows with ``data.on_device=True``: the pipeline ships uint8 images and the
+augmentation draws, and the jitted step augments and normalises (``research.data.device_augment``).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def load_config(spec: str, overrides: dict[str, object]):
     return apply_overrides(config, overrides)
 
 
-def timed_run(config, steps: int, *, synthetic: bool, num_threads: int) -> float:
+def timed_run(config, steps: int, *, synthetic: bool, num_threads: int, on_device: bool = False) -> float:
     """Images/s of ``steps`` timed training steps (the trainer's figure), in a scratch workdir."""
     from research.experiments.sweep import apply_overrides
     from research.train import train_and_evaluate
@@ -71,6 +73,7 @@ def timed_run(config, steps: int, *, synthetic: bool, num_threads: int) -> float
         {
             "data.synthetic": synthetic,
             "data.num_threads": num_threads,
+            "data.on_device": on_device,
             "train.duration": f"{steps + 2} steps",  # stopped one step earlier: no final evaluation
             "train.log_every_steps": steps + 1,
             "train.eval_every": "",
@@ -85,18 +88,42 @@ def timed_run(config, steps: int, *, synthetic: bool, num_threads: int) -> float
     return float(summary["images_per_sec"])
 
 
-def host_rate(config, batches: int, num_threads: int) -> float:
+def host_rate(config, batches: int, num_threads: int, on_device: bool = False) -> float:
     """Images/s of the host pipeline alone (no training): ``batches`` batches after the first."""
     from research import data as data_lib
     from research.experiments.sweep import apply_overrides
 
-    c = apply_overrides(config, {"data.num_threads": num_threads})
+    c = apply_overrides(config, {"data.num_threads": num_threads, "data.on_device": on_device})
     it = data_lib.make_train_iterator(c.data, seed=c.seed, global_batch_size=int(c.train.batch_size))
     next(it)
     t0 = time.perf_counter()
     for _ in range(batches):
         next(it)
     return batches * int(c.train.batch_size) / (time.perf_counter() - t0)
+
+
+def device_prepare_rate(config, repeats: int = 3) -> float:
+    """Images/s of ``data.on_device``'s in-step work alone (augment + normalise, jitted, on the default
+    device): the best of ``repeats`` runs on one pipeline batch."""
+    import jax
+
+    from research import data as data_lib
+    from research.data import device_augment
+    from research.experiments.sweep import apply_overrides
+
+    c = apply_overrides(config, {"data.on_device": True, "data.num_threads": 0})
+    batch = jax.device_put(
+        next(data_lib.make_train_iterator(c.data, seed=c.seed, global_batch_size=int(c.train.batch_size)))
+    )
+    aug = device_augment.DeviceAugment.from_config(c.data, batch["image"].shape[-1])
+    prepare = jax.jit(lambda b: device_augment.prepare_batch(b, aug)["image"])
+    prepare(batch).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        prepare(batch).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return int(c.train.batch_size) / best
 
 
 def main() -> None:
@@ -111,6 +138,10 @@ def main() -> None:
     p.add_argument("--cpu_devices", type=int, default=0, help="as launch.py --cpu_devices (CPU only)")
     p.add_argument("--host_only", action="store_true", help="only the host pipeline's rate (no training)")
     p.add_argument("--host_batches", type=int, default=10, help="batches timed for the host pipeline's rate")
+    p.add_argument(
+        "--on_device", action="store_true",
+        help="also measure data.on_device=True (uint8 batches, augmentation in the step) per --num_threads",
+    )  # fmt: skip
     p.add_argument(
         "--hugepages", action=argparse.BooleanOptionalAction, default=True,
         help="restart with glibc malloc's huge pages, as launch.py (research/hugepages.py)",
@@ -139,19 +170,27 @@ def main() -> None:
         f"{args.steps} timed steps, {args.repeats} round(s)",
         flush=True,
     )
-    for n in threads:
-        rate = host_rate(config, args.host_batches, n)
-        print(f"host pipeline alone, data.num_threads={n}: {rate:,.0f} img/s", flush=True)
+    modes = [False, True] if args.on_device else [False]
+    for od in modes:
+        for n in threads:
+            rate = host_rate(config, args.host_batches, n, on_device=od)
+            what = ", data.on_device" if od else ""
+            print(f"host pipeline alone, data.num_threads={n}{what}: {rate:,.0f} img/s", flush=True)
+    if args.on_device:
+        rate = device_prepare_rate(config)
+        print(
+            f"data.on_device's augmentation in the step alone ({dev[0].platform}): {rate:,.0f} img/s",
+            flush=True,
+        )
     if args.host_only:
         return
     print(f"{'data':<28}{'img/s (median)':>16}{'ratio to synthetic':>20}{'range':>14}", flush=True)
-    rounds: dict[str, list[float]] = {"synthetic": []} | {f"pipeline, {n} threads": [] for n in threads}
+    names = {(od, n): f"{'on device' if od else 'pipeline'}, {n} threads" for od in modes for n in threads}
+    rounds: dict[str, list[float]] = {"synthetic": []} | {name: [] for name in names.values()}
     for _ in range(args.repeats):
         rounds["synthetic"].append(timed_run(config, args.steps, synthetic=True, num_threads=0))
-        for n in threads:
-            rounds[f"pipeline, {n} threads"].append(
-                timed_run(config, args.steps, synthetic=False, num_threads=n)
-            )
+        for (od, n), name in names.items():
+            rounds[name].append(timed_run(config, args.steps, synthetic=False, num_threads=n, on_device=od))
     syn = rounds["synthetic"]
     for name, rates in rounds.items():
         ratios = sorted(r / s for r, s in zip(rates, syn))

@@ -20,15 +20,20 @@ def test_input_pipeline_benchmark_prints_rates_and_ratios(tmp_path):
         "--steps=3",
         "--num_threads=0,1",
         "--no-hugepages",
+        "--on_device",
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout
     assert re.search(r"host pipeline alone, data\.num_threads=1: [\d,]+ img/s", out), out
+    assert re.search(r"host pipeline alone, data\.num_threads=0, data\.on_device: [\d,]+ img/s", out), out
+    assert re.search(r"data\.on_device's augmentation in the step alone \(cpu\): [\d,]+ img/s", out), out
     rows = {m[0]: (float(m[1].replace(",", "")), float(m[2])) for m in re.findall(
-        r"^(synthetic|pipeline, \d threads)\s+([\d,]+)\s+([\d.]+)", out, re.M
+        r"^(synthetic|pipeline, \d threads|on device, \d threads)\s+([\d,]+)\s+([\d.]+)", out, re.M
     )}  # fmt: skip
-    assert set(rows) == {"synthetic", "pipeline, 0 threads", "pipeline, 1 threads"}, out
+    assert set(rows) == {
+        "synthetic", "pipeline, 0 threads", "pipeline, 1 threads", "on device, 0 threads", "on device, 1 threads"
+    }, out  # fmt: skip
     assert rows["synthetic"][1] == 1.0 and all(rate > 0 and ratio > 0 for rate, ratio in rows.values())
     assert "model lenet5_modern" in out and "batch 64" in out
 

@@ -604,3 +604,43 @@ def test_cifar10_tgz_builds(tmp_path):
     assert batch['image'].shape == (128, 32, 32, 3)
     n = sum(int(b['mask'].sum()) for b in rd.make_eval_iterator(cfg, 'test', global_batch_size=1000))
     assert n == 10000
+
+
+def test_on_device_batches_match_the_host_pipeline_after_prepare(digits_dir):
+    # data.on_device: the pipeline's uint8 images + draws, prepared in jit, equal the host's float
+    # batch to float32 rounding (XLA contracts the normalisation's multiply-add); eval too. The crop
+    # and flip alone, before normalisation, are bit for bit the host's.
+    import jax
+
+    from research.data import device_augment
+
+    kw = dict(image_size=16, augment_crop_padding=2, augment_flip=True)
+    for extra, atol in [
+        ({}, 1e-6),
+        (dict(augment_rotation=20.0, augment_scale=0.3, augment_brightness=0.2), 1e-5),
+    ]:
+        host_cfg = _cfg(digits_dir, **kw, **extra)
+        dev_cfg = _cfg(digits_dir, **kw, **extra, on_device=True)
+        aug = device_augment.DeviceAugment.from_config(dev_cfg, 1)
+        prepare = jax.jit(lambda b: device_augment.prepare_batch(b, aug))
+        host = _take(rd.make_train_iterator(host_cfg, seed=4, global_batch_size=16), 2)
+        dev = _take(rd.make_train_iterator(dev_cfg, seed=4, global_batch_size=16), 2)
+        for h, d in zip(host, dev):
+            assert d['image'].dtype == np.uint8 and d['image'].shape == (16, 16, 16, 1)
+            assert set(d['aug']) == {'offset_y', 'offset_x', 'flip'} | (
+                {'angle', 'zoom', 'delta'} if extra else set()
+            )
+            np.testing.assert_array_equal(h['label'], d['label'])
+            np.testing.assert_allclose(np.asarray(prepare(d)['image']), h['image'], rtol=0, atol=atol)
+        he = list(rd.make_eval_iterator(host_cfg, 'test', global_batch_size=64))
+        de = list(rd.make_eval_iterator(dev_cfg, 'test', global_batch_size=64))
+        assert de[-1]['image'].dtype == np.uint8 and not de[-1]['mask'].all()  # padded last batch
+        for h, d in zip(he, de):
+            np.testing.assert_allclose(np.asarray(prepare(d)['image']), h['image'], rtol=0, atol=1e-6)
+    raw = dev[0]['image']
+    u = augment.uniform_hash(9, np.arange(16), augment.NUM_UNIFORMS)
+    crop = dict(crop_padding=2, flip=True)
+    on_device = jax.jit(lambda x, p: device_augment.augment(x, p, device_augment.DeviceAugment(**crop)))
+    np.testing.assert_array_equal(
+        np.asarray(on_device(raw, augment.augment_params(u, **crop))), augment.augment_batch(raw, u, **crop)
+    )

@@ -264,6 +264,54 @@ def test_synthetic_data_trains_on_one_device_batch_without_the_pipeline(data_dir
         train_and_evaluate(c, tmp_path, show_progress=False)
 
 
+@pytest.mark.parametrize("aug", ["crop_flip", "warp"])
+def test_on_device_augmentation_trains_like_the_host_pipeline(data_dir, tmp_path, aug):
+    """``data.on_device``: the pipeline ships uint8 images and the augmentation draws, the step augments
+    and normalises. Stopped at step 5 and resumed, the run equals the host-augmented uninterrupted run to
+    float rounding (tighter for crop + flip, whole-pixel moves); the evaluation (uint8, normalised in the
+    step, padded last batch) counts the same examples and gives the same loss."""
+    c = digits_config(data_dir, steps=8)
+    c.data.augment.crop_padding = 3
+    c.data.augment.flip = True
+    if aug == "warp":
+        c.data.augment.rotation = 15.0
+        c.data.augment.scale = 0.2
+        c.data.augment.brightness = 0.2
+    c.train.eval_every = ""
+    host = train_and_evaluate(c, tmp_path / "host", show_progress=False)
+    c.data.on_device = True
+    part = train_and_evaluate(c, tmp_path / "dev", stop_after_steps=5, show_progress=False)
+    assert not part["complete"] and part["on_device_augment"] is True
+    dev = train_and_evaluate(c, tmp_path / "dev", show_progress=False)
+    assert dev["complete"] and dev["on_device_augment"] is True and host["on_device_augment"] is False
+    a, b = _params(tmp_path / "host"), _params(tmp_path / "dev")
+    # The input floats are equal (crop + flip) or within float rounding; the compiled programs differ
+    # (normalisation fused into the first layer), so the params agree to float rounding.
+    tol = dict(rtol=1e-5, atol=1e-7) if aug == "crop_flip" else dict(rtol=1e-4, atol=1e-5)
+    for key in ("params", "batch_stats"):
+        jax.tree.map(
+            lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol), a[key], b[key]
+        )
+    fd, fh = dev["final"]["test"], host["final"]["test"]
+    assert fd["count"] == fh["count"] == 360
+    assert abs(fd["loss"] - fh["loss"]) < (1e-5 if aug == "crop_flip" else 1e-4)
+
+
+def test_on_device_is_refused_where_it_does_not_apply():
+    from research.experiments.vmap_seeds import SeedPrograms
+    from research.generative import run_task
+
+    c = base_config()
+    c.data.on_device = True
+    c.task = "gan"
+    with pytest.raises(
+        ValueError, match="data.on_device=True is a classification-trainer option; task 'gan'"
+    ):
+        run_task(c, "/nonexistent")
+    with pytest.raises(ValueError, match="data.on_device=True is not supported by the vmapped seeds"):
+        SeedPrograms(c)
+
+
 # -- launch.py ----------------------------------------------------------------------------------
 def _launch(*args, data_dir=None, timeout=300):
     env = dict(os.environ)
@@ -331,6 +379,9 @@ from test_train import digits_config
 n = int(sys.argv[4])
 c = digits_config(sys.argv[2], model="resnet_cifar", steps=4, depth=8, width=4)
 c.train.eval_every = ""
+if sys.argv[5] == "on_device":  # augmented and normalised in the sharded step
+    c.data.on_device = True
+    c.data.augment.update(crop_padding=2, flip=True, rotation=10.0, scale=0.2, brightness=0.1)
 import research.train.mesh as m
 orig = m.make_mesh
 m.make_mesh = lambda devices=None: orig(jax.devices()[:n])
@@ -341,15 +392,17 @@ print(json.dumps(s["final"]["test"]))
 """
 
 
-def test_sharded_step_equals_single_device(data_dir, tmp_path):
-    """Same global batch on 8 simulated CPU devices and on 1: same params, BN statistics and metrics."""
+@pytest.mark.parametrize("data", ["host", "on_device"])
+def test_sharded_step_equals_single_device(data_dir, tmp_path, data):
+    """Same global batch on 8 simulated CPU devices and on 1: same params, BN statistics and metrics
+    (also with ``data.on_device``: the uint8 batch and its augmentation draws sharded on ``data``)."""
     script = tmp_path / "run.py"
     script.write_text(_SHARDED)
     outs = {}
     for n in (1, 8):
         wd = tmp_path / f"d{n}"
         r = subprocess.run(
-            [sys.executable, str(script), str(REPO), data_dir, str(wd), str(n)],
+            [sys.executable, str(script), str(REPO), data_dir, str(wd), str(n), data],
             capture_output=True,
             text=True,
             timeout=300,

@@ -184,6 +184,37 @@ def rotate_scale(
     return out
 
 
+def augment_params(
+    uniforms: np.ndarray,
+    *,
+    crop_padding: int = 0,
+    flip: bool = False,
+    rotation: float = 0.0,
+    scale: float = 0.0,
+    brightness: float = 0.0,
+) -> dict[str, np.ndarray]:
+    """Each example's augmentation drawn from its `uniforms` row ([B, NUM_UNIFORMS]).
+
+    Keys (only those of the enabled ops): offset_y, offset_x (int32 crop
+    offsets in [0, 2 * crop_padding]) and flip (bool) when crop_padding or
+    flip; angle (degrees) and zoom (float32) when rotation or scale; delta
+    (float32 brightness shift) when brightness. `augment_batch` applies them on
+    the host, `research.data.device_augment.augment` in the jitted step.
+    """
+    out = {}
+    if crop_padding or flip:
+        n = 2 * int(crop_padding) + 1
+        out['offset_y'] = np.minimum((uniforms[:, _U_CROP_Y] * n).astype(np.int64), n - 1).astype(np.int32)
+        out['offset_x'] = np.minimum((uniforms[:, _U_CROP_X] * n).astype(np.int64), n - 1).astype(np.int32)
+        out['flip'] = (uniforms[:, _U_FLIP] < 0.5) if flip else np.zeros(len(uniforms), bool)
+    if rotation or scale:
+        out['angle'] = ((2 * uniforms[:, _U_ROTATE] - 1) * rotation).astype(np.float32)
+        out['zoom'] = (1.0 + (2 * uniforms[:, _U_SCALE] - 1) * scale).astype(np.float32)
+    if brightness:
+        out['delta'] = ((2 * uniforms[:, _U_BRIGHTNESS] - 1) * brightness).astype(np.float32)
+    return out
+
+
 def augment_batch(
     images: np.ndarray,
     uniforms: np.ndarray,
@@ -196,30 +227,31 @@ def augment_batch(
 ) -> np.ndarray:
     """Random augmentation of uint8 [B, H, W, C]; returns float32 on 0..1.
 
-    `uniforms` is [B, NUM_UNIFORMS] (see `uniform_hash`). Order: rotation/zoom,
-    pad-and-crop, horizontal flip, brightness (clipped to [0, 1]).
+    `uniforms` is [B, NUM_UNIFORMS] (see `uniform_hash`; the draws are
+    `augment_params`). Order: rotation/zoom, pad-and-crop, horizontal flip,
+    brightness (clipped to [0, 1]).
     """
+    params = augment_params(
+        uniforms, crop_padding=crop_padding, flip=flip, rotation=rotation, scale=scale, brightness=brightness
+    )
     x = images
     crop = {}
-    if crop_padding or flip:
-        p = int(crop_padding)
-        n = 2 * p + 1
-        oy = np.minimum((uniforms[:, _U_CROP_Y] * n).astype(np.int64), n - 1)
-        ox = np.minimum((uniforms[:, _U_CROP_X] * n).astype(np.int64), n - 1)
-        do_flip = (uniforms[:, _U_FLIP] < 0.5) if flip else np.zeros(len(x), bool)
-        crop = dict(offset_y=oy, offset_x=ox, flip=do_flip, padding=p)
-    if rotation or scale:
-        angle = (2 * uniforms[:, _U_ROTATE] - 1) * rotation
-        zoom = 1.0 + (2 * uniforms[:, _U_SCALE] - 1) * scale
+    if 'flip' in params:
+        crop = dict(
+            offset_y=params['offset_y'],
+            offset_x=params['offset_x'],
+            flip=params['flip'],
+            padding=int(crop_padding),
+        )
+    if 'angle' in params:
         # One pass: warp, crop, flip and the 1/255 (see rotate_scale).
-        x = rotate_scale(x, angle, zoom, **crop, out_scale=1.0 / 255.0)
+        x = rotate_scale(x, params['angle'], params['zoom'], **crop, out_scale=1.0 / 255.0)
     else:
         if crop:
             x = pad_crop_flip(x, **crop)
         x = x.astype(np.float32) * np.float32(1.0 / 255.0)
-    if brightness:
-        delta = ((2 * uniforms[:, _U_BRIGHTNESS] - 1) * brightness).astype(np.float32)
-        x = np.clip(x + delta[:, None, None, None], 0.0, 1.0)
+    if 'delta' in params:
+        x = np.clip(x + params['delta'][:, None, None, None], 0.0, 1.0)
     return x
 
 

@@ -47,7 +47,10 @@ def data_config_defaults() -> ml_collections.ConfigDict:
     the given order; () = all), e.g. a source/target split for transfer learning;
     synthetic: train on one random batch made on the devices once (no input
     pipeline: the throughput baseline the pipeline is measured against; the
-    dataset still gives the shapes, the classes and the evaluation).
+    dataset still gives the shapes, the classes and the evaluation);
+    on_device: the pipeline ships uint8 images and each example's augmentation
+    draws, and augmentation and normalisation run inside the jitted step
+    (`research.data.device_augment`; classification trainer only).
     """
     return ml_collections.ConfigDict(
         {
@@ -69,6 +72,7 @@ def data_config_defaults() -> ml_collections.ConfigDict:
             'num_threads': 0,
             'classes': (),
             'synthetic': False,
+            'on_device': False,
         }
     )
 

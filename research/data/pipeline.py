@@ -104,6 +104,7 @@ class _TrainBatch:
             brightness=float(datasets.field(cfg, 'augment.brightness')),
         )
         self._normalize = normalize
+        self._on_device = bool(datasets.field(cfg, 'on_device'))
 
     def positions(self, step: int) -> np.ndarray:
         """Global stream positions of this host's examples in batch `step`."""
@@ -122,6 +123,9 @@ class _TrainBatch:
         pos = self.positions(int(step))
         images, labels = self._data.gather(self.source_indices(pos))
         u = augment_lib.uniform_hash(self._aug_seed, pos, augment_lib.NUM_UNIFORMS)
+        if self._on_device:  # uint8 + the draws; research.data.device_augment applies them in the step
+            aug = augment_lib.augment_params(u, **self._aug)
+            return {'image': images, 'aug': aug, 'label': labels.astype(np.int32)}
         x = self._normalize(augment_lib.augment_batch(images, u, **self._aug))
         return {'image': x, 'label': labels.astype(np.int32)}
 
@@ -133,6 +137,8 @@ def make_train_iterator(
 
     Yields {'image': float32 [L, H, W, C], 'label': int32 [L]} with
     L = global_batch_size // process_count. `get_state()` is JSON-serialisable.
+    With `data.on_device`: {'image': uint8 [L, H, W, C], 'aug': the augmentation
+    parameters (`augment.augment_params`), 'label'}, for `device_augment.prepare_batch`.
     """
     local = _check_hosts(global_batch_size, process_index, process_count)
     split = str(datasets.field(cfg, 'train_split'))
@@ -158,9 +164,12 @@ def make_train_iterator(
 class _EvalBatch:
     """Batch number -> this host's slice, zero-padded past the split's end."""
 
-    def __init__(self, data, global_batch: int, lo: int, hi: int, normalize: augment_lib.Normalizer):
+    def __init__(
+        self, data, global_batch: int, lo: int, hi: int, normalize: augment_lib.Normalizer, on_device: bool
+    ):
         self._data, self._global_batch, self._lo, self._hi = (data, global_batch, lo, hi)
         self._normalize = normalize
+        self._on_device = on_device
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         start = int(step) * self._global_batch
@@ -170,6 +179,8 @@ class _EvalBatch:
         labels = np.zeros((len(pos),), np.int32)
         if mask.any():
             images[mask], labels[mask] = self._data.gather(pos[mask])
+        if self._on_device:
+            return {'image': images, 'label': labels, 'mask': mask}
         x = self._normalize(images.astype(np.float32) * np.float32(1.0 / 255.0))
         x[~mask] = 0.0
         return {'image': x, 'label': labels, 'mask': mask}
@@ -182,7 +193,8 @@ def make_eval_iterator(
 
     Yields {'image': float32 [L, H, W, C], 'label': int32 [L], 'mask': bool [L]};
     the last global batch is padded (mask False), so masked sums over all
-    batches and hosts count every example exactly once.
+    batches and hosts count every example exactly once. With `data.on_device`
+    the images are uint8 (normalised in the step).
     """
     local = _check_hosts(global_batch_size, process_index, process_count)
     data = datasets.get_split(cfg, str(split))
@@ -193,6 +205,7 @@ def make_eval_iterator(
         process_index * local,
         (process_index + 1) * local,
         _normalizer(cfg, data.shape),
+        bool(datasets.field(cfg, 'on_device')),
     )
     ds = grain.MapDataset.range(steps).map(fn)
     return iter(ds.to_iter_dataset(_read_options(cfg)))

@@ -41,6 +41,10 @@ class SeedPrograms:
     """The compiled pieces for one config: single-seed and vmapped init / train step / eval step."""
 
     def __init__(self, config: ConfigDict):
+        if config.data.get("on_device", False):
+            raise ValueError(
+                "data.on_device=True is not supported by the vmapped seeds (set data.on_device=False)"
+            )
         self.config = config
         self.trainer = Trainer(config, show_progress=False)  # resolves model, data, optimizer
         t = self.trainer

@@ -13,11 +13,12 @@ def run_task(config, workdir: str | Path, *, show_progress: bool = True, stop_af
     ``workdir``; returns the run's summary dict. ``stop_after_steps`` (trained tasks): stop early (resumable;
     a speed run keeps no checkpoint and starts over)."""
     task = config.task
-    if "data" in config and config.data.get("synthetic", False):
-        raise ValueError(
-            f"data.synthetic=True is a classification-trainer option; task {task!r} does not take it "
-            "(set data.synthetic=False)"
-        )
+    for key in ("synthetic", "on_device"):
+        if "data" in config and config.data.get(key, False):
+            raise ValueError(
+                f"data.{key}=True is a classification-trainer option; task {task!r} does not take it "
+                f"(set data.{key}=False)"
+            )
     stop = {} if stop_after_steps is None else {"stop_after_steps": stop_after_steps}
     if task == "gan":
         from research.generative.dcgan import train_gan

@@ -28,6 +28,7 @@ from ml_collections import ConfigDict
 from research import data as data_lib
 from research import models
 from research.config import parse_duration, to_dict, validate_config
+from research.data import device_augment
 from research.kernels import onednn
 from research.train import checkpoint as ckpt_lib
 from research.train import mesh as mesh_lib
@@ -77,6 +78,15 @@ def build_model(config: ConfigDict, num_classes: int):
             )
         kwargs["dtype"] = dtype
     return models.create(config.model.name, **kwargs)
+
+
+def _on_device(step, aug: device_augment.DeviceAugment):
+    """``step(state, batch)`` on a ``data.on_device`` batch: augmented and normalised first, in the step."""
+
+    def wrapped(state, batch):
+        return step(state, device_augment.prepare_batch(batch, aug))
+
+    return wrapped
 
 
 class SyntheticBatches:
@@ -175,11 +185,19 @@ class Trainer:
         forward = (
             ghost_bn_forward(self.model.apply, self.mesh, self.bn_group_size) if self.bn_group_size else None
         )
+        step_fn = functools.partial(
+            train_step, label_smoothing=tc.label_smoothing, merge_batch_stats=merge_stats, forward=forward
+        )
+        eval_fn = eval_step
+        # data.on_device: uint8 batches + augmentation draws, augmented and normalised inside the step.
+        self.on_device = bool(config.data.get("on_device", False)) and not config.data.get("synthetic", False)
+        if self.on_device:
+            aug = device_augment.DeviceAugment.from_config(config.data, self.info.image_shape[-1])
+            step_fn = _on_device(step_fn, aug)
+            eval_fn = _on_device(eval_step, aug)
         self._train_step = onednn.scoped(
             jax.jit(
-                functools.partial(
-                    train_step, label_smoothing=tc.label_smoothing, merge_batch_stats=merge_stats, forward=forward
-                ),
+                step_fn,
                 in_shardings=(self.state_sharding, mesh_lib.batch_sharding(self.mesh)),
                 out_shardings=(self.state_sharding, repl),
                 donate_argnums=(0,),
@@ -188,7 +206,7 @@ class Trainer:
         )
         self._eval_step = onednn.scoped(
             jax.jit(
-                eval_step,
+                eval_fn,
                 in_shardings=(self.state_sharding, mesh_lib.batch_sharding(self.mesh)),
                 out_shardings=repl,
             ),
@@ -366,6 +384,8 @@ def train_and_evaluate(
     )
     if synthetic:
         log("data.synthetic: training on one random batch kept on the devices (no input pipeline)")
+    elif trainer.on_device:
+        log("data.on_device: uint8 batches; augmentation and normalisation run inside the jitted step")
 
     writer = MetricWriter(workdir, enabled=trainer.is_main, resume_step=start)
     progress = Progress(trainer.total_steps, start, trainer.batch_size, enabled=trainer.show_progress)
@@ -477,6 +497,7 @@ def train_and_evaluate(
         "platform": jax.devices()[0].platform,
         "jax": jax.__version__,
         "synthetic_data": synthetic,
+        "on_device_augment": trainer.on_device,
         "images_per_sec": train_steps * trainer.batch_size / train_time if train_time > 0 else None,
         "wall_time_s": time.perf_counter() - wall0,
         "workdir": str(workdir),

@@ -94,8 +94,9 @@ def check_process_slices(global_batch: int, mesh: Mesh) -> None:
 
 
 def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """Assembles each host's local slice into one global array sharded on ``data``."""
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+    """Assembles each host's local slice into one global array sharded on ``data`` (every leaf of
+    ``batch``, e.g. the nested augmentation parameters of ``data.on_device``)."""
+    return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v)), batch)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
