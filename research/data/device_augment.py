@@ -19,8 +19,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from research.data import augment as augment_lib
-from research.data import datasets
+from research.data import pipeline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,27 +36,12 @@ class DeviceAugment:
 
     @classmethod
     def from_config(cls, cfg, channels: int) -> 'DeviceAugment':
-        if datasets.field(cfg, 'normalize'):
-            mean, std = datasets.norm_stats(cfg)
-        else:
-            mean, std = (0.0,) * channels, (1.0,) * channels
+        """The settings the host pipeline would use (``pipeline.augment_settings``, ``norm_constants``)."""
+        mean, std = pipeline.norm_constants(cfg, channels)
         return cls(
-            crop_padding=int(datasets.field(cfg, 'augment.crop_padding')),
-            flip=bool(datasets.field(cfg, 'augment.flip')),
-            rotation=float(datasets.field(cfg, 'augment.rotation')),
-            scale=float(datasets.field(cfg, 'augment.scale')),
-            brightness=float(datasets.field(cfg, 'augment.brightness')),
+            **pipeline.augment_settings(cfg),
             mean=tuple(float(m) for m in mean),
             std=tuple(float(s) for s in std),
-        )
-
-    def aug_kwargs(self) -> dict:
-        return dict(
-            crop_padding=self.crop_padding,
-            flip=self.flip,
-            rotation=self.rotation,
-            scale=self.scale,
-            brightness=self.brightness,
         )
 
 
@@ -156,8 +140,3 @@ def prepare_batch(batch: dict, aug: DeviceAugment) -> dict:
         x = jnp.where(batch['mask'][:, None, None, None], x, 0.0)
     batch['image'] = x
     return batch
-
-
-def host_params(uniforms, aug: DeviceAugment) -> dict:
-    """The 'aug' entry the host pipeline ships: ``augment.augment_params`` of this config."""
-    return augment_lib.augment_params(uniforms, **aug.aug_kwargs())

@@ -45,11 +45,27 @@ def _read_options(cfg) -> grain.ReadOptions:
     return grain.ReadOptions(num_threads=n, prefetch_buffer_size=2 * n)
 
 
-def _normalizer(cfg, shape) -> augment_lib.Normalizer:
+def norm_constants(cfg, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel the images are normalised with: the train split's if
+    `cfg.normalize`, else (0, 1), i.e. plain x / 255."""
     if datasets.field(cfg, 'normalize'):
-        mean, std = datasets.norm_stats(cfg)
-    else:
-        mean, std = (0.0,) * shape[-1], (1.0,) * shape[-1]
+        return datasets.norm_stats(cfg)
+    return (0.0,) * channels, (1.0,) * channels
+
+
+def augment_settings(cfg) -> dict:
+    """`cfg.augment` as the keyword arguments of `augment.augment_batch` / `augment_params`."""
+    return dict(
+        crop_padding=int(datasets.field(cfg, 'augment.crop_padding')),
+        flip=bool(datasets.field(cfg, 'augment.flip')),
+        rotation=float(datasets.field(cfg, 'augment.rotation')),
+        scale=float(datasets.field(cfg, 'augment.scale')),
+        brightness=float(datasets.field(cfg, 'augment.brightness')),
+    )
+
+
+def _normalizer(cfg, shape) -> augment_lib.Normalizer:
+    mean, std = norm_constants(cfg, shape[-1])
     return augment_lib.Normalizer(mean, std, shape[1])
 
 
@@ -96,13 +112,7 @@ class _TrainBatch:
         self._perm = _Permutations(len(data), seed)
         self._aug_seed = (int(seed) % 2**64) ^ _AUGMENT_TAG
         self._global_batch, self._lo, self._hi = global_batch, lo, hi
-        self._aug = dict(
-            crop_padding=int(datasets.field(cfg, 'augment.crop_padding')),
-            flip=bool(datasets.field(cfg, 'augment.flip')),
-            rotation=float(datasets.field(cfg, 'augment.rotation')),
-            scale=float(datasets.field(cfg, 'augment.scale')),
-            brightness=float(datasets.field(cfg, 'augment.brightness')),
-        )
+        self._aug = augment_settings(cfg)
         self._normalize = normalize
         self._on_device = bool(datasets.field(cfg, 'on_device'))
 
