@@ -98,6 +98,51 @@ def pad_crop_flip(
     return out
 
 
+def warp_grid(xp, b, h, w, angle_deg, zoom, *, offset_y=None, offset_x=None, flip=None, padding=0):
+    """Where `rotate_scale`'s output pixels look, up to the per-pixel map.
+
+    One formulation for the host (`xp=numpy`) and the device
+    (`xp=jax.numpy`, `research.data.device_augment`). Output pixel (y, x)
+    shows the rotated image's pixel (Y, X), with Y = y + offset_y - padding
+    and X = x + offset_x - padding (or w - 1 - x + ... when flipped); 0 where
+    (Y, X) is off the image. Returns cos/zoom and sin/zoom [B, 1, 1], `inside`
+    [B, H, W], and Y, X about the centre as float32 [B, H, 1] and [B, 1, W].
+    """
+    theta = xp.deg2rad(xp.asarray(angle_deg, xp.float32))
+    inv = xp.float32(1.0) / xp.asarray(zoom, xp.float32)
+    cos = (xp.cos(theta) * inv)[:, None, None]
+    sin = (xp.sin(theta) * inv)[:, None, None]
+    rows = xp.broadcast_to(xp.arange(h, dtype=xp.int32), (b, h))
+    cols = xp.broadcast_to(xp.arange(w, dtype=xp.int32), (b, w))
+    if offset_y is not None:
+        rows = rows + (xp.asarray(offset_y).astype(xp.int32) - padding)[:, None]
+    if flip is not None:
+        cols = xp.where(xp.asarray(flip).astype(bool)[:, None], cols[:, ::-1], cols)
+    if offset_x is not None:
+        cols = cols + (xp.asarray(offset_x).astype(xp.int32) - padding)[:, None]
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    yy = (rows.astype(xp.float32) - xp.float32((h - 1) / 2.0))[:, :, None]
+    xx = (cols.astype(xp.float32) - xp.float32((w - 1) / 2.0))[:, None, :]
+    return cos, sin, inside, yy, xx
+
+
+def warp_taps(xp, cos, sin, yy, xx, h, w):
+    """The inverse map of `warp_grid`'s pieces: output pixel -> source point.
+
+    Returns the bilinear fractions (fx, fy) and the top-left tap (y0, x0),
+    int32 indices into the image with a 2-pixel zero border (clipped, so
+    every tap of a point off the image reads the border's 0).
+    """
+    cy, cx = xp.float32((h - 1) / 2.0), xp.float32((w - 1) / 2.0)
+    src_x = cos * xx - sin * yy + cx
+    src_y = sin * xx + cos * yy + cy
+    x0f = xp.floor(src_x)
+    y0f = xp.floor(src_y)
+    y0 = xp.clip(y0f, -2, h).astype(xp.int32) + 2
+    x0 = xp.clip(x0f, -2, w).astype(xp.int32) + 2
+    return src_x - x0f, src_y - y0f, y0, x0
+
+
 def rotate_scale(
     images: np.ndarray,
     angle_deg: np.ndarray,
@@ -126,25 +171,9 @@ def rotate_scale(
     batched gather, whose 13 MB temporaries are fresh pages each time.
     """
     b, h, w, c = images.shape
-    theta = np.deg2rad(np.asarray(angle_deg, np.float32))
-    inv = np.float32(1.0) / np.asarray(zoom, np.float32)
-    cos_all = (np.cos(theta) * inv)[:, None, None]
-    sin_all = (np.sin(theta) * inv)[:, None, None]
-    cy, cx = np.float32((h - 1) / 2.0), np.float32((w - 1) / 2.0)
-    # Output pixel (y, x) shows the rotated image's pixel (Y, X): Y = y + dy,
-    # X = x + dx (or w - 1 - x + dx when flipped); 0 where (Y, X) is off it.
-    rows = np.arange(h, dtype=np.int64)[None, :] + (
-        0 if offset_y is None else np.asarray(offset_y, np.int64)[:, None] - padding
+    cos_all, sin_all, inside, yy, xx = warp_grid(
+        np, b, h, w, angle_deg, zoom, offset_y=offset_y, offset_x=offset_x, flip=flip, padding=padding
     )
-    cols = np.broadcast_to(np.arange(w, dtype=np.int64), (b, w))
-    if flip is not None:
-        cols = np.where(np.asarray(flip, bool)[:, None], cols[:, ::-1], cols)
-    if offset_x is not None:
-        cols = cols + (np.asarray(offset_x, np.int64)[:, None] - padding)
-    rows = np.broadcast_to(rows, (b, h))
-    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
-    yy = (rows.astype(np.float32) - cy)[:, :, None]
-    xx = (cols.astype(np.float32) - cx)[:, None, :]
     # A 2-pixel zero border lets all four taps use one clipped index: any
     # coordinate outside the image lands on the border and reads 0.
     hp, wp = h + 4, w + 4
@@ -157,17 +186,9 @@ def rotate_scale(
     for lo in range(0, b, n):
         hi = min(lo + n, b)
         k = hi - lo
-        cos, sin = cos_all[lo:hi], sin_all[lo:hi]
-        # Inverse map: output pixel -> source location.
-        src_x = cos * xx[lo:hi] - sin * yy[lo:hi] + cx
-        src_y = sin * xx[lo:hi] + cos * yy[lo:hi] + cy
-        x0f = np.floor(src_x)
-        y0f = np.floor(src_y)
-        fx = (src_x - x0f).ravel()
-        fy = (src_y - y0f).ravel()
+        fx, fy, y0, x0 = warp_taps(np, cos_all[lo:hi], sin_all[lo:hi], yy[lo:hi], xx[lo:hi], h, w)
+        fx, fy = fx.ravel(), fy.ravel()
         gx = 1 - fx
-        y0 = np.clip(y0f, -2, h).astype(np.int32) + 2
-        x0 = np.clip(x0f, -2, w).astype(np.int32) + 2
         # Cropped-away pixels read the (zero) top-left corner of the border.
         i00 = np.where(inside[lo:hi], base[:k] + y0 * wp + x0, base[:k]).ravel()
         i01, i10 = i00 + 1, i00 + wp

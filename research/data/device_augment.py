@@ -19,6 +19,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from research.data import augment as host_augment
 from research.data import pipeline
 
 
@@ -59,33 +60,12 @@ def rotate_scale(images: jax.Array, angle_deg, zoom, *, offset_y=None, offset_x=
                  padding: int = 0, out_scale: float = 1.0) -> jax.Array:  # fmt: skip
     """``augment.rotate_scale`` on the device (bilinear, zeros outside, crop and flip fused)."""
     b, h, w, c = images.shape
-    theta = jnp.deg2rad(jnp.asarray(angle_deg, jnp.float32))
-    inv = jnp.float32(1.0) / jnp.asarray(zoom, jnp.float32)
-    cos = (jnp.cos(theta) * inv)[:, None, None]
-    sin = (jnp.sin(theta) * inv)[:, None, None]
-    cy, cx = jnp.float32((h - 1) / 2.0), jnp.float32((w - 1) / 2.0)
-    rows = jnp.broadcast_to(jnp.arange(h, dtype=jnp.int32), (b, h))
-    cols = jnp.broadcast_to(jnp.arange(w, dtype=jnp.int32), (b, w))
-    if offset_y is not None:
-        rows = rows + (offset_y.astype(jnp.int32) - padding)[:, None]
-    if flip is not None:
-        cols = jnp.where(flip[:, None], cols[:, ::-1], cols)
-    if offset_x is not None:
-        cols = cols + (offset_x.astype(jnp.int32) - padding)[:, None]
-    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
-    yy = (rows.astype(jnp.float32) - cy)[:, :, None]
-    xx = (cols.astype(jnp.float32) - cx)[:, None, :]
-    # Inverse map: output pixel -> source location (as the host path).
-    src_x = cos * xx - sin * yy + cx
-    src_y = sin * xx + cos * yy + cy
-    x0f = jnp.floor(src_x)
-    y0f = jnp.floor(src_y)
-    fx = (src_x - x0f)[..., None]
-    fy = (src_y - y0f)[..., None]
-    # 2-pixel zero border: every tap of a point outside the image reads 0.
-    hp, wp = h + 4, w + 4
-    y0 = jnp.clip(y0f, -2, h).astype(jnp.int32) + 2
-    x0 = jnp.clip(x0f, -2, w).astype(jnp.int32) + 2
+    cos, sin, inside, yy, xx = host_augment.warp_grid(
+        jnp, b, h, w, angle_deg, zoom, offset_y=offset_y, offset_x=offset_x, flip=flip, padding=padding
+    )
+    fx, fy, y0, x0 = host_augment.warp_taps(jnp, cos, sin, yy, xx, h, w)
+    fx, fy = fx[..., None], fy[..., None]
+    hp, wp = h + 4, w + 4  # the 2-pixel zero border of warp_taps' indices
     flat = jnp.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0))).reshape(b, hp * wp, c)
     i00 = (y0 * wp + x0).reshape(b, h * w, 1)
 
