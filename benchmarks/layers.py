@@ -4,7 +4,8 @@ Each op: ``grad`` of ``sum(layer(x))`` w.r.t. params and input, jitted (JAX) / `
 (PyTorch, channels_last, same threads), warm-up first, then the median of ``--iters`` runs. Ops
 with several JAX formulations print one row each ``[impl]``: 1x1 as matmul vs conv; grouped as
 per-group dense convs vs ``feature_group_count``; depthwise as ``feature_group_count`` vs explicit
-shifted multiply-add; transposed as sub-pixel phases vs lhs dilation vs ``lax.conv_transpose``;
+shifted multiply-add; transposed as sub-pixel phases vs lhs dilation vs ``lax.conv_transpose``
+(4x4 stride 2, and FCN-32s' 64x64 stride 32 on a batch/8, size/8 input);
 'full' padding as an explicit pad before a 'valid' conv vs the conv's own padding. 'batchnorm + relu'
 is ``research.layers.common.BatchNorm`` in train mode against ``BatchNorm2d`` + ``ReLU`` in train mode.
 The library's ``impl='auto'`` picks the fastest one on CPU (see the docstrings in
@@ -96,6 +97,7 @@ def cases(c: int):
         return lambda: nn.Conv2d(c, c, kw.pop('k', 3), **kw)
 
     transposed = lambda: nn.ConvTranspose2d(c, c, 4, stride=2, padding=1)
+    fcn32 = lambda: nn.ConvTranspose2d(c, c, 64, stride=32, padding=16, bias=False)
     sep = lambda: nn.Sequential(nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False), nn.Conv2d(c, c, 1))
     rows = [
         ('conv 3x3', L.ConvND(c, (3, 3), padding='same'), conv(padding=1), '2d'),
@@ -132,6 +134,18 @@ def cases(c: int):
             '2d',
         ),
         ('transposed 4x4 s2 [lax]', L.ConvTranspose(c, (4, 4), 2, 1, impl='lax'), transposed, '2d'),
+        (  # FCN-32s' upsampling (on a 1/32 map: batch/8, size/8)
+            'transposed 64x64 s32 [subpixel]',
+            L.ConvTranspose(c, 64, 32, 16, use_bias=False, impl='subpixel'),
+            fcn32,
+            'fcn32',
+        ),
+        (
+            'transposed 64x64 s32 [lhs_dilation]',
+            L.ConvTranspose(c, 64, 32, 16, use_bias=False, impl='lhs_dilation'),
+            fcn32,
+            'fcn32',
+        ),
         (
             'batchnorm + relu (train)',
             BatchNormReLU(),
@@ -164,6 +178,7 @@ def main(argv=None):
     shapes = {
         '2d': (args.batch, args.size, args.size, args.channels),
         '3d': (max(args.batch // 4, 1),) + (args.size // 2,) * 3 + (args.channels // 2,),
+        'fcn32': (max(args.batch // 8, 1),) + (max(args.size // 8, 1),) * 2 + (args.channels,),
     }
     rng = np.random.default_rng(0)
     inputs = {k: jnp.asarray(rng.standard_normal(s).astype(np.float32)) for k, s in shapes.items()}

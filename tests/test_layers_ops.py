@@ -289,6 +289,24 @@ def test_conv_transpose_subpixel_3d_and_grad():
         _close(a, b)
 
 
+@pytest.mark.parametrize('f,stride,pad,groups', [(64, 32, 16, 1), (8, 4, 5, 2), (5, 3, 0, 1)])
+def test_conv_transpose_subpixel_shares_convs_between_phases(f, stride, pad, groups):
+    """Phases with the same input shift share one conv (FCN-32s' 64x64 stride-32 upsampling: 4 convs,
+    not 1,024), and the result is still the lhs-dilated reference, values and gradients."""
+    x = _rand((1, 3, 2, 4))
+    k = _rand((f, f, 6 // groups, 4), 1)
+    args = (stride, pad, 0, 1, groups)
+    ref = J.conv_transpose(x, k, *args, impl='lhs_dilation')
+    _close(J.conv_transpose(x, k, *args, impl='subpixel'), ref)
+    jaxpr = str(jax.make_jaxpr(lambda x, k: J.conv_transpose(x, k, *args, impl='subpixel'))(x, k))
+    shifts = len({(t + pad) // stride for t in range(stride)})
+    # one conv per shift (CPU's grouped formulation may split a conv per group)
+    assert jaxpr.count('conv_general_dilated') <= shifts**2 * groups < stride**2
+    f = lambda impl: lambda x, k: jnp.sum(jnp.sin(J.conv_transpose(x, k, *args, impl=impl)))  # noqa: E731
+    for a, b in zip(jax.grad(f('subpixel'), (0, 1))(x, k), jax.grad(f('lhs_dilation'), (0, 1))(x, k)):
+        _close(a, b)
+
+
 def test_conv_transpose_module_and_validation():
     x = _rand((1, 4, 4, 3))
     m = L.ConvTranspose(5, (4, 4), strides=(2, 2), padding=1)

@@ -326,11 +326,15 @@ def _swap_in_out(kernel, groups):
 def _conv_transpose_subpixel(x, kernel, s, tpads, op, d, groups, precision):
     """Sub-pixel / phase form (Shi et al. 2016): output o = j S + t reads the uncropped adjoint at
     o + P_lo = q S + r (r = (t + P_lo) mod S, q = j + (t + P_lo) div S), which is
-    ``sum_m x[q - m] w[(m S + r) / D]`` (taps with integral index < F): one dense stride-1 conv per
-    phase t with M = ceil((D(F - 1) + 1) / S) taps per axis and an I-like output, then interleave."""
+    ``sum_m x[q - m] w[(m S + r) / D]`` (taps with integral index < F): a dense stride-1 conv per
+    phase t with M = ceil((D(F - 1) + 1) / S) taps per axis and an I-like output, then interleave.
+    Phases with the same input shift (t + P_lo) div S (at most 2 per axis) share one conv, their
+    kernels stacked on the output channels: FCN-32s' 64x64 stride-32 upsampling is 4 convs, not
+    1,024."""
     ks = kernel.shape[:-2]
     nd = len(ks)
     w = jnp.pad(_swap_in_out(kernel, groups), [(0, 1)] * nd + [(0, 0), (0, 0)])  # tap F = zero
+    cg, kg = w.shape[-2], w.shape[-1] // groups
     ins = x.shape[1:-1]
     outs = [
         (i - 1) * si - lo - hi + di * (f - 1) + o + 1
@@ -338,20 +342,31 @@ def _conv_transpose_subpixel(x, kernel, s, tpads, op, d, groups, precision):
     ]
     js = [-(-o // si) for o, si in zip(outs, s)]
     ms = [-(-(di * (f - 1) + 1) // si) for f, si, di in zip(ks, s, d)]
-    phases = []
-    for t in np.ndindex(*s):
-        wt, pads = w, []
+    phases = list(np.ndindex(*s))
+    by_shift: dict[tuple[int, ...], list[int]] = {}
+    for p, t in enumerate(phases):
+        by_shift.setdefault(tuple((t[ax] + tpads[ax][0]) // s[ax] for ax in range(nd)), []).append(p)
+    blocks, order = [], []
+    for c0, members in by_shift.items():
+        index = []  # per axis: the kernel taps of each member phase, (P, M_ax) broadcast over the axes
         for ax in range(nd):
-            r, c0 = (t[ax] + tpads[ax][0]) % s[ax], (t[ax] + tpads[ax][0]) // s[ax]
-            tap = np.arange(ms[ax])[::-1] * s[ax] + r  # flipped: correlation form
+            r = (np.array([phases[p][ax] for p in members]) + tpads[ax][0]) % s[ax]
+            tap = np.arange(ms[ax])[::-1][None, :] * s[ax] + r[:, None]  # flipped: correlation form
             idx = np.where((tap % d[ax] == 0) & (tap // d[ax] < ks[ax]), tap // d[ax], ks[ax])
-            wt = jnp.take(wt, idx, axis=ax)
-            pads.append((ms[ax] - 1 - c0, c0 + js[ax] - ins[ax]))
-        phases.append(_conv(x, wt, (1,) * nd, tuple(pads), (1,) * nd, groups, precision, 'auto'))
-    n, k = x.shape[0], phases[0].shape[-1]
-    y = jnp.stack(phases).reshape(tuple(s) + (n,) + tuple(js) + (k,))
-    perm = (nd,) + tuple(a for ax in range(nd) for a in (nd + 1 + ax, ax)) + (2 * nd + 1,)
-    y = jnp.transpose(y, perm).reshape((n,) + tuple(j * si for j, si in zip(js, s)) + (k,))
+            index.append(idx.reshape((len(members),) + tuple(ms[a] if a == ax else 1 for a in range(nd))))
+        wt = w[tuple(index)].reshape((len(members),) + tuple(ms) + (cg, groups, kg))  # (P, *M, C/g, g, K/g)
+        wt = jnp.moveaxis(wt, 0, -2).reshape(tuple(ms) + (cg, groups * len(members) * kg))
+        pads = tuple((ms[ax] - 1 - c0[ax], c0[ax] + js[ax] - ins[ax]) for ax in range(nd))
+        y = _conv(x, wt, (1,) * nd, pads, (1,) * nd, groups, precision, 'auto')
+        blocks.append(y.reshape(y.shape[:-1] + (groups, len(members), kg)))
+        order += members
+    y = blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=-2)  # (n, *J, g, S^d, K/g)
+    if order != sorted(order):
+        y = jnp.take(y, np.argsort(order), axis=-2)
+    n = x.shape[0]
+    y = y.reshape((n,) + tuple(js) + (groups,) + tuple(s) + (kg,))
+    perm = (0,) + tuple(a for ax in range(nd) for a in (1 + ax, nd + 2 + ax)) + (nd + 1, 2 * nd + 2)
+    y = jnp.transpose(y, perm).reshape((n,) + tuple(j * si for j, si in zip(js, s)) + (groups * kg,))
     return y[(slice(None),) + tuple(slice(0, o) for o in outs)]
 
 
