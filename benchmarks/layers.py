@@ -14,6 +14,7 @@ The library's ``impl='auto'`` picks the fastest one on CPU (see the docstrings i
     python benchmarks/layers.py                      # batch 32, 32x32, 64 channels
     python benchmarks/layers.py --iters 5 --only depthwise,transposed
     python benchmarks/layers.py --only batchnorm --batch 128 --channels 16   # ResNet-20's first stage
+    python benchmarks/layers.py --only transposed --cpu_conv=onednn   # as the trainers run them on CPU
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from research import layers as L
+from research.kernels import onednn
 from research.layers.common import BatchNorm
 
 try:
@@ -51,7 +53,7 @@ def _median_ms(fn, iters: int, warmup: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def _jax_case(module, x):
+def _jax_case(module, x, cpu_conv: str = 'xla'):
     variables = module.init(jax.random.key(0), x)
     mutable = ['batch_stats'] if 'batch_stats' in variables else False  # BatchNorm in train mode
 
@@ -59,10 +61,8 @@ def _jax_case(module, x):
         out = module.apply(v, x, mutable=mutable)
         return jnp.sum(out[0] if mutable else out)
 
-    @jax.jit
-    def step(variables, x):
-        return jax.grad(loss, argnums=(0, 1))(variables, x)
-
+    # traced with the convolutions the trainers would use (train.cpu_conv resolved)
+    step = onednn.scoped(jax.jit(lambda v, x: jax.grad(loss, argnums=(0, 1))(v, x)), cpu_conv == 'onednn')
     return lambda: jax.block_until_ready(step(variables, x))
 
 
@@ -171,7 +171,14 @@ def main(argv=None):
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--only', default='', help='comma-separated substrings of op names')
     p.add_argument('--threads', type=int, default=0, help='torch intra-op threads (0: torch default)')
+    p.add_argument(
+        '--cpu_conv',
+        default='xla',
+        choices=onednn.CHOICES,
+        help="JAX's convolutions, as train.cpu_conv: xla (the layers alone), onednn or auto (the trainers' default)",
+    )
     args = p.parse_args(argv)
+    cpu_conv = onednn.resolve(args.cpu_conv, 1)
     if torch is not None and args.threads:
         torch.set_num_threads(args.threads)
 
@@ -183,7 +190,8 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     inputs = {k: jnp.asarray(rng.standard_normal(s).astype(np.float32)) for k, s in shapes.items()}
     print(f'jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__ if torch else "-"}'
-          f' ({torch.get_num_threads() if torch else 0} threads), cpus {os.cpu_count()}')  # fmt: skip
+          f' ({torch.get_num_threads() if torch else 0} threads), cpus {os.cpu_count()},'
+          f' JAX convolutions: {"oneDNN" if cpu_conv == "onednn" else "XLA"}')  # fmt: skip
     print(
         f'2d input {shapes["2d"]} NHWC, 3d input {shapes["3d"]}; forward+backward, median of {args.iters}\n'
     )
@@ -194,7 +202,7 @@ def main(argv=None):
     for name, module, torch_factory, kind in cases(args.channels):
         if only and not any(s in name for s in only):
             continue
-        jax_ms = _median_ms(_jax_case(module, inputs[kind]), args.iters, args.warmup)
+        jax_ms = _median_ms(_jax_case(module, inputs[kind], cpu_conv), args.iters, args.warmup)
         torch_ms = float('nan')
         if torch_factory is not None:
             torch_ms = _median_ms(_torch_case(torch_factory(), shapes[kind]), args.iters, args.warmup)

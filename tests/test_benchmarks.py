@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from research.kernels import onednn
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -47,3 +49,14 @@ def test_layers_benchmark_times_batchnorm_in_train_mode():
     rows = re.findall(r"^batchnorm \+ relu \(train\)\s+([\d.]+)\s+(\S+)\s+(\S+)$", r.stdout, re.M)
     assert len(rows) == 1 and float(rows[0][0]) > 0, r.stdout
     assert "conv 3x3" not in r.stdout  # --only filters
+
+
+def test_layers_benchmark_times_fcn32_upsampling_with_the_trainers_convolutions():
+    cmd = [sys.executable, str(REPO / "benchmarks" / "layers.py"), "--only=s32", "--batch=8", "--size=8",
+           "--channels=4", "--iters=1", "--warmup=1", "--cpu_conv=auto"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = re.findall(r"^transposed 64x64 s32 \[(\w+)\]\s+([\d.]+)\s", r.stdout, re.M)
+    assert [impl for impl, _ in rows] == ["subpixel", "lhs_dilation"] and all(float(ms) > 0 for _, ms in rows)
+    want = "oneDNN" if onednn.resolve("auto", 1) == "onednn" else "XLA"
+    assert f"JAX convolutions: {want}" in r.stdout, r.stdout
