@@ -137,13 +137,13 @@ def test_unet_overlap_tile_mirrors_the_input_and_crops_to_its_size():
     assert unet.overlap_tile_input_size(388, 4) == 572
     m = create('unet_valid', num_classes=3, depth=3, base_features=4, overlap_tile=True)
     x = jax.random.normal(jax.random.key(0), (1, 64, 64, 1))
-    v = m.init(jax.random.key(1), x)
-    y = m.apply(v, x)
+    v = jax.jit(m.init)(jax.random.key(1), x)  # jitted: op-by-op init takes longer to dispatch
+    y = jax.jit(m.apply)(v, x)
     assert y.shape == (1, 64, 64, 3)
     # Equal to the plain valid net applied to the mirror-padded input, centre-cropped.
     plain = create('unet_valid', num_classes=3, depth=3, base_features=4)
     padded = jnp.pad(x, ((0, 0), (46, 46), (46, 46), (0, 0)), mode='reflect')
-    full = plain.apply(v, padded)
+    full = jax.jit(plain.apply)(v, padded)
     assert full.shape == (1, 68, 68, 3)
     np.testing.assert_allclose(y, full[:, 2:66, 2:66], rtol=1e-5, atol=1e-6)
 
