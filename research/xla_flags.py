@@ -1,7 +1,7 @@
 """XLA flags the project sets for itself, before a JAX backend starts (imported by ``research``).
 
 ``--xla_disable_hlo_passes=cse_barrier_expander`` on CPU-only installs: keeps the
-``optimization_barrier`` ops of :func:`research.layers.common.materialize` (the residual stream of
+``optimization_barrier`` ops of :func:`research.kernels.cpu.materialize` (the residual stream of
 every residual block) through XLA's fusion passes. XLA:CPU otherwise expands them away early and
 then fuses each block's ``act(y + x)`` chain into every consumer, recomputing all earlier blocks of
 a stage once per weight-gradient convolution: quadratic in depth, ResNet-56 training ran at half

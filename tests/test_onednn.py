@@ -19,7 +19,8 @@ from jax import lax
 
 from research import models
 from research.kernels import onednn
-from research.layers.common import _onednn_pads, conv_general_dilated
+from research.kernels.cpu import _onednn_pads
+from research.layers.common import conv_general_dilated
 from research.models.catalog import call_kwargs, input_shape
 from research.models.registry import _module_class
 from research.train.state import create_train_state, train_step
@@ -190,7 +191,13 @@ def _missed_routes(jaxpr) -> list[str]:
                      "feature_group_count", "batch_group_count", "preferred_element_type")  # fmt: skip
             if _onednn_pads(lhs, rhs, *(p[k] for k in names)) is not None:
                 missed.append(f"{lhs.str_short()} * {rhs.str_short()}")
-        for value in eqn.params.values():
+        params = dict(eqn.params)
+        platforms = params.get("branches_platforms")
+        if eqn.primitive.name == "cond" and platforms:  # lax.platform_dependent: the CPU branch only
+            cpu = [i for i, ps in enumerate(platforms) if ps and "cpu" in ps]
+            keep = cpu or [i for i, ps in enumerate(platforms) if ps is None]
+            params["branches"] = tuple(params["branches"][i] for i in keep)
+        for value in params.values():
             for sub in value if isinstance(value, (tuple, list)) else (value,):
                 sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
                 if hasattr(sub, "eqns"):

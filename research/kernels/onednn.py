@@ -9,7 +9,7 @@ against the oneDNN of the ``onednn`` extra (``pip install -e '.[onednn]'``: Inte
 handlers with ``jax.ffi`` and exposes :func:`conv2d`, a differentiable convolution (first order:
 gradients of gradients are not defined through it).
 
-:func:`research.layers.common.conv_general_dilated`, used by ``Conv`` and so by every model,
+:func:`research.kernels.cpu.conv_general_dilated` (``Conv`` / ``FlaxConv``, so every model),
 routes dense float32 2D convolutions here while :func:`use_onednn` is on: the trainers do so by
 default where the extra is installed and the run has one CPU device (``train.cpu_conv``,
 :func:`resolve`); ``benchmarks/train_step.py`` times both.
@@ -204,12 +204,13 @@ CHOICES = ('auto', 'onednn', 'xla')
 
 
 def enabled() -> bool:
-    """Whether :func:`research.layers.common.conv_general_dilated` routes convolutions here now."""
+    """Whether :func:`research.kernels.cpu.conv_general_dilated` routes convolutions here now (in the
+    program lowered for CPU)."""
     return _ENABLED.get()
 
 
 def set_enabled(on: bool) -> None:
-    """Route dense float32 2D convolutions of :func:`research.layers.common.conv_general_dilated`
+    """Route dense float32 2D convolutions of :func:`research.kernels.cpu.conv_general_dilated`
     through oneDNN in the current context (for scripts; programs traced afterwards). Turning it on
     builds and loads the kernels, raising OnednnUnavailable with the reason if that fails."""
     if on:

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from research.layers.common import bind_norm, conv_general_dilated, conv_kernel_init, resolve_activation
+from research.kernels import cpu as cpu_kernels
+from research.layers.common import bind_norm, conv_kernel_init, resolve_activation
 
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
 IntOrSeq = int | Sequence[int]
@@ -82,14 +83,7 @@ def _on_axis(i: int, nd: int, value, default) -> tuple:
     return tuple(value if j == i else default for j in range(nd))
 
 
-def _dimension_numbers(nd: int) -> lax.ConvDimensionNumbers:
-    """Channels-last input/output, kernel (*F, C_in/g, C_out) (NHWC/HWIO for nd = 2)."""
-    spatial = tuple(range(1, nd + 1))
-    return lax.ConvDimensionNumbers(
-        lhs_spec=(0, nd + 1) + spatial,
-        rhs_spec=(nd + 1, nd) + tuple(range(nd)),
-        out_spec=(0, nd + 1) + spatial,
-    )
+_dimension_numbers = cpu_kernels.dimension_numbers
 
 
 def resolve_padding(
@@ -165,74 +159,24 @@ def conv_param_count(
 # --------------------------------------------------------------------------- functional ops
 
 
-def _on_cpu() -> bool:
-    return jax.default_backend() == 'cpu'
-
-
-def _conv_impl(impl: str, ks, groups: int, channels: int, lhs_dilation) -> str:
-    """'auto' -> the formulation ``benchmarks/layers.py`` timed fastest on XLA:CPU (forward +
-    backward, 32x32x32x64): 1x1 kernels as a matmul (~6x faster than the 1x1 conv), grouped convs
-    (1 < g < C) as one dense conv per group (~35x faster than ``feature_group_count``). Other
-    backends keep the single native convolution."""
-    if impl == 'auto':
-        if not _on_cpu():
-            return 'xla'
-        if all(f == 1 for f in ks) and lhs_dilation is None:
-            return 'matmul'
-        return 'split' if 1 < groups < channels else 'xla'
-    if impl not in ('xla', 'split', 'matmul'):
+def _check_impl(impl: str, ks, lhs_dilation) -> str:
+    if impl not in ('auto', 'xla', 'split', 'matmul'):
         raise ValueError(f"impl must be 'auto', 'xla', 'split' or 'matmul', got {impl!r}")
     if impl == 'matmul' and not (all(f == 1 for f in ks) and lhs_dilation is None):
         raise ValueError("impl='matmul' needs a 1x1 (pointwise) kernel")
     return impl
 
 
-def _pointwise(x, kernel, strides, pads, groups, precision):
-    """1x1 conv = pad, subsample by S, then ``y[..., k] = sum_c x[..., c] W[c, k]`` (per group)."""
-    nd = kernel.ndim - 2
-    if any(p != (0, 0) for p in pads):
-        x = lax.pad(
-            x, np.array(0, x.dtype), ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads) + ((0, 0, 0),)
-        )
-    if any(st != 1 for st in strides):
-        x = lax.slice(x, (0,) * x.ndim, x.shape, (1,) + tuple(strides) + (1,))
-    w = kernel.reshape(kernel.shape[-2:])  # (C/g, K)
-    if groups == 1:
-        return jnp.einsum('...c,ck->...k', x, w, precision=precision)
-    cg, k = w.shape
-    xg = x.reshape(x.shape[:-1] + (groups, cg))
-    y = jnp.einsum('...gc,cgk->...gk', xg, w.reshape(cg, groups, k // groups), precision=precision)
-    return y.reshape(x.shape[: nd + 1] + (k,))
-
-
 def _conv(x, kernel, strides, pads, dilation, groups, precision, impl, lhs_dilation=None):
-    """``lax.conv_general_dilated`` with explicit pads, or the formulation ``impl`` picks."""
-    nd = kernel.ndim - 2
-    auto = impl == 'auto'
-    impl = _conv_impl(impl, kernel.shape[:-2], groups, x.shape[-1], lhs_dilation)
+    """A convolution with explicit pads in the formulation ``impl`` picks ('auto': per platform,
+    :func:`research.kernels.cpu.conv`)."""
+    impl = _check_impl(impl, kernel.shape[:-2], lhs_dilation)
+    if impl == 'auto':
+        return cpu_kernels.conv(x, kernel, strides, pads, dilation, groups, precision, lhs_dilation)
     if impl == 'matmul':
-        return _pointwise(x, kernel, strides, pads, groups, precision)
-    eff = [di * (f - 1) for f, di in zip(kernel.shape[:-2], dilation)]
-    if auto and _on_cpu() and lhs_dilation is None and any(lo + hi > e for (lo, hi), e in zip(pads, eff)):
-        # Output larger than input ('full'-like): XLA:CPU's backward pass is 2-3.5x faster when the
-        # padding is an explicit pad op and the conv itself is 'valid'.
-        pre = ((0, 0, 0),) + tuple((max(lo, 0), max(hi, 0), 0) for lo, hi in pads) + ((0, 0, 0),)
-        x = lax.pad(x, np.array(0, x.dtype), pre)
-        pads = tuple((min(lo, 0), min(hi, 0)) for lo, hi in pads)
-    kw = {
-        'window_strides': strides,
-        'padding': pads,
-        'lhs_dilation': lhs_dilation,
-        'rhs_dilation': dilation,
-        'dimension_numbers': _dimension_numbers(nd),
-        'precision': precision,
-    }
-    # research.layers.common.conv_general_dilated: lax's, or on CPU the first-layer and oneDNN paths
-    if groups == 1 or impl == 'xla':
-        return conv_general_dilated(x, kernel, feature_group_count=groups, **kw)
-    xs = jnp.split(x, groups, axis=-1)
-    ws = jnp.split(kernel, groups, axis=-1)
-    return jnp.concatenate([conv_general_dilated(a, b, **kw) for a, b in zip(xs, ws)], axis=-1)
+        return cpu_kernels.pointwise(x, kernel, strides, pads, groups, precision)
+    split = impl == 'split'
+    return cpu_kernels.lax_conv(x, kernel, strides, pads, dilation, groups, precision, lhs_dilation, split=split)
 
 
 def conv_nd(
@@ -249,10 +193,10 @@ def conv_nd(
 
     ``kernel``: ``(*F, C / groups, K)``; x: ``(N, *I, C)``. ``impl`` (same result): 'xla' (one
     ``lax.conv_general_dilated``, groups via ``feature_group_count``), 'split' (one dense conv per
-    group, concatenated), 'matmul' (1x1 kernels: an einsum over channels) or 'auto' (default: on
-    CPU, matmul for 1x1, split for 1 < groups < C, and an explicit pad before a 'valid' conv when
-    the padding exceeds D(F - 1) ('full'), each timed 2-35x faster there; 'xla' on
-    other backends).
+    group, concatenated), 'matmul' (1x1 kernels: an einsum over channels) or 'auto' (default: the
+    platform's best, chosen when the program is lowered: on CPU matmul for 1x1, split for
+    1 < groups < C, an explicit pad before a 'valid' conv when the padding exceeds D(F - 1), each
+    timed 2-35x faster there; 'xla' elsewhere; :mod:`research.kernels.cpu`).
     """
     ks = kernel.shape[:-2]
     nd = len(ks)
@@ -261,27 +205,6 @@ def conv_nd(
     if x.shape[-1] != kernel.shape[-2] * groups:
         raise ValueError(f'input has {x.shape[-1]} channels; kernel {kernel.shape} with groups={groups}')
     return _conv(x, kernel, s, pads, d, groups, precision, impl)
-
-
-def _depthwise_shift_add(x, kernel, strides, pads, dilation):
-    """Depthwise conv as an explicit sum over kernel taps of strided shifted slices times w[tap]."""
-    ks = kernel.shape[:-2]
-    nd = len(ks)
-    k_out = kernel.shape[-1]
-    m = k_out // x.shape[-1]
-    x = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
-    if m > 1:
-        x = jnp.repeat(x, m, axis=-1)  # output channel c*M + j reads input channel c
-    out_sz = [(x.shape[1 + i] - dilation[i] * (ks[i] - 1) - 1) // strides[i] + 1 for i in range(nd)]
-    y = None
-    for tap in np.ndindex(*ks):
-        start = (0,) + tuple(t * d for t, d in zip(tap, dilation)) + (0,)
-        limit = (x.shape[0],) + tuple(st + (o - 1) * s + 1 for st, o, s in zip(start[1:], out_sz, strides))
-        limit = limit + (k_out,)
-        sl = lax.slice(x, start, limit, (1,) + tuple(strides) + (1,))
-        term = sl * kernel[tap][0]
-        y = term if y is None else y + term
-    return y
 
 
 def depthwise_conv(
@@ -298,21 +221,23 @@ def depthwise_conv(
 
     ``impl``: 'grouped' (one XLA convolution with ``feature_group_count = C``), 'shift' (explicit
     sum over the F^d taps of strided shifted slices times the per-channel weights; same result)
-    or 'auto' (default): 'shift' on CPU, where ``benchmarks/layers.py`` times it ~5x faster
-    (forward + backward, 3x3, 32x32x32x64), 'grouped' on other backends.
+    or 'auto' (default, chosen when the program is lowered): 'shift' on CPU, where
+    ``benchmarks/layers.py`` times it ~5x faster (forward + backward, 3x3, 32x32x32x64), 'grouped'
+    elsewhere (:mod:`research.kernels.cpu`).
     """
     c = x.shape[-1]
     if kernel.shape[-2] != 1 or kernel.shape[-1] % c:
         raise ValueError(f'depthwise kernel must be (*F, 1, C*M) for C={c}, got {kernel.shape}')
-    if impl == 'auto':
-        impl = 'shift' if _on_cpu() else 'grouped'
-    if impl == 'grouped':
-        return conv_nd(x, kernel, strides, padding, dilation, groups=c, impl='xla', precision=precision)
-    if impl != 'shift':
+    if impl not in ('auto', 'grouped', 'shift'):
         raise ValueError(f"impl must be 'auto', 'grouped' or 'shift', got {impl!r}")
     ks = kernel.shape[:-2]
     s, d = _tuple(strides, len(ks), 'strides'), _tuple(dilation, len(ks), 'dilation')
-    return _depthwise_shift_add(x, kernel, s, resolve_padding(padding, x.shape[1:-1], ks, s, d), d)
+    pads = resolve_padding(padding, x.shape[1:-1], ks, s, d)
+    if impl == 'grouped':
+        return cpu_kernels.lax_conv(x, kernel, s, pads, d, c, precision)
+    if impl == 'shift':
+        return cpu_kernels.depthwise_shift_add(x, kernel, s, pads, d)
+    return cpu_kernels.depthwise(x, kernel, s, pads, d, precision)
 
 
 def _swap_in_out(kernel, groups):
@@ -321,53 +246,6 @@ def _swap_in_out(kernel, groups):
     kg, c = kernel.shape[-2:]
     w = kernel.reshape(ks + (kg, groups, c // groups))
     return jnp.swapaxes(w, -1, -3).reshape(ks + (c // groups, kg * groups))
-
-
-def _conv_transpose_subpixel(x, kernel, s, tpads, op, d, groups, precision):
-    """Sub-pixel / phase form (Shi et al. 2016): output o = j S + t reads the uncropped adjoint at
-    o + P_lo = q S + r (r = (t + P_lo) mod S, q = j + (t + P_lo) div S), which is
-    ``sum_m x[q - m] w[(m S + r) / D]`` (taps with integral index < F): a dense stride-1 conv per
-    phase t with M = ceil((D(F - 1) + 1) / S) taps per axis and an I-like output, then interleave.
-    Phases with the same input shift (t + P_lo) div S (at most 2 per axis) share one conv, their
-    kernels stacked on the output channels: FCN-32s' 64x64 stride-32 upsampling is 4 convs, not
-    1,024."""
-    ks = kernel.shape[:-2]
-    nd = len(ks)
-    w = jnp.pad(_swap_in_out(kernel, groups), [(0, 1)] * nd + [(0, 0), (0, 0)])  # tap F = zero
-    cg, kg = w.shape[-2], w.shape[-1] // groups
-    ins = x.shape[1:-1]
-    outs = [
-        (i - 1) * si - lo - hi + di * (f - 1) + o + 1
-        for i, si, (lo, hi), di, f, o in zip(ins, s, tpads, d, ks, op)
-    ]
-    js = [-(-o // si) for o, si in zip(outs, s)]
-    ms = [-(-(di * (f - 1) + 1) // si) for f, si, di in zip(ks, s, d)]
-    phases = list(np.ndindex(*s))
-    by_shift: dict[tuple[int, ...], list[int]] = {}
-    for p, t in enumerate(phases):
-        by_shift.setdefault(tuple((t[ax] + tpads[ax][0]) // s[ax] for ax in range(nd)), []).append(p)
-    blocks, order = [], []
-    for c0, members in by_shift.items():
-        index = []  # per axis: the kernel taps of each member phase, (P, M_ax) broadcast over the axes
-        for ax in range(nd):
-            r = (np.array([phases[p][ax] for p in members]) + tpads[ax][0]) % s[ax]
-            tap = np.arange(ms[ax])[::-1][None, :] * s[ax] + r[:, None]  # flipped: correlation form
-            idx = np.where((tap % d[ax] == 0) & (tap // d[ax] < ks[ax]), tap // d[ax], ks[ax])
-            index.append(idx.reshape((len(members),) + tuple(ms[a] if a == ax else 1 for a in range(nd))))
-        wt = w[tuple(index)].reshape((len(members),) + tuple(ms) + (cg, groups, kg))  # (P, *M, C/g, g, K/g)
-        wt = jnp.moveaxis(wt, 0, -2).reshape(tuple(ms) + (cg, groups * len(members) * kg))
-        pads = tuple((ms[ax] - 1 - c0[ax], c0[ax] + js[ax] - ins[ax]) for ax in range(nd))
-        y = _conv(x, wt, (1,) * nd, pads, (1,) * nd, groups, precision, 'auto')
-        blocks.append(y.reshape(y.shape[:-1] + (groups, len(members), kg)))
-        order += members
-    y = blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=-2)  # (n, *J, g, S^d, K/g)
-    if order != sorted(order):
-        y = jnp.take(y, np.argsort(order), axis=-2)
-    n = x.shape[0]
-    y = y.reshape((n,) + tuple(js) + (groups,) + tuple(s) + (kg,))
-    perm = (0,) + tuple(a for ax in range(nd) for a in (1 + ax, nd + 2 + ax)) + (nd + 1, 2 * nd + 2)
-    y = jnp.transpose(y, perm).reshape((n,) + tuple(j * si for j, si in zip(js, s)) + (groups * kg,))
-    return y[(slice(None),) + tuple(slice(0, o) for o in outs)]
 
 
 def conv_transpose(
@@ -394,10 +272,10 @@ def conv_transpose(
     ``(D(F - 1) - P, D(F - 1) - P + output_padding)``, negative = crop; exactly what the VJP of
     the forward conv lowers to); 'lax' (``lax.conv_transpose(transpose_kernel=True)``, the same
     convolution, groups = 1 only); 'subpixel' (one dense stride-1 conv per output phase, S^d of
-    them, interleaved; no multiplications by inserted zeros). 'auto' (default) is 'subpixel' on CPU
-    for stride > 1, where ``benchmarks/layers.py`` times it ~6x faster than the lhs-dilated conv
-    (forward + backward, 4x4 stride 2, 32x32x32x64), and 'lhs_dilation' otherwise (stride 1: a
-    plain conv; GPU: cuDNN's native backward-data conv).
+    them, interleaved; no multiplications by inserted zeros). 'auto' (default, chosen when the program
+    is lowered) is 'subpixel' on CPU for stride > 1, where ``benchmarks/layers.py`` times it ~6x
+    faster than the lhs-dilated conv (forward + backward, 4x4 stride 2, 32x32x32x64), and
+    'lhs_dilation' otherwise (stride 1: a plain conv; GPU: cuDNN's native backward-data conv).
     """
     ks = kernel.shape[:-2]
     nd = len(ks)
@@ -414,10 +292,10 @@ def conv_transpose(
     c_in = x.shape[-1]
     if kernel.shape[-1] != c_in or c_in % groups:
         raise ValueError(f'kernel {kernel.shape} does not match {c_in} input channels with groups={groups}')
-    if impl == 'auto':  # stride 1 has a single phase: the lhs-dilated form is then a plain conv
-        impl = 'subpixel' if _on_cpu() and any(si > 1 for si in s) else 'lhs_dilation'
+    if impl not in ('auto', 'subpixel', 'lhs_dilation', 'lax'):
+        raise ValueError(f"impl must be 'auto', 'subpixel', 'lhs_dilation' or 'lax', got {impl!r}")
     if impl == 'subpixel':
-        return _conv_transpose_subpixel(x, kernel, s, tpads, op, d, groups, precision)
+        return cpu_kernels.conv_transpose_subpixel(x, _swap_in_out(kernel, groups), s, tpads, op, d, groups, precision)
     pads = tuple((di * (f - 1) - lo, di * (f - 1) - hi + o) for (lo, hi), f, di, o in zip(tpads, ks, d, op))
     if impl == 'lax':
         if groups != 1:
@@ -433,11 +311,15 @@ def conv_transpose(
             transpose_kernel=True,
             precision=precision,
         )
-    if impl != 'lhs_dilation':
-        raise ValueError(f"impl must be 'auto', 'subpixel', 'lhs_dilation' or 'lax', got {impl!r}")
-    w = jnp.flip(_swap_in_out(kernel, groups), axis=tuple(range(nd)))  # swap in/out per group, flip taps
     lhs = s if any(si > 1 for si in s) else None
-    return _conv(x, w, (1,) * nd, pads, d, groups, precision, 'auto', lhs_dilation=lhs)
+
+    def lhs_dilated(x, w):  # the stride-1 conv over the S-dilated input, taps flipped
+        return _conv(x, jnp.flip(w, axis=tuple(range(nd))), (1,) * nd, pads, d, groups, precision, 'auto', lhs)
+
+    w = _swap_in_out(kernel, groups)  # swap in/out per group
+    if impl == 'lhs_dilation':
+        return lhs_dilated(x, w)
+    return cpu_kernels.conv_transpose(x, w, s, tpads, op, d, groups, precision, lhs_dilated)
 
 
 def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from research.kernels import cpu as cpu_kernels
 from research.layers.conv import IntOrSeq, PaddingLike, _tuple, resolve_padding
 
 __all__ = [
@@ -81,51 +82,6 @@ def _highest(dtype):
     return jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).max
 
 
-def _blocks(x: jax.Array, w: tuple[int, ...]) -> jax.Array:
-    """(N, *I, C) -> (N, I0/F0, F0, I1/F1, F1, ..., C), trailing rows beyond whole windows dropped."""
-    out = [i // f for i, f in zip(x.shape[1:-1], w)]
-    x = x[(slice(None), *(slice(0, o * f) for o, f in zip(out, w)), slice(None))]
-    return x.reshape(x.shape[0], *[d for o, f in zip(out, w) for d in (o, f)], x.shape[-1])
-
-
-def _max_pool_tiled_impl(x: jax.Array, w: tuple[int, ...]) -> jax.Array:
-    zero = ((0, 0),) * len(w)
-    return _reduce_pool(
-        x, np.array(_lowest(x.dtype), x.dtype), lax.max, w, w, (1,) * len(w), zero, (0,) * len(w)
-    )
-
-
-_max_pool_tiled = jax.custom_vjp(_max_pool_tiled_impl, nondiff_argnums=(1,))
-
-
-def _max_pool_tiled_fwd(x, w):
-    y = _max_pool_tiled_impl(x, w)
-    return y, (x, y)
-
-
-def _max_pool_tiled_bwd(w, res, g):
-    # The gradient goes to the first maximum of each window in row-major order, as
-    # lax.reduce_window's select-and-scatter and torch's max_pool backward do: the smallest flat
-    # window index among the hits, from elementwise ops and one small reduction, which XLA:CPU runs
-    # ~4x faster than select-and-scatter (and 1.5-1.9x faster than a cumulative-sum mask on
-    # airbench94's 31x31x64 and 15x15x256 maps; benchmarks/RESULTS.md).
-    x, y = res
-    b = _blocks(x, w)
-    axes = tuple(range(2, 2 * len(w) + 1, 2))  # the window axes of the block layout
-    flat = jnp.zeros((), jnp.int32)
-    for f, a in zip(w, axes):  # row-major index of each element within its window
-        flat = flat * f + lax.broadcasted_iota(jnp.int32, b.shape, a)
-    hit = b == jnp.expand_dims(y, axes)
-    first = jnp.min(jnp.where(hit, flat, np.int32(np.prod(w))), axis=axes, keepdims=True)
-    gb = jnp.where(flat == first, jnp.expand_dims(g, axes), jnp.zeros((), g.dtype))
-    gx = gb.reshape(x.shape[0], *[o * f for o, f in zip(y.shape[1:-1], w)], x.shape[-1])
-    pad = [(0, 0)] + [(0, i - o * f) for i, o, f in zip(x.shape[1:-1], y.shape[1:-1], w)] + [(0, 0)]
-    return (jnp.pad(gx, pad),)
-
-
-_max_pool_tiled.defvjp(_max_pool_tiled_fwd, _max_pool_tiled_bwd)
-
-
 def max_pool(
     x: jax.Array,
     window: IntOrSeq,
@@ -137,13 +93,18 @@ def max_pool(
     """``y[o] = max_{k} x[o S - P + k D]`` over the F window (padding never wins: -inf).
 
     Non-overlapping windows (stride = window, no padding or dilation: LeNet's, VGG's, U-Net's 2x2/2)
-    take a reshape-and-max path whose gradient (to the first maximum of each window, as
-    ``reduce_window``'s) avoids XLA's select-and-scatter: same values, ~4x faster backward on CPU.
+    take, in a program lowered for CPU, a path whose derivative (to the first maximum of each window,
+    as ``reduce_window``'s) avoids XLA's select-and-scatter: same values, ~4x faster backward there
+    (:func:`research.kernels.cpu.max_pool_tiled`).
     """
     w, s, d, pads, extra = _pool_geometry(x, window, strides, padding, dilation, ceil_mode)
+
+    def plain(x):
+        return _reduce_pool(x, np.array(_lowest(x.dtype), x.dtype), lax.max, w, s, d, pads, extra)
+
     if s == w and all(di == 1 for di in d) and all(p == (0, 0) for p in pads) and not any(extra):
-        return _max_pool_tiled(x, w)
-    return _reduce_pool(x, np.array(_lowest(x.dtype), x.dtype), lax.max, w, s, d, pads, extra)
+        return cpu_kernels.max_pool_tiled(x, w, plain)
+    return plain(x)
 
 
 def min_pool(
