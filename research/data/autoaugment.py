@@ -27,17 +27,20 @@ from PIL import Image, ImageEnhance, ImageOps
 
 
 def _linspace32(start: float, end: float, steps: int) -> np.ndarray:
-    """``torch.linspace(start, end, steps)`` in float32, bit for bit (torch fills the first half
-    from ``start`` and the second from ``end`` with a float32 step)."""
+    """``torch.linspace(start, end, steps)`` in float32, bit for bit: torch fills the first half as
+    ``start + step * i`` and the second as ``end - step * (steps - 1 - i)`` with a float32 step and
+    fused multiply-adds (emulated here exactly: the float64 product of a float32 and a small integer
+    is exact, so only the sum rounds)."""
     out = np.empty(steps, np.float32)
     if steps == 1:
         out[0] = start
         return out
-    step = (np.float32(end) - np.float32(start)) / np.float32(steps - 1)
+    s32, e32 = np.float32(start), np.float32(end)
+    step = np.float64((e32 - s32) / np.float32(steps - 1))
     half = steps // 2
-    i = np.arange(steps, dtype=np.float32)
-    out[:half] = np.float32(start) + step * i[:half]
-    out[half:] = np.float32(end) - step * (np.float32(steps - 1) - i[half:])
+    i = np.arange(steps, dtype=np.float64)
+    out[:half] = (np.float64(s32) + step * i[:half]).astype(np.float32)
+    out[half:] = (np.float64(e32) - step * (steps - 1 - i[half:])).astype(np.float32)
     return out
 
 
