@@ -307,6 +307,10 @@ class StreamIterator:
         read = grain.ReadOptions(num_threads=self._threads, prefetch_buffer_size=2 * self._threads)
         it_ds = ds.to_iter_dataset(read)
         if self._workers:
+            from absl import flags  # pylint: disable=g-import-not-at-top
+
+            if not flags.FLAGS.is_parsed():  # grain reads its flags (defaults) outside absl.app too
+                flags.FLAGS.mark_as_parsed()
             it_ds = it_ds.mp_prefetch(
                 grain.MultiprocessingOptions(num_workers=self._workers, per_worker_buffer_size=2)
             )
