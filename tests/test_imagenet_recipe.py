@@ -299,3 +299,56 @@ def test_on_device_with_full_resolution_crops(jpeg_tree):
     he = next(rd.make_eval_iterator(host, 'val', global_batch_size=8))
     de = next(rd.make_eval_iterator(dev, 'val', global_batch_size=8))
     np.testing.assert_allclose(np.asarray(prepare(de)), he['image'], rtol=0, atol=1e-5)
+
+
+def test_converted_resnet50_logits_equal_torch_on_the_pipelines_images(jpeg_tree):
+    # End to end: JPEG files -> this package's eval pipeline (resize 232, crop 224, ImageNet
+    # normalisation) and train crops (random-resized crop + flip, the crop drawn by the pipeline) ->
+    # the converted ResNet-50, against the same files -> ResNet50_Weights.IMAGENET1K_V2.transforms()
+    # (and torchvision's resized_crop + hflip with the same box) -> torch's ResNet-50. Random weights,
+    # BatchNorm statistics calibrated on this batch so activations have realistic scales.
+    import io
+
+    import jax
+
+    from research.interop import torchvision as tvi
+
+    preset = tv.models.ResNet50_Weights.IMAGENET1K_V2.transforms()
+    ev_cfg = _folder_cfg(jpeg_tree, eval_resize=232, normalize='imagenet')
+    stored, _ = _source_order(ev_cfg, 'val')
+    ours_eval = np.concatenate([b['image'][b['mask']] for b in rd.make_eval_iterator(ev_cfg, 'val', global_batch_size=6)])
+    theirs_eval = [preset(Image.open(io.BytesIO(s)).convert('RGB')) for s in stored]
+    tr_cfg = _folder_cfg(jpeg_tree, augment_random_resized_crop=True, augment_flip=True, normalize='imagenet')
+    train_stored, _ = _source_order(tr_cfg, 'train')
+    it = rd.make_train_iterator(tr_cfg, seed=7, global_batch_size=4)
+    batch, fn = next(it), it._fn
+    pos = fn.positions(0)
+    u = augment.uniform_hash(fn._seed ^ pipeline._CROP_TAG, pos, transforms.RRC_UNIFORMS)
+    flips = augment.uniform_hash(fn._aug_seed, pos, augment.NUM_UNIFORMS)[:, 2] < 0.5
+    theirs_train = []
+    norm = tv.transforms.Normalize(datasets.IMAGENET_MEAN, datasets.IMAGENET_STD)
+    for k, i in enumerate(fn.source_indices(pos)):
+        img = Image.open(io.BytesIO(train_stored[i])).convert('RGB')
+        crop = TF.resized_crop(img, *transforms.rrc_box(img.height, img.width, u[k]), [224, 224], antialias=True)
+        crop = TF.hflip(crop) if flips[k] else crop
+        theirs_train.append(norm(TF.to_tensor(crop)))
+    x_torch = torch.stack(theirs_eval + theirs_train)
+    x_ours = np.concatenate([ours_eval, batch['image']])
+    np.testing.assert_allclose(x_ours, x_torch.numpy().transpose(0, 2, 3, 1), rtol=0, atol=1e-5)
+
+    torch.manual_seed(0)
+    model = tvi.torchvision_model('resnet50')
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average: the statistics of this batch
+            m.reset_running_stats()
+    with torch.no_grad():
+        model.train()(x_torch)
+        ref = model.eval()(x_torch).numpy()
+    variables = tvi.from_torchvision('resnet50', model)
+    flax_model = tvi.flax_model('resnet50')
+    out = np.asarray(jax.jit(lambda v, x: flax_model.apply(v, x, train=False))(variables, x_ours))
+    err = np.max(np.abs(out - ref)) / np.max(np.abs(ref))
+    print(f'ResNet-50 logits, max rel. error {err:.2e} over {len(ref)} images')
+    assert err < 1e-4, err
+    assert np.array_equal(out.argmax(-1), ref.argmax(-1))
