@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import weakref
 
 import grain
 import numpy as np
@@ -300,6 +301,7 @@ class StreamIterator:
         self._threads, self._workers = int(num_threads), int(num_workers)
         self._next = 0
         self._it = None
+        self._finalizer = None
 
     def _open(self):
         stop = self._length if self._length is not None else _STREAM_END
@@ -315,6 +317,9 @@ class StreamIterator:
                 grain.MultiprocessingOptions(num_workers=self._workers, per_worker_buffer_size=2)
             )
         self._it = iter(it_ds)
+        # Closed when this iterator is collected or, at the latest, at interpreter exit (before
+        # modules are torn down): stops grain's workers and unlinks their unread shared memory.
+        self._finalizer = weakref.finalize(self, _close_quietly, self._it)
 
     def __iter__(self):
         return self
@@ -335,15 +340,15 @@ class StreamIterator:
 
     def close(self) -> None:
         """Stops the prefetching threads / worker processes (reopened by the next ``next``)."""
-        it, self._it = self._it, None
-        if it is not None and hasattr(it, 'close'):
-            it.close()
+        self._it = None
+        finalizer, self._finalizer = self._finalizer, None
+        if finalizer is not None:
+            finalizer()
 
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
+
+def _close_quietly(it) -> None:
+    if hasattr(it, 'close'):
+        it.close()
 
 
 def _stream(cfg, fn, length: int | None) -> StreamIterator:
