@@ -12,8 +12,8 @@ from research.data import augment, autoaugment, pipeline
 
 torch = pytest.importorskip('torch')
 pytest.importorskip('torchvision')
-import torchvision.transforms.autoaugment as tva  # noqa: E402
-from torchvision.transforms import InterpolationMode  # noqa: E402
+import torchvision.transforms.autoaugment as tva
+from torchvision.transforms import InterpolationMode
 
 
 @pytest.fixture(scope='module')
@@ -63,7 +63,9 @@ def test_every_op_equals_torchvision_apply_op(images):
                     got = autoaugment.apply_op(img, name, sign * mag)
                     want = tva._apply_op(img, name, sign * mag, InterpolationMode.NEAREST, None)
                     assert got.mode == want.mode and got.size == want.size
-                    np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=f'{name} {sign * mag}')
+                    np.testing.assert_array_equal(
+                        np.asarray(got), np.asarray(want), err_msg=f'{name} {sign * mag}'
+                    )
 
 
 class _Ints:
@@ -161,7 +163,9 @@ def test_fixed_size_pipeline_applies_the_policy_after_crop_and_flip(tmp_path):
     crops = augment.pad_crop_flip(raw, p['offset_y'], p['offset_x'], p['flip'], 2)
     ra = autoaugment.RandAugment(2, 9)
     pu = fn.policy_uniforms(pos)
-    expect = np.stack([np.asarray(ra(Image.fromarray(c[..., 0]), pu[k]))[..., None] for k, c in enumerate(crops)])
+    expect = np.stack(
+        [np.asarray(ra(Image.fromarray(c[..., 0]), pu[k]))[..., None] for k, c in enumerate(crops)]
+    )
     np.testing.assert_array_equal(np.rint(b['image'] * 255).astype(np.uint8), expect)
     assert not np.array_equal(expect, crops)
     # data.on_device cannot take a host policy after a device crop: refused by name.

@@ -67,7 +67,7 @@ def test_input_pipeline_vs_torch_dataloader_prints_the_ratio(tmp_path):
     # against torch's DataLoader on the same JPEGs; tiny settings.
     cmd = [sys.executable, str(REPO / "benchmarks" / "input_pipeline.py"), "--vs_torch", "--workers=0",
            "--rounds=1", "--images=20", "--batch=4", "--batches=1", f"--jpeg_dir={tmp_path}"]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(list((tmp_path / "train").rglob("*.jpg"))) == 20
     rows = re.findall(r"^\s+0\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)", r.stdout, re.M)

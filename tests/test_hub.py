@@ -12,9 +12,9 @@ from PIL import Image
 torch = pytest.importorskip('torch')
 tv = pytest.importorskip('torchvision')
 
-from research.interop import hub  # noqa: E402
-from research.interop import torchvision as tvi  # noqa: E402
-from research.train import transfer  # noqa: E402
+from research.interop import hub
+from research.interop import torchvision as tvi
+from research.train import transfer
 
 SPEC = 'torchvision:resnet18.IMAGENET1K_V1'
 
@@ -41,14 +41,16 @@ def test_spec_and_names():
     assert hub.parse_spec('torchvision:resnet50.IMAGENET1K_V2') == ('resnet50', 'IMAGENET1K_V2')
     assert hub.parse_spec('torchvision:resnet50') == ('resnet50', 'DEFAULT')
     assert hub.hash_prefix('https://download.pytorch.org/models/resnet50-11ad3fa6.pth') == '11ad3fa6'
-    with pytest.raises(hub.WeightsError, match="no weights 'IMAGENET1K_V7'; published: IMAGENET1K_V1, IMAGENET1K_V2"):
+    with pytest.raises(
+        hub.WeightsError, match="no weights 'IMAGENET1K_V7'; published: IMAGENET1K_V1, IMAGENET1K_V2"
+    ):
         hub.weights_entry('resnet50', 'IMAGENET1K_V7')
     with pytest.raises(ValueError, match="no torchvision conversion for 'resnet5'"):
         hub.resolve('torchvision:resnet5.IMAGENET1K_V1')
 
 
 def test_cached_state_dict_is_converted_and_the_flax_variables_cached(env):
-    home, model, path = env
+    home, model, _ = env
     variables = hub.load_variables(SPEC)
     expect = tvi.from_torchvision('resnet18', model)
     for coll in ('params', 'batch_stats'):
@@ -65,7 +67,9 @@ def test_cached_state_dict_is_converted_and_the_flax_variables_cached(env):
     # init.checkpoint takes the name.
     loaded = transfer.load_pretrained(SPEC)
     assert set(loaded) == {'params', 'batch_stats'}
-    np.testing.assert_array_equal(np.asarray(loaded['params']['fc']['kernel']), np.asarray(expect['params']['fc']['kernel']))
+    np.testing.assert_array_equal(
+        np.asarray(loaded['params']['fc']['kernel']), np.asarray(expect['params']['fc']['kernel'])
+    )
 
 
 def test_fetch_checks_the_hash_prefix(env, tmp_path):
@@ -90,11 +94,14 @@ def test_evaluate_on_a_tiny_folder_equals_torch(env, tmp_path, capsys):
     # --evaluate: the converted model through this package's eval pipeline predicts what the torch
     # model predicts with weights.transforms() on the same JPEGs. Four images are filed under the
     # class torch predicts for them and two under another: top-1 must be 4/6 exactly.
-    home, model, _ = env
+    model = env[1]
     weights = tv.models.ResNet18_Weights.IMAGENET1K_V1
     categories = weights.meta['categories']
     preset = weights.transforms()
-    blobs = [large_jpeg(p, [(400, 300), (300, 420), (256, 256)][i % 3], seed=i) for i, p in enumerate(cifar_photos(6))]
+    blobs = [
+        large_jpeg(p, [(400, 300), (300, 420), (256, 256)][i % 3], seed=i)
+        for i, p in enumerate(cifar_photos(6))
+    ]
     x = torch.stack([preset(Image.open(io.BytesIO(b)).convert('RGB')) for b in blobs])
     with torch.no_grad():
         want = model.eval()(x).argmax(-1).numpy()
@@ -105,7 +112,9 @@ def test_evaluate_on_a_tiny_folder_equals_torch(env, tmp_path, capsys):
         (d / f'{i}.jpg').write_bytes(blob)
     if any('/' in categories[y] for y in labels):
         pytest.skip('a predicted category name has a slash')
-    r = hub.evaluate(SPEC, str(tmp_path / 'folder'), split='val', batch_size=4, data_dir=str(tmp_path / 'tfds'))
+    r = hub.evaluate(
+        SPEC, str(tmp_path / 'folder'), split='val', batch_size=4, data_dir=str(tmp_path / 'tfds')
+    )
     assert r['n'] == 6
     # the pipeline reads the split in the builder's order: compare the (label, prediction) pairs
     assert sorted(zip(r['labels'].tolist(), r['predictions'].tolist())) == sorted(zip(labels, want.tolist()))

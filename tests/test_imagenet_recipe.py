@@ -2,7 +2,6 @@
 evaluation, ImageNet normalisation, full-resolution storage, worker processes, exact resume."""
 
 import math
-import types
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from research.data import augment, datasets, pipeline, transforms
 
 torch = pytest.importorskip('torch')
 tv = pytest.importorskip('torchvision')
-from torchvision.transforms import functional as TF  # noqa: E402
+from torchvision.transforms import functional as TF
 
 
 def _cfg(data_dir, **kw):
@@ -250,7 +249,12 @@ def _assert_streams_equal(a, b):
 def test_worker_processes_give_the_same_stream_and_resume_exactly(jpeg_tree):
     # data.num_workers=2 (grain's mp_prefetch, worker w makes batches w, w + 2, ...) gives the stream
     # of the main thread, bit for bit; the state {'next_index': k} restores it exactly, in either mode.
-    kw = dict(augment_random_resized_crop=True, augment_flip=True, augment_randaugment='2,9', normalize='imagenet')
+    kw = {
+        'augment_random_resized_crop': True,
+        'augment_flip': True,
+        'augment_randaugment': '2,9',
+        'normalize': 'imagenet',
+    }
     ref_it = rd.make_train_iterator(_folder_cfg(jpeg_tree, **kw), seed=1, global_batch_size=4)
     ref = [next(ref_it) for _ in range(5)]  # 2.5 epochs of the 8 train images
     assert ref_it.get_state() == {'next_index': 5}
@@ -261,7 +265,9 @@ def test_worker_processes_give_the_same_stream_and_resume_exactly(jpeg_tree):
         state = it.get_state()
         assert state == {'next_index': 3}
         del got
-        threads = rd.make_train_iterator(_folder_cfg(jpeg_tree, num_threads=2, **kw), seed=1, global_batch_size=4)
+        threads = rd.make_train_iterator(
+            _folder_cfg(jpeg_tree, num_threads=2, **kw), seed=1, global_batch_size=4
+        )
         threads.set_state(state)
         _assert_streams_equal([next(threads) for _ in range(2)], ref[3:])
         it.set_state({'next_index': 1})  # restarts the workers at batch 1
@@ -286,7 +292,12 @@ def test_on_device_with_full_resolution_crops(jpeg_tree):
 
     from research.data import device_augment
 
-    kw = dict(augment_random_resized_crop=True, augment_flip=True, normalize='imagenet', eval_resize=256)
+    kw = {
+        'augment_random_resized_crop': True,
+        'augment_flip': True,
+        'normalize': 'imagenet',
+        'eval_resize': 256,
+    }
     host = _folder_cfg(jpeg_tree, **kw)
     dev = _folder_cfg(jpeg_tree, on_device=True, **kw)
     aug = device_augment.DeviceAugment.from_config(dev, 3)
@@ -316,7 +327,9 @@ def test_converted_resnet50_logits_equal_torch_on_the_pipelines_images(jpeg_tree
     preset = tv.models.ResNet50_Weights.IMAGENET1K_V2.transforms()
     ev_cfg = _folder_cfg(jpeg_tree, eval_resize=232, normalize='imagenet')
     stored, _ = _source_order(ev_cfg, 'val')
-    ours_eval = np.concatenate([b['image'][b['mask']] for b in rd.make_eval_iterator(ev_cfg, 'val', global_batch_size=6)])
+    ours_eval = np.concatenate(
+        [b['image'][b['mask']] for b in rd.make_eval_iterator(ev_cfg, 'val', global_batch_size=6)]
+    )
     theirs_eval = [preset(Image.open(io.BytesIO(s)).convert('RGB')) for s in stored]
     tr_cfg = _folder_cfg(jpeg_tree, augment_random_resized_crop=True, augment_flip=True, normalize='imagenet')
     train_stored, _ = _source_order(tr_cfg, 'train')
@@ -329,7 +342,9 @@ def test_converted_resnet50_logits_equal_torch_on_the_pipelines_images(jpeg_tree
     norm = tv.transforms.Normalize(datasets.IMAGENET_MEAN, datasets.IMAGENET_STD)
     for k, i in enumerate(fn.source_indices(pos)):
         img = Image.open(io.BytesIO(train_stored[i])).convert('RGB')
-        crop = TF.resized_crop(img, *transforms.rrc_box(img.height, img.width, u[k]), [224, 224], antialias=True)
+        crop = TF.resized_crop(
+            img, *transforms.rrc_box(img.height, img.width, u[k]), [224, 224], antialias=True
+        )
         crop = TF.hflip(crop) if flips[k] else crop
         theirs_train.append(norm(TF.to_tensor(crop)))
     x_torch = torch.stack(theirs_eval + theirs_train)

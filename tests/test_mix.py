@@ -6,14 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research.data import data_config_defaults
-from research.data import mix
+from research.data import data_config_defaults, mix
 from research.train import losses
 
 torch = pytest.importorskip('torch')
 pytest.importorskip('torchvision')
-import torchvision.transforms.v2._augment as v2aug  # noqa: E402
-from torchvision.transforms import v2  # noqa: E402
+import torchvision.transforms.v2._augment as v2aug
+from torchvision.transforms import v2
 
 
 class _Randint:

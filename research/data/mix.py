@@ -45,7 +45,7 @@ class MixSettings:
         return (self.mixup > 0 or self.cutmix > 0) and self.prob > 0
 
     @classmethod
-    def from_config(cls, data_cfg) -> 'MixSettings':
+    def from_config(cls, data_cfg) -> MixSettings:
         s = cls(
             mixup=float(datasets.field(data_cfg, 'augment.mixup')),
             cutmix=float(datasets.field(data_cfg, 'augment.cutmix')),
@@ -69,7 +69,7 @@ def mixup(images: jax.Array, targets: jax.Array, lam) -> tuple[jax.Array, jax.Ar
     """torchvision v2 MixUp with a given ``lam``: ``x * lam + roll(x, 1) * (1 - lam)`` for the
     images [B, H, W, C] and the soft targets [B, K]."""
     lam = jnp.asarray(lam, jnp.float32)
-    mix = lambda a: jnp.roll(a, 1, axis=0) * (1.0 - lam) + a * lam  # noqa: E731
+    mix = lambda a: jnp.roll(a, 1, axis=0) * (1.0 - lam) + a * lam
     return mix(images).astype(images.dtype), mix(targets)
 
 

@@ -42,8 +42,7 @@ from PIL import Image
 
 from research.data import augment as augment_lib
 from research.data import autoaugment as autoaugment_lib
-from research.data import datasets
-from research.data import transforms
+from research.data import datasets, transforms
 
 _SHUFFLE_TAG = 0x5348554646
 _AUGMENT_TAG = 0x4155474D

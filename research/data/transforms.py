@@ -79,8 +79,8 @@ def rrc_box(
         u_scale, u_ratio, u_top, u_left = (float(v) for v in uniforms[4 * t : 4 * t + 4])
         target_area = area * (scale[0] + u_scale * (scale[1] - scale[0]))
         aspect = math.exp(log_lo + u_ratio * (log_hi - log_lo))
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
         if 0 < w <= width and 0 < h <= height:
             top = min(int(u_top * (height - h + 1)), height - h)
             left = min(int(u_left * (width - w + 1)), width - w)
@@ -88,10 +88,10 @@ def rrc_box(
     in_ratio = float(width) / float(height)
     if in_ratio < min(ratio):
         w = width
-        h = int(round(w / min(ratio)))
+        h = round(w / min(ratio))
     elif in_ratio > max(ratio):
         h = height
-        w = int(round(h * max(ratio)))
+        w = round(h * max(ratio))
     else:
         w, h = width, height
     return (height - h) // 2, (width - w) // 2, h, w
@@ -141,8 +141,8 @@ def center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
         w, h = img.size
         if (cw, ch) == (w, h):
             return img
-    top = int(round((h - ch) / 2.0))
-    left = int(round((w - cw) / 2.0))
+    top = round((h - ch) / 2.0)
+    left = round((w - cw) / 2.0)
     return img.crop((left, top, left + cw, top + ch))
 
 

@@ -55,7 +55,9 @@ def parse_spec(spec: str) -> tuple[str, str]:
     body = str(spec).removeprefix(PREFIX).strip()
     model, _, weights = body.partition('.')
     if not model:
-        raise WeightsError(f'{spec!r}: expected torchvision:<model>[.<WEIGHTS>], e.g. torchvision:resnet50.IMAGENET1K_V2')
+        raise WeightsError(
+            f'{spec!r}: expected torchvision:<model>[.<WEIGHTS>], e.g. torchvision:resnet50.IMAGENET1K_V2'
+        )
     return model, weights or 'DEFAULT'
 
 
@@ -89,7 +91,9 @@ def weights_entry(model: str, weights: str):
         return enum[weights] if weights != 'DEFAULT' else enum.DEFAULT
     except KeyError:
         known = [k for k in enum.__members__ if k != 'DEFAULT']
-        raise WeightsError(f'{model} has no weights {weights!r}; published: {", ".join(known)} (or DEFAULT)') from None
+        raise WeightsError(
+            f'{model} has no weights {weights!r}; published: {", ".join(known)} (or DEFAULT)'
+        ) from None
 
 
 def hash_prefix(url: str) -> str | None:
@@ -153,7 +157,13 @@ def resolve(spec: str) -> dict:
         path = fetch(entry.url)
         variables = tvi.from_torchvision(model, path)
         msgpack.parent.mkdir(parents=True, exist_ok=True)
-        meta = {'model': model, 'weights': entry.name, 'url': entry.url, 'file': str(path), **_preprocessing(entry)}
+        meta = {
+            'model': model,
+            'weights': entry.name,
+            'url': entry.url,
+            'file': str(path),
+            **_preprocessing(entry),
+        }
         for target, data in (
             (meta_path, json.dumps(meta, indent=1).encode()),
             (msgpack, serialization.msgpack_serialize(jax.tree.map(np.asarray, variables))),
@@ -180,7 +190,11 @@ def _label_map(class_names, categories) -> np.ndarray:
     names = list(class_names)
     if categories and all(n in categories for n in names):
         return np.asarray([categories.index(n) for n in names], np.int32)
-    if len(names) == 1000 and names == sorted(names) and all(n.startswith('n') and n[1:].isdigit() for n in names):
+    if (
+        len(names) == 1000
+        and names == sorted(names)
+        and all(n.startswith('n') and n[1:].isdigit() for n in names)
+    ):
         return np.arange(1000, dtype=np.int32)  # ImageNet synset folders, sorted = the class order
     categories = list(categories or [])
     bad = next((n for n in names if n not in categories), names[0])
@@ -210,7 +224,9 @@ def evaluate(
     if 'resize' not in meta:
         raise WeightsError(f'{spec}: not classification weights with an ImageClassification preprocessing')
     if not meta.get('bilinear', True):
-        raise WeightsError(f"{spec}: its preprocessing resizes with another filter than bilinear (this pipeline's)")
+        raise WeightsError(
+            f"{spec}: its preprocessing resizes with another filter than bilinear (this pipeline's)"
+        )
     if tuple(meta['mean']) != datasets.IMAGENET_MEAN or tuple(meta['std']) != datasets.IMAGENET_STD:
         raise WeightsError(f"{spec}: mean/std {meta['mean']}/{meta['std']} are not ImageNet's")
     cfg = data_lib.data_config_defaults()
@@ -253,7 +269,9 @@ def main(argv=None) -> int:
     """``python -m research.interop.torchvision --evaluate NAME --data FOLDER [...]`` (also
     ``python -m research.interop.hub``): one report line."""
     p = argparse.ArgumentParser(description='top-1 of converted torchvision weights on an image folder')
-    p.add_argument('--evaluate', required=True, metavar='NAME', help='e.g. resnet50.IMAGENET1K_V2 (or .DEFAULT)')
+    p.add_argument(
+        '--evaluate', required=True, metavar='NAME', help='e.g. resnet50.IMAGENET1K_V2 (or .DEFAULT)'
+    )
     p.add_argument('--data', required=True, help='image folder (<split>/<class>/<image>) or a tar of one')
     p.add_argument('--split', default='val')
     p.add_argument('--batch_size', type=int, default=50)

@@ -23,7 +23,9 @@ import jax
 import jax.numpy as jnp
 
 
-def soft_target_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+def soft_target_cross_entropy(
+    logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0
+) -> jax.Array:
     """Per-example cross-entropy [B] of ``logits`` [B, K] against soft ``targets`` [B, K] (float32
     log-softmax whatever the logits' dtype)."""
     targets = targets.astype(jnp.float32)
@@ -32,4 +34,3 @@ def soft_target_cross_entropy(logits: jax.Array, targets: jax.Array, label_smoot
         targets = targets * (1.0 - label_smoothing) + label_smoothing / k
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return -jnp.sum(targets * logp, axis=-1)
-

@@ -231,7 +231,7 @@ class ImageFolder(OfflineBuilder, skip_registration=True):
         # TFDS re-runs __init__(**state) on unpickling (grain's worker processes): the source path
         # instead of the config this class makes from it.
         state = {k: v for k, v in self._original_state.items() if k != 'config'}
-        return dict(_original_state=dict(state, path=self.source))
+        return {'_original_state': {**state, 'path': self.source}}
 
     def _get_scan(self) -> _Scan:
         if self._scan is None:
