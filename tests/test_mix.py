@@ -128,3 +128,15 @@ def test_soft_target_cross_entropy_equals_torch():
         ).numpy()
         got = losses.soft_target_cross_entropy(jnp.asarray(logits), mix.one_hot(jnp.asarray(labels), 11), eps)
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
+
+def test_pipeline_refuses_mixing_unless_the_step_applies_it(tmp_path):
+    import research.data as rd
+
+    c = data_config_defaults()
+    c.data_dir = str(tmp_path)
+    c.augment.cutmix = 1.0
+    with pytest.raises(ValueError, match=r'data.augment.cutmix=1 is applied in the train step'):
+        rd.make_train_iterator(c, seed=0, global_batch_size=8)
+    it = rd.make_train_iterator(c, seed=0, global_batch_size=8, step_mixes=True)
+    assert next(it)['image'].shape == (8, 8, 8, 1)  # the pipeline's batches are unchanged

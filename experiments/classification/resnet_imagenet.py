@@ -30,8 +30,8 @@ Arguments (comma-separated after the colon):
   model=<registry name> (default resnet50; e.g. resnet18, resnext50_32x4d, se_resnet50,
     wide_resnet50_2, resnet50_v1 for the paper's stride placement),
   zero_init, size=224 (the crop; eval resize = size x 256 / 224), batch=256, schedule=step|cosine,
-  workers=0 (``data.num_workers``: decoding processes; a 256-image batch of 224-px crops takes about
-    0.5-1 core-second to decode and augment, so a GPU run wants ~8-16),
+  workers=0 (``data.num_workers``: decoding processes; one core makes ~110 224-px crops/s from
+    ImageNet-size JPEGs here (benchmarks/RESULTS.md), so 1,000 img/s on a GPU needs ~9),
   folder=<path> (an ImageNet-style ``train/<class>/*.JPEG`` + ``val/<class>/*.JPEG`` tree or a tar
     of one, instead of TFDS 'imagenet2012' with its train/validation splits; stored as the JPEG
     files' bytes, decoded per batch),

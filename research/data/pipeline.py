@@ -360,7 +360,13 @@ def _stream(cfg, fn, length: int | None) -> StreamIterator:
 
 
 def make_train_iterator(
-    cfg, *, seed: int, global_batch_size: int, process_index: int = 0, process_count: int = 1
+    cfg,
+    *,
+    seed: int,
+    global_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    step_mixes: bool = False,
 ):
     """Infinite, shuffled, augmented train batches (a `StreamIterator`).
 
@@ -369,9 +375,20 @@ def make_train_iterator(
     With `data.on_device`: {'image': uint8 [L, H, W, C], 'aug': the augmentation
     parameters (`augment.augment_params`), 'label'}, for `device_augment.prepare_batch`
     (with `data.augment.random_resized_crop` no 'aug': the host crops and flips).
+
+    `data.augment.mixup` / `cutmix` are applied by the train step (`research.data.mix.mix_batch`),
+    not here: a caller whose step does so passes ``step_mixes=True``; otherwise they are refused
+    rather than silently ignored.
     """
     local = _check_hosts(global_batch_size, process_index, process_count)
     check_settings(cfg)
+    for key in ('mixup', 'cutmix'):
+        alpha = float(datasets.field(cfg, f'augment.{key}'))
+        if alpha and not step_mixes:
+            raise ValueError(
+                f'data.augment.{key}={alpha:g} is applied in the train step (research.data.mix.mix_batch '
+                'with research.train.losses.soft_target_cross_entropy); this trainer does not apply it'
+            )
     split = str(datasets.field(cfg, 'train_split'))
     crop = random_resized_crop(cfg)
     data = datasets.get_full_split(cfg, split) if crop else datasets.get_split(cfg, split)
