@@ -367,3 +367,24 @@ def test_converted_resnet50_logits_equal_torch_on_the_pipelines_images(jpeg_tree
     print(f'ResNet-50 logits, max rel. error {err:.2e} over {len(ref)} images')
     assert err < 1e-4, err
     assert np.array_equal(out.argmax(-1), ref.argmax(-1))
+
+
+def test_big_in_memory_splits_are_reread_by_workers_not_pickled(jpeg_tree, monkeypatch):
+    # What a worker process gets: the stored images themselves while small, else only the data
+    # source (the worker reads the same records).
+    import pickle
+
+    data = datasets.get_full_split(_folder_cfg(jpeg_tree), 'train')
+    assert data.in_memory
+    small = pickle.loads(pickle.dumps(data))
+    assert small.in_memory
+    monkeypatch.setattr(datasets, 'MAX_PICKLED_BYTES', 1000)
+    big = pickle.loads(pickle.dumps(data))
+    assert not big.in_memory and len(pickle.dumps(data)) < 100_000
+    idx = np.array([5, 0, 7])
+    (a, la), (b, lb) = data.records(idx), big.records(idx)
+    assert [bytes(np.asarray(r)) for r in a] == [bytes(np.asarray(r)) for r in b] and np.array_equal(la, lb)
+    digits = datasets.get_split(_cfg(jpeg_tree[1], image_size=16), 'train')
+    lazy = pickle.loads(pickle.dumps(digits))
+    assert not lazy.in_memory
+    np.testing.assert_array_equal(lazy.gather(idx)[0], digits.gather(idx)[0])

@@ -29,6 +29,9 @@ OFFLINE_BUILDERS = ('digits', 'image_folder', 'mnist_seg', 'shapes_seg', 'mnist_
 # Splits whose (resized) uint8 images fit in this many bytes are loaded into
 # memory once per process; larger ones are decoded lazily per batch.
 MAX_IN_MEMORY_BYTES = 2 * 1024**3
+# Worker processes (data.num_workers) get in-memory splits up to this size pickled; bigger ones
+# read their examples from the data source (the same values, decoded per batch).
+MAX_PICKLED_BYTES = 256 * 1024**2
 # Normalisation statistics of splits read lazily use this many examples
 # (evenly strided; TFDS shuffles examples at build time).
 MAX_STATS_EXAMPLES_LAZY = 20_000
@@ -324,6 +327,12 @@ class SplitData:
     def in_memory(self) -> bool:
         return self.images is not None
 
+    def __getstate__(self):  # for grain's worker processes: big arrays are re-read, not copied
+        state = dict(self.__dict__)
+        if self.images is not None and self.images.nbytes > MAX_PICKLED_BYTES:
+            state['images'] = state['labels'] = None
+        return state
+
     def _read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w, c = self.shape
         images = np.empty((len(indices), h, w, c), np.uint8)
@@ -418,6 +427,12 @@ class FullResSplit:
     @property
     def in_memory(self) -> bool:
         return self.refs is not None
+
+    def __getstate__(self):  # for grain's worker processes: many stored images are re-read, not copied
+        state = dict(self.__dict__)
+        if self.refs is not None and sum(_stored_nbytes(r) for r in self.refs) > MAX_PICKLED_BYTES:
+            state['refs'] = state['labels'] = None
+        return state
 
     def _read(self, indices: np.ndarray) -> tuple[list, np.ndarray]:
         refs, labels = [], np.empty((len(indices),), np.int32)
