@@ -21,6 +21,18 @@ pipeline alone (``make_train_iterator``, batches/s without training). The issue'
 synthetic. ``--repeats`` N alternates synthetic and real N times and prints the median ratio.
 ``--on_device`` adds rows with ``data.on_device=True``: the pipeline ships uint8 images and the
 augmentation draws, and the jitted step augments and normalises (``research.data.device_augment``).
+
+``--vs_torch`` instead compares the ImageNet recipe's host side with PyTorch's, on the same JPEGs
+(``--images`` CIFAR-10 photos upscaled to ImageNet sizes of several aspect ratios, ~500 x 375, with
+noise; written once to ``--jpeg_dir``): this package's train pipeline (``data.augment.random_resized_crop``
++ flip + ``data.normalize='imagenet'``, 224 px; decode, crop, resize, flip, normalise, batch) against a
+``torch.utils.data.DataLoader`` over ``torchvision.datasets.ImageFolder`` with ``RandomResizedCrop(224)``,
+``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize`` (Pillow, as torchvision's reference recipe),
+alternating, ``--rounds`` times, for each ``--workers`` count W (grain ``data.num_workers`` = DataLoader
+``num_workers`` = W; W = 0: both in the main process, torch limited to one thread). Images/s per core
+= images/s / max(W, 1); the ratio is ours / torch's (goal >= 1.0)::
+
+    python benchmarks/input_pipeline.py --vs_torch --workers=0,2 --rounds=3
 """
 
 from __future__ import annotations
@@ -126,6 +138,120 @@ def device_prepare_rate(config, repeats: int = 3) -> float:
     return int(c.train.batch_size) / best
 
 
+SIZES = ((500, 375), (375, 500), (500, 333), (333, 500), (640, 480), (480, 640), (500, 500), (800, 400))
+
+
+def make_jpegs(root: Path, count: int, classes: int = 10) -> Path:
+    """``count`` large JPEGs under ``root/train/<class>/`` (kept if already there): CIFAR-10 photos from
+    ../shared/data upscaled (bicubic) to ``SIZES`` with noise, or generated images without it."""
+    import tarfile
+
+    from PIL import Image
+
+    train = root / "train"
+    if train.exists() and sum(1 for _ in train.rglob("*.jpg")) == count:
+        return root
+    photos, tgz = [], REPO.parent / "shared" / "data" / "cifar10-jpg.tgz"
+    if tgz.exists():
+        with tarfile.open(tgz, "r|gz") as tar:
+            for m in tar:
+                if m.isfile() and m.name.endswith(".jpg"):
+                    photos.append(np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read())).convert("RGB")))
+                    if len(photos) == count:
+                        break
+    rng = np.random.default_rng(0)
+    while len(photos) < count:
+        photos.append(rng.integers(0, 256, (8, 8, 3)).astype(np.uint8))
+    for i, photo in enumerate(photos):
+        w, h = SIZES[i % len(SIZES)]
+        img = np.asarray(Image.fromarray(photo).resize((w, h), Image.BICUBIC)).astype(np.int16)
+        img = np.clip(img + rng.integers(-12, 13, img.shape), 0, 255).astype(np.uint8)
+        d = train / f"c{i % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / f"{i:05d}.jpg", quality=90)
+    (root / "test").mkdir(exist_ok=True)
+    for c in range(classes):  # the folder builder wants the same classes in every split
+        (root / "test" / f"c{c}").mkdir(exist_ok=True)
+        src = next((train / f"c{c}").glob("*.jpg"))
+        (root / "test" / f"c{c}" / "0.jpg").write_bytes(src.read_bytes())
+    return root
+
+
+def _rate(it, batch: int, batches: int) -> float:
+    next(it)  # workers started, first batch made
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch / (time.perf_counter() - t0)
+
+
+def ours_rate(root: Path, data_dir: Path, batch: int, batches: int, workers: int) -> float:
+    from research import data as data_lib
+
+    cfg = data_lib.data_config_defaults()
+    cfg.name, cfg.path, cfg.data_dir, cfg.image_size = "image_folder", str(root), str(data_dir), 224
+    cfg.augment.random_resized_crop, cfg.augment.flip, cfg.normalize = True, True, "imagenet"
+    cfg.num_workers = workers
+    it = data_lib.make_train_iterator(cfg, seed=0, global_batch_size=batch)
+    try:
+        return _rate(it, batch, batches)
+    finally:
+        it.close()
+
+
+def torch_rate(root: Path, batch: int, batches: int, workers: int) -> float:
+    import torch
+    import torchvision
+    from torchvision import transforms as T
+
+    torch.set_num_threads(1)  # workers use one thread each; the main process too when W = 0
+    tf = T.Compose([
+        T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(),
+        T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ])  # fmt: skip
+    ds = torchvision.datasets.ImageFolder(str(root / "train"), transform=tf)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+        persistent_workers=workers > 0, prefetch_factor=2 if workers else None,
+    )  # fmt: skip
+
+    def endless():
+        while True:
+            yield from loader
+
+    return _rate(endless(), batch, batches)
+
+
+def vs_torch(args) -> None:
+    import platform
+
+    import PIL
+    import torch
+    import torchvision
+
+    root = make_jpegs(Path(args.jpeg_dir), args.images)
+    data_dir = Path(args.jpeg_dir) / "tfds"
+    ours_rate(root, data_dir, args.batch, 1, 0)  # prepares the folder (not timed)
+    print(
+        f"{args.images} JPEGs ({', '.join(f'{w}x{h}' for w, h in SIZES)}) in {root} | batch {args.batch}, "
+        f"{args.batches} timed batches after the first | {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
+        f" | Pillow {PIL.__version__}, torch {torch.__version__}, torchvision {torchvision.__version__}",
+        flush=True,
+    )
+    print(f"{'workers':>8}{'ours img/s':>12}{'torch img/s':>13}{'ours/core':>11}{'torch/core':>12}{'ratio':>8}{'range':>13}")
+    for w in [int(x) for x in args.workers.split(",")]:
+        ours, theirs = [], []
+        for _ in range(args.rounds):
+            ours.append(ours_rate(root, data_dir, args.batch, args.batches, w))
+            theirs.append(torch_rate(root, args.batch, args.batches, w))
+        ratios = sorted(a / b for a, b in zip(ours, theirs))
+        cores = max(w, 1)
+        o, t = float(np.median(ours)), float(np.median(theirs))
+        rng = f"{ratios[0]:.2f}-{ratios[-1]:.2f}" if len(ratios) > 1 else ""
+        print(f"{w:>8}{o:>12,.0f}{t:>13,.0f}{o / cores:>11,.0f}{t / cores:>12,.0f}{np.median(ratios):>8.2f}{rng:>13}",
+              flush=True)  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -146,7 +272,18 @@ def main() -> None:
         "--hugepages", action=argparse.BooleanOptionalAction, default=True,
         help="restart with glibc malloc's huge pages, as launch.py (research/hugepages.py)",
     )  # fmt: skip
+    p.add_argument("--vs_torch", action="store_true", help="the 224-px recipe's host side vs torch's DataLoader")
+    p.add_argument("--workers", default="0", help="--vs_torch: comma-separated worker counts")
+    p.add_argument("--rounds", type=int, default=3, help="--vs_torch: alternating rounds (median)")
+    p.add_argument("--images", type=int, default=512, help="--vs_torch: JPEGs to make")
+    p.add_argument("--batch", type=int, default=64, help="--vs_torch: batch size")
+    p.add_argument("--batches", type=int, default=6, help="--vs_torch: timed batches per measurement")
+    p.add_argument("--jpeg_dir", default=os.path.join(tempfile.gettempdir(), "input_pipeline_jpegs"),
+                   help="--vs_torch: where the JPEGs (and the prepared folder) go")  # fmt: skip
     args = p.parse_args()
+    if args.vs_torch:
+        vs_torch(args)
+        return
     if args.hugepages:
         from research.hugepages import reexec_with_hugepages
 

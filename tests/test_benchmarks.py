@@ -60,3 +60,18 @@ def test_layers_benchmark_times_fcn32_upsampling_with_the_trainers_convolutions(
     assert [impl for impl, _ in rows] == ["subpixel", "lhs_dilation"] and all(float(ms) > 0 for _, ms in rows)
     want = "oneDNN" if onednn.resolve("auto", 1) == "onednn" else "XLA"
     assert f"JAX convolutions: {want}" in r.stdout, r.stdout
+
+
+def test_input_pipeline_vs_torch_dataloader_prints_the_ratio(tmp_path):
+    # --vs_torch: the 224-px recipe's host side (random-resized crop + flip + ImageNet normalisation)
+    # against torch's DataLoader on the same JPEGs; tiny settings.
+    cmd = [sys.executable, str(REPO / "benchmarks" / "input_pipeline.py"), "--vs_torch", "--workers=0",
+           "--rounds=1", "--images=20", "--batch=4", "--batches=1", f"--jpeg_dir={tmp_path}"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(list((tmp_path / "train").rglob("*.jpg"))) == 20
+    rows = re.findall(r"^\s+0\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)", r.stdout, re.M)
+    assert len(rows) == 1, r.stdout
+    ours, theirs, _, _, ratio = (float(v.replace(",", "")) for v in rows[0])
+    assert ours > 0 and theirs > 0 and abs(ratio - ours / theirs) < 0.02 * ratio + 0.01
+    assert "20 JPEGs (500x375" in r.stdout

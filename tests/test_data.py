@@ -549,14 +549,23 @@ def test_data_config_defaults():
     cfg = rd.data_config_defaults()
     assert cfg.name == 'digits' and cfg.path == '' and cfg.data_dir == ''
     assert (cfg.train_split, cfg.eval_split) == ('train', 'test')
-    assert cfg.image_size == 0 and cfg.normalize is True
-    assert cfg.shuffle_seed == -1 and cfg.num_threads == 0
+    assert cfg.image_size == 0 and cfg.normalize == 'auto' and cfg.eval_resize == 0
+    assert cfg.shuffle_seed == -1 and cfg.num_threads == 0 and cfg.num_workers == 0
     assert dict(cfg.augment) == {
         'crop_padding': 0,
         'flip': False,
         'rotation': 0.0,
         'scale': 0.0,
         'brightness': 0.0,
+        'random_resized_crop': False,
+        'crop_scale': (0.08, 1.0),
+        'crop_ratio': (3.0 / 4.0, 4.0 / 3.0),
+        'randaugment': '',
+        'autoaugment': '',
+        'mixup': 0.0,
+        'cutmix': 0.0,
+        'mix_prob': 1.0,
+        'mix_switch_prob': 0.5,
     }
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from research.data import augment as augment_lib
+from research.data import transforms
 from research.data.builders import Digits, ImageFolder
 from research.data.builders import image_folder as image_folder_lib
 
@@ -28,6 +29,9 @@ OFFLINE_BUILDERS = ('digits', 'image_folder', 'mnist_seg', 'shapes_seg', 'mnist_
 # Splits whose (resized) uint8 images fit in this many bytes are loaded into
 # memory once per process; larger ones are decoded lazily per batch.
 MAX_IN_MEMORY_BYTES = 2 * 1024**3
+# Worker processes (data.num_workers) get in-memory splits up to this size pickled; bigger ones
+# read their examples from the data source (the same values, decoded per batch).
+MAX_PICKLED_BYTES = 256 * 1024**2
 # Normalisation statistics of splits read lazily use this many examples
 # (evenly strided; TFDS shuffles examples at build time).
 MAX_STATS_EXAMPLES_LAZY = 20_000
@@ -41,7 +45,7 @@ def data_config_defaults() -> ml_collections.ConfigDict:
     image_folder; data_dir: TFDS data dir ('' = $TFDS_DATA_DIR or
     ~/tensorflow_datasets); train_split / eval_split; image_size: 0 = native,
     N = bilinear resize to NxN; normalize: per-channel train mean/std (else
-    x/255); augment.{crop_padding, flip, rotation (deg), scale, brightness}:
+    x/255; see also below); augment.{crop_padding, flip, rotation (deg), scale, brightness}:
     0/False = off; shuffle_seed: -1 = run seed; num_threads: grain threads;
     classes: keep only these classes (names or indices, relabelled 0..k-1 in
     the given order; () = all), e.g. a source/target split for transfer learning;
@@ -51,6 +55,31 @@ def data_config_defaults() -> ml_collections.ConfigDict:
     on_device: the pipeline ships uint8 images and each example's augmentation
     draws, and augmentation and normalisation run inside the jitted step
     (`research.data.device_augment`; classification trainer only).
+
+    The ImageNet recipe (docs/imagenet.md; `research.data.transforms`,
+    `research.data.autoaugment`, `research.data.mix`):
+    normalize: also 'imagenet' (torchvision's mean/std on [0, 1] pixels) or
+    'auto' (the default: the dataset's own mean/std, ImageNet's when the run
+    starts from torchvision weights, see `resolve_normalize`);
+    augment.random_resized_crop: Szegedy et al. 2015's crop as torchvision's
+    RandomResizedCrop (area fraction augment.crop_scale, log-uniform aspect
+    ratio augment.crop_ratio, 10 tries then a center crop) of the image decoded
+    at full resolution, resized to image_size (bilinear, antialiased);
+    eval_resize: N > 0 = evaluate on the shorter side resized to N then the
+    center image_size crop (He et al. 2016: 256 -> 224), from the full-size
+    image; 0 = the whole image squashed to image_size;
+    augment.randaugment: 'N,M' (Cubuk et al. 2020: N ops of magnitude M of 31
+    bins, torchvision's RandAugment; 'N,M,bins' for other bin counts), '' = off;
+    augment.autoaugment: 'imagenet' | 'cifar10' | 'svhn' (Cubuk et al. 2019's
+    policies, torchvision's AutoAugment), '' = off;
+    augment.mixup / augment.cutmix: Beta(alpha, alpha) of mixup (Zhang et al.
+    2018) / CutMix (Yun et al. 2019), 0 = off; with both, one of them per
+    batch (CutMix with probability augment.mix_switch_prob); a batch is mixed
+    with probability augment.mix_prob. Applied in the jitted step to the global
+    batch (`research.data.mix.mix_batch`) with the soft-target loss
+    (`research.train.losses.soft_target_cross_entropy`);
+    num_workers: grain worker processes decoding batches (mp_prefetch; 0 = none,
+    num_threads threads in this process); the stream is the same for any count.
     """
     return ml_collections.ConfigDict(
         {
@@ -60,16 +89,27 @@ def data_config_defaults() -> ml_collections.ConfigDict:
             'train_split': 'train',
             'eval_split': 'test',
             'image_size': 0,
-            'normalize': True,
+            'normalize': ml_collections.FieldReference('auto', field_type=object),
+            'eval_resize': 0,
             'augment': {
                 'crop_padding': 0,
                 'flip': False,
                 'rotation': 0.0,
                 'scale': 0.0,
                 'brightness': 0.0,
+                'random_resized_crop': False,
+                'crop_scale': (0.08, 1.0),
+                'crop_ratio': (3.0 / 4.0, 4.0 / 3.0),
+                'randaugment': ml_collections.FieldReference('', field_type=object),
+                'autoaugment': '',
+                'mixup': 0.0,
+                'cutmix': 0.0,
+                'mix_prob': 1.0,
+                'mix_switch_prob': 0.5,
             },
             'shuffle_seed': -1,
             'num_threads': 0,
+            'num_workers': 0,
             'classes': (),
             'synthetic': False,
             'on_device': False,
@@ -207,8 +247,22 @@ def _display_name(builder) -> str:
     return f'{builder.name}/{cfg.name}' if cfg is not None else builder.name
 
 
+def image_storage(builder) -> str:
+    """How a builder stores its images: 'tfds_image' (a TFDS ``Image`` feature: encoded files, e.g.
+    imagenet2012), 'bytes' (image_folder's large images: the files' bytes as a 1-D uint8 tensor)
+    or 'pixels' (decoded uint8 [H, W, C] tensors)."""
+    feature = builder.info.features['image']
+    if isinstance(feature, tfds.features.Image):
+        return 'tfds_image'
+    if len(feature.shape) == 1:
+        return 'bytes'
+    return 'pixels'
+
+
 def _native_shape(builder) -> tuple:
     """(H, W, C) of the stored images; H/W are None for varying sizes."""
+    if image_storage(builder) == 'bytes':  # image_folder's encoded files (C in the metadata)
+        return (None, None, int(builder.info.metadata['channels']))
     shape = tuple(builder.info.features['image'].shape)
     return shape + (1,) if len(shape) == 2 else shape
 
@@ -237,8 +291,10 @@ def output_shape(cfg, builder=None) -> tuple[int, int, int]:
 # Split access.
 
 
-def _as_hwc(img: np.ndarray) -> np.ndarray:
+def _as_hwc(img: np.ndarray, channels: int = 3) -> np.ndarray:
     img = np.asarray(img)
+    if img.ndim == 1:  # encoded file bytes (image_storage 'bytes')
+        return transforms.to_array(transforms.open_image(img, channels), channels)
     if img.ndim == 2:
         img = img[..., None]
     if img.dtype != np.uint8:
@@ -271,6 +327,12 @@ class SplitData:
     def in_memory(self) -> bool:
         return self.images is not None
 
+    def __getstate__(self):  # for grain's worker processes: big arrays are re-read, not copied
+        state = dict(self.__dict__)
+        if self.images is not None and self.images.nbytes > MAX_PICKLED_BYTES:
+            state['images'] = state['labels'] = None
+        return state
+
     def _read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w, c = self.shape
         images = np.empty((len(indices), h, w, c), np.uint8)
@@ -278,7 +340,7 @@ class SplitData:
         for start in range(0, len(indices), _LOAD_CHUNK):
             chunk = [int(i) for i in indices[start : start + _LOAD_CHUNK]]
             records = self._source.__getitems__(chunk)
-            imgs = [_as_hwc(r['image']) for r in records]
+            imgs = [_as_hwc(r['image'], c) for r in records]
             labels[start : start + len(chunk)] = [int(r['label']) for r in records]
             if all(im.shape == imgs[0].shape for im in imgs):
                 batch = np.stack(imgs)
@@ -321,6 +383,90 @@ class ClassSubset:
     def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         images, labels = self._data.gather(self.indices[np.asarray(indices, np.int64)])
         return images, self._remap[labels]
+
+    # The FullResSplit interface (when the viewed split is one).
+    @property
+    def channels(self) -> int:
+        return self._data.channels
+
+    def records(self, indices: np.ndarray) -> tuple[list, np.ndarray]:
+        refs, labels = self._data.records(self.indices[np.asarray(indices, np.int64)])
+        return refs, self._remap[labels]
+
+    def image(self, ref):
+        return self._data.image(ref)
+
+
+class FullResSplit:
+    """Random access to one split's images at full resolution: their stored form (encoded file bytes,
+    or decoded pixels for datasets stored that way) and int32 labels, for the per-example transforms
+    of ``research.data.transforms`` (random-resized crop, resize-shorter-side + center crop).
+
+    Splits whose stored images fit in ``MAX_IN_MEMORY_BYTES`` (estimated from 64 evenly spaced
+    records) are held in memory as stored (ImageNet's JPEGs: 140 GB, read from disk per batch; a
+    50k-image folder of JPEGs: ~1 GB, held). ``shape`` is the (H, W, C) the pipeline makes of them.
+    """
+
+    def __init__(self, builder, split: str, out_shape: tuple[int, int, int]):
+        self.split = split
+        self.shape = tuple(out_shape)
+        self.channels = int(out_shape[-1])
+        self._n = num_examples(builder, split)
+        decoders = {'image': tfds.decode.SkipDecoding()} if image_storage(builder) == 'tfds_image' else None
+        self._source = builder.as_data_source(split, decoders=decoders)
+        self.refs: list | None = None
+        self.labels: np.ndarray | None = None
+        probe = np.linspace(0, self._n - 1, min(self._n, 64)).astype(int).tolist()
+        sizes = [_stored_nbytes(r['image']) for r in self._source.__getitems__(probe)]
+        if self._n * float(np.mean(sizes)) <= MAX_IN_MEMORY_BYTES:
+            self.refs, self.labels = self._read(np.arange(self._n))
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def in_memory(self) -> bool:
+        return self.refs is not None
+
+    def __getstate__(self):  # for grain's worker processes: many stored images are re-read, not copied
+        state = dict(self.__dict__)
+        if self.refs is not None and sum(_stored_nbytes(r) for r in self.refs) > MAX_PICKLED_BYTES:
+            state['refs'] = state['labels'] = None
+        return state
+
+    def _read(self, indices: np.ndarray) -> tuple[list, np.ndarray]:
+        refs, labels = [], np.empty((len(indices),), np.int32)
+        for start in range(0, len(indices), _LOAD_CHUNK):
+            chunk = [int(i) for i in indices[start : start + _LOAD_CHUNK]]
+            records = self._source.__getitems__(chunk)
+            refs.extend(r['image'] for r in records)
+            labels[start : start + len(chunk)] = [int(r['label']) for r in records]
+        return refs, labels
+
+    def records(self, indices: np.ndarray) -> tuple[list, np.ndarray]:
+        """The stored images (for ``image``) and labels of the given example indices."""
+        indices = np.asarray(indices, np.int64)
+        if self.refs is not None:
+            return [self.refs[i] for i in indices.tolist()], self.labels[indices]
+        return self._read(indices)
+
+    def image(self, ref):
+        """A stored image as a decoded full-size PIL image ('RGB', or 'L' for one channel)."""
+        return transforms.open_image(ref, self.channels)
+
+    def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images squashed to ``shape`` (as ``SplitData.gather``) and labels: for callers that want
+        fixed-size arrays of a full-resolution split."""
+        refs, labels = self.records(indices)
+        h, w, c = self.shape
+        images = np.empty((len(refs), h, w, c), np.uint8)
+        for k, ref in enumerate(refs):
+            images[k] = augment_lib.resize_uint8(transforms.to_array(self.image(ref), c), h, w)
+        return images, labels
+
+
+def _stored_nbytes(image) -> int:
+    return len(image) if isinstance(image, (bytes, bytearray)) else int(np.asarray(image).nbytes)
 
 
 _SPLITS: dict[tuple, SplitData] = {}
@@ -388,6 +534,26 @@ def get_split(cfg, split: str) -> SplitData | ClassSubset:
     return ClassSubset(data, ids, _split_labels(builder, split, data))
 
 
+_FULL_SPLITS: dict[tuple, FullResSplit] = {}
+
+
+def get_full_split(cfg, split: str) -> FullResSplit | ClassSubset:
+    """Cached `FullResSplit` for `split` (a `ClassSubset` view if ``data.classes`` is set): the
+    full-resolution images behind ``data.augment.random_resized_crop`` and ``data.eval_resize``."""
+    builder = get_builder(cfg)
+    shape = output_shape(cfg, builder)
+    num_examples(builder, split)  # validates the split name
+    key = (str(builder.data_path), split, tuple(shape))
+    with _LOCK:
+        if key not in _FULL_SPLITS:
+            _FULL_SPLITS[key] = FullResSplit(builder, split, shape)
+        data = _FULL_SPLITS[key]
+    ids = class_ids(cfg, builder)
+    if ids is None:
+        return data
+    return ClassSubset(data, ids, _split_labels(builder, split, data))
+
+
 def split_size(cfg, split: str) -> int:
     """Examples of `split` the pipeline uses (after ``data.classes``)."""
     if class_ids(cfg) is None:
@@ -426,7 +592,7 @@ def _compute_stats(builder, split: str) -> dict:
         def _lazy_chunks():
             for i in range(0, used, _LOAD_CHUNK):
                 for r in source.__getitems__([int(j) for j in idx[i : i + _LOAD_CHUNK]]):
-                    yield _as_hwc(r['image'])[None]
+                    yield _as_hwc(r['image'], _channels(builder))[None]
 
         chunks = _lazy_chunks()
     total = total_sq = 0.0
@@ -444,6 +610,72 @@ def _compute_stats(builder, split: str) -> dict:
         'num_examples_used': int(used),
         'num_pixels': int(count),
     }
+
+
+#: torchvision's ImageNet normalisation (mean, std per RGB channel, on [0, 1] pixels): what every
+#: torchvision classification weight expects (``ResNet50_Weights.IMAGENET1K_V2.transforms()``).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZE_CHOICES = (True, False, 'auto', 'dataset', 'imagenet', 'none')
+
+
+def _normalize_mode(value) -> str:
+    """``data.normalize`` as 'dataset' | 'imagenet' | 'none' (True / 'auto' = 'dataset')."""
+    if isinstance(value, (bool, np.bool_)):
+        return 'dataset' if value else 'none'
+    v = str(value).strip().lower()
+    if v in ('auto', 'dataset', 'true'):
+        return 'dataset'
+    if v in ('none', 'false', ''):
+        return 'none'
+    if v == 'imagenet':
+        return 'imagenet'
+    raise ValueError(
+        f"data.normalize={value!r}: expected True (the dataset's mean/std), False (x / 255), "
+        "'imagenet' (torchvision's constants) or 'auto'"
+    )
+
+
+def norm_constants(cfg, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel (0..1 scale) the pipeline normalises with, per ``cfg.normalize``:
+    True / 'auto' / 'dataset': the train split's own statistics (`norm_stats`); 'imagenet':
+    torchvision's ImageNet constants (3 channels; their mean for 1); False / 'none': (0, 1), x / 255.
+    'auto' follows the weights only through `resolve_normalize`, which sees the whole config."""
+    mode = _normalize_mode(field(cfg, 'normalize'))
+    if mode == 'dataset':
+        return norm_stats(cfg)
+    if mode == 'imagenet':
+        if channels == 3:
+            return IMAGENET_MEAN, IMAGENET_STD
+        return (float(np.mean(IMAGENET_MEAN)),) * channels, (float(np.mean(IMAGENET_STD)),) * channels
+    return (0.0,) * channels, (1.0,) * channels
+
+
+def uses_torchvision_weights(config) -> bool:
+    """Whether the run initialises from torchvision weights: ``init.checkpoint`` of the form
+    'torchvision:<model>.<weights>' or a torch file (.pth/.pt/.bin, converted with ``init.torchvision``)."""
+    init = getattr(config, 'init', None)
+    ckpt = str(getattr(init, 'checkpoint', '') or '') if init is not None else ''
+    return ckpt.startswith('torchvision:') or ckpt.lower().endswith(('.pth', '.pt', '.bin'))
+
+
+def resolve_normalize(config):
+    """``config.data.normalize`` with 'auto' resolved against the whole run config: 'imagenet' when
+    the run starts from torchvision weights (they were trained on ImageNet-normalised inputs), else
+    True (the dataset's own statistics). Any other value is returned as is (checked)."""
+    value = field(config.data, 'normalize')
+    _normalize_mode(value)
+    if isinstance(value, str) and value.strip().lower() == 'auto':
+        return 'imagenet' if uses_torchvision_weights(config) else True
+    return value
+
+
+def resolved_data_config(config) -> ml_collections.ConfigDict:
+    """A copy of ``config.data`` with ``normalize`` resolved (`resolve_normalize`): what a trainer
+    passes to the data functions (``get_dataset_info``, the iterators, ``DeviceAugment``)."""
+    data = ml_collections.ConfigDict(config.data.to_dict(), type_safe=False)
+    data.normalize = resolve_normalize(config)
+    return data
 
 
 def norm_stats(cfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -486,10 +718,7 @@ def get_dataset_info(cfg) -> DatasetInfo:
     counts = {s: int(v.num_examples) for s, v in builder.info.splits.items()}
     for split in (field(cfg, 'train_split'), field(cfg, 'eval_split')):
         counts[str(split)] = split_size(cfg, str(split))
-    if field(cfg, 'normalize'):
-        mean, std = norm_stats(cfg)
-    else:
-        mean, std = (0.0,) * shape[-1], (1.0,) * shape[-1]
+    mean, std = norm_constants(cfg, shape[-1])
     return DatasetInfo(
         name=_display_name(builder),
         num_classes=int(label.num_classes) if ids is None else len(ids),

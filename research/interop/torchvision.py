@@ -34,7 +34,9 @@ Usage::
     err = tvi.parity('resnet50')                                      # random torch weights, max rel. err
 
 ``python -m research.interop.torchvision --parity all`` prints the parity table for every
-conversion (needs ``pip install -e '.[torch]'``).
+conversion (needs ``pip install -e '.[torch]'``). ``--evaluate resnet50.IMAGENET1K_V2 --data FOLDER``
+measures published weights' top-1 on an image folder (:mod:`research.interop.hub`, which also
+resolves ``init.checkpoint='torchvision:<model>.<WEIGHTS>'``).
 """
 
 from __future__ import annotations
@@ -432,6 +434,10 @@ def _main(argv=None) -> int:
 
 
 if __name__ == '__main__':
+    if '--evaluate' in sys.argv[1:]:  # published weights on an image folder (research/interop/hub.py)
+        from research.interop.hub import main as _hub_main
+
+        sys.exit(_hub_main())
     # Run the imported module's _main: the family modules register instances of
     # research.interop.torchvision.Conversion, not of this __main__ copy's class.
     from research.interop.torchvision import _main as _package_main

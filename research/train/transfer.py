@@ -3,9 +3,10 @@
 Config (see ``research.config.base_config``):
 
 - ``init.checkpoint``: a workdir (or step directory) of this codebase, a ``.msgpack`` of Flax
-  variables (``python -m research.interop.torchvision --convert NAME weights.pth``), or a
+  variables (``python -m research.interop.torchvision --convert NAME weights.pth``), a
   torchvision ``.pth``/``.pt`` state_dict (converted on the fly with ``init.torchvision``, default
-  ``model.name``). ``init.exclude``: regex of leaf paths left at their random init -- the new head
+  ``model.name``), or published torchvision weights by name, ``'torchvision:resnet50.IMAGENET1K_V2'``
+  (downloaded into torch's hub cache, hash-checked, converted and cached: ``research.interop.hub``). ``init.exclude``: regex of leaf paths left at their random init -- the new head
   (e.g. ``'^head/'``, ``'^fc/'``, ``'^classifier'``). Every other leaf must exist in the source
   with the same shape, else :class:`PretrainedMismatchError` lists them.
 - ``optimizer.freeze``: regex of parameter paths that do not change (feature extraction: the
@@ -62,7 +63,12 @@ def _compile(pattern: str, what: str) -> re.Pattern:
 
 
 def load_pretrained(source: str | os.PathLike, *, torchvision: str = "") -> dict[str, PyTree]:
-    """{'params': ..., 'batch_stats': ...} (host arrays) from a workdir / step dir / .msgpack / .pth."""
+    """{'params': ..., 'batch_stats': ...} (host arrays) from a workdir / step dir / .msgpack / .pth,
+    or 'torchvision:<model>.<WEIGHTS>'."""
+    if str(source).startswith("torchvision:"):
+        from research.interop import hub
+
+        return hub.load_variables(str(source))
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"init.checkpoint not found: {str(source)!r}")

@@ -1,9 +1,17 @@
 """TFDS builder for a `<split>/<class>/<image>` folder tree or a tar(.gz) of one.
 
-Images are decoded with PIL at build time and stored as raw uint8 HWC tensors
-(array_record, no TensorFlow needed). Grayscale trees get C=1, anything else
-is converted to RGB (C=3). If all images share one size the feature has a fixed
-shape, else (None, None, C). Class names are sorted and shared by all splits.
+Small images are decoded with PIL at build time and stored as raw uint8 HWC
+tensors (array_record, no TensorFlow needed). Grayscale trees get C=1, anything
+else is converted to RGB (C=3). If all images share one size the feature has a
+fixed shape, else (None, None, C). Class names are sorted and shared by all splits.
+
+Large images (on average more than ``ENCODED_MIN_PIXELS``, 96 x 96, e.g. an
+ImageNet-style tree) are stored as their original file bytes instead: the
+feature is a 1-D uint8 tensor, the channel count is in the metadata
+(``metadata['channels']``, ``metadata['encoded']``), and readers decode each
+image when they use it (``research.data.transforms.open_image``), at full
+resolution. Raw pixels of ImageNet's 1.28M images would take ~0.6 TB; their
+JPEGs take 140 GB, and the random-resized crop needs the full-size image.
 
 The builder config name is a slug of the source plus a short hash of its
 absolute path, so different sources never collide in one `data_dir`. A
@@ -31,6 +39,8 @@ IMAGE_EXTENSIONS = frozenset(
     {'.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm', '.pbm'}
 )
 _GRAY_MODES = frozenset({'1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'})
+# Sources whose images have more pixels than this on average store encoded file bytes.
+ENCODED_MIN_PIXELS = 96 * 96
 _ARCHIVE_SUFFIXES = ('.tar.gz', '.tgz', '.tar.bz2', '.tbz2', '.tar.xz', '.txz', '.tar')
 
 
@@ -102,6 +112,12 @@ class _Scan:
     class_names: list[str]
     channels: int
     shape: tuple[int | None, int | None, int]
+    mean_pixels: float = 0.0
+
+    @property
+    def encoded(self) -> bool:
+        """Store the files' bytes (large images) rather than decoded pixels."""
+        return self.mean_pixels > ENCODED_MIN_PIXELS
 
 
 def _open(ref) -> Image.Image:
@@ -165,7 +181,7 @@ def scan_source(source: str) -> _Scan:
     index = {c: i for i, c in enumerate(all_classes)}
 
     files = collections.defaultdict(list)
-    modes, sizes = set(), set()
+    modes, sizes, pixels = set(), set(), 0
     for rel in sorted(parts):
         split, cls, _ = parts[rel]
         ref = listing[rel]
@@ -173,6 +189,7 @@ def scan_source(source: str) -> _Scan:
             with _open(ref) as img:
                 modes.add(img.mode)
                 sizes.add(img.size)
+                pixels += img.size[0] * img.size[1]
         except Exception as e:  # pylint: disable=broad-except
             raise ValueError(f"image folder '{source}': cannot read image '{rel}': {e}") from e
         files[split].append(('/'.join(parts[rel]), index[cls], ref))
@@ -182,7 +199,7 @@ def scan_source(source: str) -> _Scan:
         shape = (h, w, channels)
     else:
         shape = (None, None, channels)
-    return _Scan(dict(files), all_classes, channels, shape)
+    return _Scan(dict(files), all_classes, channels, shape, pixels / len(parts))
 
 
 class ImageFolderConfig(tfds.core.BuilderConfig):
@@ -210,6 +227,12 @@ class ImageFolder(OfflineBuilder, skip_registration=True):
     def source(self) -> str:
         return self.builder_config.source
 
+    def __getstate__(self):
+        # TFDS re-runs __init__(**state) on unpickling (grain's worker processes): the source path
+        # instead of the config this class makes from it.
+        state = {k: v for k, v in self._original_state.items() if k != 'config'}
+        return {'_original_state': {**state, 'path': self.source}}
+
     def _get_scan(self) -> _Scan:
         if self._scan is None:
             self._scan = scan_source(self.source)
@@ -219,29 +242,42 @@ class ImageFolder(OfflineBuilder, skip_registration=True):
         if tfds.core.dataset_info.dataset_info_path(self.data_path).exists():
             # Already prepared: features and metadata are restored from disk, so the
             # source is not scanned again.
-            return tfds.core.DatasetInfo(builder=self, features=None)
+            return tfds.core.DatasetInfo(builder=self, features=None, metadata=tfds.core.MetadataDict())
         scan = self._get_scan()
+        if scan.encoded:  # the original file bytes, decoded by the reader
+            image = tfds.features.Tensor(shape=(None,), dtype=np.uint8, encoding='bytes')
+        else:
+            image = tfds.features.Tensor(shape=scan.shape, dtype=np.uint8, encoding='bytes')
         return tfds.core.DatasetInfo(
             builder=self,
             description=f'Image folder dataset built from {self.source}',
             features=tfds.features.FeaturesDict(
                 {
-                    'image': tfds.features.Tensor(shape=scan.shape, dtype=np.uint8, encoding='bytes'),
+                    'image': image,
                     'label': tfds.features.ClassLabel(names=scan.class_names),
                 }
             ),
             supervised_keys=('image', 'label'),
-            metadata=tfds.core.MetadataDict(source=self.source, class_names=scan.class_names),
+            metadata=tfds.core.MetadataDict(
+                source=self.source, class_names=scan.class_names, channels=scan.channels, encoded=scan.encoded
+            ),
         )
 
     def _split_generators(self, dl_manager):
         del dl_manager
         scan = self._get_scan()
         return {
-            split: self._generate_examples(entries, scan.channels)
+            split: self._generate_examples(entries, scan.channels, scan.encoded)
             for split, entries in sorted(scan.files.items())
         }
 
-    def _generate_examples(self, entries, channels):
+    def _generate_examples(self, entries, channels, encoded=False):
         for key, label, ref in entries:
-            yield key, {'image': decode_image(ref, channels), 'label': label}
+            if encoded:
+                if not isinstance(ref, bytes):
+                    with open(ref, 'rb') as f:
+                        ref = f.read()
+                image = np.frombuffer(ref, np.uint8)
+            else:
+                image = decode_image(ref, channels)
+            yield key, {'image': image, 'label': label}
