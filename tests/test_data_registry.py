@@ -64,3 +64,17 @@ def test_importing_the_data_package_registers_every_builder_in_a_fresh_process()
                          env={**os.environ, 'PYTHONPATH': str(REPO)}).stdout.split('\n')  # fmt: skip
     assert out[0] == 'digits,image_folder,mnist_seg,shapes_seg,mnist_det,voc_seg'
     assert out[1] == '[]'  # no task package loaded by the generic data module
+
+
+def test_task_data_modules_refuse_datasets_of_another_kind_by_name(tmp_path):
+    from research.config import base_config
+    from research.segmentation import data as seg_data
+
+    c = base_config()
+    c.data.data_dir = str(tmp_path)
+    c.data.name = 'voc/2012'  # TFDS's voc has boxes only: the message points at voc_seg
+    with pytest.raises(ValueError, match=r"data.name='voc/2012'.*use data.name='voc_seg'.*mnist_seg, shapes_seg, voc_seg"):
+        seg_data.get_seg_builder(c.data, c.seg)
+    c.data.name = 'digits'
+    with pytest.raises(ValueError, match=r"data.name='digits' holds classification data, not segmentation masks"):
+        seg_data.get_seg_builder(c.data, c.seg)

@@ -213,7 +213,7 @@ def num_examples(builder, split: str, key: str = 'split') -> int:
     except (KeyError, ValueError, TypeError, AttributeError, AssertionError) as e:
         reason = [line.strip() for line in str(e).strip('\'"').splitlines() if line.strip()]
         reason = reason[-1] if reason else type(e).__name__
-        reason = reason.replace('\\n', ' ')
+        reason = reason.replace('\\n', ' ').split(' Got: ')[0].rstrip('.')
         raise ValueError(
             f'{key}={split!r}: not a split of dataset {_display_name(builder)!r} ({reason}); '
             f"its splits: {', '.join(_split_names(builder))} (slices like 'train[:90%]' or 'train[:200]' work)"

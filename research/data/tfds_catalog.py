@@ -57,7 +57,11 @@ def prepared(name: str, data_dir: str):
         if default is not None and (builder.builder_config is None or builder.builder_config.name != default):
             path = os.path.join(data_dir, name.split(':')[0], default)
             versions = sorted(os.listdir(path)) if os.path.isdir(path) else []
-            full = [v for v in versions if tfds.core.dataset_info.dataset_info_path(os.path.join(path, v)).exists()]
+            full = [
+                v
+                for v in versions
+                if tfds.core.dataset_info.dataset_info_path(os.path.join(path, v)).exists()
+            ]
             return tfds.builder_from_directory(os.path.join(path, full[-1])) if full else None
     return builder
 
@@ -153,8 +157,8 @@ def open_dataset(name: str, data_dir: str):
     if builder is not None:
         return builder
     builder = catalog_builder(name, data_dir)  # an unknown name fails here, before TensorFlow loads
-    require_tensorflow(name, builder)
     check_manual_download(name, builder, data_dir)
+    require_tensorflow(name, builder)
     logging.info('Preparing TFDS dataset %s in %s', name, data_dir)
     try:
         with no_progress_bars():

@@ -130,8 +130,9 @@ class MnistDet(synthetic.MnistSeg, skip_registration=True):
 
     def example(self, split: str, index: int) -> dict[str, np.ndarray]:
         images, labels = self.digit_split(split)
-        return make_det_canvas(images, labels, synthetic.example_rng(self.params.seed, split, index), self.params)
-
+        return make_det_canvas(
+            images, labels, synthetic.example_rng(self.params.seed, split, index), self.params
+        )
 
 
 def _make_mnist_det(path: str, data_dir: str, params: DetParams | None = None, config=None) -> MnistDet:

@@ -283,7 +283,6 @@ class ShapesSeg(_SegBuilder, skip_registration=True):
         return make_shapes_canvas(example_rng(self.params.seed, split, index), self.params)
 
 
-
 def _make_mnist_seg(path: str, data_dir: str, params: SegParams | None = None, config=None) -> MnistSeg:
     del config
     return MnistSeg(path=path, params=params or SegParams(), data_dir=data_dir)

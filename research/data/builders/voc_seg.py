@@ -3,7 +3,8 @@
 TFDS's ``voc`` holds boxes only; this builder reads the class masks of the same VOC tarballs
 (``VOCdevkit/VOC<year>/SegmentationClass/*.png``, the images listed in
 ``ImageSets/Segmentation/{train,val,test}.txt``). It downloads the tarballs TFDS's ``voc`` downloads
-(the two share TFDS's download cache in ``<data_dir>/downloads``).
+(the two share TFDS's download cache in ``<data_dir>/downloads``) and reads them with Python's
+``tarfile``: preparing it needs no TensorFlow.
 
 Configs: ``voc_seg/2012`` (default; train 1,464 / validation 1,449 images) and ``voc_seg/2007``
 (train 209 / validation 213 / test 210). Features: ``image`` (the JPEG as stored in the tarball),
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import tarfile
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -56,7 +58,11 @@ class VocSeg(OfflineBuilder, skip_registration=True):
         VocSegConfig(
             year='2007',
             filenames={'trainval': 'VOCtrainval_06-Nov-2007.tar', 'test': 'VOCtest_06-Nov-2007.tar'},
-            splits={'train': ('trainval', 'train'), 'validation': ('trainval', 'val'), 'test': ('test', 'test')},
+            splits={
+                'train': ('trainval', 'train'),
+                'validation': ('trainval', 'val'),
+                'test': ('test', 'test'),
+            },
         ),
     ]
 
@@ -77,37 +83,48 @@ class VocSeg(OfflineBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         cfg = self.builder_config
-        paths = dl_manager.download_and_extract(
-            {k: os.path.join(DATA_URL, v) for k, v in cfg.filenames.items()}
-        )
+        # Downloaded only: the files are read from the tarballs here (TFDS's extractor needs TensorFlow).
+        paths = dl_manager.download({k: os.path.join(DATA_URL, v) for k, v in cfg.filenames.items()})
         return {
             split: self._generate_examples(os.fspath(paths[archive]), set_name)
             for split, (archive, set_name) in cfg.splits.items()
         }
 
-    def _generate_examples(self, root: str, set_name: str):
-        base = os.path.join(root, 'VOCdevkit', f'VOC{self.builder_config.year}')
-        with open(os.path.join(base, 'ImageSets', 'Segmentation', f'{set_name}.txt')) as f:
-            ids = [line.strip() for line in f if line.strip()]
-        for image_id in ids:
-            with open(os.path.join(base, 'JPEGImages', f'{image_id}.jpg'), 'rb') as f:
-                jpeg = f.read()
-            yield image_id, {
-                'image': jpeg,
-                'segmentation': class_png(os.path.join(base, 'SegmentationClass', f'{image_id}.png')),
-                'image/filename': f'{image_id}.jpg',
-            }
+    def _generate_examples(self, archive: str, set_name: str):
+        base = f'VOCdevkit/VOC{self.builder_config.year}'
+        with tarfile.open(archive, 'r:*') as tar:
+            members = {m.name.removeprefix('./'): m for m in tar.getmembers() if m.isfile()}
+
+            def read(name: str) -> bytes:
+                if name not in members:
+                    raise FileNotFoundError(f'{archive} has no {name}')
+                return tar.extractfile(members[name]).read()
+
+            listing = read(f'{base}/ImageSets/Segmentation/{set_name}.txt').decode()
+            for image_id in (line.strip() for line in listing.splitlines() if line.strip()):
+                mask = f'{base}/SegmentationClass/{image_id}.png'
+                try:
+                    png = class_png(io.BytesIO(read(mask)))
+                except ValueError as e:
+                    raise ValueError(f'{archive}: {mask}: {e}') from e
+                yield image_id, {
+                    'image': read(f'{base}/JPEGImages/{image_id}.jpg'),
+                    'segmentation': png,
+                    'image/filename': f'{image_id}.jpg',
+                }
 
 
-def class_png(path: str) -> bytes:
-    """VOC's palette mask at ``path`` as an 8-bit grayscale PNG of its class indices."""
+def class_png(path) -> bytes:
+    """VOC's palette mask (a path or file object) as an 8-bit grayscale PNG of its class indices."""
     with Image.open(path) as im:
         if im.mode not in ('P', 'L'):
-            raise ValueError(f'{path}: expected a palette (P) or grayscale (L) class mask, got mode {im.mode}')
+            raise ValueError(
+                f'expected a palette (P) or grayscale (L) class mask, got mode {im.mode}'
+            )
         index = np.asarray(im, np.uint8)
     bad = np.setdiff1d(np.unique(index), np.r_[np.arange(len(CLASSES)), VOID])
     if bad.size:
-        raise ValueError(f'{path}: class indices {bad.tolist()} are not VOC classes (0..20, 255)')
+        raise ValueError(f'class indices {bad.tolist()} are not VOC classes (0..20, 255)')
     buf = io.BytesIO()
     Image.fromarray(index, 'L').save(buf, format='PNG')
     return buf.getvalue()
