@@ -73,8 +73,12 @@ def test_task_data_modules_refuse_datasets_of_another_kind_by_name(tmp_path):
     c = base_config()
     c.data.data_dir = str(tmp_path)
     c.data.name = 'voc/2012'  # TFDS's voc has boxes only: the message points at voc_seg
-    with pytest.raises(ValueError, match=r"data.name='voc/2012'.*use data.name='voc_seg'.*mnist_seg, shapes_seg, voc_seg"):
+    with pytest.raises(
+        ValueError, match=r"data.name='voc/2012'.*use data.name='voc_seg'.*mnist_seg, shapes_seg, voc_seg"
+    ):
         seg_data.get_seg_builder(c.data, c.seg)
     c.data.name = 'digits'
-    with pytest.raises(ValueError, match=r"data.name='digits' holds classification data, not segmentation masks"):
+    with pytest.raises(
+        ValueError, match=r"data.name='digits' holds classification data, not segmentation masks"
+    ):
         seg_data.get_seg_builder(c.data, c.seg)
