@@ -21,7 +21,7 @@ from research.data.builders import image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'tests'))
-import tfds_fakes  # noqa: E402
+import tfds_fakes
 
 
 def test_no_config_points_beside_the_repository():

@@ -22,7 +22,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 FAKES = REPO / 'tests' / 'tfds_fakes.py'
 sys.path.insert(0, str(REPO / 'tests'))
-import tfds_fakes  # noqa: E402
+import tfds_fakes
 
 pytest.importorskip('tensorflow', reason="preparing TFDS datasets needs the 'prepare' extra (tensorflow-cpu)")
 
