@@ -186,18 +186,25 @@ def prepare(name: str, path: str, data_dir: str, params=None):
 
 
 def get_builder(cfg) -> tfds.core.DatasetBuilder:
-    """The prepared builder for `cfg` (built on first use, then reused; an image folder whose
-    contents changed is built again)."""
+    """The prepared builder for `cfg` (built on first use, then reused by this process: a run reads
+    its image folder as it was when the run opened it; a folder changed since its last build is
+    built again by the next run, see `research.data.builders.image_folder`)."""
     name = str(field(cfg, 'name'))
     data_dir = resolve_data_dir(cfg)
     path = source_path(cfg)
     key = (name, path, data_dir)
-    if name == 'image_folder':
-        key += (image_folder_lib.fingerprint(path),)
     with _LOCK:
         if key not in _BUILDERS:
             _BUILDERS[key] = prepare(name, path, data_dir)
         return _BUILDERS[key]
+
+
+def clear_caches() -> None:
+    """Forgets this process's opened builders and loaded splits (the next use opens them again, as a
+    new run would: an image folder changed since is then built again)."""
+    with _LOCK:
+        _BUILDERS.clear()
+        _SPLITS.clear()
 
 
 def _split_names(builder) -> list[str]:
