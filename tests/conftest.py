@@ -11,6 +11,11 @@ xla_flags.apply()  # the project's XLA flags, as launch.py applies them (importi
 
 import jax  # noqa: E402  (importing does not start a backend: tests may still set XLA_FLAGS)
 
+# The configs read their folders under the data root $RESEARCH_DATA_DIR (research/data/roots.py); the
+# tests use the offline copies kept beside the repository in ../shared/data (also in subprocesses).
+SHARED_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir, "shared", "data")
+os.environ["RESEARCH_DATA_DIR"] = os.path.abspath(SHARED_DATA)
+
 # Many tests compile the same small programs (a resumed run recompiles its uninterrupted twin's step,
 # eval steps repeat across tests): JAX's persistent compilation cache, one directory per xdist worker
 # (its writes are not atomic across processes), removed at exit. Subprocesses keep their own settings.

@@ -2,6 +2,7 @@
 
 import collections
 import json
+import os
 import sys
 import tarfile
 import time
@@ -653,3 +654,47 @@ def test_on_device_batches_match_the_host_pipeline_after_prepare(digits_dir):
     np.testing.assert_array_equal(
         np.asarray(on_device(raw, augment.augment_params(u, **crop))), augment.augment_batch(raw, u, **crop)
     )
+
+
+# --------------------------------------------------------------------------- splits as TFDS reads them
+
+
+@pytest.mark.parametrize(
+    'split, n', [('train[:90%]', 1293), ('train[:200]', 200), ('train[90%:]', 144), ('train+test', 1797)]
+)
+def test_split_slices_tfds_reads_are_accepted(digits_dir, split, n):
+    cfg = _cfg(digits_dir, train_split=split)
+    info = rd.get_dataset_info(cfg)
+    assert info.num_examples[split] == n
+    assert rd.steps_per_epoch(cfg, 100) == n // 100
+    batch = next(rd.make_train_iterator(cfg, seed=0, global_batch_size=100))
+    assert batch['image'].shape[0] == 100
+
+
+def test_bad_split_is_one_line_naming_the_key_and_value(digits_dir):
+    cfg = _cfg(digits_dir, train_split='train[:200%]')
+    with pytest.raises(ValueError) as e:
+        rd.get_dataset_info(cfg)
+    msg = str(e.value)
+    assert '\n' not in msg
+    assert msg.startswith("data.train_split='train[:200%]': not a split of dataset 'digits'")
+    assert 'percent slice boundaries should be in [-100, 100]' in msg and 'its splits: test, train' in msg
+    cfg = _cfg(digits_dir, eval_split='validation')
+    with pytest.raises(ValueError, match=r"^data.eval_split='validation': not a split of dataset 'digits'"):
+        rd.make_eval_iterator(cfg, 'validation', global_batch_size=8)
+
+
+def test_launch_with_a_bad_split_prints_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, 'launch.py', '--config=experiments/classification/lenet5_digits.py',
+         "--config.data.train_split=train[:200%]", f'--config.data.data_dir={tmp_path / "tfds"}',
+         f'--workdir={tmp_path / "run"}', '--progress=false'],
+        cwd=repo, capture_output=True, text=True, timeout=300, env={**os.environ, 'PYTHONPATH': str(repo)},
+    )  # fmt: skip
+    assert out.returncode != 0 and 'Traceback' not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert "data.train_split='train[:200%]'" in last and 'percent slice boundaries' in last

@@ -13,6 +13,7 @@ from PIL import Image
 
 from research import tasks
 from research.config import base_config
+from research.data import roots
 from research.segmentation import data as seg_data
 from research.segmentation.losses import cross_entropy_loss, dice_loss, segmentation_loss
 from research.segmentation.metrics import confusion_matrix, metrics_from_confusion
@@ -512,7 +513,7 @@ def test_experiment_configs_validate(name, arg):
     assert (
         c.data.name == 'shapes_seg'
         if 'data=shapes' in arg
-        else (c.data.name == 'mnist_seg' and os.path.exists(c.data.path))
+        else (c.data.name == 'mnist_seg' and os.path.exists(roots.expand(c.data.path)))
     )
     module = importlib.import_module(f'experiments.segmentation.{name}')
     kwargs = {k: v for k, v in c.model.to_dict().items() if k != 'name'}

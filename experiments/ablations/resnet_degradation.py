@@ -4,7 +4,7 @@ The paper's point: without shortcuts the deeper plain net has *higher* training 
 error than the shallower one; with shortcuts depth helps (ResNet-20 8.75%, ResNet-56 6.97%
 test error, Table 6; plain nets only in Fig. 6, no numbers). Recipe and model: those of
 ``experiments/classification/resnet_cifar.py`` (option-A shortcuts, SGD 0.1, step schedule),
-on the offline CIFAR-10 JPEG folder (``../shared/data``; expect errors a little above the
+on the offline CIFAR-10 JPEG folder (``$RESEARCH_DATA_DIR/cifar10-jpg.tgz``; expect errors a little above the
 paper's). Sweep: ``model.plain`` x ``model.depth`` x ``seed`` (``resnet_cifar`` with
 ``plain=True`` is the paper's plain net).
 

@@ -12,7 +12,7 @@ DenseNet-BC (L=190, k=40) 3.46 / 17.18. Weight decay applies to every parameter 
 Arguments (after the colon, comma-separated): depth=L (0 = 100, or 40 with quick), k=growth
 rate (12), plain (the plain DenseNet: no bottleneck, no compression), dropout=rate (0), noaug
 (no augmentation), cifar100 (TFDS 'cifar100'), folder (the offline CIFAR-10 folder in
-../shared/data instead of TFDS 'cifar10'), quick (``epochs`` epochs, 1 by default, with the
+$RESEARCH_DATA_DIR/cifar10-jpg.tgz instead of TFDS 'cifar10'), quick (``epochs`` epochs, 1 by default, with the
 step schedule scaled to it: a CPU check).
 
   python launch.py --config=experiments/classification/densenet_cifar.py:folder,quick

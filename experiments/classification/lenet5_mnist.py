@@ -2,7 +2,7 @@
 
 Commands:
   python launch.py --config=experiments/classification/lenet5_mnist.py            # TFDS 'mnist' (needs network once)
-  python launch.py --config=experiments/classification/lenet5_mnist.py:folder     # ../shared/data MNIST-10k, offline
+  python launch.py --config=experiments/classification/lenet5_mnist.py:folder     # $RESEARCH_DATA_DIR/mnist10k-png.tgz (docs/data.md)
   python launch.py --config=experiments/classification/lenet5_mnist.py:folder,variant=faithful,epochs=20
 
 28x28 digits are zero-padded to 32x32 inside the model, as in the paper. The

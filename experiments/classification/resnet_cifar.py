@@ -9,7 +9,7 @@ from 0.01 to 0.1.
 
 Arguments (after the colon, comma-separated): depth=20|32|44|56|110|1202,
 shortcut=A|B, plain (no shortcuts: the paper's plain nets), folder (the
-offline CIFAR-10 folder in ../shared/data instead of TFDS 'cifar10'), quick
+offline CIFAR-10 folder $RESEARCH_DATA_DIR/cifar10-jpg.tgz instead of TFDS 'cifar10'), quick
 (5 epochs with the step schedule scaled to it, for a CPU check).
 
   python launch.py --config=experiments/classification/resnet_cifar.py:depth=20,folder,quick

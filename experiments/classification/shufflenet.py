@@ -17,7 +17,7 @@ few points above the papers'.
 
 Arguments (after the colon, comma-separated): version=1|2, groups=g (v1: 1, 2, 3, 4, 8),
 scale=s (v1: 0.25 .. 2; v2: 0.5, 1.0, 1.5, 2.0), batch (1024), zoom (0.2), folder (the offline
-CIFAR-10 folder in ../shared/data at its native 32x32 instead of ImageNet), quick (``steps``
+CIFAR-10 folder ($RESEARCH_DATA_DIR/cifar10-jpg.tgz) at its native 32x32 instead of ImageNet), quick (``steps``
 steps, 300 by default, batch 128: a CPU smoke run, use with folder).
 
   python launch.py --config=experiments/classification/shufflenet.py:version=1,groups=3

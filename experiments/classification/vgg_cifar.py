@@ -13,7 +13,7 @@ setups; not a paper table).
 
 Arguments (after the colon, comma-separated): depth=11|13|16|19 (default 16), bn (default on;
 bn=false for the plain stack, which needs a lower lr to train without BN), folder (the offline
-CIFAR-10 folder in ../shared/data instead of TFDS 'cifar10'), quick (``epochs`` epochs, default
+CIFAR-10 folder ($RESEARCH_DATA_DIR/cifar10-jpg.tgz, docs/data.md) instead of TFDS 'cifar10'), quick (``epochs`` epochs, default
 3, with lr steps at 1/2 and 3/4, for a CPU check), epochs.
 
   python launch.py --config=experiments/classification/vgg_cifar.py:depth=11,folder,quick

@@ -1,8 +1,10 @@
 """Datasets and grain input pipelines.
 
-Offline TFDS builders (`digits`, `image_folder`) plus any TFDS dataset, read
-as array_record with `as_data_source` (no TensorFlow). See `datasets` for the
-registry and `pipeline` for the train/eval iterators.
+This project's TFDS builders (`research.data.builders`, registered by name: `digits`,
+`image_folder`, `mnist_seg`, `shapes_seg`, `mnist_det`, `voc_seg`) plus any TFDS catalog dataset
+(`tfds_catalog`), read as array_record with `as_data_source` (no TensorFlow). See `datasets` for
+the lookup by `data.name`, `pipeline` for the train/eval iterators, `roots` for the data root
+`$RESEARCH_DATA_DIR` and `make_folders` for the CIFAR-10 / MNIST class folders.
 """
 
 from research.data.datasets import DatasetInfo

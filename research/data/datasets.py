@@ -1,14 +1,15 @@
-"""Dataset registry: config -> prepared TFDS builder -> split arrays + info.
+"""Datasets by ``data.name``: config -> prepared TFDS builder -> split arrays + info.
 
-`cfg.name` is 'digits', 'image_folder' (offline builders of this package) or
-any TFDS name (built with `download_and_prepare(file_format='array_record')`,
-which needs network the first time). Splits are read with
-`builder.as_data_source(split)` (numpy decode, no TensorFlow).
+``data.name`` is a builder of this project (``research.data.builders``, registered by name:
+``digits``, ``image_folder``, ``mnist_seg``, ``shapes_seg``, ``mnist_det``, ``voc_seg``) or any TFDS
+catalog name (``research.data.tfds_catalog``: prepared once with
+``download_and_prepare(file_format='array_record')``, which needs network or a manual download, and
+the ``prepare`` extra). Splits are read with ``builder.as_data_source(split)`` (numpy decode, no
+TensorFlow); any split TFDS reads (``train``, ``train[:90%]``, ``train[:200]``, ``train+test``) works.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -20,11 +21,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from research.data import augment as augment_lib
-from research.data import transforms
-from research.data.builders import Digits, ImageFolder
+from research.data import builders as builders_lib
+from research.data import tfds_catalog, transforms
 from research.data.builders import image_folder as image_folder_lib
 
-OFFLINE_BUILDERS = ('digits', 'image_folder', 'mnist_seg', 'shapes_seg', 'mnist_det')
+#: This project's own builders, by name (``research.data.builders``); other names are TFDS's.
+OFFLINE_BUILDERS = builders_lib.names()
 
 # Splits whose (resized) uint8 images fit in this many bytes are loaded into
 # memory once per process; larger ones are decoded lazily per batch.
@@ -159,17 +161,7 @@ class _DropCustomConfigWarning(logging.Filter):
 logging.getLogger('absl').addFilter(_DropCustomConfigWarning())
 
 
-@contextlib.contextmanager
-def _no_progress_bars():
-    """Turns off TFDS tqdm bars while building (they flood non-tty logs)."""
-    from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
-
-    previous = getattr(tqdm_utils, '_active', True)
-    tqdm_utils._active = False  # pylint: disable=protected-access
-    try:
-        yield
-    finally:
-        tqdm_utils._active = previous  # pylint: disable=protected-access
+_no_progress_bars = tfds_catalog.no_progress_bars
 
 
 def resolve_data_dir(cfg) -> str:
@@ -182,64 +174,105 @@ def _is_prepared(builder) -> bool:
     return tfds.core.dataset_info.dataset_info_path(builder.data_path).exists()
 
 
-def make_builder(name: str, path: str, data_dir: str):
-    """The TFDS builder for ``name`` *without* preparing it (``get_builder`` prepares)."""
-    if name == 'digits':
-        return Digits(data_dir=data_dir, file_format='array_record')
-    if name == 'image_folder':
-        return ImageFolder(path=path, data_dir=data_dir)
-    if name in ('mnist_seg', 'shapes_seg'):  # dense labels: read with research.segmentation.data
-        from research.segmentation.data import make_seg_builder  # pylint: disable=g-import-not-at-top
+def source_path(cfg_or_name, path='') -> str:
+    """The resolved ``data.path`` of a registered builder that reads one (``''`` otherwise): the
+    builder's default when ``data.path`` is empty, ``$RESEARCH_DATA_DIR`` expanded, checked to exist."""
+    if isinstance(cfg_or_name, str):
+        name = cfg_or_name
+    else:
+        name, path = str(field(cfg_or_name, 'name')), str(field(cfg_or_name, 'path'))
+    entry = builders_lib.lookup(name)
+    if entry is None or not entry.uses_path:
+        return ''
+    return image_folder_lib.resolve_source(path or entry.default_path)
 
-        return make_seg_builder(name, path, data_dir)
-    if name == 'mnist_det':  # boxes, labels, masks: read with research.detection.data (default generation)
-        from research.detection.data import MnistDet  # pylint: disable=g-import-not-at-top
-        from research.segmentation.data import default_mnist_path  # pylint: disable=g-import-not-at-top
 
-        return MnistDet(path=path or default_mnist_path(), data_dir=data_dir)
-    try:
-        return tfds.builder(name, data_dir=data_dir, file_format='array_record')
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise ValueError(
-            f"unknown dataset name '{name}': not one of this project's offline "
-            f'builders {list(OFFLINE_BUILDERS)} and not a TFDS dataset'
-        ) from e
+def make_builder(name: str, path: str, data_dir: str, params=None):
+    """The builder for ``name`` *without* preparing it (``get_builder`` prepares): a registered builder
+    of ``research.data.builders`` (``path``: its resolved ``data.path``; ``params``: generation settings
+    of a synthetic one), else TFDS's catalog builder (prepared already: restored from its files)."""
+    entry = builders_lib.lookup(name)
+    if entry is not None:
+        return entry.build(name, path, data_dir, params)
+    builder = tfds_catalog.prepared(name, data_dir)
+    return builder if builder is not None else tfds_catalog.catalog_builder(name, data_dir)
+
+
+def prepare(name: str, path: str, data_dir: str, params=None):
+    """The prepared builder of ``name`` (prepared now if needed; TFDS catalog names by
+    ``tfds_catalog.open_dataset``, which needs the ``prepare`` extra to build)."""
+    entry = builders_lib.lookup(name)
+    if entry is None:
+        return tfds_catalog.open_dataset(name, data_dir)
+    builder = entry.build(name, path, data_dir, params)
+    if not _is_prepared(builder):
+        logging.info('Preparing dataset %s in %s', name, data_dir)
+        try:
+            with _no_progress_bars():
+                builder.download_and_prepare(file_format='array_record')
+        except (ValueError, FileNotFoundError, tfds_catalog.PrepareError):
+            raise
+        except Exception as e:  # a download or build failure: one line, the cause chained
+            first = next((line for line in str(e).splitlines() if line.strip()), '')
+            raise tfds_catalog.PrepareError(
+                f"preparing dataset '{name}' in {data_dir} failed: {type(e).__name__}: {first}"
+            ) from e
+        if isinstance(builder, image_folder_lib.ImageFolder):
+            image_folder_lib.remove_stale_builds(builder)
+        # A fresh builder reads back what was written (and frees the scan).
+        builder = entry.build(name, path, data_dir, params)
+    return builder
 
 
 def get_builder(cfg) -> tfds.core.DatasetBuilder:
-    """The prepared builder for `cfg` (built on first use, then reused)."""
+    """The prepared builder for `cfg` (built on first use, then reused by this process: a run reads
+    its image folder as it was when the run opened it; a folder changed since its last build is
+    built again by the next run, see `research.data.builders.image_folder`)."""
     name = str(field(cfg, 'name'))
     data_dir = resolve_data_dir(cfg)
-    path = ''
-    if name == 'image_folder':
-        path = image_folder_lib.resolve_source(field(cfg, 'path'))
+    path = source_path(cfg)
     key = (name, path, data_dir)
     with _LOCK:
-        if key in _BUILDERS:
-            return _BUILDERS[key]
-        builder = make_builder(name, path, data_dir)
-        if not _is_prepared(builder):
-            logging.info('Preparing dataset %s in %s', name, data_dir)
-            with _no_progress_bars():
-                builder.download_and_prepare(file_format='array_record')
-            # A fresh builder reads back what was written (and frees the scan).
-            builder = make_builder(name, path, data_dir)
-        _BUILDERS[key] = builder
-        return builder
+        if key not in _BUILDERS:
+            _BUILDERS[key] = prepare(name, path, data_dir)
+        return _BUILDERS[key]
+
+
+def clear_caches() -> None:
+    """Forgets this process's opened builders and loaded splits (the next use opens them again, as a
+    new run would: an image folder changed since is then built again)."""
+    with _LOCK:
+        _BUILDERS.clear()
+        _SPLITS.clear()
 
 
 def _split_names(builder) -> list[str]:
     return sorted(builder.info.splits.keys())
 
 
-def num_examples(builder, split: str) -> int:
-    """Examples in `split` (TFDS sub-split syntax such as 'train[:90%]' works)."""
+def num_examples(builder, split: str, key: str = 'split') -> int:
+    """Examples in `split`: any split TFDS reads (``train``, ``train[:90%]``, ``train[:200]``,
+    ``train+test``). A bad one raises a one-line ``ValueError`` naming ``key`` (the config key it came
+    from, e.g. ``data.train_split``), the value, TFDS's reason and the dataset's splits."""
     try:
         return int(builder.info.splits[split].num_examples)
-    except (KeyError, ValueError, TypeError, AttributeError) as e:
+    except (KeyError, ValueError, TypeError, AttributeError, AssertionError) as e:
+        reason = [line.strip() for line in str(e).strip('\'"').splitlines() if line.strip()]
+        reason = reason[-1] if reason else type(e).__name__
+        reason = reason.replace('\\n', ' ').split(' Got: ')[0].rstrip('.')
         raise ValueError(
-            f"unknown split '{split}' for dataset '{builder.name}'; available splits: {_split_names(builder)}"
+            f'{key}={split!r}: not a split of dataset {_display_name(builder)!r} ({reason}); '
+            f"its splits: {', '.join(_split_names(builder))} (slices like 'train[:90%]' or 'train[:200]' work)"
         ) from e
+
+
+def split_key(cfg, split: str) -> str:
+    """The config key `split` came from: ``data.train_split``, ``data.eval_split`` or ``split``."""
+    if split == str(field(cfg, 'train_split')):
+        return 'data.train_split'
+    if split == str(field(cfg, 'eval_split')):
+        return 'data.eval_split'
+    return 'split'
 
 
 def _display_name(builder) -> str:
@@ -526,7 +559,7 @@ def get_split(cfg, split: str) -> SplitData | ClassSubset:
     ``data.classes`` is set)."""
     builder = get_builder(cfg)
     shape = output_shape(cfg, builder)
-    num_examples(builder, split)  # validates the split name
+    num_examples(builder, split, split_key(cfg, split))  # validates the split name
     data = _cached_split(builder, split, shape)
     ids = class_ids(cfg, builder)
     if ids is None:
@@ -557,7 +590,7 @@ def get_full_split(cfg, split: str) -> FullResSplit | ClassSubset:
 def split_size(cfg, split: str) -> int:
     """Examples of `split` the pipeline uses (after ``data.classes``)."""
     if class_ids(cfg) is None:
-        return num_examples(get_builder(cfg), split)
+        return num_examples(get_builder(cfg), split, split_key(cfg, split))
     return len(get_split(cfg, split))
 
 
@@ -686,7 +719,7 @@ def norm_stats(cfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """
     builder = get_builder(cfg)
     split = str(field(cfg, 'train_split'))
-    num_examples(builder, split)  # validates the split name
+    num_examples(builder, split, 'data.train_split')  # validates the split name
     path = _stats_path(builder, split)
     with _LOCK:
         if os.path.exists(path):

@@ -1,20 +1,12 @@
-"""``mnist_det``: an offline detection dataset (TFDS builder, array_record, ``Tensor`` features, no
-TensorFlow) of MNIST-10k digits pasted on canvases, and its grain pipelines.
+"""Detection datasets and their grain pipelines.
 
-Each canvas (default 128 x 128, black) holds ``min_objects..max_objects`` digits at a random scale
-(``min_scale..max_scale`` x 28 px) and position; a digit's paste window overlaps earlier ones by
-IoU <= ``max_iou`` (positions are redrawn, a few times at most) and later digits occlude earlier
-ones. The pasting is ``research.segmentation.data.paste_digits`` (shared with ``mnist_seg``).
-Features, objects in paste order and padded to ``max_objects``:
+Datasets, by ``data.name``:
 
-- ``image`` uint8 [S, S, 1]; ``num_objects`` int32;
-- ``boxes`` float32 [M, 4] xyxy pixels, tight around the visible stroke (pixels >= 128):
-  (x_min, y_min, x_max + 1, y_max + 1) of the mask, zeros for padding;
-- ``labels`` int32 [M]: digit + 1 (1..10), 0 for padding;
-- ``masks`` uint8 [M, S, S] (zlib-encoded): 1 on the object's visible stroke.
-
-A digit left with no visible pixel is dropped. Train canvases use the source's train digits, test
-canvases its test digits; every example is a pure function of (seed, split, index).
+- ``mnist_det``: MNIST-10k digits pasted on canvases, generated offline with ``config.det``'s settings
+  (``research.data.builders.mnist_det``: boxes, labels and instance masks), held in memory;
+- any TFDS detection dataset (``voc/2007``, ``voc/2012``, ``coco/2017``, ``coco/2014``: an ``image``
+  and ``objects`` with ``bbox`` and ``label``), prepared on first use (the ``prepare`` extra) and
+  read lazily, resized to ``det.canvas_size`` with ``det.max_objects`` objects per image.
 """
 
 from __future__ import annotations
@@ -25,43 +17,18 @@ from collections.abc import Mapping
 
 import grain
 import numpy as np
-import tensorflow_datasets as tfds
 
 from research.data import augment as augment_lib
+from research.data import builders as builders_lib
 from research.data import datasets as datasets_lib
-from research.segmentation import data as seg_data
+from research.data import tfds_catalog
+from research.data.builders.mnist_det import CLASSES, DetParams, MnistDet, make_det_canvas, masks_to_boxes
 
-CLASSES = ('background',) + tuple(f'digit_{i}' for i in range(10))
+__all__ = ['CLASSES', 'DetParams', 'MnistDet', 'make_det_canvas', 'masks_to_boxes']
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _SHUFFLE_TAG = 0x4445545348
 _AUG_TAG = 0x4445544147
-
-
-@dataclasses.dataclass(frozen=True)
-class DetParams:
-    """What ``mnist_det`` is generated from (part of the builder config's name)."""
-
-    canvas_size: int = 128
-    min_objects: int = 2
-    max_objects: int = 6
-    min_scale: float = 0.8
-    max_scale: float = 2.0
-    max_iou: float = 0.3
-    num_train: int = 8000
-    num_test: int = 2000
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.canvas_size < 28:
-            raise ValueError(f'canvas_size must be >= 28, got {self.canvas_size}')
-        if not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError(
-                f'need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}'
-            )
-        if not 0 < self.min_scale <= self.max_scale:
-            raise ValueError(f'need 0 < min_scale <= max_scale, got {self.min_scale}, {self.max_scale}')
-        if self.num_train < 1 or self.num_test < 1:
-            raise ValueError('num_train and num_test must be >= 1')
 
 
 def params_from_config(det_cfg: Mapping | None) -> DetParams:
@@ -76,105 +43,28 @@ def params_from_config(det_cfg: Mapping | None) -> DetParams:
     return p
 
 
-def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
-    """float32 [..., 4] tight boxes (x_min, y_min, x_max + 1, y_max + 1) of boolean masks [..., H, W]
-    (zeros for empty masks)."""
-    masks = np.asarray(masks, bool)
-    rows, cols = masks.any(-1), masks.any(-2)
-    h, w = masks.shape[-2:]
-    y0, y1 = rows.argmax(-1), h - rows[..., ::-1].argmax(-1)
-    x0, x1 = cols.argmax(-1), w - cols[..., ::-1].argmax(-1)
-    boxes = np.stack([x0, y0, x1, y1], -1).astype(np.float32)
-    return np.where(rows.any(-1)[..., None], boxes, 0.0).astype(np.float32)
-
-
-def make_det_canvas(
-    digits: np.ndarray, digit_labels: np.ndarray, rng: np.random.Generator, p: DetParams
-) -> dict[str, np.ndarray]:
-    """One ``mnist_det`` example (see the module docstring)."""
-    image, inst, labels = seg_data.paste_digits(
-        digits, digit_labels, rng, canvas_size=p.canvas_size, min_objects=p.min_objects,
-        max_objects=p.max_objects, min_scale=p.min_scale, max_scale=p.max_scale, max_iou=p.max_iou,
-    )  # fmt: skip
-    s, m = p.canvas_size, p.max_objects
-    masks = inst[None] == np.arange(1, len(labels) + 1)[:, None, None]
-    keep = masks.any((1, 2))
-    n = int(keep.sum())
-    out_masks = np.zeros((m, s, s), np.uint8)
-    out_masks[:n] = masks[keep]
-    out_labels = np.zeros((m,), np.int32)
-    out_labels[:n] = labels[keep] + 1
-    return {
-        'image': np.round(image).astype(np.uint8)[..., None],
-        'boxes': masks_to_boxes(out_masks),
-        'labels': out_labels,
-        'num_objects': np.int32(n),
-        'masks': out_masks,
-    }
-
-
-class MnistDet(seg_data.MnistSeg, skip_registration=True):
-    """MNIST-10k digits on canvases with boxes, labels and instance masks (detection)."""
-
-    name = 'mnist_det'
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-    CLASSES = CLASSES
-
-    def __init__(self, *, path: str, params: DetParams = DetParams(), **kwargs):
-        super().__init__(path=path, params=params, **kwargs)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        s, m = self.params.canvas_size, self.params.max_objects
-        t = tfds.features.Tensor
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=self.__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    'image': t(shape=(s, s, 1), dtype=np.uint8, encoding='bytes'),
-                    'boxes': t(shape=(m, 4), dtype=np.float32),
-                    'labels': t(shape=(m,), dtype=np.int32),
-                    'num_objects': t(shape=(), dtype=np.int32),
-                    'masks': t(shape=(m, s, s), dtype=np.uint8, encoding='zlib'),
-                }
-            ),
-            disable_shuffling=True,
-            metadata=tfds.core.MetadataDict(
-                class_names=list(self.CLASSES),
-                params=dataclasses.asdict(self.params),
-                source=self.builder_config.source,
-            ),
-        )
-
-    def example(self, split: str, index: int) -> dict[str, np.ndarray]:
-        images, labels = self.digit_split(split)
-        return make_det_canvas(images, labels, seg_data._rng(self.params.seed, split, index), self.params)
-
-
 _LOCK = threading.RLock()
 _CACHE: dict[tuple, MnistDet] = {}
 
 
 def get_det_builder(data_cfg, det_cfg: Mapping | None = None):
-    """The prepared builder of ``config.data``: ``mnist_det`` (generated from ``data.path`` with the
-    settings ``det_cfg``), or any other name through ``tfds.builder`` (``voc/2007``, ``coco/2017``, ...:
-    the user's TFDS with network access; prepared on first use). Built once, then reused."""
+    """The prepared builder of ``config.data``: ``mnist_det`` (generated from ``data.path``, default
+    ``$RESEARCH_DATA_DIR/mnist10k-png.tgz``, with the settings ``det_cfg``), or any TFDS detection
+    dataset by name (``voc/2007``, ``coco/2017``, ...: prepared on first use, which needs network and
+    the ``prepare`` extra). Built once, then reused."""
     name = str(datasets_lib.field(data_cfg, 'name'))
     data_dir = datasets_lib.resolve_data_dir(data_cfg)
-    if name not in datasets_lib.OFFLINE_BUILDERS:  # the task refuses the other offline names
+    entry = builders_lib.lookup(name)
+    if entry is None:
         return _tfds_builder(name, data_dir)
+    if entry.kind != 'detection':  # another of this project's names (the task refuses them): mnist_det
+        name, entry = 'mnist_det', builders_lib.lookup('mnist_det')
     params = params_from_config(det_cfg)
-    path = str(datasets_lib.field(data_cfg, 'path') or seg_data.default_mnist_path())
-    key = (path, data_dir, params)
+    path = datasets_lib.source_path(name, str(datasets_lib.field(data_cfg, 'path')))
+    key = (name, path, data_dir, params)
     with _LOCK:
         if key not in _CACHE:
-            builder = MnistDet(path=path, params=params, data_dir=data_dir)
-            if not tfds.core.dataset_info.dataset_info_path(builder.data_path).exists():
-                with datasets_lib._no_progress_bars():  # pylint: disable=protected-access
-                    builder.download_and_prepare(file_format='array_record')
-                builder = MnistDet(path=path, params=params, data_dir=data_dir)
-            _CACHE[key] = builder
+            _CACHE[key] = datasets_lib.prepare(name, path, data_dir, params)
         return _CACHE[key]
 
 
@@ -183,14 +73,11 @@ def _tfds_builder(name: str, data_dir: str):
     with _LOCK:
         if key not in _CACHE:
             try:
-                builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
-            except tfds.core.registered.DatasetNotFoundError as e:
+                builder = tfds_catalog.open_dataset(name, data_dir)
+            except ValueError as e:
                 raise ValueError(
                     f"unknown detection dataset data.name={name!r}: not 'mnist_det' and not a TFDS dataset"
                 ) from e
-            if not tfds.core.dataset_info.dataset_info_path(builder.data_path).exists():
-                builder.download_and_prepare(file_format='array_record')
-                builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
             feats = builder.info.features
             if 'image' not in feats or 'objects' not in feats or 'bbox' not in feats['objects'].feature:
                 raise ValueError(
@@ -231,7 +118,7 @@ class TfdsDetSplit:
     by example index arrays): each image is resized to ``size`` x ``size`` (bilinear; boxes scaled with
     it), TFDS's normalised (ymin, xmin, ymax, xmax) boxes become xyxy pixels, labels become 1..K (0 =
     padding), crowd boxes (COCO's ``is_crowd``) are dropped and the first ``max_objects`` objects kept.
-    Decoding an ``Image`` feature needs TensorFlow (the user's TFDS install); masks are not read."""
+    Decoded with NumPy/OpenCV/PIL (no TensorFlow); masks are not read."""
 
     def __init__(self, builder, split: str, size: int, max_objects: int):
         self.source = builder.as_data_source(split)
@@ -298,7 +185,9 @@ class _LazyField:
 _SPLITS: dict[tuple, DetSplit] = {}
 
 
-def get_split(builder, split: str, with_masks: bool = False, det_cfg: Mapping | None = None):
+def get_split(
+    builder, split: str, with_masks: bool = False, det_cfg: Mapping | None = None, key_name: str = 'split'
+):
     """The split's examples: in memory for ``mnist_det`` (:class:`DetSplit`), lazily for a TFDS dataset
     (:class:`TfdsDetSplit`, resized to ``det.canvas_size`` with ``det.max_objects`` objects)."""
     key = (str(builder.data_path), split, with_masks)
@@ -307,10 +196,7 @@ def get_split(builder, split: str, with_masks: bool = False, det_cfg: Mapping | 
         key += (p.canvas_size, p.max_objects)
     with _LOCK:
         if key not in _SPLITS:
-            if split not in builder.info.splits:
-                raise ValueError(
-                    f"unknown split '{split}' of {builder.info.name}; available: {sorted(builder.info.splits)}"
-                )
+            datasets_lib.num_examples(builder, split, key_name)  # a one-line error for a bad split
             if isinstance(builder, MnistDet):
                 _SPLITS[key] = DetSplit(builder, split, with_masks)
             else:
@@ -328,7 +214,7 @@ def normalization(data_cfg, det_cfg=None) -> tuple[tuple[float, ...], tuple[floa
     builder = get_det_builder(data_cfg, det_cfg)
     if not isinstance(builder, MnistDet):
         return IMAGENET_MEAN, IMAGENET_STD
-    train = get_split(builder, str(datasets_lib.field(data_cfg, 'train_split')))
+    train = get_split(builder, str(datasets_lib.field(data_cfg, 'train_split')), key_name='data.train_split')
     x = train.images.astype(np.float64) / 255.0
     return (float(x.mean()),), (max(float(x.std()), 1e-6),)
 
@@ -381,6 +267,7 @@ def make_train_iterator(
         str(datasets_lib.field(data_cfg, 'train_split')),
         with_masks,
         det_cfg,
+        'data.train_split',
     )
     if len(data) < global_batch_size:
         raise ValueError(f'global_batch_size {global_batch_size} exceeds the {len(data)} train examples')
@@ -413,7 +300,9 @@ def make_eval_iterator(
     """One ordered pass over ``split``: the train batch keys plus 'mask' bool [L]; the final batch is
     padded with zero images and no boxes (mask False), so metrics over the pass are exact."""
     local = global_batch_size // process_count
-    data = get_split(get_det_builder(data_cfg, det_cfg), str(split), with_masks, det_cfg)
+    data = get_split(
+        get_det_builder(data_cfg, det_cfg), str(split), with_masks, det_cfg, datasets_lib.split_key(data_cfg, str(split))
+    )
     mean, std = normalization(data_cfg, det_cfg)
     lo = process_index * local
 

@@ -1,74 +1,68 @@
-"""Offline segmentation datasets (TFDS builders, no TensorFlow) and their grain pipelines.
+"""Segmentation datasets and their grain pipelines.
 
-Builders (array_record, ``Tensor`` features):
+Datasets, by ``data.name`` (builders registered in ``research.data.builders``):
 
-- ``mnist_seg``: MNIST-10k digits (the ``<split>/<digit>/<png>`` tgz or folder) pasted on
-  ``canvas x canvas`` black canvases, ``min_objects..max_objects`` digits each with random scale
-  and position; later digits occlude earlier ones. ``segmentation`` is 0 = background,
-  1..10 = digits 0..9 (a digit's pixels are its stroke, thresholded at ``STROKE_THRESHOLD``);
-  ``instances`` is 0 = none, k = the k-th pasted digit (visible stroke pixels). Train canvases
-  use the folder's train digits, test canvases its test digits.
-- ``shapes_seg``: circles (1), squares (2) and triangles (3) on textured RGB backgrounds.
+- ``mnist_seg`` and ``shapes_seg``: synthetic canvases generated offline
+  (``research.data.builders.synthetic``; generation settings from ``config.seg``), held in memory;
+- ``voc_seg`` (``voc_seg/2012``, ``voc_seg/2007``): PASCAL VOC's class masks, downloaded from the VOC
+  tarballs (``research.data.builders.voc_seg``), read lazily;
+- ``cityscapes`` (TFDS, manual download), read lazily.
 
-Every example is a pure function of (generation seed, split, index). The pipelines mirror
-``research.data.pipeline``: an infinite train stream with joint image/label augmentation
-(pad-and-random-crop, horizontal flip; padded label pixels are ``IGNORE_LABEL``) determined by
-(seed, stream position), and a one-pass eval stream whose final batch is padded with a mask.
+The lazily read datasets are resized to ``seg.canvas_size`` (bilinear images, nearest labels) with
+their label ids mapped to train ids (255 = ignore). The pipelines mirror ``research.data.pipeline``:
+an infinite train stream with joint image/label augmentation (pad-and-random-crop, horizontal flip;
+padded label pixels are ``IGNORE_LABEL``) determined by (seed, stream position), and a one-pass eval
+stream whose final batch is padded with a mask.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
 import threading
 
 import grain
 import numpy as np
-import tensorflow_datasets as tfds
 
 from research.data import augment as augment_lib
+from research.data import builders as builders_lib
 from research.data import datasets as datasets_lib
-from research.data.builders import image_folder as image_folder_lib
-from research.data.builders._base import OfflineBuilder
+from research.data import roots
+from research.data.builders import voc_seg
+from research.data.builders.synthetic import (
+    MNIST_CLASSES,
+    SHAPES_CLASSES,
+    STROKE_THRESHOLD,
+    MnistSeg,
+    SegConfig,
+    SegParams,
+    ShapesSeg,
+    load_mnist_digits,
+    make_mnist_canvas,
+    make_shapes_canvas,
+    paste_digits,
+)
+from research.data.builders.synthetic import example_rng as _rng
+
+__all__ = [
+    'MNIST_CLASSES',
+    'SHAPES_CLASSES',
+    'STROKE_THRESHOLD',
+    'MnistSeg',
+    'SegConfig',
+    'SegParams',
+    'ShapesSeg',
+    '_rng',
+    'load_mnist_digits',
+    'make_mnist_canvas',
+    'make_shapes_canvas',
+    'paste_digits',
+]  # fmt: skip
 
 IGNORE_LABEL = 255
-STROKE_THRESHOLD = 128
+#: The synthetic segmentation datasets (held in memory; generation settings from ``config.seg``).
 SEG_BUILDERS = ('mnist_seg', 'shapes_seg')
-MNIST_CLASSES = ('background',) + tuple(f'digit_{i}' for i in range(10))
-SHAPES_CLASSES = ('background', 'circle', 'square', 'triangle')
-_SPLIT_TAG = {'train': 1, 'test': 2}
 _AUG_TAG = 0x5345474155
 _SHUFFLE_TAG = 0x5345475348
-
-
-@dataclasses.dataclass(frozen=True)
-class SegParams:
-    """What a synthetic segmentation dataset is generated from (part of its identity)."""
-
-    canvas_size: int = 64
-    min_objects: int = 1
-    max_objects: int = 4
-    min_scale: float = 0.6  # digit / shape size relative to 28 px (mnist) or canvas/3 (shapes)
-    max_scale: float = 1.4
-    num_train: int = 8000
-    num_test: int = 2000
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.canvas_size < 16:
-            raise ValueError(f'seg.canvas_size must be >= 16, got {self.canvas_size}')
-        if not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError(
-                f'need 1 <= seg.min_objects <= seg.max_objects, got {self.min_objects}, {self.max_objects}'
-            )
-        if not 0 < self.min_scale <= self.max_scale:
-            raise ValueError(
-                f'need 0 < seg.min_scale <= seg.max_scale, got {self.min_scale}, {self.max_scale}'
-            )
-        if self.num_train < 1 or self.num_test < 1:
-            raise ValueError('seg.num_train and seg.num_test must be >= 1')
 
 
 def params_from_config(seg_cfg) -> SegParams:
@@ -85,233 +79,11 @@ def params_from_config(seg_cfg) -> SegParams:
     return p
 
 
-def _rng(seed: int, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(seed), _SPLIT_TAG.get(split, 3), int(index)]))
-
-
-# ---------------------------------------------------------------------------
-# Generators (pure numpy; also used directly by tests).
-
-
-def load_mnist_digits(source: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{split: (uint8 [N, 28, 28] images, int32 [N] digit labels)}`` of an MNIST folder/tgz, sorted by path."""
-    scan = image_folder_lib.scan_source(image_folder_lib.resolve_source(source))
-    out = {}
-    for split, entries in scan.files.items():
-        entries = sorted(entries, key=lambda e: e[0])
-        images = np.stack([image_folder_lib.decode_image(ref, 1)[..., 0] for _, _, ref in entries])
-        labels = np.asarray([int(scan.class_names[lab]) for _, lab, _ in entries], np.int32)
-        out[split] = (images, labels)
-    return out
-
-
-def _resize_gray(img: np.ndarray, size: int) -> np.ndarray:
-    return augment_lib.resize(img[None, :, :, None].astype(np.float32), size, size)[0, :, :, 0]
-
-
-def paste_digits(
-    digits: np.ndarray, digit_labels: np.ndarray, rng: np.random.Generator, *, canvas_size: int,
-    min_objects: int, max_objects: int, min_scale: float, max_scale: float,
-    max_iou: float | None = None, max_tries: int = 20,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """Pastes ``min_objects..max_objects`` random digits on a black ``canvas_size`` square canvas.
-
-    Returns (float32 [S, S] image in 0..255, uint8 [S, S] instances: k = the k-th digit's visible
-    stroke (>= ``STROKE_THRESHOLD``), int32 [count] digit labels of digits 1..count). Later digits
-    occlude earlier ones. ``max_iou`` (None: any overlap) redraws a digit's position, up to
-    ``max_tries`` times, while its paste window overlaps an earlier one by more than that IoU.
-    Shared by ``mnist_seg`` and ``research.detection.data``'s ``mnist_det``.
-    """
-    s = canvas_size
-    image = np.zeros((s, s), np.float32)
-    inst = np.zeros((s, s), np.uint8)
-    count = int(rng.integers(min_objects, max_objects + 1))
-    labels, windows = [], []
-    for k in range(1, count + 1):
-        i = int(rng.integers(len(digits)))
-        size = int(np.clip(round(28 * rng.uniform(min_scale, max_scale)), 8, s))
-        d = np.clip(_resize_gray(digits[i], size), 0, 255)
-        y, x = (int(v) for v in rng.integers(0, s - size + 1, size=2))
-        if max_iou is not None:
-            for _ in range(max_tries):
-                if all(_window_iou((y, x, size), w) <= max_iou for w in windows):
-                    break
-                y, x = (int(v) for v in rng.integers(0, s - size + 1, size=2))
-            windows.append((y, x, size))
-        stroke = d >= STROKE_THRESHOLD
-        win = (slice(y, y + size), slice(x, x + size))
-        image[win] = np.maximum(image[win] * (d < STROKE_THRESHOLD), d)  # later digits occlude
-        inst[win][stroke] = k
-        labels.append(int(digit_labels[i]))
-    return image, inst, np.asarray(labels, np.int32)
-
-
-def _window_iou(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
-    """IoU of two square windows given as (y, x, size)."""
-    iy = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    ix = max(0, min(a[1] + a[2], b[1] + b[2]) - max(a[1], b[1]))
-    inter = iy * ix
-    return inter / (a[2] ** 2 + b[2] ** 2 - inter)
-
-
-def make_mnist_canvas(
-    digits: np.ndarray, digit_labels: np.ndarray, rng: np.random.Generator, p: SegParams
-) -> dict[str, np.ndarray]:
-    """One canvas: ``image`` uint8 [S, S, 1], ``segmentation`` uint8 [S, S], ``instances`` uint8 [S, S]."""
-    image, inst, labels = paste_digits(
-        digits, digit_labels, rng, canvas_size=p.canvas_size, min_objects=p.min_objects,
-        max_objects=p.max_objects, min_scale=p.min_scale, max_scale=p.max_scale,
-    )  # fmt: skip
-    seg = np.where(inst > 0, np.concatenate([[0], labels + 1])[inst], 0).astype(np.uint8)
-    return {'image': np.round(image).astype(np.uint8)[..., None], 'segmentation': seg, 'instances': inst}
-
-
-def _texture(rng: np.random.Generator, s: int) -> np.ndarray:
-    """Random RGB texture in [0, 1]: oriented stripes of a random colour pair plus noise."""
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
-    theta, freq, phase = rng.uniform(0, np.pi), rng.uniform(0.15, 0.8), rng.uniform(0, 2 * np.pi)
-    wave = 0.5 + 0.5 * np.sin(freq * (np.cos(theta) * xx + np.sin(theta) * yy) + phase)
-    c0, c1 = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
-    tex = c0 + (c1 - c0) * wave[..., None]
-    return np.clip(tex + rng.normal(0, 0.05, (s, s, 3)), 0, 1).astype(np.float32)
-
-
-def make_shapes_canvas(rng: np.random.Generator, p: SegParams) -> dict[str, np.ndarray]:
-    """Circles (1), squares (2), triangles (3), each with its own texture, on a textured background."""
-    s = p.canvas_size
-    image = _texture(rng, s)
-    seg = np.zeros((s, s), np.uint8)
-    inst = np.zeros((s, s), np.uint8)
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + 0.5
-    count = int(rng.integers(p.min_objects, p.max_objects + 1))
-    for k in range(1, count + 1):
-        cls = int(rng.integers(1, 4))
-        r = float(np.clip(s / 6 * rng.uniform(p.min_scale, p.max_scale), 3, s / 2))
-        cy, cx = rng.uniform(r, s - r, size=2)
-        if cls == 1:
-            region = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-        elif cls == 2:
-            region = (np.abs(yy - cy) <= r * 0.85) & (np.abs(xx - cx) <= r * 0.85)
-        else:  # upward triangle: apex at the top, base at the bottom
-            top, bottom = cy - r, cy + r * 0.8
-            half = (yy - top) / (bottom - top) * r
-            region = (yy >= top) & (yy <= bottom) & (np.abs(xx - cx) <= half)
-        if not region.any():
-            continue
-        image[region] = _texture(rng, s)[region]
-        seg[region] = cls
-        inst[region] = k
-    return {'image': np.round(image * 255).astype(np.uint8), 'segmentation': seg, 'instances': inst}
-
-
-# ---------------------------------------------------------------------------
-# TFDS builders.
-
-
-class SegConfig(tfds.core.BuilderConfig):
-    """Builder config: generation parameters (and the digit source for mnist_seg) named by a hash."""
-
-    def __init__(self, *, params: SegParams, source: str = '', **kwargs):
-        blob = json.dumps({'params': dataclasses.asdict(params), 'source': source}, sort_keys=True)
-        digest = hashlib.sha1(blob.encode()).hexdigest()[:10]
-        super().__init__(name=f'c{params.canvas_size}_n{params.num_train}_{digest}', **kwargs)
-        self.params, self.source = params, source
-
-
-class _SegBuilder(OfflineBuilder, skip_registration=True):
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-    CLASSES: tuple[str, ...] = ()
-    CHANNELS = 1
-
-    @property
-    def params(self) -> SegParams:
-        return self.builder_config.params
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        s = self.params.canvas_size
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=self.__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    'image': tfds.features.Tensor(
-                        shape=(s, s, self.CHANNELS), dtype=np.uint8, encoding='bytes'
-                    ),
-                    'segmentation': tfds.features.Tensor(shape=(s, s), dtype=np.uint8, encoding='bytes'),
-                    'instances': tfds.features.Tensor(shape=(s, s), dtype=np.uint8, encoding='bytes'),
-                }
-            ),
-            disable_shuffling=True,  # record i of a split is example i (generated from its index)
-            metadata=tfds.core.MetadataDict(
-                class_names=list(self.CLASSES),
-                params=dataclasses.asdict(self.params),
-                source=self.builder_config.source,
-            ),
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        return {
-            'train': self._generate_examples('train', self.params.num_train),
-            'test': self._generate_examples('test', self.params.num_test),
-        }
-
-    def _generate_examples(self, split: str, n: int):
-        for i in range(n):
-            yield i, self.example(split, i)
-
-
-class MnistSeg(_SegBuilder, skip_registration=True):
-    """MNIST-10k digits on larger canvases: per-pixel digit classes (0 = background) and instances."""
-
-    name = 'mnist_seg'
-    CLASSES = MNIST_CLASSES
-    CHANNELS = 1
-
-    def __init__(self, *, path: str, params: SegParams = SegParams(), **kwargs):
-        source = image_folder_lib.resolve_source(path)
-        kwargs.setdefault('file_format', 'array_record')
-        self._digits = None
-        self._digits_lock = threading.Lock()
-        super().__init__(config=SegConfig(params=params, source=source), **kwargs)
-
-    def digit_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """(images, labels) of the source's ``split`` digits (loaded once, shared by subclasses)."""
-        with self._digits_lock:
-            if self._digits is None:
-                self._digits = load_mnist_digits(self.builder_config.source)
-        if split not in self._digits:
-            raise ValueError(f"the digit source has no '{split}' split (has {sorted(self._digits)})")
-        return self._digits[split]
-
-    def example(self, split: str, index: int) -> dict[str, np.ndarray]:
-        images, labels = self.digit_split(split)
-        return make_mnist_canvas(images, labels, _rng(self.params.seed, split, index), self.params)
-
-
-class ShapesSeg(_SegBuilder, skip_registration=True):
-    """Circles, squares and triangles on textured backgrounds (synthetic)."""
-
-    name = 'shapes_seg'
-    CLASSES = SHAPES_CLASSES
-    CHANNELS = 3
-
-    def __init__(self, *, params: SegParams = SegParams(), **kwargs):
-        kwargs.setdefault('file_format', 'array_record')
-        super().__init__(config=SegConfig(params=params), **kwargs)
-
-    def example(self, split: str, index: int) -> dict[str, np.ndarray]:
-        return make_shapes_canvas(_rng(self.params.seed, split, index), self.params)
-
-
 def make_seg_builder(name: str, path: str, data_dir: str, params: SegParams = SegParams()):
-    """The (unprepared) builder of segmentation dataset ``name``."""
-    if name == 'mnist_seg':
-        return MnistSeg(path=path, params=params, data_dir=data_dir)
-    if name == 'shapes_seg':
-        return ShapesSeg(params=params, data_dir=data_dir)
-    raise ValueError(f"unknown segmentation dataset '{name}' (known: {', '.join(SEG_BUILDERS)})")
+    """The (unprepared) builder of synthetic segmentation dataset ``name``."""
+    if name not in SEG_BUILDERS:
+        raise ValueError(f"unknown segmentation dataset '{name}' (known: {', '.join(SEG_BUILDERS)})")
+    return datasets_lib.make_builder(name, path, data_dir, params)
 
 
 _LOCK = threading.RLock()
@@ -330,9 +102,12 @@ _CITYSCAPES_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 
 CITYSCAPES_TRAIN_IDS = np.full(256, IGNORE_LABEL, np.uint8)
 for _k, _v in _CITYSCAPES_IDS.items():
     CITYSCAPES_TRAIN_IDS[_k] = _v
+VOC_TRAIN_IDS = np.arange(256, dtype=np.uint8)  # 0..20 are the classes, 255 the ignored border
+VOC_TRAIN_IDS[len(voc_seg.CLASSES) : IGNORE_LABEL] = IGNORE_LABEL
 TFDS_LAYOUTS = {
     'cityscapes': dict(image='image_left', label='segmentation_label', table=CITYSCAPES_TRAIN_IDS,
                        classes=CITYSCAPES_CLASSES),
+    'voc_seg': dict(image='image', label='segmentation', table=VOC_TRAIN_IDS, classes=voc_seg.CLASSES),
 }  # fmt: skip
 
 
@@ -343,36 +118,33 @@ def tfds_layout(name: str) -> dict | None:
 
 def get_seg_builder(data_cfg, seg_cfg=None):
     """The prepared builder for ``config.data`` / ``config.seg`` (built once, then reused): ``mnist_seg``,
-    ``shapes_seg``, or a TFDS dataset of :data:`TFDS_LAYOUTS` by name (prepared by TFDS on first use)."""
+    ``shapes_seg`` (generated with ``config.seg``'s settings), ``voc_seg`` or a TFDS dataset of
+    :data:`TFDS_LAYOUTS` by name (prepared on first use; TFDS's need the ``prepare`` extra)."""
     name = str(datasets_lib.field(data_cfg, 'name'))
-    params = params_from_config(seg_cfg)
-    data_dir = datasets_lib.resolve_data_dir(data_cfg)
-    if name not in SEG_BUILDERS and tfds_layout(name) is not None:
-        key = (name, data_dir)
-        with _LOCK:
-            if key not in _CACHE:
-                builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
-                if not tfds.core.dataset_info.dataset_info_path(builder.data_path).exists():
-                    builder.download_and_prepare(file_format='array_record')
-                    builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
-                _CACHE[key] = builder
-            return _CACHE[key]
-    if name not in SEG_BUILDERS:
+    entry = builders_lib.lookup(name)
+    if entry is not None and entry.kind != 'segmentation':
         raise ValueError(
-            f"unknown segmentation dataset '{name}' (offline: {', '.join(SEG_BUILDERS)}; TFDS by name: "
-            f"{', '.join(TFDS_LAYOUTS)}; TFDS's 'voc' holds boxes only: use it with task='detection')"
+            f"data.name={name!r} holds {entry.kind} data, not segmentation masks "
+            f"(segmentation datasets: {', '.join(segmentation_names())})"
         )
-    path = str(datasets_lib.field(data_cfg, 'path')) if name == 'mnist_seg' else ''
+    if entry is None and tfds_layout(name) is None:
+        hint = " (TFDS's 'voc' holds boxes only: for VOC's masks use data.name='voc_seg')" if name.startswith('voc') else ''
+        raise ValueError(
+            f"unknown segmentation dataset data.name={name!r}{hint}; known: {', '.join(segmentation_names())}"
+        )
+    data_dir = datasets_lib.resolve_data_dir(data_cfg)
+    params = params_from_config(seg_cfg) if name in SEG_BUILDERS else None
+    path = datasets_lib.source_path(data_cfg)
     key = (name, path, data_dir, params)
     with _LOCK:
         if key not in _CACHE:
-            builder = make_seg_builder(name, path, data_dir, params)
-            if not tfds.core.dataset_info.dataset_info_path(builder.data_path).exists():
-                with datasets_lib._no_progress_bars():  # pylint: disable=protected-access
-                    builder.download_and_prepare(file_format='array_record')
-                builder = make_seg_builder(name, path, data_dir, params)
-            _CACHE[key] = builder
+            _CACHE[key] = datasets_lib.prepare(name, path, data_dir, params)
         return _CACHE[key]
+
+
+def segmentation_names() -> tuple[str, ...]:
+    """The ``data.name`` values the segmentation task reads."""
+    return builders_lib.names('segmentation') + tuple(TFDS_LAYOUTS.keys() - set(builders_lib.names()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,8 +175,8 @@ class SegSplit:
 class TfdsSegSplit:
     """A TFDS segmentation split read lazily (``images`` / ``labels`` indexed by example index arrays):
     images resized bilinearly and labels by nearest neighbour to ``size`` x ``size``, label ids mapped
-    to train ids by the layout's table (unlisted ids -> the ignore label). Decoding ``Image`` features
-    needs TensorFlow (the user's TFDS install)."""
+    to train ids by the layout's table (unlisted ids -> the ignore label). Decoded with NumPy/PIL/OpenCV
+    (no TensorFlow)."""
 
     def __init__(self, builder, split: str, size: int, layout: dict):
         self.source = builder.as_data_source(split)
@@ -457,24 +229,31 @@ class _LazySegField:
 _SPLITS: dict[tuple, SegSplit] = {}
 
 
-def get_split(builder, split: str, seg_cfg=None):
-    """In memory for the offline datasets (:class:`SegSplit`); lazily for a TFDS dataset
-    (:class:`TfdsSegSplit`, resized to ``seg.canvas_size``)."""
+def get_split(builder, split: str, seg_cfg=None, key_name: str = 'split'):
+    """In memory for the synthetic datasets (:class:`SegSplit`); lazily for the others
+    (:class:`TfdsSegSplit`, resized to ``seg.canvas_size``). ``key_name``: the config key of ``split``
+    (for the error of a bad one)."""
     layout = None if isinstance(builder, (MnistSeg, ShapesSeg)) else tfds_layout(builder.info.name)
     key = (str(builder.data_path), split)
     if layout is not None:
         key += (params_from_config(seg_cfg).canvas_size,)
     with _LOCK:
         if key not in _SPLITS:
-            if split not in builder.info.splits:
-                raise ValueError(
-                    f"unknown split '{split}' of {builder.name}; available: {sorted(builder.info.splits)}"
-                )
+            datasets_lib.num_examples(builder, split, key_name)  # a one-line error for a bad split
             if layout is None:
                 _SPLITS[key] = SegSplit(builder, split)
             else:
                 _SPLITS[key] = TfdsSegSplit(builder, split, params_from_config(seg_cfg).canvas_size, layout)
         return _SPLITS[key]
+
+
+def _split_counts(builder, data_cfg) -> dict[str, int]:
+    """Examples per split, plus the configured train/eval splits (slices such as 'train[:90%]')."""
+    counts = {k: int(v.num_examples) for k, v in builder.info.splits.items()}
+    for key in ('train_split', 'eval_split'):
+        split = str(datasets_lib.field(data_cfg, key))
+        counts[split] = datasets_lib.num_examples(builder, split, f'data.{key}')
+    return counts
 
 
 def get_seg_info(data_cfg, seg_cfg=None) -> SegInfo:
@@ -488,10 +267,9 @@ def get_seg_info(data_cfg, seg_cfg=None) -> SegInfo:
             mean, std = (0.0,) * c, (1.0,) * c
         return SegInfo(
             name=builder.info.full_name, num_classes=len(layout['classes']), class_names=tuple(layout['classes']),
-            image_shape=(s, s, c), num_examples={k: int(v.num_examples) for k, v in builder.info.splits.items()},
-            mean=mean, std=std,
+            image_shape=(s, s, c), num_examples=_split_counts(builder, data_cfg), mean=mean, std=std,
         )  # fmt: skip
-    train = get_split(builder, str(datasets_lib.field(data_cfg, 'train_split')))
+    train = get_split(builder, str(datasets_lib.field(data_cfg, 'train_split')), seg_cfg, 'data.train_split')
     if datasets_lib.field(data_cfg, 'normalize'):
         x = train.images.reshape(-1, train.images.shape[-1]).astype(np.float64) / 255.0
         mean, std = tuple(x.mean(0).tolist()), tuple(max(s, 1e-6) for s in x.std(0).tolist())
@@ -504,7 +282,7 @@ def get_seg_info(data_cfg, seg_cfg=None) -> SegInfo:
         num_classes=len(names),
         class_names=names,
         image_shape=tuple(int(d) for d in train.images.shape[1:]),
-        num_examples={s: int(v.num_examples) for s, v in builder.info.splits.items()},
+        num_examples=_split_counts(builder, data_cfg),
         mean=mean,
         std=std,
     )
@@ -570,7 +348,7 @@ def make_train_iterator(
     """Infinite shuffled batches {'image': float32 [L, S, S, C], 'label': int32 [L, S, S]} (checkpointable)."""
     local = global_batch_size // process_count
     builder = get_seg_builder(data_cfg, seg_cfg)
-    data = get_split(builder, str(datasets_lib.field(data_cfg, 'train_split')), seg_cfg)
+    data = get_split(builder, str(datasets_lib.field(data_cfg, 'train_split')), seg_cfg, 'data.train_split')
     if len(data) < global_batch_size:
         raise ValueError(f'global_batch_size {global_batch_size} exceeds the {len(data)} train examples')
     aug = (
@@ -593,7 +371,7 @@ def make_eval_iterator(
     """One ordered pass: {'image', 'label' (padded examples all ``IGNORE_LABEL``), 'mask' bool [L]}."""
     local = global_batch_size // process_count
     builder = get_seg_builder(data_cfg, seg_cfg)
-    data = get_split(builder, str(split), seg_cfg)
+    data = get_split(builder, str(split), seg_cfg, datasets_lib.split_key(data_cfg, str(split)))
     info = get_seg_info(data_cfg, seg_cfg)
     lo = process_index * local
 
@@ -613,6 +391,6 @@ def make_eval_iterator(
 
 
 def default_mnist_path() -> str:
-    """``../shared/data/mnist10k-png.tgz`` beside the repository (the project's offline MNIST-10k)."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                        os.pardir, 'shared', 'data', 'mnist10k-png.tgz')  # fmt: skip
+    """The MNIST-10k folder ``mnist_seg`` / ``mnist_det`` read when ``data.path`` is empty:
+    ``$RESEARCH_DATA_DIR/mnist10k-png.tgz``, expanded."""
+    return roots.expand(roots.MNIST10K_FOLDER)

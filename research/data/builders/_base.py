@@ -12,8 +12,8 @@ class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """GeneratorBasedBuilder that needs no network and no TensorFlow.
 
     TFDS locates a builder's code through `importlib_resources` for builders
-    living in a package, which is not a dependency here; the source file path
-    is all it needs (no checksums file, no metadata folder).
+    living in a package; the source file path is all these builders need (no
+    checksums file, no metadata folder), so that lookup is skipped.
     """
 
     @tfds.core.utils.classproperty

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+from research.data.builders import registry
 from research.data.builders._base import OfflineBuilder
 
 NUM_EXAMPLES = 1797
@@ -65,3 +66,13 @@ class Digits(OfflineBuilder, skip_registration=True):
     def _generate_examples(self, images, labels, indices):
         for i in indices:
             yield int(i), {'image': images[i], 'label': int(labels[i])}
+
+
+def _make_digits(path: str, data_dir: str, params=None, config=None) -> Digits:
+    del path, params, config  # inside the scikit-learn wheel; nothing to set
+    return Digits(data_dir=data_dir, file_format='array_record')
+
+
+registry.register(
+    'digits', _make_digits, kind='classification', description="scikit-learn's 1,797 8x8 digits"
+)

@@ -13,10 +13,12 @@ image when they use it (``research.data.transforms.open_image``), at full
 resolution. Raw pixels of ImageNet's 1.28M images would take ~0.6 TB; their
 JPEGs take 140 GB, and the random-resized crop needs the full-size image.
 
-The builder config name is a slug of the source plus a short hash of its
-absolute path, so different sources never collide in one `data_dir`. A
-prepared dataset is reused as is: delete its folder to rebuild after the
-source changed.
+``data.path`` may name the data root as ``$RESEARCH_DATA_DIR/...`` (``research.data.roots``).
+
+The builder config name is a slug of the source, a short hash of its absolute
+path and a fingerprint of its contents (a folder's image file list with each
+file's size and mtime; an archive's size and mtime): a source changed after it
+was built is built again, with a warning, and the previous build is removed.
 """
 
 from __future__ import annotations
@@ -25,14 +27,18 @@ import collections
 import dataclasses
 import hashlib
 import io
+import logging
 import os
 import re
+import shutil
 import tarfile
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from research.data import roots
+from research.data.builders import registry
 from research.data.builders._base import OfflineBuilder
 
 IMAGE_EXTENSIONS = frozenset(
@@ -45,21 +51,40 @@ _ARCHIVE_SUFFIXES = ('.tar.gz', '.tgz', '.tar.bz2', '.tbz2', '.tar.xz', '.txz', 
 
 
 def resolve_source(path: str | os.PathLike) -> str:
-    """Absolute path of an existing folder or tar archive, else FileNotFoundError."""
+    """Absolute path of an existing folder or tar archive (``$RESEARCH_DATA_DIR`` and ``~`` expanded),
+    else ``FileNotFoundError`` in one line naming ``data.path`` and how to make the folder."""
     if not str(path):
-        raise FileNotFoundError('image folder path is empty (set data.path)')
-    abs_path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        raise FileNotFoundError(
+            'data.path is empty: set it to a <split>/<class>/<image> folder or a .tgz of one '
+            f'(e.g. ${roots.DATA_ROOT_ENV}/cifar10-jpg.tgz)'
+        )
+    abs_path = os.path.abspath(roots.expand(path))
     if not os.path.exists(abs_path):
-        raise FileNotFoundError(f"image folder '{abs_path}' does not exist")
+        raise FileNotFoundError(roots.missing_message(path, abs_path))
     if os.path.isfile(abs_path) and not tarfile.is_tarfile(abs_path):
         raise ValueError(
-            f"image folder '{abs_path}' is a file but not a tar archive "
+            f"data.path={os.fspath(path)!r}: '{abs_path}' is a file but not a tar archive "
             '(expected a directory or a .tgz/.tar.gz)'
         )
     return abs_path
 
 
-def config_name(source: str) -> str:
+def fingerprint(source: str) -> str:
+    """A short hash of what ``source`` holds: for a folder its image files' relative paths, sizes and
+    mtimes (ns); for an archive its size and mtime. Changes when images are added, removed, replaced
+    or rewritten."""
+    h = hashlib.sha1()
+    if os.path.isfile(source):
+        st = os.stat(source)
+        h.update(f'archive {st.st_size} {st.st_mtime_ns}'.encode())
+    else:
+        for rel, path in sorted(_list_directory(source).items()):
+            st = os.stat(path)
+            h.update(f'{rel}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode('utf-8', 'surrogateescape'))
+    return h.hexdigest()[:10]
+
+
+def source_prefix(source: str) -> str:
     """`<slug>_<hash>`: readable, and unique per absolute source path."""
     base = os.path.basename(source.rstrip(os.sep)) or 'root'
     for suffix in _ARCHIVE_SUFFIXES:
@@ -69,6 +94,36 @@ def config_name(source: str) -> str:
     slug = re.sub(r'[^a-z0-9]+', '_', base.lower()).strip('_')[:40] or 'images'
     digest = hashlib.sha1(source.encode('utf-8')).hexdigest()[:10]
     return f'{slug}_{digest}'
+
+
+def config_name(source: str, content: str | None = None) -> str:
+    """`<slug>_<path hash>_<content fingerprint>` (the fingerprint of ``source`` now if not given)."""
+    return f'{source_prefix(source)}_{content or fingerprint(source)}'
+
+
+def stale_builds(builder) -> list[str]:
+    """Prepared builds of the same source with other contents (same path, other fingerprint)."""
+    root = os.path.dirname(os.path.dirname(os.fspath(builder.data_path)))  # <data_dir>/image_folder
+    prefix = source_prefix(builder.source) + '_'
+    if not os.path.isdir(root):
+        return []
+    return sorted(
+        os.path.join(root, d)
+        for d in os.listdir(root)
+        if d.startswith(prefix) and d != builder.builder_config.name and len(d) == len(prefix) + 10
+    )
+
+
+def remove_stale_builds(builder) -> None:
+    """Warns that the source changed since it was built, and removes the old build(s)."""
+    for path in stale_builds(builder):
+        logging.warning(
+            'image folder %s changed since it was built (files added, removed or modified): built again; '
+            'removing the previous build %s',
+            builder.source,
+            path,
+        )
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _is_image(rel: str) -> bool:
@@ -281,3 +336,17 @@ class ImageFolder(OfflineBuilder, skip_registration=True):
             else:
                 image = decode_image(ref, channels)
             yield key, {'image': image, 'label': label}
+
+
+def _make_image_folder(path: str, data_dir: str, params=None, config=None) -> ImageFolder:
+    del params, config
+    return ImageFolder(path=path, data_dir=data_dir)
+
+
+registry.register(
+    'image_folder',
+    _make_image_folder,
+    kind='classification',
+    uses_path=True,
+    description='your own <split>/<class>/<image> folder or .tgz of one (data.path)',
+)
