@@ -91,6 +91,8 @@ def base_config() -> ConfigDict:
             # auto = oneDNN where the `onednn` extra is installed and the run has one device, else XLA
             model_parallel=1,  # M > 1: a ('data', 'model') mesh of (devices/M, M); big params sharded
             # FSDP-style over 'model' (research/train/mesh.py::param_sharding)
+            deterministic=False,  # True: run-to-run identical GPU results (--xla_gpu_deterministic_ops;
+            # slower; research/train/distributed.py::set_deterministic, docs/accelerators.md)
         )
     )
     # What launch.py runs (research/cli.py): 'classification' (the trainer), 'gan' (DCGAN,

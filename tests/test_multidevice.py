@@ -403,21 +403,119 @@ def test_two_processes_equal_one_process(data_dir, tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path / "multi", "test")] == [3, 6]  # once (process 0)
 
 
-def test_distributed_initialize_is_a_no_op_without_flags_or_env(monkeypatch):
-    for k in (
-        "JAX_COORDINATOR_ADDRESS",
-        "JAX_NUM_PROCESSES",
-        "JAX_PROCESS_ID",
-        "SLURM_NTASKS",
-        "OMPI_COMM_WORLD_SIZE",
-    ):
+_CLUSTER_VARS = (
+    "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "JAX_COORDINATOR_PORT",
+    "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID",
+    "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
+    "KUBERNETES_SERVICE_HOST", "JOB_COMPLETION_INDEX", "TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID",
+    "TPU_PROCESS_ADDRESSES", "MEGASCALE_NUM_SLICES", "PMI_SIZE", "PMI_RANK",
+)  # fmt: skip
+
+
+@pytest.fixture
+def no_cluster(monkeypatch):
+    """No cluster variables, and ``jax.distributed.initialize`` recorded instead of run."""
+    for k in _CLUSTER_VARS:
         monkeypatch.delenv(k, raising=False)
-    assert distributed.initialize() is False
-    monkeypatch.setenv("SLURM_NTASKS", "1")  # a one-task SLURM job is single-process
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+    return calls
+
+
+def test_distributed_initialize_is_a_no_op_without_flags_or_env(no_cluster, monkeypatch):
+    assert distributed.detect_cluster() is None
     assert distributed.initialize() is False
     assert distributed.initialize(num_processes=1) is False
     with pytest.raises(ValueError, match="num_processes must be >= 1"):
         distributed.initialize(num_processes=0)
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # sbatch's variables without an srun step: not a JAX cluster
+    assert distributed.initialize() is False
+    assert no_cluster == []
+
+
+def _slurm(monkeypatch, ntasks):
+    for k, v in dict(SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="gpu[017-018]", SLURM_NTASKS=str(ntasks),
+                     SLURM_PROCID="1", SLURM_LOCALID="1").items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+
+
+def test_slurm_and_open_mpi_jobs_start_jax_distributed(no_cluster, monkeypatch):
+    """JAX's own detection (jax._src.clusters) finds an srun step and an mpirun job; this module calls
+    jax.distributed.initialize() without arguments, which JAX fills in from the same variables."""
+    from jax._src.clusters import SlurmCluster
+
+    _slurm(monkeypatch, 1)  # a one-task step is single-process
+    assert distributed.detect_cluster() is None and distributed.initialize() is False
+    _slurm(monkeypatch, 8)
+    assert distributed.detect_cluster() == ("slurm", 8)
+    assert distributed.initialize() is True and no_cluster == [((), {})]
+    assert SlurmCluster.get_coordinator_address(None, None) == f"gpu017:{4242 % 4096 + 61440}"  # what JAX uses
+    for k in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID"):
+        monkeypatch.delenv(k)
+    for k, v in dict(OMPI_MCA_orte_hnp_uri="1531576320.0;tcp://10.0.0.1:34911", OMPI_COMM_WORLD_SIZE="4",
+                     OMPI_COMM_WORLD_RANK="2", OMPI_COMM_WORLD_LOCAL_RANK="0").items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    assert distributed.detect_cluster() == ("ompi", 4)
+    # explicit flags win over the cluster, and are passed through
+    no_cluster.clear()
+    assert distributed.initialize("h:1234", 2, 0) is True
+    assert no_cluster == [((), dict(coordinator_address="h:1234", num_processes=2, process_id=0))]
+
+
+def test_tpu_pod_and_kubernetes_jobs_are_detected(no_cluster, monkeypatch):
+    """GKE TPU slices (TPU_WORKER_HOSTNAMES on a TPU VM) and Kubernetes indexed Jobs go through JAX's
+    classes too; a Kubernetes pod that is not an indexed Job (a notebook) stays single-process without
+    asking the Kubernetes API."""
+    from jax._src.clusters import K8sCluster, cloud_tpu_cluster
+
+    monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
+    monkeypatch.setattr(cloud_tpu_cluster.GceTpuCluster, "is_env_present", classmethod(lambda cls: False))
+    monkeypatch.setattr(cloud_tpu_cluster, "get_metadata", lambda key: pytest.fail(f"metadata server asked: {key}"))
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t1k-w-0,t1k-w-1,t1k-w-2,t1k-w-3")
+    monkeypatch.setenv("TPU_WORKER_ID", "3")
+    monkeypatch.setenv("MEGASCALE_NUM_SLICES", "1")  # GKE sets it; unset, JAX asks the metadata server
+    assert distributed.detect_cluster() == ("gketpu", 4)
+    monkeypatch.setenv("MEGASCALE_NUM_SLICES", "2")  # multislice: 2 slices x 4 hosts
+    assert distributed.detect_cluster() == ("gketpu", 8)
+    assert distributed.initialize() is True and no_cluster == [((), {})]
+    for k in ("TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID", "MEGASCALE_NUM_SLICES"):
+        monkeypatch.delenv(k)
+
+    asked = []
+    monkeypatch.setattr(K8sCluster, "is_env_present", classmethod(lambda cls: asked.append(1) or True))
+    monkeypatch.setattr(K8sCluster, "get_process_count", classmethod(lambda cls: 4))  # the Job's parallelism
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    assert distributed.detect_cluster() is None and asked == []  # not an indexed Job
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
+    assert distributed.detect_cluster() == ("K8sCluster", 4) and asked == [1]
+
+
+def test_mpich_launch_needs_mpi4py(no_cluster, monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("PMI_SIZE", "1")
+    assert distributed.detect_cluster() is None
+    monkeypatch.setenv("PMI_SIZE", "4")
+    monkeypatch.setenv("PMI_RANK", "1")
+    assert distributed.detect_cluster() == ("mpich", 4)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "mpi4py" else real(n, *a))
+    with pytest.raises(RuntimeError, match="PMI_SIZE=4 processes.*pip install mpi4py"):
+        distributed.initialize()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "mpi4py" else real(n, *a))
+    assert distributed.initialize() is True
+    assert no_cluster == [((), dict(cluster_detection_method="mpi4py"))]
+
+
+def test_meshes_are_auto_typed_and_process_contiguous():
+    from types import SimpleNamespace
+
+    mesh = mesh_lib.make_mesh()
+    assert mesh.axis_names == ("data",) and mesh.axis_types == (jax.sharding.AxisType.Auto,)
+    assert list(mesh.devices.flat) == jax.devices()  # one CPU host: JAX's own order
+    # 2 processes whose devices a topology-aware order interleaves: grouped by process, order kept
+    devs = [SimpleNamespace(id=i, process_index=p) for i, p in [(0, 0), (4, 1), (1, 0), (5, 1), (2, 0), (6, 1)]]
+    assert [d.id for d in mesh_lib.process_contiguous(devs)] == [0, 1, 2, 4, 5, 6]
 
 
 def test_cpu_devices_flag_runs_data_parallel(data_dir, tmp_path):
