@@ -55,7 +55,9 @@ def test_visible_accelerators_reads_each_probe():
     assert distributed.visible_accelerators(**_probes(dev=["/dev/accel0", "/dev/accel1"])) == {
         "tpu": "2 /dev/accel* device(s)"
     }
-    assert distributed.visible_accelerators(**_probes(dev=["/dev/kfd"])) == {"rocm": "/dev/kfd (AMD GPU driver)"}
+    assert distributed.visible_accelerators(**_probes(dev=["/dev/kfd"])) == {
+        "rocm": "/dev/kfd (AMD GPU driver)"
+    }
     assert distributed.visible_accelerators(**_probes(dev=["/dev/null", "/dev/vfio/vfio"])) == {}
 
 
@@ -82,7 +84,9 @@ def test_accelerator_hint_names_the_install_command(monkeypatch):
     assert distributed.accelerator_hint({"cpu"}, visible={}) is None
     assert distributed.accelerator_hint({"cpu"}, visible=h100, env={"JAX_PLATFORMS": "cpu"}) is None
     # the plugin is installed but found no device: say so instead of "install"
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "jax_cuda12_plugin" else None)
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: object() if n == "jax_cuda12_plugin" else None
+    )
     broken = distributed.accelerator_hint({"cpu"}, visible=h100)
     assert "jax_cuda12_plugin is installed" in broken and "jax.devices('gpu')" in broken
 
@@ -109,11 +113,15 @@ def test_accelerator_extras_map_to_jax_extras():
 
 def test_set_deterministic_adds_the_flag_before_the_backend(monkeypatch):
     monkeypatch.setattr(distributed, "backend_started", lambda: False)
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2 --xla_gpu_deterministic_ops=false")
+    monkeypatch.setenv(
+        "XLA_FLAGS", "--xla_force_host_platform_device_count=2 --xla_gpu_deterministic_ops=false"
+    )
     assert distributed.set_deterministic(False) is False
     assert os.environ["XLA_FLAGS"].endswith("=false")  # off: the user's flags are left alone
     assert distributed.set_deterministic(True) is True
-    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2 --xla_gpu_deterministic_ops=true"
+    assert (
+        os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2 --xla_gpu_deterministic_ops=true"
+    )
     assert distributed.set_deterministic(True) is True  # idempotent
     assert os.environ["XLA_FLAGS"].count("deterministic") == 1
     monkeypatch.delenv("XLA_FLAGS")

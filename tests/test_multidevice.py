@@ -449,7 +449,9 @@ def test_slurm_and_open_mpi_jobs_start_jax_distributed(no_cluster, monkeypatch):
     _slurm(monkeypatch, 8)
     assert distributed.detect_cluster() == ("slurm", 8)
     assert distributed.initialize() is True and no_cluster == [((), {})]
-    assert SlurmCluster.get_coordinator_address(None, None) == f"gpu017:{4242 % 4096 + 61440}"  # what JAX uses
+    assert (
+        SlurmCluster.get_coordinator_address(None, None) == f"gpu017:{4242 % 4096 + 61440}"
+    )  # what JAX uses
     for k in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID"):
         monkeypatch.delenv(k)
     for k, v in dict(OMPI_MCA_orte_hnp_uri="1531576320.0;tcp://10.0.0.1:34911", OMPI_COMM_WORLD_SIZE="4",
@@ -470,7 +472,9 @@ def test_tpu_pod_and_kubernetes_jobs_are_detected(no_cluster, monkeypatch):
 
     monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
     monkeypatch.setattr(cloud_tpu_cluster.GceTpuCluster, "is_env_present", classmethod(lambda cls: False))
-    monkeypatch.setattr(cloud_tpu_cluster, "get_metadata", lambda key: pytest.fail(f"metadata server asked: {key}"))
+    monkeypatch.setattr(
+        cloud_tpu_cluster, "get_metadata", lambda key: pytest.fail(f"metadata server asked: {key}")
+    )
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t1k-w-0,t1k-w-1,t1k-w-2,t1k-w-3")
     monkeypatch.setenv("TPU_WORKER_ID", "3")
     monkeypatch.setenv("MEGASCALE_NUM_SLICES", "1")  # GKE sets it; unset, JAX asks the metadata server
@@ -514,7 +518,9 @@ def test_meshes_are_auto_typed_and_process_contiguous():
     assert mesh.axis_names == ("data",) and mesh.axis_types == (jax.sharding.AxisType.Auto,)
     assert list(mesh.devices.flat) == jax.devices()  # one CPU host: JAX's own order
     # 2 processes whose devices a topology-aware order interleaves: grouped by process, order kept
-    devs = [SimpleNamespace(id=i, process_index=p) for i, p in [(0, 0), (4, 1), (1, 0), (5, 1), (2, 0), (6, 1)]]
+    devs = [
+        SimpleNamespace(id=i, process_index=p) for i, p in [(0, 0), (4, 1), (1, 0), (5, 1), (2, 0), (6, 1)]
+    ]
     assert [d.id for d in mesh_lib.process_contiguous(devs)] == [0, 1, 2, 4, 5, 6]
 
 
