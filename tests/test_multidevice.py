@@ -58,6 +58,7 @@ def _run(args, *, env=None, timeout=300):
 _EIGHT = r"""
 import os, sys, json
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["JAX_PLATFORMS"] = "cpu"  # 8 CPU devices, also on a GPU/TPU host
 repo, data_dir, out = sys.argv[1:4]
 sys.path.insert(0, repo); sys.path.insert(0, os.path.join(repo, "tests"))
 import jax, jax.numpy as jnp, numpy as np, optax
@@ -312,9 +313,11 @@ def test_precision_knob_errors(data_dir):
 
 # -- multi-host ---------------------------------------------------------------------------------
 _HOST = r"""
-import os, sys, json
+import os, sys, json, time
+t0 = time.perf_counter()
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + os.environ["NDEV"]
-repo, data_dir, workdir = sys.argv[1:4]
+os.environ["JAX_PLATFORMS"] = "cpu"  # CPU devices and gloo collectives, also on a GPU/TPU host
+repo, data_dir, workdir, resume = sys.argv[1:5]
 sys.path.insert(0, repo); sys.path.insert(0, os.path.join(repo, "tests"))
 from research.train import distributed
 multi = distributed.initialize()  # from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID
@@ -324,16 +327,20 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 from research.train import train_and_evaluate
 from test_train import digits_config
 def cfg():
-    c = digits_config(data_dir, steps=6)
-    c.train.eval_every = "3 steps"
-    c.train.checkpoint_every = "3 steps"
+    c = digits_config(data_dir, steps=STEPS)
+    c.train.eval_every = ""  # once, at the end
+    c.train.checkpoint_every = f"{STEPS // 2} steps"
     c.train.async_checkpoints = True
     return c
-part = train_and_evaluate(cfg(), workdir, stop_after_steps=3, show_progress=False)
-full = train_and_evaluate(cfg(), workdir, show_progress=False)  # resumes from step 3 on every process
+t1 = time.perf_counter()
+part = train_and_evaluate(cfg(), workdir, stop_after_steps=STEPS // 2, show_progress=False) if resume == "1" else None
+t2 = time.perf_counter()
+full = train_and_evaluate(cfg(), workdir, show_progress=False)  # resumes from the checkpoint on every process
+t3 = time.perf_counter()
 print(json.dumps(dict(multi=multi, processes=jax.process_count(), devices=jax.device_count(),
-                      index=jax.process_index(), final=full["final"]["test"], part_step=part["step"])))
-"""
+                      index=jax.process_index(), final=full["final"]["test"], part_step=part and part["step"],
+                      seconds=[round(t1 - t0, 1), round(t2 - t1, 1), round(t3 - t2, 1)])))
+""".replace("STEPS", "4")
 
 
 def _free_port() -> int:
@@ -342,11 +349,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow  # ~40 s on 2 cores (three JAX processes); run with: pytest -m slow tests/test_multidevice.py
 def test_two_processes_equal_one_process(data_dir, tmp_path):
-    """2 jax.distributed processes x 2 CPU devices (gloo) train 6 steps of lenet5 on digits, stopping at
-    step 3 and resuming from the checkpoint (written once, restored by both), and match a 1-device run:
-    final params within SHARDED_ATOL, same evaluation with every test example counted once."""
+    """2 jax.distributed processes x 2 CPU devices (gloo) train 4 steps of lenet5 on digits, stopping at
+    step 2 and resuming from the checkpoint (written once, restored by both), and match a 1-device run
+    of the same 4 steps: final params within SHARDED_ATOL, same evaluation with every test example
+    counted once."""
     script = tmp_path / "host.py"
     script.write_text(_HOST)
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
@@ -359,7 +366,7 @@ def test_two_processes_equal_one_process(data_dir, tmp_path):
         e["JAX_PROCESS_ID"] = str(i)
         procs.append(
             subprocess.Popen(
-                [sys.executable, str(script), str(REPO), data_dir, str(tmp_path / "multi")],
+                [sys.executable, str(script), str(REPO), data_dir, str(tmp_path / "multi"), "1"],
                 cwd=REPO,
                 env=e,
                 stdout=subprocess.PIPE,
@@ -367,7 +374,7 @@ def test_two_processes_equal_one_process(data_dir, tmp_path):
                 text=True,
             )
         )
-    single = _run([str(script), str(REPO), data_dir, str(tmp_path / "single")], env=dict(env, NDEV="1"))
+    single = _run([str(script), str(REPO), data_dir, str(tmp_path / "single"), "0"], env=dict(env, NDEV="1"))
     outs = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=300)
@@ -376,7 +383,8 @@ def test_two_processes_equal_one_process(data_dir, tmp_path):
     ref = json.loads(single.stdout.strip().splitlines()[-1])
     assert not ref["multi"] and ref["processes"] == 1
     assert [o["index"] for o in outs] == [0, 1]
-    assert all(o["multi"] and o["processes"] == 2 and o["devices"] == 4 and o["part_step"] == 3 for o in outs)
+    print("seconds (start, part, resumed) per process:", [o["seconds"] for o in outs], "single:", ref["seconds"])
+    assert all(o["multi"] and o["processes"] == 2 and o["devices"] == 4 and o["part_step"] == 2 for o in outs)
     for o in outs:  # every process sees the same global evaluation, each example counted once
         assert o["final"]["count"] == ref["final"]["count"] == 360
         assert abs(o["final"]["loss"] - ref["final"]["loss"]) < SHARDED_ATOL
@@ -391,7 +399,7 @@ def test_two_processes_equal_one_process(data_dir, tmp_path):
         return st, steps
 
     (pm, sm), (ps, ss) = params(tmp_path / "multi"), params(tmp_path / "single")
-    assert sorted(sm) == sorted(ss) == [3, 6]
+    assert sorted(sm) == sorted(ss) == [2, 4]
     diff = max(
         float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
         for a, b in zip(
@@ -400,7 +408,7 @@ def test_two_processes_equal_one_process(data_dir, tmp_path):
     )
     print(f"2 processes x 2 devices vs 1 device: max |param diff| {diff:.2e}")
     assert diff < SHARDED_ATOL
-    assert [r["step"] for r in read_metrics(tmp_path / "multi", "test")] == [3, 6]  # once (process 0)
+    assert [r["step"] for r in read_metrics(tmp_path / "multi", "test")] == [4]  # once (process 0)
 
 
 _CLUSTER_VARS = (

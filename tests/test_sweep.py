@@ -399,10 +399,10 @@ def test_discover_devices_parses_jax_devices_and_keeps_the_users_platform():
         sweep.discover_devices({}, runner=lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "x"))
         == []
     )
-    # the real query on this CPU-only machine: JAX's CPU device, and workers are pinned to cores, not forced
+    # the real query (JAX_PLATFORMS unset): whatever JAX finds here; the platform is never forced
     real = sweep.discover_devices({k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"})
-    assert real and {d.kind for d in real} == {"cpu"}
-    assert all("JAX_PLATFORMS" not in s.env for s in sweep.device_slices(2, devices=real, cpus=[0, 1]))
+    assert real and all(d.kind in ("cpu", "cuda", "rocm", "tpu") for d in real)
+    assert all("JAX_PLATFORMS" not in s.env for s in sweep.device_slices(1, devices=real, cpus=[0, 1]))
 
 
 # -- launch.py ------------------------------------------------------------------------------------
