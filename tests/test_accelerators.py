@@ -149,3 +149,82 @@ def test_deterministic_is_a_train_config_key():
     from research.config import base_config
 
     assert base_config().train.deterministic is False
+
+
+# -- benchmarks/accelerator_check.py --------------------------------------------------------------
+def _tiny_cifar(root: Path) -> Path:
+    """A CIFAR-10-shaped <split>/<class>/<image> folder: 10 classes, 8 train and 2 test 32x32 PNGs each."""
+    import numpy as np
+    from PIL import Image
+
+    r = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 2)):
+        for c in range(10):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(r.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def test_accelerator_check_smoke_prints_ratios_and_appends_a_block(tmp_path):
+    """The whole script on CPU with tiny sizes: the three checks print their figures and ratios, and one dated
+    block is appended to the results file (its earlier content kept)."""
+    import re
+
+    data = _tiny_cifar(tmp_path / "cifar")
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# earlier figures\n")
+    cmd = [sys.executable, str(REPO / "benchmarks" / "accelerator_check.py"), "--smoke", f"--cifar10={data}",
+           "--model=lenet5_modern", "--no-torch_compile", f"--results={results}"]  # fmt: skip
+    env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / "tfds"))
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = results.read_text()
+    assert text.startswith("# earlier figures\n") and text.count("### Accelerator check, ") == 1
+    assert re.search(
+        r"### Accelerator check, \d{4}-\d\d-\d\d \d\d:\d\d UTC: 1 x cpu \(cpu\) \[smoke\]", text
+    ), text
+    rows = {
+        m[0]: m[1:] for m in re.findall(r"^\| ([^|]+?) \| ([^|]+?) \| ([^|]*?) \| ([^|]*?) \|", text, re.M)
+    }
+    step = rows["lenet5_modern bf16 training step, batch 8"]
+    assert re.fullmatch(r"[\d,.]+ img/s", step[0]) and "torch AMP bf16 + channels_last on cpu" in step[1]
+    assert re.fullmatch(r"\d+\.\d\dx", step[2]), step
+    pipe = rows["input pipeline (ResNet-20 bf16, 32 px, batch 16, 0 threads)"]
+    assert re.fullmatch(r"[\d,.]+ img/s", pipe[0]) and re.fullmatch(r"\d+\.\d\d", pipe[2]), pipe
+    air = rows["airbench94 speed run, CIFAR-10, bf16 (smoke settings)"]
+    assert re.match(r"\d+\.\d\d s \(\d+\.\d\d% TTA top-1", air[0]) and re.fullmatch(r"\d+\.\d\dx", air[2]), (
+        air
+    )
+    assert "failed" not in text and r.stdout.count("### Accelerator check") == 1
+
+
+def test_accelerator_check_records_failures_and_missing_data(tmp_path):
+    """No --cifar10: the data checks say so; a failing check is recorded with its cause, not raised."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import accelerator_check as ac
+
+    class A:
+        smoke, model, batch, torch_compile = False, "resnet50", 256, True
+        pipeline_desc = "ResNet-50 bf16, 224 px, batch 256, 16 threads"
+
+    dev = {
+        "platform": "tpu",
+        "kind": "TPU v5 lite",
+        "count": 8,
+        "jax": "0.10.2",
+        "torch": "2.9",
+        "torch_cuda": "",
+    }
+    block = ac.format_block(
+        {"train_step": {"jax_img_s": 4100.0, "torch_note": "no CUDA device for PyTorch beside JAX's tpu"},
+         "pipeline": "skipped: no --cifar10 data given", "airbench": "failed: launch.py exit 1: OOM"},
+        dev, "python benchmarks/accelerator_check.py", A(),
+    )  # fmt: skip
+    assert ": 8 x TPU v5 lite (tpu)" in block.splitlines()[0]
+    assert (
+        "| resnet50 bf16 training step, batch 256 | 4,100 img/s "
+        "| no CUDA device for PyTorch beside JAX's tpu | - |" in block
+    )
+    assert "| skipped: no --cifar10 data given |" in block and "| failed: launch.py exit 1: OOM |" in block
