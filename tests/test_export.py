@@ -8,7 +8,7 @@ and dot products in the asked dtype; BatchNorm statistics (flax's ``_compute_sta
 (``cross_entropy``) reduced in float32; and, for some, the module compiled by XLA:CPU's SPMD
 partitioner for the 8 devices shows the gradient all-reduce (all-gather of the FSDP-sharded
 parameters). One model per classification family in CI; every registered classification model with
-``pytest -m slow tests/test_export.py`` (about 15 min on 2 cores).
+``pytest -m slow tests/test_export.py`` (536 exports, about 17 min of CPU).
 
 The 8-device cases run in a subprocess (``XLA_FLAGS=--xla_force_host_platform_device_count=8``,
 ``JAX_PLATFORMS=cpu``): this file is also that subprocess's script (``python tests/test_export.py
@@ -53,7 +53,8 @@ FAMILY_MODELS = {
 }
 #: Families whose models are not classifiers (their steps come with the segmentation/detection tasks).
 NON_CLASSIFICATION = {
-    "fcn", "segnet", "unet", "pspnet", "deeplab", "context", "yolo", "ssd", "retinanet", "faster_rcnn", "rcnn",
+    "fcn", "segnet", "unet", "pspnet", "deeplab", "context",
+    "yolo", "ssd", "retinanet", "faster_rcnn", "rcnn",
 }  # fmt: skip
 #: The FSDP case: a big model, train.model_parallel = 4 on 8 devices.
 FSDP_MODEL, FSDP_MP = "resnet50", 4
@@ -324,7 +325,7 @@ def test_harness_reads_types_and_locations():
 
 @pytest.mark.xfail(
     strict=True,
-    reason="oneDNN routing is chosen when the step is traced (research/kernels/onednn.py's context variable); "
+    reason="oneDNN routing is chosen when the step is traced (research/kernels/onednn.py's context var); "
     "issue 22's per-platform choice (research/kernels/cpu.py, lax.platform_dependent) makes this pass: "
     "then remove this mark",
 )
@@ -359,12 +360,11 @@ def test_onednn_traced_step_exports_without_cpu_only_calls():
 def _all_classification_models() -> list[str]:
     import research.models as models
 
-    return [
-        n for f in models._FAMILIES if f.__name__.rsplit(".", 1)[-1] not in NON_CLASSIFICATION for n in f.REGISTRY_ENTRIES
-    ]  # fmt: skip
+    families = [f for f in models._FAMILIES if f.__name__.rsplit(".", 1)[-1] not in NON_CLASSIFICATION]
+    return [name for f in families for name in f.REGISTRY_ENTRIES]
 
 
-@pytest.mark.slow  # ~15 min on 2 cores: pytest -m slow tests/test_export.py
+@pytest.mark.slow  # 536 exports, ~17 CPU-min: pytest -m slow tests/test_export.py
 def test_every_classification_model_exports(tmp_path):
     names = _all_classification_models()
     results = export_cases(_cases(names, partitioned=set()), tmp_path, timeout=3600)
