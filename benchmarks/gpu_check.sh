@@ -1,19 +1,18 @@
 #!/usr/bin/env bash
-# Issue 8's GPU measurements as one short call, for a machine that has JAX (CUDA), flax, optax, orbax and
-# PyTorch but none of this project's data packages and no dataset (e.g. the H200 machines lent to some tasks).
+# benchmarks/accelerator_check.py on a lent machine that has JAX (CUDA), flax, optax, orbax and PyTorch but
+# none of this project's data packages and no dataset (e.g. the H200 machines lent to some tasks).
 #
 #   bash benchmarks/gpu_check.sh prepare   # here, with internet to the package index: wheels -> .whl/,
 #                                          # the CIFAR-10 folder tarball -> .gpu_data/ (both git-ignored)
 #   bash benchmarks/gpu_check.sh run       # there, from the repository root (carry .whl and .gpu_data)
 #
-# `run` installs the wheels into /tmp/site (no index, no deps), then prints and saves under $OUT (default
+# `run` installs the wheels into /tmp/site (no index, no deps), then runs, saving under $OUT (default
 # /tmp/gpu_check):
-#   1. train_step.txt      ResNet-50 bf16 training step, JAX vs torch eager / channels_last / torch.compile + AMP
-#   2. input_pipeline.txt  the trainer's loop on the grain pipeline vs data.synthetic (ResNet-50, 224 px, bf16),
-#                          host-augmented and with data.on_device (augmentation in the step)
-#   3. speedrun.txt, summary.json   the airbench94 speed run on the CIFAR-10 folder (bf16), beside 3.09 s on an A100
-#   4. speedrun95.txt, summary95.json   airbench95's recipe (:variant=95) on the folder (bf16), beside 10.4 s
-# Each step has its own time limit; the whole run is meant to end inside 10 minutes on an H100 / H200.
+#   1. accelerator_check.txt, RESULTS_block.md   benchmarks/accelerator_check.py: the ResNet-50 bf16 training
+#      step vs torch.compile + AMP + channels_last, the input pipeline at 224 px vs synthetic, the airbench94
+#      speed run (its dated block, to paste into benchmarks/RESULTS.md)
+#   2. speedrun95.txt, summary95.json   airbench95's recipe (:variant=95) on the folder (bf16), beside 10.4 s
+# Each check has its own time limit; the whole run is meant to end inside 10 minutes on an H100 / H200.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=(grain==0.2.18 array-record==0.8.6 tensorflow-datasets==4.9.10 ml-collections==1.1.0 tensorboardX==2.6.5
@@ -46,15 +45,8 @@ run)
   [ -f "$DATA" ] || DATA=../shared/data/cifar10-jpg.tgz
   nvidia-smi -L 2>&1 | tee "$OUT/devices.txt"
   python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), '| torch', torch.__version__)" 2>&1 | tee -a "$OUT/devices.txt"
-  timeout 200 python3 benchmarks/train_step.py --models=resnet50 --resnet50_batch=256 --precision=bfloat16 \
-    --torch_compile --steps=20 --no_compile_times --no-onednn --cpu_devices=0 2>&1 | tee "$OUT/train_step.txt"
-  timeout 150 python3 benchmarks/input_pipeline.py \
-    --config="experiments/classification/resnet_imagenet.py:model=resnet50,quick,path=$DATA" \
-    --set=data.image_size=224 --set=data.augment.crop_padding=28 --set=data.augment.scale=0.25 \
-    --set=train.batch_size=256 --set=train.precision=bfloat16 --steps=30 --num_threads=16 --on_device 2>&1 | tee "$OUT/input_pipeline.txt"
-  timeout 120 python3 launch.py --config="experiments/classification/airbench_cifar.py:path=$DATA" \
-    --config.train.precision=bfloat16 --workdir=/tmp/airbench_gpu 2>&1 | tee "$OUT/speedrun.txt"
-  cp /tmp/airbench_gpu/summary.json "$OUT/" 2>/dev/null
+  timeout 420 python3 benchmarks/accelerator_check.py --cifar10="$DATA" --timeout=200 \
+    --results="$OUT/RESULTS_block.md" 2>&1 | tee "$OUT/accelerator_check.txt"
   timeout 110 python3 launch.py --config="experiments/classification/airbench_cifar.py:variant=95,path=$DATA" \
     --config.train.precision=bfloat16 --workdir=/tmp/airbench95_gpu 2>&1 | tee "$OUT/speedrun95.txt"
   cp /tmp/airbench95_gpu/summary.json "$OUT/summary95.json" 2>/dev/null

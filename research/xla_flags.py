@@ -6,7 +6,8 @@ every residual block) through XLA's fusion passes. XLA:CPU otherwise expands the
 then fuses each block's ``act(y + x)`` chain into every consumer, recomputing all earlier blocks of
 a stage once per weight-gradient convolution: quadratic in depth, ResNet-56 training ran at half
 the speed of plain-56 (benchmarks/RESULTS.md, "Residual stream"). Not set where a GPU/TPU plugin is
-installed (those backends materialize the stream anyway). Opt out with ``RESEARCH_XLA_FLAGS=0``.
+installed (those backends materialize the stream anyway), unless ``JAX_PLATFORMS=cpu`` forces the CPU.
+Opt out with ``RESEARCH_XLA_FLAGS=0``.
 """
 
 from __future__ import annotations
@@ -52,9 +53,15 @@ def backend_started() -> bool:
         return False
 
 
+def _cpu_forced() -> bool:
+    """``JAX_PLATFORMS`` names the CPU only: the process runs on the CPU whatever plugin is installed."""
+    platforms = [p.strip() for p in os.environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+    return platforms == ["cpu"]
+
+
 def apply() -> bool:
     """Adds the project's flags to ``XLA_FLAGS``; returns whether they are in effect for this process."""
-    if os.environ.get("RESEARCH_XLA_FLAGS", "1") == "0" or _accelerator_installed():
+    if os.environ.get("RESEARCH_XLA_FLAGS", "1") == "0" or (_accelerator_installed() and not _cpu_forced()):
         return False
     flags = os.environ.get("XLA_FLAGS", "")
     new = with_disabled_pass(flags)

@@ -58,6 +58,7 @@ def _run(args, *, env=None, timeout=300):
 _EIGHT = r"""
 import os, sys, json
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["JAX_PLATFORMS"] = "cpu"  # 8 CPU devices, also on a GPU/TPU host
 repo, data_dir, out = sys.argv[1:4]
 sys.path.insert(0, repo); sys.path.insert(0, os.path.join(repo, "tests"))
 import jax, jax.numpy as jnp, numpy as np, optax
@@ -315,9 +316,11 @@ def test_precision_knob_errors(data_dir):
 
 # -- multi-host ---------------------------------------------------------------------------------
 _HOST = r"""
-import os, sys, json
+import os, sys, json, time
+t0 = time.perf_counter()
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + os.environ["NDEV"]
-repo, data_dir, workdir = sys.argv[1:4]
+os.environ["JAX_PLATFORMS"] = "cpu"  # CPU devices and gloo collectives, also on a GPU/TPU host
+repo, data_dir, workdir, resume = sys.argv[1:5]
 sys.path.insert(0, repo); sys.path.insert(0, os.path.join(repo, "tests"))
 from research.train import distributed
 multi = distributed.initialize()  # from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID
@@ -327,16 +330,20 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 from research.tasks import train_and_evaluate
 from test_train import digits_config
 def cfg():
-    c = digits_config(data_dir, steps=6)
-    c.train.eval_every = "3 steps"
-    c.train.checkpoint_every = "3 steps"
+    c = digits_config(data_dir, steps=STEPS)
+    c.train.eval_every = ""  # once, at the end
+    c.train.checkpoint_every = f"{STEPS // 2} steps"
     c.train.async_checkpoints = True
     return c
-part = train_and_evaluate(cfg(), workdir, stop_after_steps=3, show_progress=False)
-full = train_and_evaluate(cfg(), workdir, show_progress=False)  # resumes from step 3 on every process
+t1 = time.perf_counter()
+part = train_and_evaluate(cfg(), workdir, stop_after_steps=STEPS // 2, show_progress=False) if resume == "1" else None
+t2 = time.perf_counter()
+full = train_and_evaluate(cfg(), workdir, show_progress=False)  # resumes from the checkpoint on every process
+t3 = time.perf_counter()
 print(json.dumps(dict(multi=multi, processes=jax.process_count(), devices=jax.device_count(),
-                      index=jax.process_index(), final=full["final"]["test"], part_step=part["step"])))
-"""
+                      index=jax.process_index(), final=full["final"]["test"], part_step=part and part["step"],
+                      seconds=[round(t1 - t0, 1), round(t2 - t1, 1), round(t3 - t2, 1)])))
+""".replace("STEPS", "4")
 
 
 def _free_port() -> int:
@@ -345,11 +352,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow  # ~40 s on 2 cores (three JAX processes); run with: pytest -m slow tests/test_multidevice.py
 def test_two_processes_equal_one_process(data_dir, tmp_path):
-    """2 jax.distributed processes x 2 CPU devices (gloo) train 6 steps of lenet5 on digits, stopping at
-    step 3 and resuming from the checkpoint (written once, restored by both), and match a 1-device run:
-    final params within SHARDED_ATOL, same evaluation with every test example counted once."""
+    """2 jax.distributed processes x 2 CPU devices (gloo) train 4 steps of lenet5 on digits, stopping at
+    step 2 and resuming from the checkpoint (written once, restored by both), and match a 1-device run
+    of the same 4 steps: final params within SHARDED_ATOL, same evaluation with every test example
+    counted once."""
     script = tmp_path / "host.py"
     script.write_text(_HOST)
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
@@ -362,7 +369,7 @@ def test_two_processes_equal_one_process(data_dir, tmp_path):
         e["JAX_PROCESS_ID"] = str(i)
         procs.append(
             subprocess.Popen(
-                [sys.executable, str(script), str(REPO), data_dir, str(tmp_path / "multi")],
+                [sys.executable, str(script), str(REPO), data_dir, str(tmp_path / "multi"), "1"],
                 cwd=REPO,
                 env=e,
                 stdout=subprocess.PIPE,
@@ -370,7 +377,7 @@ def test_two_processes_equal_one_process(data_dir, tmp_path):
                 text=True,
             )
         )
-    single = _run([str(script), str(REPO), data_dir, str(tmp_path / "single")], env=dict(env, NDEV="1"))
+    single = _run([str(script), str(REPO), data_dir, str(tmp_path / "single"), "0"], env=dict(env, NDEV="1"))
     outs = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=300)
@@ -379,7 +386,8 @@ def test_two_processes_equal_one_process(data_dir, tmp_path):
     ref = json.loads(single.stdout.strip().splitlines()[-1])
     assert not ref["multi"] and ref["processes"] == 1
     assert [o["index"] for o in outs] == [0, 1]
-    assert all(o["multi"] and o["processes"] == 2 and o["devices"] == 4 and o["part_step"] == 3 for o in outs)
+    print("seconds (start, part, resumed) per process:", [o["seconds"] for o in outs], "single:", ref["seconds"])
+    assert all(o["multi"] and o["processes"] == 2 and o["devices"] == 4 and o["part_step"] == 2 for o in outs)
     for o in outs:  # every process sees the same global evaluation, each example counted once
         assert o["final"]["count"] == ref["final"]["count"] == 360
         assert abs(o["final"]["loss"] - ref["final"]["loss"]) < SHARDED_ATOL
@@ -394,7 +402,7 @@ def test_two_processes_equal_one_process(data_dir, tmp_path):
         return st, steps
 
     (pm, sm), (ps, ss) = params(tmp_path / "multi"), params(tmp_path / "single")
-    assert sorted(sm) == sorted(ss) == [3, 6]
+    assert sorted(sm) == sorted(ss) == [2, 4]
     diff = max(
         float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
         for a, b in zip(
@@ -403,24 +411,128 @@ def test_two_processes_equal_one_process(data_dir, tmp_path):
     )
     print(f"2 processes x 2 devices vs 1 device: max |param diff| {diff:.2e}")
     assert diff < SHARDED_ATOL
-    assert [r["step"] for r in read_metrics(tmp_path / "multi", "test")] == [3, 6]  # once (process 0)
+    assert [r["step"] for r in read_metrics(tmp_path / "multi", "test")] == [4]  # once (process 0)
 
 
-def test_distributed_initialize_is_a_no_op_without_flags_or_env(monkeypatch):
-    for k in (
-        "JAX_COORDINATOR_ADDRESS",
-        "JAX_NUM_PROCESSES",
-        "JAX_PROCESS_ID",
-        "SLURM_NTASKS",
-        "OMPI_COMM_WORLD_SIZE",
-    ):
+_CLUSTER_VARS = (
+    "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "JAX_COORDINATOR_PORT",
+    "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID",
+    "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
+    "KUBERNETES_SERVICE_HOST", "JOB_COMPLETION_INDEX", "TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID",
+    "TPU_PROCESS_ADDRESSES", "MEGASCALE_NUM_SLICES", "PMI_SIZE", "PMI_RANK",
+)  # fmt: skip
+
+
+@pytest.fixture
+def no_cluster(monkeypatch):
+    """No cluster variables, and ``jax.distributed.initialize`` recorded instead of run."""
+    for k in _CLUSTER_VARS:
         monkeypatch.delenv(k, raising=False)
-    assert distributed.initialize() is False
-    monkeypatch.setenv("SLURM_NTASKS", "1")  # a one-task SLURM job is single-process
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+    return calls
+
+
+def test_distributed_initialize_is_a_no_op_without_flags_or_env(no_cluster, monkeypatch):
+    assert distributed.detect_cluster() is None
     assert distributed.initialize() is False
     assert distributed.initialize(num_processes=1) is False
     with pytest.raises(ValueError, match="num_processes must be >= 1"):
         distributed.initialize(num_processes=0)
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # sbatch's variables without an srun step: not a JAX cluster
+    assert distributed.initialize() is False
+    assert no_cluster == []
+
+
+def _slurm(monkeypatch, ntasks):
+    for k, v in dict(SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="gpu[017-018]", SLURM_NTASKS=str(ntasks),
+                     SLURM_PROCID="1", SLURM_LOCALID="1").items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+
+
+def test_slurm_and_open_mpi_jobs_start_jax_distributed(no_cluster, monkeypatch):
+    """JAX's own detection (jax._src.clusters) finds an srun step and an mpirun job; this module calls
+    jax.distributed.initialize() without arguments, which JAX fills in from the same variables."""
+    from jax._src.clusters import SlurmCluster
+
+    _slurm(monkeypatch, 1)  # a one-task step is single-process
+    assert distributed.detect_cluster() is None and distributed.initialize() is False
+    _slurm(monkeypatch, 8)
+    assert distributed.detect_cluster() == ("slurm", 8)
+    assert distributed.initialize() is True and no_cluster == [((), {})]
+    assert (
+        SlurmCluster.get_coordinator_address(None, None) == f"gpu017:{4242 % 4096 + 61440}"
+    )  # what JAX uses
+    for k in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID"):
+        monkeypatch.delenv(k)
+    for k, v in dict(OMPI_MCA_orte_hnp_uri="1531576320.0;tcp://10.0.0.1:34911", OMPI_COMM_WORLD_SIZE="4",
+                     OMPI_COMM_WORLD_RANK="2", OMPI_COMM_WORLD_LOCAL_RANK="0").items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    assert distributed.detect_cluster() == ("ompi", 4)
+    # explicit flags win over the cluster, and are passed through
+    no_cluster.clear()
+    assert distributed.initialize("h:1234", 2, 0) is True
+    assert no_cluster == [((), dict(coordinator_address="h:1234", num_processes=2, process_id=0))]
+
+
+def test_tpu_pod_and_kubernetes_jobs_are_detected(no_cluster, monkeypatch):
+    """GKE TPU slices (TPU_WORKER_HOSTNAMES on a TPU VM) and Kubernetes indexed Jobs go through JAX's
+    classes too; a Kubernetes pod that is not an indexed Job (a notebook) stays single-process without
+    asking the Kubernetes API."""
+    from jax._src.clusters import K8sCluster, cloud_tpu_cluster
+
+    monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
+    monkeypatch.setattr(cloud_tpu_cluster.GceTpuCluster, "is_env_present", classmethod(lambda cls: False))
+    monkeypatch.setattr(
+        cloud_tpu_cluster, "get_metadata", lambda key: pytest.fail(f"metadata server asked: {key}")
+    )
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t1k-w-0,t1k-w-1,t1k-w-2,t1k-w-3")
+    monkeypatch.setenv("TPU_WORKER_ID", "3")
+    monkeypatch.setenv("MEGASCALE_NUM_SLICES", "1")  # GKE sets it; unset, JAX asks the metadata server
+    assert distributed.detect_cluster() == ("gketpu", 4)
+    monkeypatch.setenv("MEGASCALE_NUM_SLICES", "2")  # multislice: 2 slices x 4 hosts
+    assert distributed.detect_cluster() == ("gketpu", 8)
+    assert distributed.initialize() is True and no_cluster == [((), {})]
+    for k in ("TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID", "MEGASCALE_NUM_SLICES"):
+        monkeypatch.delenv(k)
+
+    asked = []
+    monkeypatch.setattr(K8sCluster, "is_env_present", classmethod(lambda cls: asked.append(1) or True))
+    monkeypatch.setattr(K8sCluster, "get_process_count", classmethod(lambda cls: 4))  # the Job's parallelism
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    assert distributed.detect_cluster() is None and asked == []  # not an indexed Job
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
+    assert distributed.detect_cluster() == ("K8sCluster", 4) and asked == [1]
+
+
+def test_mpich_launch_needs_mpi4py(no_cluster, monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("PMI_SIZE", "1")
+    assert distributed.detect_cluster() is None
+    monkeypatch.setenv("PMI_SIZE", "4")
+    monkeypatch.setenv("PMI_RANK", "1")
+    assert distributed.detect_cluster() == ("mpich", 4)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "mpi4py" else real(n, *a))
+    with pytest.raises(RuntimeError, match="PMI_SIZE=4 processes.*pip install mpi4py"):
+        distributed.initialize()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "mpi4py" else real(n, *a))
+    assert distributed.initialize() is True
+    assert no_cluster == [((), dict(cluster_detection_method="mpi4py"))]
+
+
+def test_meshes_are_auto_typed_and_process_contiguous():
+    from types import SimpleNamespace
+
+    mesh = mesh_lib.make_mesh()
+    assert mesh.axis_names == ("data",) and mesh.axis_types == (jax.sharding.AxisType.Auto,)
+    assert list(mesh.devices.flat) == jax.devices()  # one CPU host: JAX's own order
+    # 2 processes whose devices a topology-aware order interleaves: grouped by process, order kept
+    devs = [
+        SimpleNamespace(id=i, process_index=p) for i, p in [(0, 0), (4, 1), (1, 0), (5, 1), (2, 0), (6, 1)]
+    ]
+    assert [d.id for d in mesh_lib.process_contiguous(devs)] == [0, 1, 2, 4, 5, 6]
 
 
 def test_cpu_devices_flag_runs_data_parallel(data_dir, tmp_path):

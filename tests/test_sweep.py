@@ -330,13 +330,9 @@ def test_table_and_plots_from_sweep_ledger(finished_sweep):
 
 # -- parallel helpers -----------------------------------------------------------------------------
 def test_device_slices_and_child_command(tmp_path):
-    gpu = sweep.device_slices(2, gpus=["0", "1", "2", "3"])
-    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in gpu] == ["0,1", "2,3"]
-    with pytest.raises(ValueError, match="needs at least 3 GPUs"):
-        sweep.device_slices(3, gpus=["0", "1"])
-    cpu = sweep.device_slices(2, gpus=[], cpus=[0, 1, 2, 3, 4])
-    assert [s.cpus for s in cpu] == [{0, 1}, {2, 3}] and cpu[0].env == {"JAX_PLATFORMS": "cpu"}
-    assert sweep.visible_gpus({"CUDA_VISIBLE_DEVICES": "3,5"}) == ["3", "5"]
+    cpu = sweep.device_slices(2, devices=[sweep.LocalDevice("cpu", 0)], cpus=[0, 1, 2, 3, 4], env={})
+    assert [s.cpus for s in cpu] == [{0, 1}, {2, 3}] and cpu[0].env == {}  # no backend forced
+    assert [s.cpus for s in sweep.device_slices(3, devices=[], cpus=[0, 1], env={})] == [None] * 3
     run = sweep.Run("seed=1-abcdef", {"seed": 1}, None, tmp_path)
     argv = ["launch.py", "--config=x.py:quick", "--sweep", "--sweep_parallel=2", "--table", "--config.seed=4"]
     cmd = sweep.child_argv(argv, run)
@@ -348,6 +344,65 @@ def test_device_slices_and_child_command(tmp_path):
         "--sweep_only=seed=1-abcdef",
         "--noprogress",
     ]
+
+
+def _gpus(kind, n):
+    return [sweep.LocalDevice(kind, i, "fake") for i in range(n)]
+
+
+def test_device_slices_split_gpus_by_jax_device_list():
+    """CUDA: each worker gets its GPUs through CUDA_VISIBLE_DEVICES, numbered as this process sees them
+    (an outer CUDA_VISIBLE_DEVICES is mapped through); more workers than GPUs is an error."""
+    gpu = sweep.device_slices(2, devices=_gpus("cuda", 4), env={})
+    assert [s.env for s in gpu] == [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
+    assert gpu[0].cpus is None and gpu[1].describe() == "CUDA_VISIBLE_DEVICES=2,3"
+    outer = sweep.device_slices(3, devices=_gpus("cuda", 3), env={"CUDA_VISIBLE_DEVICES": "3,5,6"})
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in outer] == ["3", "5", "6"]
+    with pytest.raises(ValueError, match="needs at least 3 GPUs; 2 visible"):
+        sweep.device_slices(3, devices=_gpus("cuda", 2), env={})
+
+
+def test_device_slices_rocm_and_tpu():
+    rocm = sweep.device_slices(2, devices=_gpus("rocm", 2), env={})
+    assert [s.env for s in rocm] == [{"HIP_VISIBLE_DEVICES": "0"}, {"HIP_VISIBLE_DEVICES": "1"}]
+    outer = sweep.device_slices(2, devices=_gpus("rocm", 2), env={"ROCR_VISIBLE_DEVICES": "4,7"})
+    assert [s.env for s in outer] == [{"ROCR_VISIBLE_DEVICES": "4"}, {"ROCR_VISIBLE_DEVICES": "7"}]
+    # a v5e-8 TPU VM (8 chips) in 4 workers of 2 chips: each its own single-process slice and port
+    tpu = sweep.device_slices(4, devices=_gpus("tpu", 8), env={})
+    assert [s.env["TPU_VISIBLE_CHIPS"] for s in tpu] == ["0,1", "2,3", "4,5", "6,7"]
+    assert {s.env["TPU_CHIPS_PER_PROCESS_BOUNDS"] for s in tpu} == {"1,2,1"}
+    assert {s.env["TPU_PROCESS_BOUNDS"] for s in tpu} == {"1,1,1"}
+    assert len({s.env["TPU_PROCESS_PORT"] for s in tpu}) == 4
+    assert tpu[1].env["TPU_PROCESS_ADDRESSES"] == f"localhost:{tpu[1].env['TPU_PROCESS_PORT']}"
+    assert (
+        sweep.device_slices(8, devices=_gpus("tpu", 8), env={})[7].env["TPU_CHIPS_PER_PROCESS_BOUNDS"]
+        == "1,1,1"
+    )
+    with pytest.raises(ValueError, match="needs 1, 2, 4 or 8 chips, got 3"):
+        sweep.device_slices(1, devices=_gpus("tpu", 3), env={})
+    with pytest.raises(ValueError, match="needs at least 2 TPU chips; 1 visible"):
+        sweep.device_slices(2, devices=_gpus("tpu", 1), env={})
+
+
+def test_discover_devices_parses_jax_devices_and_keeps_the_users_platform():
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        seen.update(kw["env"])
+        out = 'noise\nDEVICES [["cuda", 0, "NVIDIA H100"], ["cuda", 1, "NVIDIA H100"]]\n'
+        return subprocess.CompletedProcess(cmd, 0, out, "")
+
+    devs = sweep.discover_devices({"JAX_PLATFORMS": "cuda"}, runner=fake_run)
+    assert devs == [sweep.LocalDevice("cuda", 0, "NVIDIA H100"), sweep.LocalDevice("cuda", 1, "NVIDIA H100")]
+    assert seen["JAX_PLATFORMS"] == "cuda" and seen["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert (
+        sweep.discover_devices({}, runner=lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "x"))
+        == []
+    )
+    # the real query (JAX_PLATFORMS unset): whatever JAX finds here; the platform is never forced
+    real = sweep.discover_devices({k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"})
+    assert real and all(d.kind in ("cpu", "cuda", "rocm", "tpu") for d in real)
+    assert all("JAX_PLATFORMS" not in s.env for s in sweep.device_slices(1, devices=real, cpus=[0, 1]))
 
 
 # -- launch.py ------------------------------------------------------------------------------------

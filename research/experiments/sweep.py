@@ -35,7 +35,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -405,70 +404,150 @@ def prepare_data(runs: Sequence[Run]) -> None:
 
 
 # -- devices for parallel runs --------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class LocalDevice:
+    """One device JAX found on this host: ``kind`` 'cuda' | 'rocm' | 'tpu' | 'cpu' (others are
+    shared, not split), ``index``: the CUDA/HIP ordinal or TPU chip index this process sees it at."""
+
+    kind: str
+    index: int
+    name: str = ""
+
+
 @dataclasses.dataclass
 class DeviceSlot:
-    """What one parallel worker may use: environment overrides (GPUs) or a set of CPU cores."""
+    """What one parallel worker may use: environment overrides (the accelerators it sees) and/or a set
+    of CPU cores it is pinned to."""
 
     env: dict[str, str]
     cpus: set[int] | None = None
 
     def describe(self) -> str:
-        if "CUDA_VISIBLE_DEVICES" in self.env:
-            return f"CUDA_VISIBLE_DEVICES={self.env['CUDA_VISIBLE_DEVICES']}"
+        shown = [f"{k}={v}" for k, v in self.env.items() if k in _VISIBILITY_KEYS]
+        if shown:
+            return " ".join(shown)
         return f"CPU cores {sorted(self.cpus)}" if self.cpus else "shared devices"
 
 
-def visible_gpus(env: Mapping[str, str] = os.environ) -> list[str]:
-    """GPU ids this process may use: ``$CUDA_VISIBLE_DEVICES`` if set, else ``nvidia-smi``'s list."""
-    if env.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
-        return []
-    if "CUDA_VISIBLE_DEVICES" in env:
-        return [g.strip() for g in env["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() and g.strip() != "-1"]
-    if not shutil.which("nvidia-smi"):
-        return []
+#: The variables that restrict a worker to its accelerators (what CUDA, ROCm and libtpu read).
+_VISIBILITY_KEYS = (
+    "CUDA_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "TPU_VISIBLE_CHIPS",
+)
+
+_DISCOVER = r"""
+import json, jax
+out = []
+for d in jax.local_devices():
+    version = str(getattr(d.client, "platform_version", "")).lower()
+    kind = {"gpu": "rocm" if "rocm" in version else "cuda"}.get(d.platform, d.platform)
+    if kind == "tpu" and getattr(d, "core_on_chip", 0):
+        continue  # TPU v2/v3: two devices (cores) per chip; chips are what a process is given
+    index = getattr(d, "local_hardware_id", None)
+    out.append([kind, d.id if index is None else int(index), d.device_kind])
+print("DEVICES " + json.dumps(out))
+"""
+
+
+def discover_devices(env: Mapping[str, str] | None = None, *, runner=subprocess.run) -> list[LocalDevice]:
+    """The devices JAX finds on this host, asked in a short subprocess with this process's environment
+    (so ``JAX_PLATFORMS``, ``CUDA_VISIBLE_DEVICES``... apply as they will to the workers, and this
+    process never holds a GPU or TPU the workers need). An empty list if the query fails."""
+    env = dict(os.environ if env is None else env)
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # the query must not take a GPU's memory
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+        out = runner(
+            [sys.executable, "-c", _DISCOVER],
             capture_output=True,
             text=True,
-            timeout=20,
+            timeout=300,
+            env=env,
             check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return []
-    return [l.strip() for l in out.stdout.splitlines() if l.strip().isdigit()] if out.returncode == 0 else []
+    for line in out.stdout.splitlines()[::-1]:
+        if line.startswith("DEVICES "):
+            return [LocalDevice(k, int(i), n) for k, i, n in json.loads(line[len("DEVICES ") :])]
+    return []
+
+
+def _tpu_bounds(chips: int) -> str:
+    """``TPU_CHIPS_PER_PROCESS_BOUNDS`` of a group of chips (x,y,z), as Cloud TPU VMs lay 1-8 out."""
+    bounds = {1: "1,1,1", 2: "1,2,1", 4: "2,2,1", 8: "2,4,1"}
+    if chips not in bounds:
+        raise ValueError(
+            f"a TPU worker needs 1, 2, 4 or 8 chips, got {chips} (choose --sweep_parallel to fit)"
+        )
+    return bounds[chips]
+
+
+def _slot_env(kind: str, ids: list[int], slot: int, env: Mapping[str, str]) -> dict[str, str]:
+    if kind == "cuda":  # ordinals of this process's view: map through its own CUDA_VISIBLE_DEVICES
+        var, parent = "CUDA_VISIBLE_DEVICES", env.get("CUDA_VISIBLE_DEVICES")
+    elif kind == "rocm":
+        var = next(
+            (k for k in ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES") if k in env), "HIP_VISIBLE_DEVICES"
+        )
+        parent = env.get(var)
+    else:  # tpu: libtpu's per-process chip selection, one independent single-process slice per worker
+        port = 8476 + slot
+        return {
+            "TPU_VISIBLE_CHIPS": ",".join(map(str, ids)),
+            "TPU_CHIPS_PER_PROCESS_BOUNDS": _tpu_bounds(len(ids)),
+            "TPU_PROCESS_BOUNDS": "1,1,1",
+            "TPU_PROCESS_ADDRESSES": f"localhost:{port}",
+            "TPU_PROCESS_PORT": str(port),
+            "CLOUD_TPU_TASK_ID": "0",
+            "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
+        }
+    names = [g.strip() for g in parent.split(",") if g.strip()] if parent else None
+    return {var: ",".join(names[i] if names and i < len(names) else str(i) for i in ids)}
 
 
 def device_slices(
-    parallel: int, *, gpus: Sequence[str] | None = None, cpus: Iterable[int] | None = None
+    parallel: int,
+    *,
+    devices: Sequence[LocalDevice] | None = None,
+    cpus: Iterable[int] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> list[DeviceSlot]:
-    """Disjoint device slices for ``parallel`` workers.
+    """Disjoint device slices for ``parallel`` workers, from the devices JAX finds (:func:`discover_devices`).
 
-    GPUs: contiguous groups of ``len(gpus) // parallel`` ids through ``CUDA_VISIBLE_DEVICES``
-    (fewer GPUs than workers is an error). No GPU: each worker is pinned to its own group of CPU
-    cores (``sched_setaffinity``; XLA sizes its CPU thread pool by it). Setting
-    ``--xla_force_host_platform_device_count`` would not separate anything, so it is not used.
+    GPUs (CUDA, ROCm) and TPU chips: contiguous groups of ``n // parallel``, each worker restricted to its
+    own through the platform's visibility variables (``CUDA_VISIBLE_DEVICES``; ``HIP_VISIBLE_DEVICES``;
+    ``TPU_VISIBLE_CHIPS`` with the process bounds libtpu needs); fewer devices than workers is an error.
+    Only CPU devices: each worker is pinned to its own group of CPU cores (``sched_setaffinity``; XLA
+    sizes its CPU thread pool by it), and the platform is left to JAX (no ``JAX_PLATFORMS`` is set: a
+    worker runs where a plain run would).
     """
     if parallel < 1:
         raise ValueError(f"--sweep_parallel must be >= 1, got {parallel}")
-    gpus = visible_gpus() if gpus is None else list(gpus)
-    if gpus:
-        if len(gpus) < parallel:
+    env = os.environ if env is None else env
+    devices = discover_devices(env) if devices is None else list(devices)
+    accel = [d for d in devices if d.kind != "cpu"]
+    if accel:
+        kinds = sorted({d.kind for d in accel})
+        if len(kinds) > 1 or kinds[0] not in ("cuda", "rocm", "tpu"):
             raise ValueError(
-                f"--sweep_parallel={parallel} needs at least {parallel} GPUs; {len(gpus)} visible"
+                f"--sweep_parallel: cannot split devices of kind {', '.join(kinds)} between workers"
             )
-        per = len(gpus) // parallel
-        return [
-            DeviceSlot({"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * per : (i + 1) * per])})
-            for i in range(parallel)
-        ]
+        kind = kinds[0]
+        ids = sorted(d.index for d in accel)
+        what = "TPU chips" if kind == "tpu" else "GPUs"
+        if len(ids) < parallel:
+            raise ValueError(
+                f"--sweep_parallel={parallel} needs at least {parallel} {what}; {len(ids)} visible"
+            )
+        per = len(ids) // parallel
+        return [DeviceSlot(_slot_env(kind, ids[i * per : (i + 1) * per], i, env)) for i in range(parallel)]
     cores = sorted(cpus if cpus is not None else usable_cores())
     if len(cores) < parallel:  # fewer cores than workers: they share all cores
-        return [DeviceSlot({"JAX_PLATFORMS": "cpu"}, None) for _ in range(parallel)]
+        return [DeviceSlot({}, None) for _ in range(parallel)]
     per = len(cores) // parallel
-    return [
-        DeviceSlot({"JAX_PLATFORMS": "cpu"}, set(cores[i * per : (i + 1) * per])) for i in range(parallel)
-    ]
+    return [DeviceSlot({}, set(cores[i * per : (i + 1) * per])) for i in range(parallel)]
 
 
 def child_argv(argv: Sequence[str], run: Run, launcher: str | None = None) -> list[str]:

@@ -4,6 +4,12 @@ With ``train.model_parallel = M > 1`` the mesh is ``('data', 'model')`` of shape
 the batch is split over all devices and every large state array (parameters and their
 optimizer moments) is sharded FSDP-style along ``model`` on one of its dimensions
 (:func:`state_sharding`); XLA all-gathers them where the step needs them whole.
+
+Meshes come from ``jax.make_mesh`` (its topology-aware device order: on TPU the physical torus,
+e.g. a ring over the ICI links for a 1-D mesh; elsewhere JAX's device order) with ``AxisType.Auto`` axes (JAX 0.10's default is
+``Explicit``, which would turn every sharding into part of the array types); across hosts the
+devices are grouped by process, keeping ``make_mesh``'s order within each, so that each process's
+devices hold a contiguous slice of the global batch (:func:`check_process_slices`).
 """
 
 from __future__ import annotations
@@ -19,14 +25,28 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 FSDP_MIN_SIZE = 4096
 
 
+AUTO = jax.sharding.AxisType.Auto
+
+
+def process_contiguous(devices) -> list[jax.Device]:
+    """``devices`` stably grouped by process (order kept within each process): every process's devices
+    are consecutive, so a batch split in device order gives each process one contiguous slice."""
+    return sorted(devices, key=lambda d: d.process_index)
+
+
 def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-    """A 1-D ``('data',)`` mesh over all (global) devices; works for 1 device, N devices, N hosts."""
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), ("data",))
+    """A 1-D ``('data',)`` mesh over all (global) devices; works for 1 device, N devices, N hosts.
+
+    ``jax.make_mesh``'s topology-aware order, grouped by process, with an ``Auto`` axis."""
+    devices = jax.devices() if devices is None else list(devices)
+    ordered = jax.make_mesh((len(devices),), ("data",), axis_types=(AUTO,), devices=devices).devices.flat
+    return Mesh(np.asarray(process_contiguous(ordered)), ("data",), axis_types=(AUTO,))
 
 
 def with_model_axis(mesh: Mesh, model_parallel: int) -> Mesh:
-    """``mesh``'s devices as a ``('data', 'model')`` mesh of shape (n / model_parallel, model_parallel)."""
+    """``mesh``'s devices as a ``('data', 'model')`` mesh of shape (n / model_parallel, model_parallel):
+    each ``model`` group is ``model_parallel`` consecutive devices of ``mesh`` (neighbours in
+    ``jax.make_mesh``'s order, within one process where it has that many)."""
     devices = np.asarray(mesh.devices).reshape(-1)
     if model_parallel < 1 or devices.size % model_parallel:
         raise ValueError(
@@ -34,7 +54,7 @@ def with_model_axis(mesh: Mesh, model_parallel: int) -> Mesh:
         )
     if model_parallel == 1:
         return mesh
-    return Mesh(devices.reshape(-1, model_parallel), ("data", "model"))
+    return Mesh(devices.reshape(-1, model_parallel), ("data", "model"), axis_types=(AUTO, AUTO))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -87,6 +87,8 @@ def generic_config() -> ConfigDict:
             # before one update (the update of the whole batch, in 1/K of the activation memory)
             ema_decay=0.0,  # > 0: an exponential moving average of the weights (and BatchNorm
             # statistics), ema = d * ema + (1 - d) * w after every step; evaluation uses it
+            deterministic=False,  # True: run-to-run identical GPU results (--xla_gpu_deterministic_ops;
+            # slower; research/train/distributed.py::set_deterministic, docs/accelerators.md)
         )
     )
     return c
