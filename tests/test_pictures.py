@@ -78,8 +78,8 @@ def test_cam_grid_writes_class_names_and_marks_mistakes():
     bottom_caption = g[-(g.shape[0] - 2 * row) // 2 :]
     half = g.shape[1] // 2  # between the two captions (centred at 4 * 6 and 4 * 16)
     first, second = bottom_caption[:, :half], bottom_caption[:, half:]
-    green = lambda a: int(((a[..., 1] > 90) & (a[..., 0] < 60)).sum())  # noqa: E731
-    red = lambda a: int(((a[..., 0] > 150) & (a[..., 1] < 60)).sum())  # noqa: E731
+    green = lambda a: int(((a[..., 1] > 90) & (a[..., 0] < 60)).sum())
+    red = lambda a: int(((a[..., 0] > 150) & (a[..., 1] < 60)).sum())
     assert green(first) > 5 and red(first) == 0  # CAM: c3, right
     assert red(second) > 5 and green(second) == 0  # CAM: c4, label c1: wrong
     unlabelled = cam_lib.cam_grid(x, cams, [3, 4], scale=4)

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from research.viz.images import fitted_font, add_titles
+from research.viz.images import add_titles, fitted_font
 
 __all__ = ['draw_boxes', 'empty_note', 'save_detection_grid']
 

@@ -105,7 +105,7 @@ def cam_grid(
 
     x01 = np.asarray(images01, np.float32)
     rgb01 = np.repeat(x01, 3, axis=-1) if x01.shape[-1] == 1 else x01[..., :3]
-    n, h, w = rgb01.shape[:3]
+    n, _, w = rgb01.shape[:3]
     tiles = np.stack([overlay(rgb01[i], np.asarray(cams)[i], alpha=alpha) for i in range(n)])
 
     def name(c) -> str:
@@ -125,7 +125,12 @@ def cam_grid(
     correct = [None] * n if labels is None else [int(p) == int(t) for p, t in zip(classes, labels)]
     colours = [(0, 0, 0) if ok is None else (0, 130, 0) if ok else (200, 0, 0) for ok in correct]
     bottom = add_titles(
-        row(tiles), [f"CAM: {name(c)}" for c in classes], centers=centers, width=width, below=True, colours=colours
+        row(tiles),
+        [f"CAM: {name(c)}" for c in classes],
+        centers=centers,
+        width=width,
+        below=True,
+        colours=colours,
     )
     return np.concatenate([top, bottom], axis=0)
 
