@@ -48,7 +48,11 @@ def test_jsonl_and_tensorboard_hold_the_scalars_images_and_config(tmp_path):
     _log_a_run(w)
     w.close()
     rows = read_metrics(tmp_path)
-    assert [(r['split'], r['step'], r['loss']) for r in rows] == [('train', 10, 1.5), ('test', 10, 1.75), ('train', 20, 0.5)]
+    assert [(r['split'], r['step'], r['loss']) for r in rows] == [
+        ('train', 10, 1.5),
+        ('test', 10, 1.75),
+        ('train', 20, 0.5),
+    ]
     scalars, images, texts = _tb_events(tmp_path)
     assert scalars['train/loss'] == [(10, 1.5), (20, 0.5)] and scalars['test/top1'] == [(10, 0.5)]
     assert 'train/note' not in scalars
