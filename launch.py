@@ -1,6 +1,11 @@
-"""Entry point: ``python launch.py --config=experiments/<file>.py[:arg] [--config.key=value] [--workdir=DIR]``.
+"""Train, sweep, tabulate or inspect an experiment config (logic in research/cli.py).
 
-All logic lives in :mod:`research.cli`.
+  python launch.py --config=experiments/<file>.py[:args] [--config.<key>=<value> ...] [--workdir=DIR]
+  python launch.py --config=experiments/classification/lenet5_digits.py       # the main job
+  python launch.py --config=experiments/classification/resnet_cifar.py:depth=20 --summary
+  python launch.py --config=experiments/ablations/resnet_degradation.py:quick --sweep --table
+
+Documentation: README.md and docs/ (mkdocs serve). --helpfull lists every flag (absl, JAX, grain, orbax).
 """
 
 import sys
@@ -12,7 +17,12 @@ if __name__ == "__main__":  # first: restart with huge pages for malloc where th
 
 from absl import app  # noqa: E402
 
+from absl import flags  # noqa: E402
+
 from research import cli  # noqa: E402
+
+for _name in cli.KEY_FLAGS:  # `--help` lists the project's flags; `--helpfull` the rest too
+    flags.declare_key_flag(_name)
 
 
 def main(argv):
