@@ -1,4 +1,5 @@
-"""MkDocs hook: nav entries whose page does not exist (yet) are left out of the site.
+"""MkDocs hooks: nav entries whose page does not exist (yet) are left out of the site, and the
+docstrings' Sphinx roles lose their prefix.
 
 Some pages are written on other branches (docs/data.md, imagenet.md, parity.md, reliability.md,
 multi-host.md, accelerators.md, tasks.md, architecture.md); the nav names them all, and each
@@ -8,6 +9,7 @@ appears as soon as its file is in docs/. Every other link is still checked by ``
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 log = logging.getLogger("mkdocs.hooks.optional_pages")
@@ -51,3 +53,11 @@ def on_config(config):
     if dropped:
         log.info("pages not written yet, left out of the nav: %s", ", ".join(dropped))
     return config
+
+
+_SPHINX_ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|obj|exc):(?=<code>)")
+
+
+def on_page_content(html, **kwargs):
+    """The docstrings' Sphinx roles (``:class:`X```) render as code without the role prefix."""
+    return _SPHINX_ROLE.sub("", html)
