@@ -8,15 +8,19 @@
 Documentation: README.md and docs/ (mkdocs serve). --helpfull lists every flag (absl, JAX, grain, orbax).
 """
 
+# All logic lives in research/cli.py. This file applies the process-wide settings first, before JAX
+# starts: the huge-page restart (research/hugepages.py) and the project's XLA flags (research/xla_flags.py).
+
 import sys
 
-if __name__ == "__main__":  # first: restart with huge pages for malloc where that helps (research/hugepages.py)
+if __name__ == "__main__":
     from research.hugepages import reexec_with_hugepages
+    from research.xla_flags import apply as apply_xla_flags
 
-    reexec_with_hugepages()
+    reexec_with_hugepages()  # restarts the interpreter once where huge pages help
+    apply_xla_flags()
 
 from absl import app  # noqa: E402
-
 from absl import flags  # noqa: E402
 
 from research import cli  # noqa: E402

@@ -11,7 +11,7 @@
         --set=data.image_size=224 --set=data.augment.crop_padding=28 --set=data.augment.scale=0.25 \\
         --set=train.batch_size=256 --set=train.precision=bfloat16 --steps=40 --num_threads=8,16 --on_device
 
-Each measurement is ``research.train.train_and_evaluate`` (what ``launch.py`` runs) for ``--steps`` timed
+Each measurement is ``research.tasks.train_and_evaluate`` (what ``launch.py`` runs) for ``--steps`` timed
 steps after the untimed compiling one, in a scratch workdir: once with ``data.synthetic=True`` (one
 random batch made on the devices once: no decoding, augmentation, normalisation or host-to-device copy)
 and once per ``--num_threads`` value with the real grain pipeline of the config (``data.num_threads``
@@ -66,7 +66,7 @@ def load_config(spec: str, overrides: dict[str, object]):
 def timed_run(config, steps: int, *, synthetic: bool, num_threads: int, on_device: bool = False) -> float:
     """Images/s of ``steps`` timed training steps (the trainer's figure), in a scratch workdir."""
     from research.experiments.sweep import apply_overrides
-    from research.train import train_and_evaluate
+    from research.tasks import train_and_evaluate
 
     c = apply_overrides(
         config,
@@ -200,4 +200,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
+    from research import xla_flags
+
+    xla_flags.apply()  # the project's XLA flags before JAX starts, as launch.py
     main()

@@ -210,4 +210,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    from research import xla_flags
+
+    xla_flags.apply()  # the project's XLA flags before JAX starts, as launch.py
     main()

@@ -107,7 +107,8 @@ def jax_step_time_subprocess(
     """``jax_step_time`` in a fresh process whose CPU is split into ``cpu_devices`` devices;
     ``research_xla_flags=False``: without the flags ``research.xla_flags`` sets (RESEARCH_XLA_FLAGS=0)."""
     code = (
-        "import sys; from research.train.distributed import set_cpu_devices; set_cpu_devices(int(sys.argv[1]));"
+        "import sys; from research import xla_flags; xla_flags.apply();"
+        "from research.train.distributed import set_cpu_devices; set_cpu_devices(int(sys.argv[1]));"
         "sys.path.insert(0, sys.argv[2]); from train_step import jax_step_time;"
         f"print(jax_step_time({name!r}, {batch}, {steps}, int(sys.argv[1]), {cpu_conv!r}, {precision!r})[0])"
     )
@@ -361,4 +362,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from research import xla_flags
+
+    xla_flags.apply()  # the project's XLA flags before JAX starts, as launch.py
     main()

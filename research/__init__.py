@@ -1,5 +1,6 @@
-"""JAX/Flax research codebase for convolutional networks (see README.md)."""
+"""JAX/Flax research codebase for convolutional networks (see README.md).
 
-from research import xla_flags as _xla_flags
-
-_xla_flags.apply()
+Importing it changes no process state: the entry points (``launch.py``, ``benchmarks/*``) apply the
+project's XLA flags (``research.xla_flags.apply``) and the huge-page restart
+(``research.hugepages``) themselves.
+"""

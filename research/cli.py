@@ -12,7 +12,13 @@ from pathlib import Path
 from absl import flags, logging
 from ml_collections import config_flags
 
+from research import tasks
+from research.configlib import ConfigError
 from research.experiments import commands as experiment_commands
+from research.experiments import summary as summary_lib
+from research.experiments import visualize
+from research.train import distributed
+from research.train.checkpoint import CheckpointError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -160,56 +166,14 @@ def default_workdir(config_arg: str) -> Path:
     return Path("runs") / name
 
 
-def _parse_input_shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
-    except ValueError:
-        shape = ()
-    if len(shape) < 2 or min(shape) < 1:
-        raise ValueError(f"--summary_input must be H,W,C (e.g. 32,32,3), got {text!r}")
-    return shape
-
-
-def summary_input(config, override: str | None = None) -> tuple[tuple[int, ...], int, str]:
-    """(H, W, C), number of classes and their source for ``--summary``; builds and downloads nothing.
-
-    Reads the metadata of the *unprepared* dataset builder (``data.image_size`` applied): static
-    for TFDS names (``cifar10`` works offline) and 'digits', a scan of the files for
-    'image_folder' (seconds for the CIFAR-10 tgz; instant once prepared). If that fails:
-    ``override`` or 32x32x1 for LeNets / 32x32x3 otherwise, with 10 classes.
-    """
-    from research.data import datasets
-    from research.data.builders import image_folder
-
-    name = str(config.data.name)
-    shape, classes = None, None
-    try:
-        path = image_folder.resolve_source(config.data.path) if name == "image_folder" else ""
-        builder = datasets.make_builder(name, path, datasets.resolve_data_dir(config.data))
-        shape = datasets.output_shape(config.data, builder)
-        classes = int(builder.info.features["label"].num_classes)
-        source = f"the metadata of dataset '{name}' (nothing built or downloaded)"
-    except Exception as e:  # any failure: fall back below, and say why
-        source = f"default (no dataset info: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    if override:
-        shape, source = _parse_input_shape(override), "--summary_input"
-    elif shape is None:
-        shape = (32, 32, 1) if str(config.model.name).startswith("lenet") else (32, 32, 3)
-        source += "; pass --summary_input=H,W,C"
-    return tuple(int(d) for d in shape), classes or 10, source
-
-
-def print_summary(config) -> None:
-    """``--summary``: the summary table of the config's model on one example (nothing is trained)."""
-    from research.config import validate_config
-    from research.layers.summary import summarize
-    from research.train.loop import build_model
-
-    validate_config(config)
-    shape, classes, source = summary_input(config, _SUMMARY_INPUT.value)
-    model = build_model(config, classes)
-    print(f"{config.model.name}: input {'x'.join(map(str, shape))} from {source}, {classes} classes")
-    print(summarize(model, (1, *shape)))
+def _error(e: BaseException) -> int:
+    """One line for an error meant for the user; exit code 2 for config errors, 1 otherwise."""
+    if isinstance(e, CheckpointError):
+        print(f"launch.py: checkpoint error: {e}", file=sys.stderr)
+        return 1
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"launch.py: {type(e).__name__}: {msg}", file=sys.stderr)
+    return 2 if isinstance(e, (ConfigError, KeyError)) else 1
 
 
 def main(argv: list[str]) -> int:
@@ -219,75 +183,45 @@ def main(argv: list[str]) -> int:
         raise SystemExit(
             "launch.py: --config is required, e.g. --config=experiments/classification/lenet5_digits.py"
         )
-    if not flags.FLAGS[
-        "verbosity"
-    ].present:  # keep library INFO chatter (TFDS, XLA) out of the progress output
+    if not flags.FLAGS["verbosity"].present:  # keep library INFO chatter (TFDS, XLA) out of the progress output
         logging.set_verbosity(logging.WARNING)
     _enable_compilation_cache()
-    from research.train import distributed
-
     try:
         distributed.set_cpu_devices(_CPU_DEVICES.value)
     except ValueError as e:
         print(f"launch.py: {e}", file=sys.stderr)
         return 2
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    from research.train import CheckpointError, train_and_evaluate
-
     config = _CONFIG.value
-    if _SUMMARY.value:
-        try:
-            print_summary(config)
-        except _USER_ERRORS as e:
-            print(f"launch.py: {type(e).__name__}: {e}", file=sys.stderr)
-            return 1
-        return 0
-    config_arg = flags.FLAGS["config"].serialize().partition("=")[2] or ""
-    workdir = Path(_WORKDIR.value) if _WORKDIR.value else default_workdir(config_arg)
-    if not _VIZ.value and experiment_commands.requested(_SWEEP.value, _DRY_RUN.value, _TABLE.value):
-        # sweeps of any task: classification, segmentation, gan, ... (execute_run dispatches on config.task)
-        return experiment_commands.main(
-            config,
-            config_arg,
-            workdir,
-            sweep=_SWEEP.value,
-            dry_run=_DRY_RUN.value,
-            table=_TABLE.value,
-            parallel=_SWEEP_PARALLEL.value,
-            only=_SWEEP_ONLY.value,
-            show_progress=_PROGRESS.value,
-        )
-    if _VIZ.value or config.get("task", "classification") != "classification":
-        try:
-            if _VIZ.value:
-                from research.viz.run import run_viz
-
-                run_viz(
-                    config,
-                    workdir,
-                    _VIZ.value,
-                    layer=_VIZ_LAYER.value,
-                    image=_VIZ_IMAGE.value,
-                    dilation=_VIZ_DILATION.value,
-                )
-            else:
-                from research.generative import run_task
-
-                run_task(config, workdir, show_progress=_PROGRESS.value)
-        except CheckpointError as e:
-            print(f"launch.py: checkpoint error: {e}", file=sys.stderr)
-            return 1
-        except _USER_ERRORS as e:
-            print(f"launch.py: {type(e).__name__}: {e}", file=sys.stderr)
-            return 1
-        return 0
     try:
-        train_and_evaluate(config, workdir, show_progress=_PROGRESS.value)
-    except CheckpointError as e:
-        print(f"launch.py: checkpoint error: {e}", file=sys.stderr)
-        return 1
+        if _SUMMARY.value:
+            summary_lib.print_summary(config, _SUMMARY_INPUT.value)
+            return 0
+        config_arg = flags.FLAGS["config"].serialize().partition("=")[2] or ""
+        workdir = Path(_WORKDIR.value) if _WORKDIR.value else default_workdir(config_arg)
+        if not _VIZ.value and experiment_commands.requested(_SWEEP.value, _DRY_RUN.value, _TABLE.value):
+            return experiment_commands.main(
+                config,
+                config_arg,
+                workdir,
+                sweep=_SWEEP.value,
+                dry_run=_DRY_RUN.value,
+                table=_TABLE.value,
+                parallel=_SWEEP_PARALLEL.value,
+                only=_SWEEP_ONLY.value,
+                show_progress=_PROGRESS.value,
+            )
+        if _VIZ.value:
+            visualize.run_viz(
+                config,
+                workdir,
+                _VIZ.value,
+                layer=_VIZ_LAYER.value,
+                image=_VIZ_IMAGE.value,
+                dilation=_VIZ_DILATION.value,
+            )
+            return 0
+        tasks.train_and_evaluate(config, workdir, show_progress=_PROGRESS.value)
     except _USER_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"launch.py: {type(e).__name__}: {msg}", file=sys.stderr)
-        return 1
+        return _error(e)
     return 0

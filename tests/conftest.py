@@ -5,6 +5,10 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from research import xla_flags  # noqa: E402
+
+xla_flags.apply()  # the project's XLA flags, as launch.py applies them (importing research does not)
+
 import jax  # noqa: E402  (importing does not start a backend: tests may still set XLA_FLAGS)
 
 # Many tests compile the same small programs (a resumed run recompiles its uninterrupted twin's step,

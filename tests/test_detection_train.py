@@ -1,4 +1,4 @@
-"""research.detection.train: the detection task loop (train step on the loss_* terms, exact VOC/COCO
+"""research.tasks.detection: the detection task through the one loop (train step on the loss_* terms, exact VOC/COCO
 evaluation over the split, pictures, resume == uninterrupted, proposals plumbing), with a toy detector
 that follows the contract (the real detectors have their own tests)."""
 
@@ -14,6 +14,7 @@ from PIL import Image
 
 import tensorflow_datasets as tfds
 
+from research import tasks
 from research.config import base_config
 from research.detection.postprocess import select_detections
 from research.models import registry
@@ -106,11 +107,8 @@ def _task_config(tmp_path, model='toy_detector'):
 
 
 def test_detection_task_end_to_end_and_resume(tmp_path, toy_registered):
-    from research.detection.train import train_detection
-    from research.generative import run_task
-
     c = _task_config(tmp_path)
-    full = run_task(c, tmp_path / 'full', show_progress=False)
+    full = tasks.train_and_evaluate(c, tmp_path / 'full', show_progress=False)
     assert full['complete'] and full['step'] == 4 and full['task'] == 'detection'
     rows = [json.loads(line) for line in (tmp_path / 'full' / 'metrics.jsonl').read_text().splitlines()]
     train = [r for r in rows if r['split'] == 'train']
@@ -129,9 +127,9 @@ def test_detection_task_end_to_end_and_resume(tmp_path, toy_registered):
     # 3 rows of truth | prediction, scale 3, under a 16 px band of column titles
     assert (w, h) == (2 * 32 * 3 + 4, 16 + 3 * 32 * 3 + 2 * 4)
     # Preempted after 2 steps, then relaunched: the same final state and metrics.
-    part = train_detection(c, tmp_path / 'resumed', stop_after_steps=2, show_progress=False)
+    part = tasks.train_and_evaluate(c, tmp_path / 'resumed', stop_after_steps=2, show_progress=False)
     assert not part['complete']
-    resumed = train_detection(c, tmp_path / 'resumed', show_progress=False)
+    resumed = tasks.train_and_evaluate(c, tmp_path / 'resumed', show_progress=False)
     for k in ('map50', 'coco_ap', 'detections_per_image'):
         assert resumed['final']['test'][k] == pytest.approx(final[k], abs=1e-9), k
     a = [r for r in rows if r['split'] == 'train' and r['step'] == 4][0]
@@ -146,18 +144,19 @@ def test_detection_eval_is_exact_voc(tmp_path, toy_registered, model):
     masks also gets COCO mask AP (pycocotools 'segm' on the masks thresholded at 0.5), exactly."""
     from research.detection import data as det_data
     from research.detection.metrics import coco_evaluate, voc_evaluate
-    from research.detection.train import DetTrainer
+    from research.tasks.detection import det_eval_step
 
     c = _task_config(tmp_path, model)
-    tr = DetTrainer(c)
+    tr = tasks.trainer(c)
     state = tr.init_state()
     res, _ = tr.evaluate(state)
     with_masks = model == 'toy_mask_detector'
-    split = det_data.get_split(tr.builder, 'test', with_masks=with_masks)
+    split = det_data.get_split(tr.task.builder, 'test', with_masks=with_masks)
     preds, gts = [], []
     it = det_data.make_eval_iterator(c.data, c.det, 'test', global_batch_size=1)
+    predict_one = jax.jit(det_eval_step)
     for batch in it:
-        out = jax.device_get(tr._predict_one(state, batch))
+        out = jax.device_get(predict_one(state, batch))
         v = out['valid'][0]
         preds.append(
             {'boxes': out['boxes'][0][v], 'scores': out['scores'][0][v], 'labels': out['labels'][0][v]}
@@ -173,7 +172,7 @@ def test_detection_eval_is_exact_voc(tmp_path, toy_registered, model):
     if not with_masks:
         assert not mask_keys & set(res) and 'coco_ap' in res
         return
-    assert mask_keys <= set(res) and 'mask AP' in tr.eval_message(res)
+    assert mask_keys <= set(res) and 'mask AP' in tr.task.eval_message(res)
     segm = coco_evaluate(preds, gts, class_ids=range(1, 11), iou_type='segm')
     assert segm['AP50'] > 0  # some masks match (0.035 measured): not a trivial 0 == 0
     for k in ('AP', 'AP50', 'AP75', 'AR100'):
@@ -182,7 +181,7 @@ def test_detection_eval_is_exact_voc(tmp_path, toy_registered, model):
 
 def test_detection_proposals_plumbing(tmp_path, toy_registered, monkeypatch):
     """Models with needs_proposals get each example's proposals, looked up by its index."""
-    from research.detection import train as det_train
+    from research.tasks import detection as det_task
 
     calls = []
 
@@ -192,36 +191,34 @@ def test_detection_proposals_plumbing(tmp_path, toy_registered, monkeypatch):
         boxes = np.arange(n, dtype=np.float32)[:, None, None] + np.zeros((n, max_proposals, 4), np.float32)
         return boxes, np.ones((n, max_proposals), bool)
 
-    monkeypatch.setattr(det_train.DetTrainer, '_get_proposals',
+    monkeypatch.setattr(det_task.Detection, '_get_proposals',
                         lambda self, split: fake(self.builder, split, method=str(self.config.det.proposals),
                                                  max_proposals=int(self.config.det.max_proposals)))  # fmt: skip
     c = _task_config(tmp_path, 'toy_proposal_detector')
-    tr = det_train.DetTrainer(c)
+    tr = tasks.trainer(c)
     assert sorted(calls) == [('test', 'sliding_window', 5), ('train', 'sliding_window', 5)]
     batch = {'index': np.asarray([3, -1, 0]), 'image': np.zeros((3, 32, 32, 1))}
-    out = tr.with_proposals(batch, 'test')
+    out = tr.task.host_batch(batch, 'test')
     assert out['proposals'].shape == (3, 5, 4)
     np.testing.assert_array_equal(out['proposals'][:, 0, 0], [3.0, 0.0, 0.0])
     np.testing.assert_array_equal(out['proposal_valid'].all(1), [True, False, True])
-    summary = det_train.train_detection(c, tmp_path / 'run', show_progress=False)
+    summary = tasks.train_and_evaluate(c, tmp_path / 'run', show_progress=False)
     assert summary['complete']
 
 
 def test_detection_bad_inputs(tmp_path, toy_registered):
-    from research.detection.train import DetTrainer
-
     c = _task_config(tmp_path)
     c.data.name = 'mnist_seg'
     with pytest.raises(ValueError, match="data.name='mnist_seg'"):
-        DetTrainer(c)
+        tasks.trainer(c)
     c = _task_config(tmp_path)
     c.model.num_classes = 5
     with pytest.raises(ValueError, match='num_classes=5'):
-        DetTrainer(c)
+        tasks.trainer(c)
     c = _task_config(tmp_path)
     with pytest.raises(KeyError, match="det.max_proposal'"):
         c.det.max_proposal = 3
-        DetTrainer(c)
+        tasks.trainer(c)
 
 
 def test_ledger_detection_metrics(tmp_path):
@@ -311,7 +308,6 @@ def test_detection_on_a_tfds_dataset_by_name(tmp_path, toy_registered):
     ymax, xmax), objects.label, objects.is_crowd): classes from its ClassLabel, boxes resized to
     det.canvas_size in xyxy pixels, labels 1..K, crowd boxes dropped; the task trains on it."""
     from research.detection import data as det_data
-    from research.detection.train import train_detection
 
     _fake_voc_builder()
     c = _task_config(tmp_path)
@@ -332,7 +328,7 @@ def test_detection_on_a_tfds_dataset_by_name(tmp_path, toy_registered):
     batch = next(det_data.make_eval_iterator(c.data, c.det, 'test', global_batch_size=4))
     assert batch['image'].shape == (4, 32, 32, 3) and batch['boxes'].shape == (4, 3, 4)
     c.model.num_classes = 4
-    summary = train_detection(c, tmp_path / 'run', show_progress=False)
+    summary = tasks.train_and_evaluate(c, tmp_path / 'run', show_progress=False)
     assert summary['complete'] and summary['dataset'] == 'fake_voc_det'
     assert summary['final']['test']['count'] == 6
     c.data.name = 'no_such_detection_set'

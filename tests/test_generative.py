@@ -326,24 +326,24 @@ def test_experiment_configs_validate_and_name_their_task():
         style_transfer.get_config("stlye=x.jpg")
 
 
-def test_run_task_rejects_unknown_task():
+def test_unknown_task_is_refused_by_name():
+    from research import tasks
     from research.config import base_config
-    from research.generative import run_task
 
     c = base_config()
     c.task = "diffusion"
-    with pytest.raises(ValueError, match="unknown task 'diffusion'"):
-        run_task(c, "/nonexistent")
+    with pytest.raises(KeyError, match="unknown task 'diffusion'"):
+        tasks.create(c)
 
 
 @pytest.mark.parametrize("task", ["speedrun", "segmentation", "detection", "gan"])
-def test_run_task_rejects_synthetic_data(task):
-    """data.synthetic is the classification trainer's; the other tasks refuse it rather than ignore it."""
+def test_tasks_refuse_synthetic_data(task):
+    """data.synthetic is the classification task's; the other tasks refuse it rather than ignore it."""
+    from research import tasks
     from research.config import base_config
-    from research.generative import run_task
 
     c = base_config()
     c.task = task
     c.data.synthetic = True
-    with pytest.raises(ValueError, match=f"data.synthetic=True .* task '{task}'"):
-        run_task(c, "/nonexistent")
+    with pytest.raises(ValueError, match=f"data.synthetic=True is not supported by task '{task}'"):
+        tasks.create(c)

@@ -21,7 +21,7 @@ import pytest
 
 from research import data as data_lib
 from research.layers.common import BatchNorm
-from research.train import Trainer
+from research.tasks import trainer as Trainer
 from research.train import distributed
 from research.train import mesh as mesh_lib
 from research.train.reporting import read_metrics
@@ -63,7 +63,8 @@ sys.path.insert(0, repo); sys.path.insert(0, os.path.join(repo, "tests"))
 import jax, jax.numpy as jnp, numpy as np, optax
 import flax.linen as nn
 from research.layers.common import BatchNorm
-from research.train import Trainer, mesh as mesh_lib
+from research.train import mesh as mesh_lib
+from research.tasks import trainer as Trainer
 from research.train.state import create_train_state, ghost_bn_forward, train_step
 from research import data as data_lib
 from test_train import digits_config
@@ -97,7 +98,9 @@ rng = jax.random.key_data(jax.random.key(1))
 for n in (1, 8):
     m = mesh_of(n)
     for g in (2, 4):
-        y, st = jax.jit(ghost_bn_forward(bn.apply, m, g))(v, jax.device_put(x, mesh_lib.batch_sharding(m)), rng)
+        fwd = ghost_bn_forward(bn.apply, m, g)
+        y, new = jax.jit(lambda v, x: fwd(v, x, rngs={"dropout": rng}))(v, jax.device_put(x, mesh_lib.batch_sharding(m)))
+        st = new["batch_stats"]
         arrays[f"y_{n}_{g}"] = np.asarray(y)
         arrays[f"mean_{n}_{g}"] = np.asarray(st["BatchNorm_0"]["mean"])
         arrays[f"var_{n}_{g}"] = np.asarray(st["BatchNorm_0"]["var"])
@@ -154,9 +157,9 @@ def fsdp(n, mp):
     it = data_lib.make_train_iterator(c.data, seed=c.seed, global_batch_size=tr.batch_size)
     losses = []
     for _ in range(3):
-        state, met = tr._train_step(state, mesh_lib.to_global(next(it), mesh_lib.batch_sharding(tr.mesh)))
+        state, met = tr.train_step(state, next(it))
         losses.append(float(met["loss"]))
-    ev = tr.evaluate(state)
+    ev, _ = tr.evaluate(state)
     leaves = [np.asarray(t) for t in jax.tree.leaves((state.params, state.opt_state))]
     return losses, leaves, specs, ev, dict(tr.mesh.shape)
 lf, pf, specs, evf, mshape = fsdp(8, 4)
@@ -263,7 +266,7 @@ def test_bfloat16_matches_float32_and_keeps_float32_state(data_dir):
         logits = tr.model.apply(state.variables(), batch["image"], train=False)
         assert logits.dtype == jnp.float32
         params0 = jax.device_get(state.params)
-        state, metrics = tr._train_step(state, batch)
+        state, metrics = tr.train_step(state, batch)
         out[precision] = (params0, float(metrics["loss"]), state)
     (p32, l32, s32), (p16, l16, s16) = out["float32"], out["bfloat16"]
     jax.tree.map(np.testing.assert_array_equal, p32, p16)  # same float32 initialisation
@@ -321,7 +324,7 @@ multi = distributed.initialize()  # from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCE
 import jax, numpy as np
 jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))  # the resume skips compiling
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-from research.train import train_and_evaluate
+from research.tasks import train_and_evaluate
 from test_train import digits_config
 def cfg():
     c = digits_config(data_dir, steps=6)

@@ -11,6 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from research import tasks
 from research.config import base_config
 from research.segmentation import data as seg_data
 from research.segmentation.losses import cross_entropy_loss, dice_loss, segmentation_loss
@@ -305,10 +306,8 @@ def _task_config(tmp_path, **seg):
 
 
 def test_train_step_changes_params_and_eval_counts_every_pixel_once(tmp_path):
-    from research.segmentation.train import SegTrainer
-
     c = _task_config(tmp_path, dice_weight=0.5)
-    tr = SegTrainer(c)
+    tr = tasks.trainer(c)
     state = tr.init_state()
     before = jax.tree.map(np.asarray, state.params)
     it = seg_data.make_train_iterator(c.data, c.seg, seed=0, global_batch_size=4)
@@ -316,13 +315,14 @@ def test_train_step_changes_params_and_eval_counts_every_pixel_once(tmp_path):
     after = jax.tree.map(np.asarray, state.params)
     changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))]
     assert all(changed) and np.isfinite(float(m['loss'])) and int(state.step) == 1
-    res, first = tr.evaluate(state)
+    res, picture = tr.evaluate(state)
     split = seg_data.get_split(seg_data.get_seg_builder(c.data, c.seg), 'test')
     assert res['pixels'] == split.labels.size == 7 * 16 * 16  # padding not counted, nothing twice
-    assert res['count'] == 7 and first['mask'].sum() == 4
+    assert res['count'] == 7 and picture is not None
     # The eval metrics equal a direct computation over the whole split.
-    x = (split.images.astype(np.float32) / 255 - np.asarray(tr.info.mean)) / np.asarray(tr.info.std)
-    preds = np.asarray(tr._predict(state, jnp.asarray(x, jnp.float32)))
+    info = tr.task.seg_info
+    x = (split.images.astype(np.float32) / 255 - np.asarray(info.mean)) / np.asarray(info.std)
+    preds = np.asarray(jax.jit(tr.task.predict_step)(state, {'image': jnp.asarray(x, jnp.float32)}))
     direct = metrics_from_confusion(confusion_matrix(jnp.asarray(preds), jnp.asarray(split.labels), 4))
     assert res['miou'] == pytest.approx(direct['miou'], abs=1e-6)
     assert res['pixel_acc'] == pytest.approx(direct['pixel_acc'], abs=1e-6)
@@ -330,53 +330,53 @@ def test_train_step_changes_params_and_eval_counts_every_pixel_once(tmp_path):
 
 def test_class_balance_knob(tmp_path):
     from research.segmentation.losses import median_frequency_weights
-    from research.segmentation.train import SegTrainer
 
     c = _task_config(tmp_path, class_balance='median_frequency')
-    tr = SegTrainer(c)
+    tr = tasks.trainer(c)
     labels = seg_data.get_split(seg_data.get_seg_builder(c.data, c.seg), 'train').labels
-    np.testing.assert_allclose(tr.class_weights, median_frequency_weights(labels, 4), rtol=1e-6)
+    np.testing.assert_allclose(tr.task.class_weights, median_frequency_weights(labels, 4), rtol=1e-6)
     state, m = tr.train_step(
         tr.init_state(), next(seg_data.make_train_iterator(c.data, c.seg, seed=0, global_batch_size=4))
     )
     assert np.isfinite(float(m['loss']))
     with pytest.raises(ValueError, match="'median_freq'"):
-        SegTrainer(_task_config(tmp_path, class_balance='median_freq'))
+        tasks.create(_task_config(tmp_path, class_balance='median_freq'))
 
 
 def test_crf_eval_option_equals_dense_crf_on_the_split(tmp_path):
     """``seg.crf_eval``: the final evaluation adds crf_miou = mIoU of argmax dense_crf(logits, image)."""
     from research.segmentation.crf import dense_crf
-    from research.segmentation.train import SegTrainer
 
     c = _task_config(tmp_path, crf_eval=True, crf_method='exact', crf_iterations=3)
-    tr = SegTrainer(c)
+    tr = tasks.trainer(c)
     state = tr.init_state()
     state, _ = tr.train_step(
         state, next(seg_data.make_train_iterator(c.data, c.seg, seed=0, global_batch_size=4))
     )
-    res, _ = tr.evaluate(state, crf=True)
+    res, _ = tr.evaluate(state, final=True)  # the final evaluation adds the CRF metrics
     plain, _ = tr.evaluate(state)
     assert res['miou'] == plain['miou'] and 'crf_miou' not in plain
     split = seg_data.get_split(seg_data.get_seg_builder(c.data, c.seg), 'test')
-    mean, std = np.asarray(tr.info.mean, np.float32), np.asarray(tr.info.std, np.float32)
+    info = tr.task.seg_info
+    mean, std = np.asarray(info.mean, np.float32), np.asarray(info.std, np.float32)
     x = (split.images.astype(np.float32) / 255 - mean) / std
     logits = state.apply_fn(state.variables(), jnp.asarray(x), train=False)
     q = dense_crf(logits, jnp.asarray((x * std + mean) * 255), num_iterations=3, method='exact')
     direct = metrics_from_confusion(confusion_matrix(jnp.argmax(q, -1), jnp.asarray(split.labels), 4))
     assert res['crf_miou'] == pytest.approx(direct['miou'], abs=1e-6)
     assert res['crf_pixel_acc'] == pytest.approx(direct['pixel_acc'], abs=1e-6)
-    with pytest.raises(ValueError, match='crf_eval'):
-        SegTrainer(_task_config(tmp_path)).evaluate(state, crf=True)
+    plain_trainer = tasks.trainer(_task_config(tmp_path))
+    final, _ = plain_trainer.evaluate(plain_trainer.init_state(), final=True)
+    assert 'crf_miou' not in final  # seg.crf_eval=False: no CRF at the end either
 
 
 def test_aux_head_is_used_when_the_model_has_one(tmp_path):
-    from research.segmentation.train import SegTrainer, _has_aux
+    from research.tasks.segmentation import has_aux
 
     c = _task_config(tmp_path)
-    tr = SegTrainer(c)
+    tr = tasks.trainer(c)
     sample = jnp.zeros((1, 16, 16, 3))
-    assert _has_aux(tr.model, sample)
+    assert has_aux(tr.model, sample)
     state = tr.init_state()
     assert 'aux' in state.params
     it = seg_data.make_train_iterator(c.data, c.seg, seed=0, global_batch_size=4)
@@ -386,10 +386,8 @@ def test_aux_head_is_used_when_the_model_has_one(tmp_path):
 
 
 def test_segmentation_task_end_to_end_and_resume(tmp_path):
-    from research.generative import run_task
-
     c = _task_config(tmp_path)
-    full = run_task(c, tmp_path / 'full', show_progress=False)
+    full = tasks.train_and_evaluate(c, tmp_path / 'full', show_progress=False)
     assert full['complete'] and full['step'] == 4
     rows = [json.loads(line) for line in (tmp_path / 'full' / 'metrics.jsonl').read_text().splitlines()]
     evals = [r for r in rows if r['split'] == 'test']
@@ -400,17 +398,15 @@ def test_segmentation_task_end_to_end_and_resume(tmp_path):
     w, h = Image.open(png).size
     assert (w, h) == (2 * (2 + 3 * 18), 2 * (2 + 3 * 18))  # 3 rows of input | truth | prediction, scale 2
     # Preempted after 2 steps, then relaunched: same final metrics as the uninterrupted run.
-    from research.segmentation.train import train_segmentation
-
-    part = train_segmentation(c, tmp_path / 'resumed', stop_after_steps=2, show_progress=False)
+    part = tasks.train_and_evaluate(c, tmp_path / 'resumed', stop_after_steps=2, show_progress=False)
     assert not part['complete']
-    resumed = train_segmentation(c, tmp_path / 'resumed', show_progress=False)
+    resumed = tasks.train_and_evaluate(c, tmp_path / 'resumed', show_progress=False)
     assert resumed['final']['test']['miou'] == pytest.approx(full['final']['test']['miou'], abs=1e-6)
     assert resumed['final']['test']['loss'] == pytest.approx(full['final']['test']['loss'], rel=1e-5)
     other = _task_config(tmp_path)
     other.model.width = 4
     with pytest.raises(ValueError, match='different model'):
-        train_segmentation(other, tmp_path / 'resumed', show_progress=False)
+        tasks.train_and_evaluate(other, tmp_path / 'resumed', show_progress=False)
 
 
 SEG_SWEEP_CONFIG = '''
@@ -588,8 +584,6 @@ _fake_city_builder.cls = None
 def test_segmentation_on_a_tfds_dataset_by_name(tmp_path, monkeypatch):
     """A TFDS segmentation dataset by name (Cityscapes' layout): label ids mapped to the 19 train ids
     (others -> ignore), resized to seg.canvas_size by nearest neighbour; the task trains on it."""
-    from research.generative import run_task
-
     _fake_city_builder()
     monkeypatch.setitem(seg_data.TFDS_LAYOUTS, 'fake_city_seg', dict(seg_data.TFDS_LAYOUTS['cityscapes']))
     c = _task_config(tmp_path)
@@ -605,7 +599,7 @@ def test_segmentation_on_a_tfds_dataset_by_name(tmp_path, monkeypatch):
     assert image.shape == (16, 16, 3) and label.shape == (16, 16)
     assert set(np.unique(label).tolist()) == {0, 10, 13, 255}  # road, sky, car, ignore (ego vehicle)
     assert label[0, 0] == 10 and label[8, 8] == 0 and label[15, 0] == 255
-    summary = run_task(c, tmp_path / 'run', show_progress=False)
+    summary = tasks.train_and_evaluate(c, tmp_path / 'run', show_progress=False)
     assert summary['complete'] and summary['final']['validation']['count'] == 5
     c.data.name = 'voc/2012'
     with pytest.raises(ValueError, match="boxes only"):

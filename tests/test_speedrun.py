@@ -1,4 +1,4 @@
-"""The airbench94 network and the CIFAR-10 speed run (research/models/airbench.py, research/train/speedrun.py)."""
+"""The airbench94 network and the CIFAR-10 speed run (research/models/airbench.py, research/tasks/speedrun.py)."""
 
 import functools
 import json
@@ -11,7 +11,8 @@ import pytest
 from research import models
 from research.config import base_config, validate_config, with_model
 from research.models import airbench
-from research.train import speedrun as sr
+from research import tasks
+from research.tasks import speedrun as sr
 from research.train.state import create_train_state
 
 
@@ -316,9 +317,7 @@ def test_scanned_k_steps_equal_k_single_steps(k_single_steps, unroll):
 # --------------------------------------------------------------------------- end to end
 
 
-def test_run_task_speedrun_on_digits_writes_summary(tmp_path):
-    from research.generative import run_task
-
+def test_speedrun_task_on_digits_writes_summary(tmp_path):
     c = _speedrun_config(steps_per_call=2, unroll=1, whiten_samples=256, tta_level=0, ema_start_epochs=0.0)
     with_model(c, 'airbench94_cifar', widths=(4, 8, 8))
     c.data.name = 'digits'
@@ -331,7 +330,7 @@ def test_run_task_speedrun_on_digits_writes_summary(tmp_path):
     c.train.duration = '5 steps'  # 2 + 2 + a compiled remainder of 1
     c.train.eval_every = '4 steps'
     c.train.log_every_steps = 2
-    summary = run_task(c, tmp_path / 'run', show_progress=False)
+    summary = tasks.train_and_evaluate(c, tmp_path / 'run', show_progress=False)
     saved = json.loads((tmp_path / 'run' / 'summary.json').read_text())
     for key in (
         'test_accuracy',

@@ -12,7 +12,7 @@ from pathlib import Path
 import flax.linen as nn
 import pytest
 
-from research import cli
+from research.experiments import summary as summary_cmd
 from research.config import base_config, with_model
 from research.layers import blocks
 from research.layers.summary import format_count, summarize
@@ -211,17 +211,17 @@ def test_summary_input_resolution(tmp_path, monkeypatch):
     c = base_config()
     with_model(c, 'resnet_cifar', depth=20)
     c.data.name = 'cifar10'  # TFDS metadata only: no download, nothing written
-    shape, classes, source = cli.summary_input(c)
+    shape, classes, source = summary_cmd.summary_input(c)
     assert (shape, classes) == ((32, 32, 3), 10) and 'nothing built or downloaded' in source
     assert not any(tmp_path.iterdir())
     c.data.image_size = 24
-    assert cli.summary_input(c)[0] == (24, 24, 3)
-    assert cli.summary_input(c, '64,64,3')[0] == (64, 64, 3)
+    assert summary_cmd.summary_input(c)[0] == (24, 24, 3)
+    assert summary_cmd.summary_input(c, '64,64,3')[0] == (64, 64, 3)
     c.data.name = 'no_such_dataset'
-    shape, classes, source = cli.summary_input(c)
+    shape, classes, source = summary_cmd.summary_input(c)
     assert (shape, classes) == ((32, 32, 3), 10) and '--summary_input' in source
     with pytest.raises(ValueError, match='H,W,C'):
-        cli.summary_input(c, '32,x')
+        summary_cmd.summary_input(c, '32,x')
 
 
 def test_launch_summary(tmp_path):

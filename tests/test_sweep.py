@@ -237,7 +237,7 @@ def test_failed_run_is_recorded_not_raised(config_file, data_dir, tmp_path, caps
     assert statuses == {runs[0].id: "failed"}
     (row,) = ledger.read(tmp_path / "ledger.jsonl")
     assert row["status"] == "failed" and "batch_size" in row["error"]
-    assert "failed: ValueError" in capsys.readouterr().err
+    assert "failed: ConfigError" in capsys.readouterr().err
 
 
 def test_vmapped_seeds_match_single_runs(finished_sweep):

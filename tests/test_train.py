@@ -17,14 +17,9 @@ import pytest
 from research import data as data_lib
 from research.config import base_config, parse_arg, parse_duration, validate_config, with_model
 from research.kernels import onednn
-from research.train import (
-    CheckpointError,
-    NonFiniteLossError,
-    Trainer,
-    make_optimizer,
-    make_schedule,
-    train_and_evaluate,
-)
+from research.tasks import train_and_evaluate
+from research.tasks import trainer as make_trainer
+from research.train import CheckpointError, NonFiniteLossError, make_optimizer, make_schedule
 from research.train.checkpoint import Checkpointer
 from research.train.reporting import read_metrics
 
@@ -193,9 +188,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
 def test_eval_is_exact_over_split_with_padding(data_dir, tmp_path):
     c = digits_config(data_dir, steps=1)
     c.train.eval_batch_size = 48  # 360 = 7*48 + 24: one padded batch
-    trainer = Trainer(c, show_progress=False)
+    trainer = make_trainer(c, show_progress=False)
     state = trainer.init_state()
-    res = trainer.evaluate(state)
+    res, _ = trainer.evaluate(state)
     assert res["count"] == 360
     # reference: one unpadded pass over the split in numpy
     it = data_lib.make_eval_iterator(c.data, "test", global_batch_size=360)
@@ -229,12 +224,13 @@ def test_synthetic_data_trains_on_one_device_batch_without_the_pipeline(data_dir
     """``data.synthetic``: every step takes the same random batch made on the devices once; the grain
     pipeline is never built. The run equals a hand loop of the trainer's step on that batch, resumes, and
     a relaunch as a real-data run in the same workdir is refused."""
-    from research.train import loop
+    from research.tasks import classification
+    from research.train import mesh as mesh_lib
 
     def no_pipeline(*a, **k):
         raise AssertionError("the input pipeline was built for a synthetic run")
 
-    monkeypatch.setattr(loop.data_lib, "make_train_iterator", no_pipeline)
+    monkeypatch.setattr(classification.data_lib, "make_train_iterator", no_pipeline)
     c = digits_config(data_dir, steps=8)
     c.data.synthetic = True
     c.train.eval_every = ""
@@ -243,13 +239,13 @@ def test_synthetic_data_trains_on_one_device_batch_without_the_pipeline(data_dir
     summary = train_and_evaluate(c, tmp_path, show_progress=False)  # resumes from the checkpoint of step 5
     assert summary["complete"] and summary["synthetic_data"] is True and summary["images_per_sec"] > 0
 
-    trainer = loop.Trainer(c, show_progress=False)
+    trainer = make_trainer(c, show_progress=False)
     state = trainer.init_state()
-    sharding = loop.mesh_lib.batch_sharding(trainer.mesh)
-    batch = next(loop.SyntheticBatches(trainer.info.image_shape, 10, 32, sharding, c.seed))
+    sharding = mesh_lib.batch_sharding(trainer.mesh)
+    batch = next(classification.SyntheticBatches(trainer.info.image_shape, 10, 32, sharding, c.seed))
     assert batch["image"].shape == (32, 32, 32, 1) and batch["image"].sharding == sharding
     for _ in range(8):
-        state, _ = trainer._train_step(state, batch)
+        state, _ = trainer.train_step(state, batch)
     saved = _params(tmp_path)
     for key in ("params", "batch_stats"):
         jax.tree.map(
@@ -293,16 +289,15 @@ def test_on_device_augmentation_trains_like_the_host_pipeline(data_dir, tmp_path
 
 
 def test_on_device_is_refused_where_it_does_not_apply():
+    from research import tasks
     from research.experiments.vmap_seeds import SeedPrograms
-    from research.generative import run_task
 
     c = base_config()
     c.data.on_device = True
     c.task = "gan"
-    with pytest.raises(
-        ValueError, match="data.on_device=True is a classification-trainer option; task 'gan'"
-    ):
-        run_task(c, "/nonexistent")
+    with pytest.raises(ValueError, match="data.on_device=True is not supported by task 'gan'"):
+        tasks.create(c)
+    c.task = "classification"
     with pytest.raises(ValueError, match="data.on_device=True is not supported by the vmapped seeds"):
         SeedPrograms(c)
 
@@ -367,7 +362,7 @@ import os, sys, json
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 sys.path.insert(0, sys.argv[1])
 import jax, numpy as np
-from research.train import train_and_evaluate
+from research.tasks import train_and_evaluate
 from research.train.checkpoint import Checkpointer
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 from test_train import digits_config

@@ -10,7 +10,7 @@ import pytest
 
 from research.config import base_config, with_model
 from research.data import datasets, pipeline
-from research.train import train_and_evaluate
+from research.tasks import train_and_evaluate
 from research.train import transfer
 from research.train.checkpoint import Checkpointer
 from research.train.optim import make_optimizer

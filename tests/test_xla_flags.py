@@ -23,6 +23,15 @@ from research.train.state import create_train_state, train_step
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def test_importing_research_changes_no_process_state():
+    """``import research`` (and every subpackage an entry point imports) leaves XLA_FLAGS alone: the entry
+    points apply the project's flags themselves."""
+    code = 'import os, research, research.cli, research.tasks; print(os.environ.get("XLA_FLAGS"))'
+    env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == 'None'
+
+
 def test_with_disabled_pass_merges_into_existing_flag():
     assert xla_flags.with_disabled_pass("") == "--xla_disable_hlo_passes=cse_barrier_expander"
     assert (
@@ -66,7 +75,7 @@ def residual_excess(depth: int = 20) -> float:
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the flag is set on CPU-only installs')
 def test_residual_step_costs_what_the_plain_step_costs():
-    assert 'cse_barrier_expander' in os.environ.get('XLA_FLAGS', ''), 'research did not set its XLA flag'
+    assert 'cse_barrier_expander' in os.environ.get('XLA_FLAGS', ''), 'the XLA flag was not applied (conftest)'
     assert abs(residual_excess()) < 1e-3
 
 

@@ -21,8 +21,10 @@ from typing import Any
 
 from absl import flags
 
+from research import models
 from research.experiments import ledger as ledger_lib
 from research.experiments import sweep as sweep_lib
+from research.experiments import tables as tables_lib
 
 
 def define_table_flag(flag_values: flags.FlagValues = flags.FLAGS):
@@ -68,8 +70,6 @@ def get_table_specs(module, arg: str | None) -> list[dict[str, Any]]:
 
 def preflight(runs: Sequence[sweep_lib.Run]) -> None:
     """Fails before any training if a run's model is not registered or gets unknown arguments."""
-    from research import models
-
     seen = set()
     for run in runs:
         kwargs = {k: v for k, v in run.flat_config.items() if k.startswith("model.") and k != "model.name"}
@@ -104,8 +104,6 @@ def format_dry_run(runs: Sequence[sweep_lib.Run], name: str, workdir: Path) -> s
 
 
 def render_tables(module, arg, runs, workdir: Path, names: list[str]) -> list[Path]:
-    from research.experiments import tables as tables_lib
-
     specs = get_table_specs(module, arg)
     known = [s["name"] for s in specs]
     if names:

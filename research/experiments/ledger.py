@@ -42,6 +42,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from research.train.reporting import read_metrics
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -118,8 +120,6 @@ def finish_run_meta(run, meta: dict[str, Any], wall_s: float) -> None:
 
 # -- rows -----------------------------------------------------------------------------------------
 def _read_metrics(workdir: Path) -> list[dict[str, Any]]:
-    from research.train.reporting import read_metrics
-
     return read_metrics(workdir)
 
 
@@ -246,10 +246,25 @@ def row_metrics(run, *, meta=None, summary=None, resolved=None) -> dict[str, Any
     return metrics
 
 
+def run_status(workdir: str | Path) -> str:
+    """``'done'`` (summary.json complete), ``'partial'`` (has checkpoints) or ``'new'``."""
+    workdir = Path(workdir)
+    summary = workdir / "summary.json"
+    if summary.exists():
+        try:
+            if json.loads(summary.read_text()).get("complete"):
+                return "done"
+        except json.JSONDecodeError:
+            pass
+    ckpts = workdir / "checkpoints"
+    if ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir()):
+        return "partial"
+    return "new"
+
+
+
 def build_row(run, sweep_name: str, *, status: str | None = None, error: str | None = None) -> dict[str, Any]:
     """The ledger row of ``run`` (a :class:`~research.experiments.sweep.Run`) from its files."""
-    from research.experiments.sweep import run_status
-
     wd = Path(run.workdir)
     meta = _read_json(wd / "run.json")
     summary = _read_json(wd / "summary.json")

@@ -44,7 +44,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from research.config import FREE_FORM_SECTIONS, ConfigDict, flatten, to_dict, validate_config
+from research import tasks
+from research.config import FREE_FORM_SECTIONS, ConfigDict, base_config, flatten, to_dict, validate_config
+from research.experiments import ledger
+from research.experiments.ledger import run_status
 from research.train.distributed import usable_cores
 
 Overrides = dict[str, Any]
@@ -178,7 +181,6 @@ def id_payload(config: ConfigDict) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=1)
 def _schema_defaults() -> dict[str, Any]:
-    from research.config import base_config
 
     return flatten(to_dict(base_config()))
 
@@ -267,22 +269,6 @@ def _matches(rid: str, pattern: str) -> bool:
 
 
 # -- status ---------------------------------------------------------------------------------------
-def run_status(workdir: str | Path) -> str:
-    """``'done'`` (summary.json complete), ``'partial'`` (has checkpoints) or ``'new'``."""
-    workdir = Path(workdir)
-    summary = workdir / "summary.json"
-    if summary.exists():
-        try:
-            if json.loads(summary.read_text()).get("complete"):
-                return "done"
-        except json.JSONDecodeError:
-            pass
-    ckpts = workdir / "checkpoints"
-    if ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir()):
-        return "partial"
-    return "new"
-
-
 # -- loading a config file's sweep/table functions ------------------------------------------------
 def load_config_module(path: str | Path):
     """Imports an experiment config file (as ``launch.py --config`` does) to reach ``get_sweep``/``get_table``."""
@@ -310,18 +296,12 @@ def execute_run(
     An exception inside the run is recorded as status ``'failed'`` (with the error) and not
     raised; Ctrl-C records ``'partial'`` and propagates (the loop checkpoints on the way out).
     """
-    from research.experiments import ledger
-
     run.workdir.mkdir(parents=True, exist_ok=True)
     meta = ledger.start_run_meta(run, sweep_name)
     t0 = time.perf_counter()
     status, error = "failed", None
     try:
-        if run.config.get("task", "classification") == "classification":
-            from research.train import train_and_evaluate as train
-        else:  # segmentation, gan, ...: same workdir contract (checkpoints, summary.json 'complete')
-            from research.generative import run_task as train
-        summary = train(
+        summary = tasks.train_and_evaluate(
             run.config, run.workdir, stop_after_steps=stop_after_steps, show_progress=show_progress
         )
         status = "done" if summary.get("complete") else "partial"
@@ -353,8 +333,6 @@ def run_sweep(
     others trained in order (``parallel=1``) or ``parallel`` at a time as subprocesses
     (``child_command(run)``, see :func:`device_slices`). Returns ``{run id: status}``.
     """
-    from research.experiments import ledger
-
     ledger_path = Path(root) / "ledger.jsonl"
     statuses: dict[str, str] = {}
     todo = []
@@ -382,8 +360,6 @@ def run_sweep(
 
 
 def _run_parallel(todo, parallel, child_command, ledger_path, sweep_name, log) -> dict[str, str]:
-    from research.experiments import ledger
-
     slots = device_slices(parallel)
     prepare_data(todo)
     free = list(range(len(slots)))
@@ -432,34 +408,10 @@ def _run_parallel(todo, parallel, child_command, ledger_path, sweep_name, log) -
 
 
 def prepare_data(runs: Sequence[Run]) -> None:
-    """Builds each dataset the runs read once, here, so parallel workers do not race to build it."""
-    from research import data as data_lib
-
-    seen = set()
+    """Resolves each run's data once, here (``Task.setup``: builds offline datasets, prepares TFDS
+    ones, trains a GAN's scoring classifier), so parallel workers do not race to build them."""
     for run in runs:
-        d = run.config.data
-        if run.config.get("task", "classification") == "detection":
-            from research.detection import data as det_data
-            from research.config import to_dict
-
-            key = (d.name, d.path, d.data_dir, repr(sorted(to_dict(run.config.det).items())))
-            if key not in seen:
-                seen.add(key)
-                det_data.get_det_builder(d, run.config.det)
-            continue
-        if run.config.get("task", "classification") == "segmentation":
-            from research.segmentation import data as seg_data
-            from research.config import to_dict
-
-            key = (d.name, d.path, d.data_dir, repr(sorted(to_dict(run.config.seg).items())))
-            if key not in seen:
-                seen.add(key)
-                seg_data.get_seg_builder(d, run.config.seg)
-            continue
-        key = (d.name, d.path, d.data_dir)
-        if key not in seen:
-            seen.add(key)
-            data_lib.get_builder(d)
+        tasks.create(run.config).setup()
 
 
 # -- devices for parallel runs --------------------------------------------------------------------

@@ -28,7 +28,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from research import data as data_lib
-from research.train.loop import Trainer
+from research import tasks
 from research.train.state import TrainState, create_train_state, eval_step, train_step
 
 
@@ -46,7 +46,7 @@ class SeedPrograms:
                 "data.on_device=True is not supported by the vmapped seeds (set data.on_device=False)"
             )
         self.config = config
-        self.trainer = Trainer(config, show_progress=False)  # resolves model, data, optimizer
+        self.trainer = tasks.trainer(config, show_progress=False)  # resolves model, data, optimizer
         t = self.trainer
         sample = jnp.zeros((1, *t.info.image_shape), jnp.float32)
         init = functools.partial(create_train_state, t.model, t.tx, sample_input=sample)

@@ -17,16 +17,14 @@ the *updated* discriminator, each with its own optax optimizer. Images are in [-
 Sample quality is tracked with a classifier trained by this codebase (LeNet-5 on the MNIST
 folder): the Inception-score-style ``exp(E_x KL(p(y|x) || p(y)))`` of its softmax (Salimans et al.
 2016, with LeNet in place of Inception; 1 = useless, 10 = confident and all ten digits equally
-often) and the mean max-probability (confidence); see :func:`classifier_scores`.
+often) and the mean max-probability (confidence); see :func:`classifier_scores`. The training run
+is the task ``gan`` (``research/tasks/gan.py``).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
-import time
-from pathlib import Path
 from typing import Any, Callable
 
 import flax
@@ -144,6 +142,10 @@ class GANState:
 
     def replace_arrays(self, arrays: dict[str, PyTree]) -> "GANState":
         return self.replace(**arrays)
+
+    @property
+    def params(self) -> dict[str, PyTree]:
+        return {"generator": self.g_params, "discriminator": self.d_params}
 
 
 def dcgan_adam(lr: float = 2e-4, b1: float = 0.5, b2: float = 0.999) -> optax.GradientTransformation:
@@ -293,76 +295,6 @@ def classifier_scores(probs) -> dict[str, float]:
     }
 
 
-class ClassifierScorer:
-    """Softmax of a classifier trained by this codebase (a workdir), on images in [0, 1].
-
-    The images are normalised as that run's dataset was (its config.json), so a LeNet trained on
-    the MNIST folder scores generated 28x28 digits exactly as it saw test digits.
-    """
-
-    def __init__(self, workdir: str | Path):
-        from research import data as data_lib
-        from research.train.checkpoint import Checkpointer
-        from research.train.loop import build_model
-
-        workdir = Path(workdir)
-        saved = json.loads((workdir / "config.json").read_text())
-        resolved = saved.pop("_resolved", {})
-        self.config = ConfigDict(saved)
-        info = data_lib.get_dataset_info(self.config.data)
-        self.mean = np.asarray(info.mean, np.float32)
-        self.std = np.asarray(info.std, np.float32)
-        self.model = build_model(self.config, int(resolved.get("num_classes", info.num_classes)))
-        ckpt = Checkpointer(workdir, async_save=False)
-        state = ckpt.restore_raw()
-        ckpt.close()
-        self.variables = {"params": state["params"]}
-        if state.get("batch_stats"):
-            self.variables["batch_stats"] = state["batch_stats"]
-        self.variables.update(state.get("constants") or {})
-        self._probs = jax.jit(lambda v, x: jax.nn.softmax(self.model.apply(v, x, train=False), axis=-1))
-
-    def probs(self, images01, batch_size: int = 500) -> np.ndarray:
-        out = []
-        for i in range(0, len(images01), batch_size):
-            x = (np.asarray(images01[i : i + batch_size], np.float32) - self.mean) / self.std
-            out.append(np.asarray(self._probs(self.variables, x)))
-        return np.concatenate(out)
-
-    def scores(self, images01) -> dict[str, float]:
-        return classifier_scores(self.probs(images01))
-
-
-def ensure_score_classifier(gc: ConfigDict, data_cfg: ConfigDict, *, show_progress: bool = True) -> Path:
-    """The scoring classifier's workdir; trains it first (LeNet-5 modern, ``gan.classifier_epochs``
-    on the GAN's dataset, with the trainer of this codebase) when it holds no finished run."""
-    from research.config import base_config, with_model
-    from research.train.loop import train_and_evaluate
-
-    workdir = Path(gc.classifier_workdir)
-    if (workdir / "summary.json").exists() and json.loads((workdir / "summary.json").read_text()).get(
-        "complete"
-    ):
-        return workdir
-    c = base_config()
-    with_model(c, gc.classifier_model)
-    c.data = ConfigDict(data_cfg.to_dict())
-    c.data.normalize = True
-    c.optimizer.name = "adam"
-    c.optimizer.lr = 2e-3
-    c.train.duration = f"{gc.classifier_epochs} epochs"
-    c.train.batch_size = 64
-    c.train.eval_batch_size = 500
-    c.train.log_every_steps = 100
-    c.train.eval_every = ""
-    c.train.checkpoint_every = ""
-    print(
-        f"training the scoring classifier {gc.classifier_model} into {workdir} ({gc.classifier_epochs} epochs)"
-    )
-    train_and_evaluate(c, workdir, show_progress=show_progress)
-    return workdir
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -379,159 +311,3 @@ def build_gan(config: ConfigDict, image_shape: tuple[int, int, int]) -> tuple[Ge
 
 def _to_unit(x):
     return (np.asarray(x, np.float32) + 1.0) * 0.5
-
-
-def train_gan(config: ConfigDict, workdir: str | Path, *, show_progress: bool = True, stop_after_steps=None):
-    """Trains the DCGAN of ``config.gan`` on ``config.data`` (resumable from ``workdir``).
-
-    Per epoch: ``samples/epoch_NNN.png`` (a grid of G(z) for fixed z), the classifier score of
-    ``gan.score_samples`` samples (``metrics.jsonl``, split 'samples'). Returns the summary dict.
-    """
-    from research import data as data_lib
-    from research.config import parse_duration, to_dict, validate_config
-    from research.train import checkpoint as ckpt_lib
-    from research.train.reporting import MetricWriter, Progress, format_seconds
-    from research.viz.images import make_grid, save_png
-
-    validate_config(config)
-    wall0 = time.perf_counter()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    gc, tc = config.gan, config.train
-    if config.data.normalize:
-        raise ValueError("the GAN reads images in [0, 1] (mapped to [-1, 1]): set data.normalize=False")
-    info = data_lib.get_dataset_info(config.data)
-    spe = data_lib.steps_per_epoch(config.data, tc.batch_size)
-    total = parse_duration(tc.duration, spe, name="train.duration")
-    ckpt_every = parse_duration(tc.checkpoint_every or 0, spe, name="train.checkpoint_every")
-    generator, discriminator = build_gan(config, info.image_shape)
-    g_tx = dcgan_adam(gc.g_lr, gc.b1, gc.b2)
-    d_tx = dcgan_adam(gc.d_lr, gc.b1, gc.b2)
-    state = create_gan_state(
-        generator, discriminator, jax.random.key(config.seed), latent_dim=gc.latent_dim, g_tx=g_tx, d_tx=d_tx
-    )
-    step_fn = jax.jit(gan_train_step, donate_argnums=0)
-    gen_fn = jax.jit(generate, static_argnames="train")
-    scorer = None
-    if gc.score_samples:
-        scorer = ClassifierScorer(ensure_score_classifier(gc, config.data, show_progress=show_progress))
-    z_grid = jax.random.normal(jax.random.key(config.seed + 1), (gc.grid_samples, gc.latent_dim))
-    z_score = jax.random.normal(jax.random.key(config.seed + 2), (gc.score_samples, gc.latent_dim))
-
-    train_it = data_lib.make_train_iterator(config.data, seed=config.seed, global_batch_size=tc.batch_size)
-    ckpt = ckpt_lib.Checkpointer(workdir, keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
-    start = ckpt.latest_step() or 0
-    if start:
-        arrays, data_state, _ = ckpt.restore(start, ckpt_lib.abstract_like(state.arrays()))
-        state = state.replace_arrays(arrays)
-        train_it.set_state(ckpt_lib.from_jsonable(data_state))
-        print(f"resumed from {ckpt.directory / str(start)} (step {start}, epoch {start / spe:.2f})")
-    resolved = to_dict(config)
-    g_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.g_params))
-    d_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.d_params))
-    resolved["_resolved"] = dict(
-        steps_per_epoch=spe,
-        total_steps=total,
-        g_params=g_count,
-        d_params=d_count,
-        image_shape=list(info.image_shape),
-    )
-    (workdir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
-    print(
-        f"DCGAN: G {g_count:,} params, D {d_count:,} params | data {info.name} {info.num_examples} "
-        f"{'x'.join(map(str, info.image_shape))} | {spe} steps/epoch, {total} steps | workdir {workdir}"
-    )
-    writer = MetricWriter(workdir, resume_step=start)
-    progress = Progress(total, start, tc.batch_size, enabled=show_progress)
-    history = []
-
-    def end_of_epoch(step: int) -> None:
-        epoch = step / spe
-        grid = _to_unit(gen_fn(state, z_grid))
-        save_png(
-            make_grid(grid, padding=2), workdir / "samples" / f"epoch_{int(round(epoch)):03d}.png", scale=2
-        )
-        row = {"epoch": epoch}
-        if scorer is not None:
-            samples = np.concatenate(
-                [_to_unit(gen_fn(state, z_score[i : i + 500])) for i in range(0, len(z_score), 500)]
-            )
-            row.update(scorer.scores(samples))
-        writer.write("samples", step, row)
-        history.append({"step": step, **row})
-        progress.message(
-            f"epoch {epoch:.0f} (step {step}): samples/epoch_{int(round(epoch)):03d}.png"
-            + (
-                f" | score {row['score']:.2f} confidence {row['confidence']:.3f}"
-                if scorer is not None
-                else ""
-            )
-        )
-
-    step, window, n_window, t_train, n_timed = start, {}, 0, 0.0, 0
-    t0 = time.perf_counter()
-    stop = total if stop_after_steps is None else min(total, stop_after_steps)
-    try:
-        while step < stop:
-            batch = next(train_it)
-            real = jnp.asarray(batch["image"]) * 2.0 - 1.0
-            state, metrics = step_fn(state, {"image": real})
-            step += 1
-            metrics = jax.device_get(metrics)
-            if not all(math.isfinite(float(v)) for v in metrics.values()):
-                raise FloatingPointError(f"non-finite GAN loss at step {step}: {metrics}")
-            for k, v in metrics.items():
-                window[k] = window.get(k, 0.0) + float(v)
-            n_window += 1
-            if step == start + 1:  # the first step compiled: restart the clocks
-                progress.reset_clock(step)
-                t0, window, n_window = time.perf_counter(), {}, 0
-            elif step % tc.log_every_steps == 0 or step == stop:
-                dt = time.perf_counter() - t0
-                t_train += dt
-                n_timed += n_window
-                row = {k: v / n_window for k, v in window.items()}
-                row.update(epoch=step / spe, images_per_sec=n_window * tc.batch_size / dt)
-                writer.write("train", step, row)
-                progress.update(
-                    step, {"d_loss": row["d_loss"], "g_loss": row["g_loss"], "D(x)": row["d_real"]}
-                )
-                window, n_window, t0 = {}, 0, time.perf_counter()
-            if step % spe == 0 or step == total:
-                end_of_epoch(step)
-                t0 = time.perf_counter()
-                progress.reset_clock(step)
-            if (ckpt_every and step % ckpt_every == 0) or step == stop:
-                ckpt.save(step, state.arrays(), train_it.get_state(), {"step": step, "model": "dcgan"})
-    finally:
-        progress.close()
-        ckpt.close()
-        writer.close()
-    summary = {
-        "task": "gan",
-        "step": step,
-        "total_steps": total,
-        "complete": step >= total,
-        "g_params": g_count,
-        "d_params": d_count,
-        "samples": history,
-        "images_per_sec": n_timed * tc.batch_size / t_train if t_train > 0 else None,
-        "wall_time_s": time.perf_counter() - wall0,
-        "workdir": str(workdir),
-    }
-    if scorer is not None:
-        test = data_lib.make_eval_iterator(config.data, config.data.eval_split, global_batch_size=500)
-        real = np.concatenate([b["image"][b["mask"]] for b in test])
-        summary["real_test_scores"] = scorer.scores(real)
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
-    last = history[-1] if history else {}
-    msg = f"done: DCGAN | {step} steps ({step / spe:.1f} epochs) in {format_seconds(summary['wall_time_s'])}"
-    if "score" in last:
-        msg += (
-            f" | score {last['score']:.2f} (real test images {summary['real_test_scores']['score']:.2f})"
-            f" confidence {last['confidence']:.3f}"
-        )
-    if summary["images_per_sec"]:
-        msg += f" | {summary['images_per_sec']:.0f} img/s"
-    print(msg + f" | workdir {workdir}")
-    return summary

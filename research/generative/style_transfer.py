@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -39,11 +37,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from ml_collections import ConfigDict
 
 from research.layers.common import FlaxConv
 from research.layers.conv import ConvTranspose
-from research.viz.feature_maps import layer_outputs, used_variables
+from research.viz.feature_maps import layer_outputs
+from research.viz.images import to_uint8
 
 PyTree = Any
 
@@ -126,64 +124,6 @@ class LossNetwork:
         return total, {"content": jnp.asarray(lc), "style": ls, "tv": ltv, "total": total}
 
 
-def _num_classes_of(model_name: str, source: dict[str, PyTree]) -> int | None:
-    """The head size of converted weights: the last dim of the source leaf that differs from the
-    default model's head (so a CIFAR-10 VGG loads as num_classes=10)."""
-    from research import models
-
-    model = models.create(model_name)
-    default = getattr(model, "num_classes", None)
-    if default is None:
-        return None
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
-    src = {
-        jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(source.get("params", {}))
-    }
-    for k, leaf in jax.tree_util.tree_leaves_with_path(abstract["params"]):
-        key = jax.tree_util.keystr(k)
-        if leaf.shape and leaf.shape[-1] == default and key in src and np.shape(src[key])[-1] != default:
-            return int(np.shape(src[key])[-1])
-    return default
-
-
-def load_loss_network(sc: ConfigDict, seed: int = 0, input_shape=(1, 224, 224, 3)) -> tuple[LossNetwork, str]:
-    """The loss network of ``config.style`` and a line saying which weights it has.
-
-    ``style.weights``: '' = random init from ``seed``; a torchvision .pth/.pt (converted with
-    ``research.interop.torchvision.from_torchvision(style.model, path)``); a Flax .msgpack of
-    {'params', 'batch_stats'}; a workdir (or step directory) of this codebase. Only the modules up
-    to the deepest requested layer are kept.
-    """
-    from research import models
-    from research.train.transfer import load_pretrained
-
-    name = sc.model
-    paths = tuple(dict.fromkeys(tuple(sc.content_layers) + tuple(sc.style_layers)))
-    if sc.weights:
-        source = load_pretrained(sc.weights, torchvision=name)
-        nc = _num_classes_of(name, source)
-        model = models.create(name, **({"num_classes": nc} if nc else {}))
-        variables = {k: v for k, v in source.items() if v}
-        desc = f"{name} weights from {sc.weights}"
-    else:
-        model = models.create(name)
-        variables = model.init(jax.random.key(seed), jnp.zeros(input_shape), train=False)
-        variables = jax.tree.map(np.asarray, dict(variables))
-        desc = f"{name} with random weights (seed {seed}; no pretrained weights given)"
-    variables = used_variables(model, variables, input_shape, paths)
-    variables = jax.tree.map(jnp.asarray, variables)
-    net = LossNetwork(
-        model,
-        variables,
-        tuple(sc.content_layers),
-        tuple(sc.style_layers),
-        relu=bool(sc.relu),
-        mean=tuple(sc.mean),
-        std=tuple(sc.std),
-    )
-    return net, desc
-
-
 # --------------------------------------------------------------------------- mode 1: optimise the image
 
 
@@ -242,58 +182,9 @@ def stylize(
     return np.asarray(x[0]), history
 
 
-def run_style_transfer(config: ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """``task='style_transfer'``: writes ``result.png`` (and content.png, style.png,
-    panel.png = content | style | result, losses.json) to ``workdir``."""
-    from research.viz.images import load_image, save_png
-
-    sc = config.style
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    content = load_image(sc.content, sc.image_size)
-    style = load_image(sc.style, sc.image_size)
-    t0 = time.perf_counter()
-    net, desc = load_loss_network(sc, config.seed, (1, *content.shape))
-    print(
-        f"loss network: {desc}; content {sc.content} {content.shape[1]}x{content.shape[0]}, style {sc.style}"
-    )
-    weights = StyleWeights(sc.content_weight, sc.style_weight, sc.tv_weight)
-    image, history = stylize(
-        net,
-        content,
-        style,
-        weights=weights,
-        steps=sc.steps,
-        lr=sc.lr,
-        init=sc.init,
-        seed=config.seed,
-        log_every=sc.log_every,
-    )
-    save_png(image, workdir / "result.png")
-    save_png(content, workdir / "content.png")
-    save_png(style, workdir / "style.png")
-    save_png(panel([content, style, image]), workdir / "panel.png")
-    summary = {
-        "task": "style_transfer",
-        "loss_network": desc,
-        "history": history,
-        "wall_time_s": time.perf_counter() - t0,
-    }
-    (workdir / "losses.json").write_text(json.dumps(summary, indent=2))
-    first, last = history[0], history[-1]
-    print(
-        f"done: style transfer | {sc.steps} steps in {summary['wall_time_s']:.0f} s | total loss "
-        f"{first['total']:.4g} -> {last['total']:.4g} (content {last['content']:.4g}, style "
-        f"{first['style']:.4g} -> {last['style']:.4g}) | {workdir / 'result.png'}"
-    )
-    return summary
-
-
 def panel(images: Sequence[np.ndarray], height: int | None = None, gap: int = 4) -> np.ndarray:
     """Images side by side, each resized to a common ``height`` (default: the first's)."""
     from PIL import Image
-
-    from research.viz.images import to_uint8
 
     height = height or images[0].shape[0]
     tiles = []
@@ -389,110 +280,3 @@ def fast_style_step(params, opt_state, images01, *, net, transformer, tx, style_
     (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, parts
-
-
-def train_fast_style(
-    config: ConfigDict, workdir: str | Path, *, show_progress: bool = True
-) -> dict[str, Any]:
-    """``task='fast_style'``: trains a :class:`TransformerNet` on the ``data`` folder (images in
-    [0, 1], resized by ``data.image_size``) for ``train.duration`` with Adam(``optimizer.lr``);
-    writes ``transformer.msgpack``, ``stylized.png`` (``style.eval_image`` or ``style.content``
-    through the network) and ``panel.png``."""
-    from flax import serialization
-
-    from research import data as data_lib
-    from research.config import parse_duration, validate_config
-    from research.train.reporting import MetricWriter, Progress, format_seconds
-    from research.viz.images import load_image, save_png
-
-    validate_config(config)
-    sc, tc = config.style, config.train
-    if config.data.normalize:
-        raise ValueError("fast_style reads images in [0, 1]: set data.normalize=False")
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    wall0 = time.perf_counter()
-    info = data_lib.get_dataset_info(config.data)
-    h, w, c = info.image_shape
-    if c != 3 or h % 4 or w % 4:
-        raise ValueError(f"fast_style needs RGB images with sides divisible by 4, got {info.image_shape}")
-    spe = data_lib.steps_per_epoch(config.data, tc.batch_size)
-    total = parse_duration(tc.duration, spe, name="train.duration")
-    net, desc = load_loss_network(sc, config.seed, (1, h, w, 3))
-    style = load_image(sc.style, max(h, w))
-    style_targets = jax.jit(net.style_targets)(jnp.asarray(style)[None])
-    transformer = TransformerNet(width=sc.transformer_width, blocks=sc.transformer_blocks)
-    params = transformer.init(jax.random.key(config.seed), jnp.zeros((1, h, w, 3)))["params"]
-    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-    tx = optax.adam(config.optimizer.lr)
-    opt_state = tx.init(params)
-    weights = StyleWeights(sc.content_weight, sc.style_weight, sc.tv_weight)
-    step_fn = jax.jit(
-        functools.partial(
-            fast_style_step,
-            net=net,
-            transformer=transformer,
-            tx=tx,
-            style_targets=style_targets,
-            weights=weights,
-        ),
-        donate_argnums=(0, 1),
-    )
-    it = data_lib.make_train_iterator(config.data, seed=config.seed, global_batch_size=tc.batch_size)
-    print(
-        f"fast style: TransformerNet {n_params:,} params | loss network {desc} | data {info.name} "
-        f"{h}x{w} | {total} steps of batch {tc.batch_size} | workdir {workdir}"
-    )
-    writer = MetricWriter(workdir)
-    progress = Progress(total, 0, tc.batch_size, enabled=show_progress)
-    history, window, n = [], {}, 0
-    t_start = None
-    try:
-        for step in range(1, total + 1):
-            batch = jnp.asarray(next(it)["image"])
-            params, opt_state, parts = step_fn(params, opt_state, batch)
-            parts = {k: float(v) for k, v in jax.device_get(parts).items()}
-            if not np.isfinite(parts["total"]):
-                raise FloatingPointError(f"non-finite style loss at step {step}: {parts}")
-            for k, v in parts.items():
-                window[k] = window.get(k, 0.0) + v
-            n += 1
-            if step == 1:
-                progress.reset_clock(1)
-                t_start = time.perf_counter()
-            if step % tc.log_every_steps == 0 or step == total or step == 1:
-                row = {k: v / n for k, v in window.items()}
-                row["epoch"] = step / spe
-                writer.write("train", step, row)
-                history.append({"step": step, **row})
-                progress.update(
-                    step, {"total": row["total"], "content": row["content"], "style": row["style"]}
-                )
-                window, n = {}, 0
-    finally:
-        progress.close()
-        writer.close()
-    train_s = time.perf_counter() - (t_start or wall0)
-    (workdir / "transformer.msgpack").write_bytes(serialization.to_bytes({"params": params}))
-    content = load_image(sc.eval_image or sc.content, sc.image_size)
-    ch, cw = (content.shape[0] // 4) * 4, (content.shape[1] // 4) * 4
-    content = content[:ch, :cw]
-    out = np.asarray(jax.jit(transformer.apply)({"params": params}, jnp.asarray(content)[None])[0])
-    save_png(out, workdir / "stylized.png")
-    save_png(panel([content, style, out]), workdir / "panel.png")
-    summary = {
-        "task": "fast_style",
-        "loss_network": desc,
-        "transformer_params": n_params,
-        "steps": total,
-        "train_seconds": train_s,
-        "wall_time_s": time.perf_counter() - wall0,
-        "history": history,
-    }
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(
-        f"done: fast style | {total} steps in {format_seconds(summary['wall_time_s'])} | loss "
-        f"{history[0]['total']:.4g} -> {history[-1]['total']:.4g} | {workdir / 'stylized.png'} "
-        f"(one forward pass; network in {workdir / 'transformer.msgpack'})"
-    )
-    return summary

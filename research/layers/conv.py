@@ -464,6 +464,8 @@ class ConvND(nn.Module):
     ``impl`` picks the grouped-conv formulation (see ``conv_nd``; 'auto' = fastest measured).
     """
 
+    summary_kind = 'conv'  # its row kind in research.layers.summary
+
     features: int
     kernel_size: IntOrSeq
     strides: IntOrSeq = 1
@@ -511,6 +513,8 @@ class DepthwiseConv(nn.Module):
     ``impl``: 'auto' (default: 'shift' on CPU, faster there; 'grouped' elsewhere), 'grouped'
     (``feature_group_count = C``) or 'shift' (sum of shifted slices); see ``depthwise_conv``.
     """
+
+    summary_kind = 'conv'  # its row kind in research.layers.summary
 
     kernel_size: IntOrSeq
     channel_multiplier: int = 1
@@ -710,6 +714,8 @@ class ConvTranspose(nn.Module):
     ``impl``: 'auto' (default: 'subpixel' on CPU, 'lhs_dilation' elsewhere), 'subpixel',
     'lhs_dilation' (flipped kernel over the S-dilated input) or 'lax'; see ``conv_transpose``.
     """
+
+    summary_kind = 'conv_transpose'  # its row kind in research.layers.summary
 
     features: int
     kernel_size: IntOrSeq

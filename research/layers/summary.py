@@ -4,9 +4,9 @@
 ``jax.eval_shape``'d variables (shapes only: ResNet-1202 costs what ResNet-20 does), with every
 module call intercepted (``flax.linen.intercept_methods``). Rows, in execution order:
 
-- each Conv / ConvTranspose / ConvLocal / Dense / norm module call (``LAYER_KINDS``, plus
-  ``research.layers.conv``'s convs and LeNet-5's PartialConv, Subsampling, RBFOutput; extend with
-  ``register_layer``) and each window pooling on data (``lax.reduce_window`` max/sum/min,
+- each Conv / ConvTranspose / ConvLocal / Dense / norm module call (``LAYER_KINDS``, plus every
+  module class with a ``summary_kind`` class attribute: ``research.layers.conv``'s convs, LeNet-5's
+  PartialConv, Subsampling, RBFOutput; or extend with ``register_layer``) and each window pooling on data (``lax.reduce_window`` max/sum/min,
   whichever function issued it: row ``<module>/max_pool_<i>``). Params = the module's own
   'params' (a module called twice counts once, on its first row).
 - MACs per example (batch total / N), torchvision's / fvcore's convention: multiply-adds of
@@ -77,20 +77,6 @@ def register_layer(cls: type, kind: str) -> None:
     """Adds a module class as a row kind: 'conv' (MACs from its 'kernel' param on the output side),
     'conv_transpose', 'conv_local', 'dense' (MACs), or any other label (0 MACs, e.g. 'pool')."""
     LAYER_KINDS.insert(0, (cls, kind))
-
-
-def _project_kinds() -> list[tuple[type, str]]:
-    from research.layers import conv as conv_lib  # noqa: PLC0415 (lazy: avoid import cycles)
-    from research.models import lenet  # noqa: PLC0415
-
-    return [
-        (conv_lib.ConvND, 'conv'),
-        (conv_lib.DepthwiseConv, 'conv'),
-        (conv_lib.ConvTranspose, 'conv_transpose'),
-        (lenet.PartialConv, 'conv'),
-        (lenet.Subsampling, 'pool'),
-        (lenet.RBFOutput, 'rbf'),
-    ]
 
 
 # --------------------------------------------------------------------------- result types
@@ -617,6 +603,9 @@ class _Tracer:
 
 
 def _kind_of(module, kinds) -> str | None:
+    own = getattr(type(module), 'summary_kind', None)  # a module class's own row kind
+    if own is not None:
+        return own
     for cls, kind in kinds:
         if isinstance(module, cls):
             return kind
@@ -735,7 +724,7 @@ def summarize(
     collections = {name: _size(tree) for name, tree in variables.items()}
     mutable = [c for c in variables if c != 'params'] if train else False
 
-    kinds = LAYER_KINDS + _project_kinds()
+    kinds = LAYER_KINDS
     records: list[dict] = []
     seen: set[str] = set()
 

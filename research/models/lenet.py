@@ -111,6 +111,8 @@ class PartialConv(nn.Module):
     unconnected entries are exact zeros (zero gradient). ``table=None``: full connections.
     """
 
+    summary_kind = 'conv'  # its row kind in research.layers.summary
+
     features: int
     kernel_size: tuple[int, int] = (5, 5)
     table: tuple[tuple[int, ...], ...] | None = C3_CONNECTIONS
@@ -151,6 +153,8 @@ class PartialConv(nn.Module):
 class Subsampling(nn.Module):
     """LeNet-5's S2/S4: per map, (sum of a 2x2 window) * trainable coefficient + trainable bias."""
 
+    summary_kind = 'pool'  # its row kind in research.layers.summary
+
     window: int = 2
     paper_init: bool = True
     dtype: Any = jnp.float32
@@ -174,6 +178,8 @@ class RBFOutput(nn.Module):
     [num_classes, dim]). If that collection is not passed to ``apply`` the same
     deterministic default codes (``rbf_codes``) are used.
     """
+
+    summary_kind = 'rbf'  # its row kind in research.layers.summary
 
     num_classes: int
     collection: str = 'constants'

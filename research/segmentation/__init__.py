@@ -1,8 +1,7 @@
-"""Semantic segmentation: offline datasets (``data``), losses, metrics, the training task and pictures.
+"""Semantic segmentation: offline datasets (``data``), losses, metrics and pictures.
 
 Models live in ``research.models`` (registered names such as ``unet``, ``fcn8s``); this package
-holds everything else. ``train.train_segmentation(config, workdir)`` is ``config.task ==
-'segmentation'`` in ``launch.py``.
+holds everything else; the run is the task ``segmentation`` (``research/tasks/segmentation.py``).
 """
 
 from research.segmentation.losses import IGNORE_LABEL, cross_entropy_loss, dice_loss, segmentation_loss

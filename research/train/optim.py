@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from research.config import parse_duration
+from research.configlib import ConfigError, parse_duration
+from research.train import transfer
 
 SCHEDULES = ("constant", "step", "cosine", "linear")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
@@ -58,20 +59,21 @@ def _decay_mask(decay_all: bool):
 
 
 def make_optimizer(
-    opt_cfg, schedule: optax.Schedule, *, init_exclude: str = ""
+    opt_cfg, schedule: optax.Schedule, *, init_exclude: str = "", init_into: str = ""
 ) -> optax.GradientTransformation:
     """SGD / Nesterov / Adam / AdamW with weight decay and optional gradient clipping; with
     ``optimizer.freeze`` / ``optimizer.lr_multipliers`` set, one such optimizer per parameter group
-    (``research.train.transfer``; ``init_exclude`` is ``init.exclude`` for ``freeze='pretrained'``)."""
+    (``research.train.transfer``; ``init_exclude`` / ``init_into`` are ``init.exclude`` / ``init.into``
+    for ``freeze='pretrained'``)."""
+    if float(opt_cfg.lr) < 0:
+        raise ConfigError(f"optimizer.lr={opt_cfg.lr} is negative")
     freeze = opt_cfg.get("freeze", "")
     multipliers = tuple(opt_cfg.get("lr_multipliers", ()) or ())
     if not freeze and not multipliers:
         return _make_base(opt_cfg, schedule)
-    from research.train import transfer
-
     factors = {f for _, f in transfer.parse_multipliers(multipliers)}
     labels = functools.partial(
-        transfer.param_labels, freeze=freeze, multipliers=multipliers, exclude=init_exclude
+        transfer.param_labels, freeze=freeze, multipliers=multipliers, exclude=init_exclude, into=init_into
     )
     return transfer.grouped_optimizer(functools.partial(_make_base, opt_cfg), schedule, labels, factors)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax
@@ -31,6 +32,8 @@ class TrainState:
     rng: jax.Array
     apply_fn: Callable = flax.struct.field(pytree_node=False)
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+    #: ``train.ema_decay``: {'params', 'batch_stats'} averaged over the steps (empty when off).
+    ema: PyTree = flax.struct.field(default_factory=dict)
 
     def variables(self, params: PyTree | None = None) -> dict[str, PyTree]:
         v = {"params": self.params if params is None else params}
@@ -41,7 +44,7 @@ class TrainState:
 
     def arrays(self) -> dict[str, PyTree]:
         """The checkpointed part (no functions)."""
-        return dict(
+        out = dict(
             step=self.step,
             params=self.params,
             batch_stats=self.batch_stats,
@@ -49,6 +52,9 @@ class TrainState:
             opt_state=self.opt_state,
             rng=self.rng,
         )
+        if self.ema:
+            out["ema"] = self.ema
+        return out
 
     def replace_arrays(self, arrays: dict[str, PyTree]) -> "TrainState":
         return self.replace(**arrays)
@@ -91,9 +97,19 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     return jnp.any(idx == labels[:, None], axis=-1).astype(jnp.float32)
 
 
+def plain_forward(apply_fn: Callable) -> Callable:
+    """The train-mode forward the loop gives a task's loss: ``forward(variables, *args, rngs, **kw)
+    -> (outputs, new_vars)``, i.e. ``apply_fn(..., train=True, mutable=['batch_stats'])``."""
+
+    def forward(variables, *args, rngs=None, **kwargs):
+        return apply_fn(variables, *args, train=True, mutable=["batch_stats"], rngs=rngs or {}, **kwargs)
+
+    return forward
+
+
 def ghost_bn_forward(
     apply_fn: Callable, mesh: jax.sharding.Mesh, group_size: int, axis: str = "data"
-) -> Callable[[PyTree, jax.Array, jax.Array], tuple[jax.Array, PyTree]]:
+) -> Callable:
     """Train-mode forward with "ghost" BatchNorm: statistics over groups of ``group_size`` examples.
 
     ``jax.shard_map`` over the mesh axis ``axis`` gives each device its own slice of the global
@@ -103,40 +119,133 @@ def ghost_bn_forward(
     the global batch is examples ``[g*G, (g+1)*G)`` whatever the device count, so 1 device and N
     devices give the same result. The returned running statistics are the mean over all groups
     (of every device) of each group's updated statistics: ``m*old + (1-m)*mean_g(stat_g)``, the
-    same for every device. Dropout draws ``fold_in(rng, g)`` per group.
+    same for every device. Every rng is folded with the group index.
 
-    Returns ``forward(variables, images, rng) -> (logits, batch_stats)``; differentiable in
-    ``variables`` (the cotangent of the replicated inputs is summed over devices by shard_map).
+    Same signature as :func:`plain_forward`: ``forward(variables, *args, rngs, **kwargs)``, where
+    every leaf of ``args`` has the batch as its leading axis. Outputs: per-example leaves come back
+    as ``[batch, ...]``; scalars (e.g. a detector's losses) are averaged over the groups. Differentiable
+    in ``variables`` (the cotangent of the replicated inputs is summed over devices by shard_map).
     """
     P = jax.sharding.PartitionSpec
 
-    def local(variables, images, rng):
-        b = images.shape[0]
+    def grouped(variables, args, rngs, kwargs, first):
+        leaves = jax.tree.leaves(args)
+        b = leaves[0].shape[0]
         if b % group_size:
-            raise ValueError(
-                f"per-device batch {b} is not divisible by the BatchNorm group size {group_size}"
-            )
+            raise ValueError(f"per-device batch {b} is not divisible by the BatchNorm group size {group_size}")
         k = b // group_size
-        first = jax.lax.axis_index(axis) * k
-        groups = images.reshape(k, group_size, *images.shape[1:])
+        groups = jax.tree.map(lambda x: x.reshape(k, group_size, *x.shape[1:]), args)
 
-        def one(x, g):
-            return apply_fn(
-                variables,
-                x,
-                train=True,
-                mutable=["batch_stats"],
-                rngs={"dropout": jax.random.fold_in(rng, g)},
+        def one(a, g):
+            r = {name: jax.random.fold_in(key, g) for name, key in (rngs or {}).items()}
+            return apply_fn(variables, *a, train=True, mutable=["batch_stats"], rngs=r, **kwargs)
+
+        return jax.vmap(one)(groups, first + jnp.arange(k))
+
+    def forward(variables, *args, rngs=None, **kwargs):
+        def local(variables, args, rngs):
+            k = jax.tree.leaves(args)[0].shape[0] // group_size
+            out, new_vars = grouped(variables, args, rngs, kwargs, jax.lax.axis_index(axis) * k)
+            per_example = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]) if x.ndim >= 2 else None, out)
+            scalars = jax.tree.map(lambda x: jax.lax.pmean(jnp.mean(x), axis) if x.ndim < 2 else None, out)
+            stats = jax.tree.map(
+                lambda s: jax.lax.pmean(jnp.mean(s, axis=0), axis), new_vars.get("batch_stats", {})
             )
+            return per_example, scalars, stats
 
-        logits, new_vars = jax.vmap(one)(groups, first + jnp.arange(k))
-        logits = logits.reshape(b, *logits.shape[2:])
-        stats = jax.tree.map(
-            lambda s: jax.lax.pmean(jnp.mean(s, axis=0), axis), new_vars.get("batch_stats", {})
+        shapes = jax.eval_shape(
+            lambda v, a, r: grouped(v, a, r, kwargs, 0)[0],
+            variables,
+            jax.tree.map(lambda x: jax.ShapeDtypeStruct((group_size, *x.shape[1:]), x.dtype), args),
+            rngs,
         )
-        return logits, stats
+        batch_specs = jax.tree.map(lambda x: P(axis) if x.ndim >= 2 else None, shapes)
+        scalar_specs = jax.tree.map(lambda x: P() if x.ndim < 2 else None, shapes)
+        per_example, scalars, stats = jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(P(), P(axis), P()),
+            out_specs=(batch_specs, scalar_specs, P()),
+        )(variables, args, rngs)
+        out = jax.tree.map(
+            lambda s, a, b: a if s.ndim >= 2 else b, shapes, per_example, scalars
+        )
+        return out, ({"batch_stats": stats} if stats else {})
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P()), out_specs=(P(axis), P()))
+    return forward
+
+
+def loss_step(
+    state: TrainState,
+    batch: PyTree,
+    *,
+    loss_fn: Callable,
+    accumulate_steps: int = 1,
+    merge_batch_stats: Callable[[PyTree, PyTree], PyTree] | None = None,
+    ema_decay: float = 0.0,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step of any task: ``loss_fn(params, state, batch, rng) -> (loss, (metrics,
+    batch_stats))`` differentiated, the optimizer applied. What the loop adds for every task:
+
+    - ``accumulate_steps = K > 1``: the batch is split into K micro-batches (micro-batch ``i`` is
+      rows ``i, i+K, i+2K, ...``: every device keeps its own rows), their gradients are averaged
+      and one update is made: the update of the whole batch for a loss that is a mean over its
+      examples (BatchNorm statistics are then those of each micro-batch, updated K times). The
+      metrics are averaged over the micro-batches.
+    - ``merge_batch_stats(old, new)`` picks the statistics to keep (frozen modules keep theirs).
+    - ``ema_decay = d > 0``: ``state.ema = d * ema + (1 - d) * {params, batch_stats}`` after the update.
+    """
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accumulate_steps == 1:
+        (loss, (metrics, new_stats)), grads = grad_fn(state.params, state, batch, step_rng)
+    else:
+        k = accumulate_steps
+        micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), batch)
+
+        def one(carry, xs):
+            stats, grad_sum = carry
+            i, mb = xs
+            (loss, (metrics, new_stats)), g = grad_fn(
+                state.params, state.replace(batch_stats=stats), mb, jax.random.fold_in(step_rng, i)
+            )
+            return (new_stats, jax.tree.map(jnp.add, grad_sum, g)), {"loss": loss, **metrics}
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (new_stats, grad_sum), per_micro = jax.lax.scan(one, (state.batch_stats, zeros), (jnp.arange(k), micro))
+        grads = jax.tree.map(lambda g: g / k, grad_sum)
+        per_micro = jax.tree.map(lambda v: jnp.mean(v, axis=0), per_micro)
+        loss = per_micro.pop("loss")
+        metrics = per_micro
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if merge_batch_stats is not None and state.batch_stats:
+        new_stats = merge_batch_stats(state.batch_stats, new_stats)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=new_stats)
+    if ema_decay:
+        d = jnp.asarray(ema_decay, jnp.float32)
+        new_state = new_state.replace(
+            ema=jax.tree.map(
+                lambda e, w: (d * e + (1 - d) * w).astype(e.dtype),
+                state.ema,
+                {"params": params, "batch_stats": new_stats},
+            )
+        )
+    return new_state, {"loss": loss, **metrics, "grad_norm": optax.tree.norm(grads)}
+
+
+def classifier_loss(
+    params, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, forward, label_smoothing: float = 0.0
+):
+    """A classifier's loss on a (global) batch: mean cross-entropy (``label_smoothing``), with top-1/top-5.
+    The task interface's ``loss`` (``research/tasks/base.py``)."""
+    logits, new_vars = forward(state.variables(params), batch["image"], rngs={"dropout": rng})
+    loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
+    metrics = {
+        "top1": topk_correct(logits, batch["label"], 1).mean(),
+        "top5": topk_correct(logits, batch["label"], 5).mean(),
+    }
+    return loss, (metrics, new_vars.get("batch_stats", state.batch_stats))
 
 
 def train_step(
@@ -145,49 +254,14 @@ def train_step(
     *,
     label_smoothing: float = 0.0,
     merge_batch_stats: Callable[[PyTree, PyTree], PyTree] | None = None,
-    forward: Callable[[PyTree, jax.Array, jax.Array], tuple[jax.Array, PyTree]] | None = None,
+    forward: Callable | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One SGD step on a (global) batch; BatchNorm statistics come from the whole batch.
-
-    ``merge_batch_stats(old, new)`` picks the statistics to keep (frozen modules keep theirs;
-    ``research.train.transfer``). ``forward(variables, images, rng) -> (logits, batch_stats)``
-    replaces the plain train-mode ``apply_fn`` (e.g. :func:`ghost_bn_forward`)."""
-    step_rng = jax.random.fold_in(state.rng, state.step)
-
-    def loss_fn(params):
-        if forward is not None:
-            logits, stats = forward(state.variables(params), batch["image"], step_rng)
-            new_vars = {"batch_stats": stats} if state.batch_stats else {}
-        else:
-            logits, new_vars = state.apply_fn(
-                state.variables(params),
-                batch["image"],
-                train=True,
-                mutable=["batch_stats"],
-                rngs={"dropout": step_rng},
-            )
-        loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
-        return loss, (logits, new_vars)
-
-    (loss, (logits, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {
-        "loss": loss,
-        "top1": topk_correct(logits, batch["label"], 1).mean(),
-        "top5": topk_correct(logits, batch["label"], 5).mean(),
-        "grad_norm": optax.tree.norm(grads),
-    }
-    new_batch_stats = new_vars.get("batch_stats", state.batch_stats)
-    if merge_batch_stats is not None and state.batch_stats:
-        new_batch_stats = merge_batch_stats(state.batch_stats, new_batch_stats)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=params,
-        opt_state=opt_state,
-        batch_stats=new_batch_stats,
-    )
-    return new_state, metrics
+    """One SGD step of a classifier on a (global) batch (BatchNorm statistics from the whole batch):
+    :func:`loss_step` of :func:`classifier_loss`. ``forward`` replaces the plain train-mode forward
+    (e.g. :func:`ghost_bn_forward`)."""
+    forward = forward or plain_forward(state.apply_fn)
+    loss_fn = functools.partial(classifier_loss, forward=forward, label_smoothing=label_smoothing)
+    return loss_step(state, batch, loss_fn=loss_fn, merge_batch_stats=merge_batch_stats)
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:

@@ -33,6 +33,9 @@ import jax
 import numpy as np
 import optax
 
+from research.interop import torchvision as tvi
+from research.train.checkpoint import Checkpointer
+
 PyTree = Any
 
 
@@ -64,8 +67,6 @@ def load_pretrained(source: str | os.PathLike, *, torchvision: str = "") -> dict
     if not path.exists():
         raise FileNotFoundError(f"init.checkpoint not found: {str(source)!r}")
     if path.is_dir():
-        from research.train.checkpoint import Checkpointer
-
         step = None
         if path.name.isdigit() and (path / "state").exists():  # a step directory
             step, path = (
@@ -88,8 +89,6 @@ def load_pretrained(source: str | os.PathLike, *, torchvision: str = "") -> dict
             raise ValueError(
                 f"init.checkpoint {str(source)!r} is a torch file: set init.torchvision to its architecture"
             )
-        from research.interop import torchvision as tvi
-
         variables = tvi.from_torchvision(torchvision, path)
         return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
     raise ValueError(
@@ -97,22 +96,33 @@ def load_pretrained(source: str | os.PathLike, *, torchvision: str = "") -> dict
     )
 
 
+def _under(key: str, into: str) -> bool:
+    return not into or key == into or key.startswith(into + "/")
+
+
 def merge_pretrained(
-    target: Mapping[str, PyTree], pretrained: Mapping[str, PyTree], exclude: str = ""
+    target: Mapping[str, PyTree], pretrained: Mapping[str, PyTree], exclude: str = "", *, into: str = ""
 ) -> tuple[dict[str, PyTree], list[str]]:
     """``target`` ({'params', 'batch_stats'}) with every leaf not matching ``exclude`` replaced by
-    the pretrained one. Returns (merged, loaded leaf paths 'collection/...')."""
+    the pretrained one. ``into`` (``init.into``): a module path of the target; only its leaves are
+    loaded, from the source's leaves of the same path below it (``backbone/layer1/...`` from the
+    classifier's ``layer1/...``; the source's other leaves, e.g. its head, are not used). Returns
+    (merged, loaded leaf paths 'collection/...')."""
+    into = into.strip("/")
     rx = _compile(exclude, "init.exclude") if exclude else None
     flat_src = {}
     for coll, tree in pretrained.items():
         for p, leaf in jax.tree_util.tree_leaves_with_path(tree):
             flat_src[f"{coll}/{leaf_path(p)}"] = leaf
-    missing, wrong, loaded = [], [], []
+    missing, wrong, loaded, considered = [], [], [], []
 
     def pick(coll):
         def f(p, leaf):
             key = leaf_path(p)
-            full = f"{coll}/{key}"
+            if not _under(key, into):
+                return leaf
+            considered.append(key)
+            full = f"{coll}/{key[len(into) + 1:] if into else key}"
             if rx is not None and rx.search(key):
                 return leaf
             src = flat_src.get(full)
@@ -136,7 +146,9 @@ def merge_pretrained(
             lines.append(f"  {len(missing)} leaves missing from the source: " + ", ".join(missing[:6]))
         lines.append("  (leave a new head at random init with e.g. --config.init.exclude='^head/')")
         raise PretrainedMismatchError("\n".join(lines))
-    if rx is not None and len(loaded) == sum(len(jax.tree.leaves(t)) for t in target.values()):
+    if into and not considered:
+        raise ValueError(f"init.into={into!r} is not a module path of the model")
+    if rx is not None and len(loaded) == len(considered):
         raise ValueError(f"init.exclude={exclude!r} matches no parameter or statistic of the model")
     return merged, loaded
 
@@ -160,16 +172,21 @@ def parse_multipliers(specs) -> list[tuple[re.Pattern, float]]:
     return out
 
 
-def param_labels(params: PyTree, freeze: str = "", multipliers=(), exclude: str = "") -> PyTree:
-    """Label per parameter: 'frozen' or 'lr_x<factor>'. ``freeze='pretrained'`` freezes every path
-    that ``exclude`` (``init.exclude``) does not match, i.e. the leaves loaded by ``init``."""
+def param_labels(
+    params: PyTree, freeze: str = "", multipliers=(), exclude: str = "", into: str = ""
+) -> PyTree:
+    """Label per parameter: 'frozen' or 'lr_x<factor>'. ``freeze='pretrained'`` freezes exactly the
+    leaves loaded by ``init``: those below ``into`` (``init.into``; all if empty) that ``exclude``
+    (``init.exclude``) does not match."""
     if freeze == "pretrained":
-        if not exclude:
+        into = into.strip("/")
+        if not exclude and not into:
             raise ValueError(
-                "optimizer.freeze='pretrained' needs init.exclude (the part to train, e.g. '^head/')"
+                "optimizer.freeze='pretrained' needs init.exclude (the part to train, e.g. '^head/') "
+                "or init.into (the part loaded, e.g. 'backbone')"
             )
-        ex = _compile(exclude, "init.exclude")
-        is_frozen = lambda key: not ex.search(key)  # noqa: E731
+        ex = _compile(exclude, "init.exclude") if exclude else None
+        is_frozen = lambda key: _under(key, into) and not (ex and ex.search(key))  # noqa: E731
     elif freeze:
         rx = _compile(freeze, "optimizer.freeze")
         is_frozen = lambda key: bool(rx.search(key))  # noqa: E731

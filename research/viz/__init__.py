@@ -1,7 +1,7 @@
 """Visual tools: first-layer filters, feature maps, class activation maps, receptive fields.
 
 ``launch.py --config=... --workdir=... --viz=filters|feature_maps|cam|receptive_field`` draws them
-for a trained classification run (``research.viz.run``); the functions work on any Flax model.
+for a trained classification run (``research/experiments/visualize.py``); the functions work on any Flax model.
 """
 
 from research.viz.cam import class_activation_maps, overlay, upsample_cam

@@ -8,13 +8,20 @@ from pathlib import Path
 import numpy as np
 from ml_collections import ConfigDict
 
+from research import data as data_lib
+from research import tasks
+from research.experiments.summary import summary_input
+from research.train.checkpoint import Checkpointer
+from research.train.loop import build_model
+from research.viz import cam as cam_lib
+from research.viz.feature_maps import feature_map_grid, layer_outputs, list_layers
+from research.viz.filters import filter_grid, first_conv_kernel
+from research.viz.images import load_image, make_grid, save_png
+from research.viz.receptive_field import plot_dilation, plot_model_rf
+
 
 def _load_run(config: ConfigDict, workdir: Path, need_weights: bool = True):
     """(model, variables or None, config of the run, image shape, class names, mean, std)."""
-    from research import data as data_lib
-    from research.train.checkpoint import Checkpointer
-    from research.train.loop import build_model
-
     saved = workdir / "config.json"
     if saved.exists():
         d = json.loads(saved.read_text())
@@ -26,12 +33,11 @@ def _load_run(config: ConfigDict, workdir: Path, need_weights: bool = True):
         )
     else:
         run_config, resolved = config, {}
-    if run_config.get("task", "classification") != "classification":
-        raise ValueError(f"--viz works on classification runs; {workdir} holds a '{run_config.task}' run")
+    task = tasks.get(run_config.get("task", "classification"))
+    if not task.classifier:
+        raise ValueError(f"--viz works on classifiers' runs; {workdir} holds a '{task.name}' run")
     info = data_lib.get_dataset_info(run_config.data) if need_weights else None
     if info is None and not resolved:  # no weights needed: the shape from metadata, nothing downloaded
-        from research.cli import summary_input
-
         shape, num_classes, _ = summary_input(run_config)
         resolved = {"image_shape": shape, "num_classes": num_classes}
     shape = tuple(resolved.get("image_shape") or info.image_shape)
@@ -56,9 +62,6 @@ def _load_run(config: ConfigDict, workdir: Path, need_weights: bool = True):
 
 def _images(run_config, image: str, shape, mean, std, count: int = 8):
     """(model inputs [N, H, W, C], display images [N, H, W, C] in [0, 1], labels or None)."""
-    from research import data as data_lib
-    from research.viz.images import load_image
-
     if image:
         x01 = load_image(image, (shape[0], shape[1]), channels=shape[-1])[None]
         return (x01 - mean) / std, x01, None
@@ -73,12 +76,6 @@ def run_viz(
 ):
     """Writes the ``kind`` picture(s) ('filters', 'feature_maps', 'cam', 'receptive_field') to
     ``workdir/viz`` and prints their paths."""
-    from research.viz import cam as cam_lib
-    from research.viz.feature_maps import feature_map_grid, layer_outputs, list_layers
-    from research.viz.filters import filter_grid, first_conv_kernel
-    from research.viz.images import make_grid, save_png
-    from research.viz.receptive_field import plot_dilation, plot_model_rf
-
     workdir = Path(workdir)
     out = workdir / "viz"
     out.mkdir(parents=True, exist_ok=True)

@@ -38,11 +38,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import math
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 import flax
@@ -52,11 +49,13 @@ import numpy as np
 import optax
 from ml_collections import ConfigDict
 
-from research.config import parse_duration, to_dict, validate_config
-from research.kernels import onednn
-from research.train.optim import make_optimizer, make_schedule
-from research.train.reporting import MetricWriter, Progress, format_seconds
-from research.train.state import TrainState, create_train_state, cross_entropy, train_step
+from research import data as data_lib
+from research.configlib import ConfigError, parse_duration
+from research.models.airbench import whitening_kernel
+from research.tasks.base import DataInfo, Task, eval_totals
+from research.train import mesh as mesh_lib
+from research.train.optim import make_optimizer
+from research.train.state import TrainState, cross_entropy, train_step
 from research.train.transfer import leaf_path
 
 PyTree = Any
@@ -78,6 +77,20 @@ class SpeedrunState:
     ema_ready: jax.Array  # bool: the EMA has been initialised
     aug_rng: jax.Array  # augmentation key (folded with the step)
 
+    @property
+    def params(self) -> PyTree:
+        return self.train.params
+
+    def arrays(self) -> dict[str, PyTree]:
+        """The checkpointed part (no functions)."""
+        return dict(
+            train=self.train.arrays(), ema_params=self.ema_params, ema_stats=self.ema_stats,
+            ema_ready=self.ema_ready, aug_rng=self.aug_rng,
+        )  # fmt: skip
+
+    def replace_arrays(self, arrays: dict[str, PyTree]) -> 'SpeedrunState':
+        return self.replace(train=self.train.replace_arrays(arrays['train']), **{k: v for k, v in arrays.items() if k != 'train'})
+
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
@@ -96,10 +109,12 @@ class Recipe:
 
 
 def init_speedrun_state(train: TrainState, seed: int) -> SpeedrunState:
+    """The speed-run state around ``train`` (the EMA starts as a copy; jitted by the loop, which gives
+    every output its own buffer)."""
     return SpeedrunState(
         train=train,
-        ema_params=jax.tree.map(jnp.copy, train.params),  # own buffers: the state is donated
-        ema_stats=jax.tree.map(jnp.copy, train.batch_stats),
+        ema_params=train.params,
+        ema_stats=train.batch_stats,
         ema_ready=jnp.asarray(False),
         aug_rng=jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 0x5EED)),
     )
@@ -298,280 +313,239 @@ def _padded_batches(images: np.ndarray, labels: np.ndarray, size: int):
         yield x, y, mask
 
 
-# --------------------------------------------------------------------------- the run
+
+
+# --------------------------------------------------------------------------- the task
 
 
 def _check_augment_unused(config: ConfigDict) -> None:
     aug = config.data.augment
     used = [k for k, v in aug.items() if v]
     if used:
-        raise ValueError(
+        raise ConfigError(
             f"task 'speedrun' augments on the device (speedrun.translate, speedrun.flip); "
-            f"data.augment.{used[0]} is not used: set it to 0/False"
+            f"data.augment.{used[0]}={aug[used[0]]!r} is not used: set it to 0/False"
         )
 
 
-def _load_split(data_cfg: ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray]:
-    from research.data import datasets
+class _DeviceData:
+    """The speed run's "iterator": the device-resident train split, the same arrays at every call (the
+    step index in the state picks the batch), so its state is a marker."""
 
-    data = datasets.get_split(data_cfg, split)
-    return data.gather(np.arange(len(data)))
+    STATE = {'speedrun': True}
+
+    def __init__(self, data: dict[str, jax.Array]):
+        self.data = data
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, jax.Array]:
+        return self.data
+
+    def get_state(self) -> dict[str, bool]:
+        return dict(self.STATE)
+
+    def set_state(self, state) -> None:
+        if state != self.STATE:
+            raise ValueError(f'a speed run cannot resume the data-iterator state {state!r} of another task')
 
 
-def train_speedrun(
-    config: ConfigDict,
-    workdir: str | Path,
-    *,
-    show_progress: bool = True,
-    stop_after_steps: int | None = None,
-) -> dict[str, Any]:
-    """Runs the speed run of ``config`` in ``workdir`` (``config.json``, ``metrics.jsonl``, ``summary.json``);
-    returns the summary. ``stop_after_steps``: stop early (the run is then incomplete; no resume)."""
-    from research import data as data_lib
-    from research import models
-    from research.train.loop import NonFiniteLossError, build_model
+class Speedrun(Task):
+    """airbench94's loop as a task (see the module docstring): one device, K steps per jitted call."""
 
-    validate_config(config)
-    _check_augment_unused(config)
-    wall0 = time.perf_counter()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    sc, tc, dc = config.speedrun, config.train, config.data
-    if sc.flip not in FLIP_MODES:
-        raise ValueError(f"unknown speedrun.flip {sc.flip!r}; expected one of {', '.join(FLIP_MODES)}")
-    if sc.tta_level not in (0, 1, 2):
-        raise ValueError(f'speedrun.tta_level must be 0, 1 or 2; got {sc.tta_level}')
-    if sc.steps_per_call < 1:
-        raise ValueError(f'speedrun.steps_per_call must be >= 1; got {sc.steps_per_call}')
-    log = print if show_progress else (lambda *a, **k: None)
-    device = jax.devices()[0]
+    name = 'speedrun'
+    section = 'speedrun'
+    supports = frozenset({'train.label_smoothing'})
+    custom_step = True
+    single_device = True
+    classifier = True
+    best_metric = 'top1'
+    progress_keys = ('loss', 'top1')
 
-    # -- data (host -> device once)
-    t0 = time.perf_counter()
-    info = data_lib.get_dataset_info(dc)
-    train_x, train_y = _load_split(dc, str(dc.train_split))
-    test_x, test_y = _load_split(dc, str(dc.eval_split))
-    n = len(train_x)
-    batch = int(tc.batch_size)
-    spe = n // batch
-    if spe < 1:
-        raise ValueError(f'train.batch_size={batch} is larger than the train split ({n} examples)')
-    total = parse_duration(tc.duration, spe, name='train.duration')
-    eval_every = parse_duration(tc.eval_every or 0, spe, name='train.eval_every')
-    stop_at = total if stop_after_steps is None else min(stop_after_steps, total)
-    epochs = max(math.ceil(total / spe), 1)
-    seed = int(config.seed)
-    shuffle_seed = seed if dc.shuffle_seed < 0 else int(dc.shuffle_seed)
-    rng = np.random.default_rng(shuffle_seed)
-    perms = np.stack([rng.permutation(n) for _ in range(epochs)]).astype(np.int32)
-    flip_bits = rng.random(n) < 0.5
-    mean = np.asarray(info.mean, np.float32)
-    std = np.asarray(info.std, np.float32)
-    data = jax.device_put(
-        {
-            'images': train_x,
-            'labels': train_y.astype(np.int32),
-            'perms': perms,
-            'flip_bits': flip_bits,
-            'mean': mean,
-            'std': std,
-        },
-        device,
-    )
-    data_load_s = time.perf_counter() - t0
-
-    # -- model, optimizer, state
-    model = build_model(config, info.num_classes)
-    schedule = make_schedule(config.schedule, config.optimizer.lr, total, spe)
-    freeze = not getattr(model, 'whiten_trainable', False)
-    tx = make_speedrun_optimizer(config, schedule, spe, freeze_whiten_kernel=freeze)
-    sample = jnp.zeros((1, *info.image_shape), jnp.float32)
-    on = onednn.resolve(str(tc.cpu_conv), 1) == 'onednn'  # one device; train.cpu_conv on CPU
-    init = onednn.scoped(jax.jit(functools.partial(create_train_state, model, tx, sample_input=sample)), on)
-    train_state = init(jax.random.key_data(jax.random.key(seed)))
-    num_params = models.count_params(train_state.params, collection=None)
-    whiten_s = 0.0
-    if 'whiten' in train_state.params and sc.whiten_samples:
-        from research.models.airbench import whitening_kernel
-
-        t0 = time.perf_counter()
-        k = int(train_state.params['whiten']['kernel'].shape[0])
-        sub = (train_x[: int(sc.whiten_samples)].astype(np.float32) / 255.0 - mean) / std
-        kernel = jnp.asarray(whitening_kernel(sub, k, float(sc.whiten_eps)))
-        params = dict(train_state.params)
-        params['whiten'] = {**params['whiten'], 'kernel': jax.device_put(kernel, device)}
-        train_state = train_state.replace(params=params)
-        jax.block_until_ready(train_state.params)
-        whiten_s = time.perf_counter() - t0
-    state = init_speedrun_state(train_state, seed)
-    recipe = Recipe(
-        batch_size=batch,
-        steps_per_epoch=spe,
-        total_steps=total,
-        translate=int(sc.translate),
-        flip=str(sc.flip),
-        label_smoothing=float(tc.label_smoothing),
-        ema_start_step=int(round(sc.ema_start_epochs * spe)),
-        ema_every=int(sc.ema_every),
-        ema_decay_base=float(sc.ema_decay_base),
-        ema_decay_pow=float(sc.ema_decay_pow),
-    )
-
-    # -- ahead-of-time compilation (timed separately)
-    t0 = time.perf_counter()
-    k_steps = int(sc.steps_per_call)
-    unroll = resolve_unroll(int(sc.unroll), device.platform)
-    compiled: dict[int, Any] = {}
-
-    def runner(num: int):
-        if num not in compiled:
-            fn = onednn.scoped(
-                jax.jit(functools.partial(run_steps, recipe=recipe, num_steps=num, unroll=unroll), donate_argnums=(0,)),
-                on,
+    @classmethod
+    def defaults(cls) -> ConfigDict:
+        # The train split on the device, K steps per jitted call (lax.scan), augmentation inside the step.
+        return ConfigDict(
+            dict(
+                steps_per_call=8,  # K: train steps per jitted call
+                unroll=0,  # lax.scan unroll; 0 = auto: full on CPU (XLA:CPU is slow in loop bodies), 1 on GPU
+                translate=2,  # random crop: reflect-pad by this many pixels, crop back (0 = off)
+                flip='alternating',  # alternating (airbench: per-image bit XOR odd epoch) | random | none
+                bias_lr_scale=64.0,  # BatchNorm params: lr x this, weight decay / this (airbench's bias_scaler)
+                whiten_bias_epochs=3.0,  # the whitening conv's bias trains for this many epochs, then freezes
+                whiten_samples=5000,  # train images whose 2x2-patch covariance sets the whitening kernel (0 = off)
+                whiten_eps=5e-4,  # kernel = eigenvectors / sqrt(eigenvalue + eps)
+                ema_start_epochs=3.0,  # lookahead: from this epoch on, every ema_every steps
+                ema_every=5,  # 0 = no lookahead
+                ema_decay_base=0.95,  # rho = ema_decay_base^ema_every * (step / total_steps)^ema_decay_pow
+                ema_decay_pow=3.0,
+                tta_level=2,  # final evaluation: 0 plain, 1 + mirror, 2 + mirror of 1-px translations (airbench)
             )
-            compiled[num] = fn.lower(state, data).compile()
-        return compiled[num]
+        )
 
-    runner(min(k_steps, stop_at) or 1)
-    if stop_at % k_steps and stop_at > k_steps:
-        runner(stop_at % k_steps)
-    eval_bs = int(tc.eval_batch_size or batch)
-    eval_shapes = (
-        jax.ShapeDtypeStruct((eval_bs, *test_x.shape[1:]), test_x.dtype),
-        jax.ShapeDtypeStruct((eval_bs,), np.int32),
-        jax.ShapeDtypeStruct((eval_bs,), bool),
-    )
-    evaluators = {}
-    for level in {int(sc.tta_level)} | ({0} if eval_every else set()):
-        fn = onednn.scoped(jax.jit(functools.partial(eval_batch, level=level)), on)
-        evaluators[level] = fn.lower(state, *eval_shapes, data['mean'], data['std']).compile()
-    compile_s = time.perf_counter() - t0
+    def check(self) -> None:
+        sc = self.config.speedrun
+        _check_augment_unused(self.config)
+        if sc.flip not in FLIP_MODES:
+            raise ConfigError(f"unknown speedrun.flip {sc.flip!r}; expected one of {', '.join(FLIP_MODES)}")
+        if sc.tta_level not in (0, 1, 2):
+            raise ConfigError(f'speedrun.tta_level must be 0, 1 or 2; got {sc.tta_level}')
+        if sc.steps_per_call < 1:
+            raise ConfigError(f'speedrun.steps_per_call must be >= 1; got {sc.steps_per_call}')
+        if sc.unroll < 0:
+            raise ConfigError(f'speedrun.unroll must be >= 0; got {sc.unroll}')
 
-    test_batches = jax.device_put(list(_padded_batches(test_x, test_y.astype(np.int32), eval_bs)), device)
+    # -- data ------------------------------------------------------------------------------------
+    def setup(self) -> DataInfo:
+        c = self.config
+        sc, tc, dc = c.speedrun, c.train, c.data
+        t0 = time.perf_counter()
+        info = data_lib.get_dataset_info(dc)
+        train = data_lib.datasets.get_split(dc, str(dc.train_split))
+        test = data_lib.datasets.get_split(dc, str(dc.eval_split))
+        self.train_x, train_y = train.gather(np.arange(len(train)))
+        self.test_x, self.test_y = test.gather(np.arange(len(test)))
+        n = len(self.train_x)
+        batch = int(tc.batch_size)
+        self.spe = max(n // batch, 1)
+        total = parse_duration(tc.duration, self.spe, name='train.duration')
+        seed = int(c.seed)
+        rng = np.random.default_rng(seed if dc.shuffle_seed < 0 else int(dc.shuffle_seed))
+        epochs = max(-(-total // self.spe), 1)
+        perms = np.stack([rng.permutation(n) for _ in range(epochs)]).astype(np.int32)
+        self.mean = np.asarray(info.mean, np.float32)
+        self.std = np.asarray(info.std, np.float32)
+        self.host_data = {
+            'images': self.train_x, 'labels': train_y.astype(np.int32), 'perms': perms,
+            'flip_bits': rng.random(n) < 0.5, 'mean': self.mean, 'std': self.std,
+        }  # fmt: skip
+        self.steps_per_call = int(sc.steps_per_call)
+        self.recipe = Recipe(
+            batch_size=batch,
+            steps_per_epoch=self.spe,
+            total_steps=total,
+            translate=int(sc.translate),
+            flip=str(sc.flip),
+            label_smoothing=float(tc.label_smoothing),
+            ema_start_step=int(round(sc.ema_start_epochs * self.spe)),
+            ema_every=int(sc.ema_every),
+            ema_decay_base=float(sc.ema_decay_base),
+            ema_decay_pow=float(sc.ema_decay_pow),
+        )
+        self.data_load_s = time.perf_counter() - t0
+        self.whiten_s, self.eval_s, self.final = 0.0, 0.0, {}
+        self.info = DataInfo(
+            name=info.name,
+            num_train=n,
+            num_examples={str(dc.train_split): n, str(dc.eval_split): len(self.test_x)},
+            image_shape=tuple(info.image_shape),
+            num_classes=info.num_classes,
+            extra={'train_examples': n, 'test_examples': len(self.test_x)},
+        )
+        return self.info
 
-    def evaluate(level: int) -> dict[str, float]:
-        totals = None
-        for x, y, mask in test_batches:
-            out = evaluators[level](state, x, y, mask, data['mean'], data['std'])
-            totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-        totals = {k: float(v) for k, v in jax.device_get(totals).items()}
-        c = totals['count']
-        return {
-            'top1': totals['top1'] / c,
-            'top1_plain': totals['top1_plain'] / c,
-            'loss': totals['loss'] / c,
+    def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
+        return _DeviceData(jax.device_put(self.host_data, mesh_lib.batch_sharding(self.mesh)))
+
+    def eval_iterator(self, split, *, global_batch_size, process_index, process_count):
+        x, y = (self.test_x, self.test_y) if split == str(self.config.data.eval_split) else self._split(split)
+        for images, labels, mask in _padded_batches(x, y.astype(np.int32), global_batch_size):
+            yield {'image': images, 'label': labels, 'mask': mask}
+
+    def _split(self, split: str):
+        data = data_lib.datasets.get_split(self.config.data, split)
+        return data.gather(np.arange(len(data)))
+
+    # -- model and state -------------------------------------------------------------------------
+    def build_model(self, dtype=None):
+        model = super().build_model(dtype)
+        self.whiten_trainable = bool(getattr(model, 'whiten_trainable', False))
+        self.whiten_kernel = None
+        sc = self.config.speedrun
+        abstract = jax.eval_shape(functools.partial(self.init_variables, model), jax.random.key_data(jax.random.key(0)))
+        if 'whiten' in abstract['params'] and sc.whiten_samples:
+            t0 = time.perf_counter()
+            k = int(abstract['params']['whiten']['kernel'].shape[0])
+            sub = (self.train_x[: int(sc.whiten_samples)].astype(np.float32) / 255.0 - self.mean) / self.std
+            self.whiten_kernel = np.asarray(whitening_kernel(sub, k, float(sc.whiten_eps)), np.float32)
+            self.whiten_s = time.perf_counter() - t0
+        return model
+
+    def make_tx(self, schedule):
+        return make_speedrun_optimizer(
+            self.config, schedule, self.spe, freeze_whiten_kernel=not self.whiten_trainable
+        )
+
+    def create_state(self, model, tx, rng):
+        train = super().create_state(model, tx, rng)
+        if self.whiten_kernel is not None:
+            params = dict(train.params)
+            params['whiten'] = {**params['whiten'], 'kernel': jnp.asarray(self.whiten_kernel)}
+            train = train.replace(params=params, opt_state=tx.init(params))
+        return init_speedrun_state(train, int(self.config.seed))
+
+    # -- steps -----------------------------------------------------------------------------------
+    def train_step(self, state, data, num_steps: int = 1):
+        unroll = resolve_unroll(int(self.config.speedrun.unroll), self.mesh.devices.flat[0].platform)
+        return run_steps(state, data, recipe=self.recipe, num_steps=num_steps, unroll=unroll)
+
+    def eval_step(self, state, batch):
+        return eval_batch(state, batch['image'], batch['label'], batch['mask'], self.mean, self.std, level=0)
+
+    def eval_step_tta(self, state, batch):
+        level = int(self.config.speedrun.tta_level)
+        return eval_batch(state, batch['image'], batch['label'], batch['mask'], self.mean, self.std, level=level)
+
+    def evaluate(self, state, split, batches, run, *, final):
+        """Plain evaluation during training; test-time augmentation (``speedrun.tta_level``) at the end
+        (timed: ``eval_time_s``, part of airbench's time)."""
+        level = int(self.config.speedrun.tta_level) if final else 0
+        t0 = time.perf_counter()
+        totals = eval_totals(batches, functools.partial(run, fn=self.eval_step_tta) if final else run)
+        c = float(totals['count'])
+        res = {
+            'top1': float(totals['top1']) / c,
+            'top1_plain': float(totals['top1_plain']) / c,
+            'loss': float(totals['loss']) / c,
             'count': int(c),
             'tta_level': level,
         }
+        if final:
+            self.eval_s = time.perf_counter() - t0
+            self.final = res
+        return res, None
 
-    resolved = to_dict(config)
-    resolved['_resolved'] = dict(
-        steps_per_epoch=spe,
-        total_steps=total,
-        num_params=num_params,
-        devices=1,
-        processes=1,
-        dataset=info.name,
-        num_classes=info.num_classes,
-        image_shape=list(info.image_shape),
-        train_examples=n,
-        test_examples=len(test_x),
-    )
-    (workdir / 'config.json').write_text(json.dumps(resolved, indent=2, default=str))
-    log(
-        f'speedrun {config.model.name}: {num_params:,} params | data {info.name} train {n} test {len(test_x)} | '
-        f'batch {batch}, {spe} steps/epoch, {total} steps, {k_steps} per call | {device.platform}'
-        f'{" (oneDNN convolutions)" if on else ""} | '
-        f'compile {compile_s:.1f}s, whitening {whiten_s:.2f}s, data {data_load_s:.1f}s | workdir {workdir}'
-    )
+    def eval_message(self, res):
+        return f"loss {res['loss']:.4f} top1 {100 * res['top1']:.2f}% (TTA {res['tta_level']})"
 
-    # -- train
-    writer = MetricWriter(workdir)
-    progress = Progress(stop_at, 0, batch, enabled=show_progress)
-    log_every = max(int(tc.log_every_steps), 1)
-    step, train_s, history = 0, 0.0, []
-    try:
-        while step < stop_at:
-            num = min(k_steps, stop_at - step)
-            t0 = time.perf_counter()
-            state, metrics = runner(num)(state, data)
-            metrics = jax.device_get(metrics)
-            train_s += time.perf_counter() - t0
-            prev, step = step, step + num
-            loss = float(np.mean(metrics['loss']))
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f'loss is {loss} at step {step} (epoch {step / spe:.2f}); stopping (a speed run keeps no '
-                    f'checkpoint). Try a lower optimizer.lr (now {config.optimizer.lr}).'
-                )
-            if step // log_every > prev // log_every or step == stop_at:
-                row = {
-                    'loss': loss,
-                    'top1': float(np.mean(metrics['top1'])),
-                    'lr': float(schedule(step - 1)),
-                    'epoch': step / spe,
-                    'images_per_sec': num * batch / max(time.perf_counter() - t0, 1e-9),
-                }
-                writer.write('train', step, row)
-                progress.update(step, {'loss': row['loss'], 'top1': row['top1'], 'lr': row['lr']})
-            if eval_every and step // eval_every > prev // eval_every and step < total:
-                res = evaluate(0)
-                res['epoch'] = step / spe
-                writer.write(str(dc.eval_split), step, res)
-                history.append({'step': step, **res})
-                progress.message(
-                    f"eval @ step {step} (epoch {res['epoch']:.2f}): loss {res['loss']:.4f} "
-                    f"top1 {100 * res['top1']:.2f}%"
-                )
-                progress.reset_clock(step)
-    finally:
-        progress.close()
+    def done_message(self, res):
+        sc = self.config.speedrun
+        return (
+            f"{self.config.data.eval_split} top1 {100 * res['top1']:.2f}% (TTA {sc.tta_level}; plain "
+            f"{100 * res['top1_plain']:.2f}%) | whitening {self.whiten_s:.2f}s, eval {self.eval_s:.1f}s"
+        )
 
-    summary: dict[str, Any] = {
-        'task': 'speedrun',
-        'model': config.model.name,
-        'dataset': info.name,
-        'num_params': num_params,
-        'step': step,
-        'total_steps': total,
-        'epoch': step / spe,
-        'complete': step >= total,
-        'batch_size': batch,
-        'steps_per_call': k_steps,
-        'devices': 1,
-        'platform': device.platform,
-        'cpu_conv': 'onednn' if on else 'xla',
-        'device': str(getattr(device, 'device_kind', device.platform)),
-        'jax': jax.__version__,
-        'train_time_s': train_s,
-        'compile_time_s': compile_s,
-        'whiten_time_s': whiten_s,
-        'data_load_s': data_load_s,
-        'images_per_sec': step * batch / train_s if train_s > 0 else None,
-    }
-    t0 = time.perf_counter()
-    res = evaluate(int(sc.tta_level))
-    eval_s = time.perf_counter() - t0
-    res['epoch'] = step / spe
-    writer.write(str(dc.eval_split), step, res)
-    writer.close()
-    summary.update(
-        eval_time_s=eval_s,
-        airbench_time_s=whiten_s + train_s + eval_s,
-        test_accuracy=res['top1'],
-        test_accuracy_plain=res['top1_plain'],
-        tta_level=int(sc.tta_level),
-        final={str(dc.eval_split): res},
-        history=history,
-        wall_time_s=time.perf_counter() - wall0,
-        workdir=str(workdir),
-    )
-    (workdir / 'summary.json').write_text(json.dumps(summary, indent=2))
-    log(
-        f"done: speedrun {config.model.name} on {info.name} | {step} steps ({step / spe:.2f} epochs) | "
-        f"{dc.eval_split} top1 {100 * res['top1']:.2f}% (TTA {sc.tta_level}; plain {100 * res['top1_plain']:.2f}%) | "
-        f"train {format_seconds(train_s)} ({train_s:.2f}s, {summary['images_per_sec'] or 0:.0f} img/s), "
-        f"compile {compile_s:.1f}s, eval {eval_s:.1f}s, wall {format_seconds(summary['wall_time_s'])} | "
-        f"workdir {workdir}"
-    )
-    return summary
+    def describe(self) -> str:
+        return (
+            f"data {self.info.name} train {self.info.num_train} test {len(self.test_x)} | "
+            f"batch {self.recipe.batch_size}, {self.steps_per_call} steps per call | data load {self.data_load_s:.1f}s"
+        )
+
+    def summary(self, state, summary) -> dict[str, Any]:
+        train_s = float(summary.get('train_time_s') or 0.0)
+        out = {
+            'steps_per_call': self.steps_per_call,
+            'device': str(getattr(self.mesh.devices.flat[0], 'device_kind', self.mesh.devices.flat[0].platform)),
+            'whiten_time_s': self.whiten_s,
+            'data_load_s': self.data_load_s,
+        }
+        if self.final:
+            out.update(
+                eval_time_s=self.eval_s,
+                airbench_time_s=self.whiten_s + train_s + self.eval_s,
+                test_accuracy=self.final['top1'],
+                test_accuracy_plain=self.final['top1_plain'],
+                tta_level=int(self.config.speedrun.tta_level),
+            )
+        return out
