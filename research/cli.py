@@ -23,45 +23,41 @@ from research.train.checkpoint import CheckpointError
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
-    "Experiment config file, e.g. experiments/classification/resnet_cifar.py:depth=56",
+    "Experiment config file[:args], e.g. experiments/classification/resnet_cifar.py:depth=56.",
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
     "workdir",
     None,
-    "Run directory (checkpoints, metrics, summary); relaunching with the same one resumes. "
-    "Default: runs/<config name>[_<arg>].",
+    "Run directory (default runs/<config name>[_<args>]); relaunching into it resumes the run.",
 )
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show the progress bar and log lines.")
 _SUMMARY = flags.DEFINE_bool(
     "summary",
     False,
-    "Print the model summary (per-layer output shape, params, MACs, receptive field) for the "
-    "config's model and input shape, then exit without training.",
+    "Print the model's per-layer shapes, params, MACs and receptive field, then exit (no training).",
 )
 _SUMMARY_INPUT = flags.DEFINE_string(
     "summary_input",
     None,
-    "Input H,W,C for --summary, e.g. 32,32,3. Default: the dataset's image shape (offline builders "
-    "are built; TFDS datasets are read from their metadata, nothing is downloaded).",
+    "Input H,W,C for --summary, e.g. 32,32,3 (default: the dataset's image shape, from its metadata).",
 )
 # Sweeps and tables (logic in research/experiments/commands.py).
 _SWEEP = flags.DEFINE_bool(
     "sweep",
     False,
-    "Run the config's get_sweep() runs, each in <workdir>/<run id>; finished ones are skipped.",
+    "Run the config's get_sweep() runs, each in <workdir>/<run id>; finished runs are skipped.",
 )
 _SWEEP_PARALLEL = flags.DEFINE_integer(
-    "sweep_parallel", 1, "With --sweep: N runs at once as subprocesses, each on its own GPUs / CPU cores."
+    "sweep_parallel", 1, "With --sweep: N runs at once, each on its own GPUs / CPU cores."
 )
 _SWEEP_ONLY = flags.DEFINE_string(
     "sweep_only",
     "",
-    "With --sweep/--dry_run: only these runs: a run id, or key=value terms of its id "
-    "('model.depth=20,seed=0'); ';' separates alternatives.",
+    "With --sweep/--dry_run: only runs whose id matches ('model.depth=20,seed=0'; ';' = or).",
 )
 _DRY_RUN = flags.DEFINE_bool(
-    "dry_run", False, "List the sweep's runs (status, id, overrides) without running."
+    "dry_run", False, "List the sweep's runs (status, id, overrides) without running them."
 )
 _TABLE = experiment_commands.define_table_flag()
 # Visual tools on a trained classification workdir (logic in research/viz/run.py).
@@ -69,15 +65,13 @@ _VIZ = flags.DEFINE_enum(
     "viz",
     None,
     ["filters", "feature_maps", "cam", "receptive_field"],
-    "Write pictures of the trained model in --workdir to <workdir>/viz/ instead of training: the "
-    "first-layer filters, the feature maps of --viz_layer, class activation maps, or the receptive "
-    "field per layer (plus the dilated-conv demo of --viz_dilation).",
+    "Draw pictures of the trained classifier in --workdir into <workdir>/viz/ instead of training.",
 )
 _VIZ_LAYER = flags.DEFINE_string(
-    "viz_layer", "", "Module path for --viz=feature_maps/cam (e.g. conv1, stage3_block3); '' = the default."
+    "viz_layer", "", "Module path for --viz=feature_maps/cam (e.g. stage3_block3); '' = the default."
 )
 _VIZ_IMAGE = flags.DEFINE_string(
-    "viz_image", "", "Image file for --viz=feature_maps/cam; '' = images of the config's eval split."
+    "viz_image", "", "Image file for --viz=feature_maps/cam; '' = images of the eval split."
 )
 _VIZ_DILATION = flags.DEFINE_string(
     "viz_dilation", "1,2,4", "Dilation rates of the 3x3 conv stack drawn by --viz=receptive_field."
@@ -92,11 +86,33 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices",
     0,
-    "Split the host CPU into N XLA devices for data parallelism (-1: one per core; 0: one device). "
-    "Faster training of small conv nets on CPU (research/train/distributed.py: set_cpu_devices).",
+    "Split the host CPU into N XLA devices for data parallelism (-1: one per core; 0: one device).",
 )
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "Multi-host: this process's index, 0..num_processes-1."
+)
+
+#: The project's flags, in the order ``launch.py --help`` lists them (absl key flags of launch.py;
+#: ``--helpfull`` adds absl's, grain's, orbax's and JAX's own).
+KEY_FLAGS = (
+    "config",
+    "workdir",
+    "summary",
+    "summary_input",
+    "sweep",
+    "sweep_parallel",
+    "sweep_only",
+    "dry_run",
+    "table",
+    "viz",
+    "viz_layer",
+    "viz_image",
+    "viz_dilation",
+    "cpu_devices",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+    "progress",
 )
 
 # Exceptions that carry a message meant for the user: printed without a traceback.

@@ -124,7 +124,8 @@ def test_detection_task_end_to_end_and_resume(tmp_path, toy_registered):
     png = tmp_path / 'full' / 'viz' / 'step_000004.png'
     assert png.exists()
     w, h = Image.open(png).size
-    assert (w, h) == (2 * 32 * 3 + 4, 3 * 32 * 3 + 2 * 4)  # 3 rows of truth | prediction, scale 3
+    # 3 rows of truth | prediction, scale 3, under a 16 px band of column titles
+    assert (w, h) == (2 * 32 * 3 + 4, 16 + 3 * 32 * 3 + 2 * 4)
     # Preempted after 2 steps, then relaunched: the same final state and metrics.
     part = tasks.train_and_evaluate(c, tmp_path / 'resumed', stop_after_steps=2, show_progress=False)
     assert not part['complete']

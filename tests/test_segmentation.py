@@ -397,7 +397,8 @@ def test_segmentation_task_end_to_end_and_resume(tmp_path):
     png = tmp_path / 'full' / 'viz' / 'step_000004.png'
     assert png.exists() and (tmp_path / 'full' / 'viz' / 'step_000002.png').exists()
     w, h = Image.open(png).size
-    assert (w, h) == (2 * (2 + 3 * 18), 2 * (2 + 3 * 18))  # 3 rows of input | truth | prediction, scale 2
+    # 3 rows of input | truth | prediction, scale 2, under a 15 px band of column titles
+    assert (w, h) == (2 * (2 + 3 * 18), 15 + 2 * (2 + 3 * 18))
     # Preempted after 2 steps, then relaunched: same final metrics as the uninterrupted run.
     part = tasks.train_and_evaluate(c, tmp_path / 'resumed', stop_after_steps=2, show_progress=False)
     assert not part['complete']

@@ -9,7 +9,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ['draw_boxes', 'save_detection_grid']
+from research.viz.images import add_titles, fitted_font
+
+__all__ = ['draw_boxes', 'empty_note', 'save_detection_grid']
 
 _GT, _PRED = (40, 220, 60), (235, 50, 40)
 
@@ -44,11 +46,27 @@ def draw_boxes(
     return np.asarray(img)
 
 
+def empty_note(tile: np.ndarray, text: str) -> np.ndarray:
+    """uint8 [H, W, 3]: ``tile`` with ``text`` written across its middle (yellow, outlined in black), shrunk to
+    fit the tile's width: the note on a prediction panel with nothing above the score threshold."""
+    img = Image.fromarray(np.asarray(tile, np.uint8))
+    draw = ImageDraw.Draw(img)
+    w, h = img.size
+    font = fitted_font(draw, text, w - 6, max(min(w // 9, 16), 9))
+    tw = draw.textlength(text, font=font)
+    draw.text(((w - tw) / 2, h / 2 - 6), text, fill=(255, 230, 0), font=font, stroke_width=1, stroke_fill=(0, 0, 0))
+    return np.asarray(img)
+
+
 def save_detection_grid(
     path: str | Path, images01, gt_boxes, gt_labels, gt_valid, pred_boxes, pred_scores, pred_labels, pred_valid,
     *, class_names: Sequence[str] = (), score_threshold: float = 0.3, pred_masks=None,
+    titles: Sequence[str] | None = None, show_titles: bool = True,
 ) -> Path:  # fmt: skip
-    """One row per example: ground truth | predictions with score >= ``score_threshold``."""
+    """One row per example: ground truth | predictions with score >= ``score_threshold``.
+
+    The columns are titled ``titles`` (default: "ground truth", "predictions (score >= t)"; ``show_titles=False``:
+    no title band), and a prediction panel with no box above the threshold says so ("no detection >= t")."""
     rows = []
     for i in range(len(images01)):
         gv = np.asarray(gt_valid[i], bool)
@@ -58,10 +76,16 @@ def save_detection_grid(
         masks = None if pred_masks is None else np.asarray(pred_masks[i])[pv]
         right = draw_boxes(images01[i], np.asarray(pred_boxes[i])[pv], np.asarray(pred_labels[i])[pv],
                            np.asarray(pred_scores[i])[pv], class_names=class_names, masks=masks)  # fmt: skip
+        if not pv.any():
+            right = empty_note(right, f'no detection >= {score_threshold:g}')
         gap = np.full((left.shape[0], 4, 3), 255, np.uint8)
         rows.append(np.concatenate([left, gap, right], 1))
     sep = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
     grid = np.concatenate([r for row in rows for r in (row, sep)][:-1], 0)
+    if show_titles:
+        tw = (grid.shape[1] - 4) / 2  # one panel's width (two panels, a 4 px gap)
+        names = tuple(titles) if titles else ('ground truth', f'predictions (score >= {score_threshold:g})')
+        grid = add_titles(grid, names, centers=[tw / 2, tw + 4 + tw / 2], width=tw)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).save(path)

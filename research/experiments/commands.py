@@ -34,8 +34,7 @@ def define_table_flag(flag_values: flags.FlagValues = flags.FLAGS):
         flags.ArgumentSerializer(),
         "table",
         "",
-        "Render the config's get_table() tables from the sweep's ledger into <workdir>/tables/: "
-        "--table for all, --table=<name>[,<name>] for some.",
+        "Render the config's get_table() tables from the sweep's ledger into <workdir>/tables/ (or =name,...).",
         boolean=True,
     )
     return flags.DEFINE_flag(flag, flag_values)

@@ -60,8 +60,11 @@ def plot_training_curves(
         color = group_color.setdefault(group, colors[len(group_color) % len(colors)])
         te, tl, ee, er, metric = _curves(run["workdir"], eval_split)
         label = str(run.get("group_label", run["label"])) if first else None
-        if te:
-            ax_loss.plot(te, tl, color=color, alpha=0.85, lw=1.2, label=label)
+        if te:  # a run with one log point is a marker (a line through one point draws nothing)
+            one = len(te) == 1
+            ax_loss.plot(
+                te, tl, color=color, alpha=0.85, lw=1.2, label=label, marker="o" if one else None, ms=5
+            )
         if ee:
             ax_err.plot(ee, er, color=color, alpha=0.85, lw=1.2, marker="o", ms=3, label=label)
         drawn += bool(te or ee)

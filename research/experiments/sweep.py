@@ -61,6 +61,16 @@ ID_IGNORED_KEYS = (
     "train.keep_checkpoints",
     "train.async_checkpoints",
     "train.eval_batch_size",
+    # where the metrics go, not what they are (research/train/reporting.py)
+    "logging.tensorboard",
+    "logging.wandb",
+    "logging.wandb_project",
+    "logging.wandb_entity",
+    "logging.wandb_mode",
+    "logging.wandb_name",
+    "logging.wandb_group",
+    "logging.wandb_tags",
+    "logging.profile_steps",
 )
 SLUG_MAX_CHARS = 96
 HASH_CHARS = 6

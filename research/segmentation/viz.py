@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from research.viz.images import make_grid, save_png
+from research.viz.images import add_titles, make_grid, save_uint8_png, to_rgb_uint8
 
 IGNORE_LABEL = 255
 IGNORE_COLOUR = (1.0, 1.0, 1.0)
@@ -43,5 +43,28 @@ def result_grid(images01: np.ndarray, labels: np.ndarray, preds: np.ndarray, num
     return make_grid(tiles.reshape(-1, *tiles.shape[2:]), nrow=3)
 
 
-def save_result_grid(path: str | Path, images01, labels, preds, num_classes: int, scale: int = 2) -> Path:
-    return save_png(result_grid(images01, labels, preds, num_classes), path, scale=scale)
+#: The column titles of :func:`save_result_grid`.
+COLUMN_TITLES = ("input", "ground truth", "prediction")
+
+
+def save_result_grid(
+    path: str | Path,
+    images01,
+    labels,
+    preds,
+    num_classes: int,
+    scale: int = 2,
+    *,
+    titles: tuple[str, ...] | None = COLUMN_TITLES,
+) -> Path:
+    """Writes :func:`result_grid` as a PNG, each pixel ``scale`` times per side, with ``titles`` over
+    the three columns (None: no title band)."""
+    grid = to_rgb_uint8(result_grid(images01, labels, preds, num_classes))
+    if scale > 1:
+        grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+    if titles:
+        w = np.asarray(images01).shape[2]
+        pad = 2  # make_grid's padding
+        centers = [scale * (pad + i * (w + pad) + w / 2) for i in range(3)]
+        grid = add_titles(grid, titles, centers=centers, width=scale * (w + pad))
+    return save_uint8_png(grid, path)

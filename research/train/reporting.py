@@ -1,4 +1,16 @@
-"""Metric files (JSONL + TensorBoard) and a terminal progress bar with throughput and ETA."""
+"""Metric writers (JSONL, TensorBoard, Weights & Biases), a profiler hook, and a terminal progress
+bar with throughput and ETA.
+
+The run loops talk to one :class:`MetricWriter`: ``write(split, step, metrics)`` for scalars,
+``image(tag, step, path_or_array)`` for pictures, ``close()`` at the end. It fans out to the writers
+the config's ``logging`` section turns on:
+
+- ``metrics.jsonl`` (:class:`JsonlWriter`), always: the ledger, the tables and the plots read it;
+- TensorBoard event files in ``<workdir>/tb`` (:class:`TensorBoardWriter`, tensorboardX; on by default,
+  ``logging.tensorboard``); view them with ``tensorboard --logdir runs`` (the ``tensorboard`` extra);
+- Weights & Biases (:class:`WandbWriter`, ``logging.wandb=True``, the ``wandb`` extra): the scalars,
+  the config and the pictures, one W&B run per workdir (a relaunch resumes it).
+"""
 
 from __future__ import annotations
 
@@ -6,23 +18,32 @@ import json
 import math
 import sys
 import time
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
+
+import numpy as np
 
 
-class MetricWriter:
-    """Appends one JSON object per line to ``workdir/metrics.jsonl`` and mirrors scalars to TensorBoard.
+class Writer(Protocol):
+    """One destination of a run's metrics. ``MetricWriter`` calls these on the main process only."""
 
-    Rows: ``{"split": "train"|"test"|..., "step": int, "epoch": float, <metric>: float}``.
-    On resume, rows past the restored step are dropped so the file reads as one run.
-    """
+    def write(self, split: str, step: int, metrics: dict[str, Any]) -> None: ...
 
-    def __init__(self, workdir: str | Path, *, enabled: bool = True, resume_step: int = 0):
-        self.enabled = enabled
+    def image(self, tag: str, step: int, image: np.ndarray, path: Path | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlWriter:
+    """``workdir/metrics.jsonl``: one JSON object per line, ``{"split", "step", <metric>: value}``.
+
+    On resume, rows past the restored step are dropped so the file reads as one run. Pictures are
+    not recorded here (they are files in the workdir)."""
+
+    def __init__(self, workdir: str | Path, *, resume_step: int = 0):
         self.path = Path(workdir) / "metrics.jsonl"
-        self._tb = None
-        if not enabled:
-            return
         if self.path.exists():
             keep = [
                 l
@@ -30,30 +51,290 @@ class MetricWriter:
                 if l.strip() and json.loads(l)["step"] <= resume_step
             ]
             self.path.write_text("".join(l + "\n" for l in keep))
-        try:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(
-                str(Path(workdir) / "tb"), purge_step=resume_step + 1 if resume_step else None
-            )
-        except ImportError:  # pragma: no cover - tensorboardX is a dependency
-            self._tb = None
 
     def write(self, split: str, step: int, metrics: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
         row = {"split": split, "step": int(step)}
         row.update({k: _plain(v) for k, v in metrics.items()})
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        if self._tb is not None:
-            for k, v in row.items():
-                if k not in ("split", "step") and isinstance(v, (int, float)):
-                    self._tb.add_scalar(f"{split}/{k}", v, int(step))
+
+    def image(self, tag: str, step: int, image: np.ndarray, path: Path | None) -> None:
+        pass
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        pass
+
+
+class TensorBoardWriter:
+    """TensorBoard event files in ``workdir/tb`` (tensorboardX): scalars as ``<split>/<metric>``,
+    pictures as images, the config as text. A resumed run purges the events past its step."""
+
+    def __init__(self, workdir: str | Path, *, resume_step: int = 0, config: dict | None = None):
+        from tensorboardX import SummaryWriter
+
+        self._tb = SummaryWriter(
+            str(Path(workdir) / "tb"), purge_step=resume_step + 1 if resume_step else None
+        )
+        if config is not None and not resume_step:
+            text = json.dumps(config, indent=2, default=str)
+            self._tb.add_text("config", "    " + text.replace("\n", "\n    "), 0)
+
+    def write(self, split: str, step: int, metrics: dict[str, Any]) -> None:
+        for k, v in metrics.items():
+            v = _plain(v)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                self._tb.add_scalar(f"{split}/{k}", v, int(step))
+
+    def image(self, tag: str, step: int, image: np.ndarray, path: Path | None) -> None:
+        self._tb.add_image(tag, image, int(step), dataformats="HWC")
+
+    def close(self) -> None:
+        self._tb.close()
+
+
+class WandbWriter:
+    """A Weights & Biases run: scalars as ``<split>/<metric>`` against the run's ``step``, the config,
+    and pictures as ``wandb.Image``. Files go to ``workdir/wandb``; the run id is kept in
+    ``workdir/wandb_run_id`` so a relaunch of the same workdir continues the same W&B run.
+
+    ``mode``: '' (wandb's default: online, or ``$WANDB_MODE``), 'online', 'offline' or 'disabled'."""
+
+    def __init__(
+        self,
+        workdir: str | Path,
+        *,
+        config: dict | None = None,
+        project: str = "research",
+        entity: str = "",
+        mode: str = "",
+        name: str = "",
+        group: str = "",
+        tags: Sequence[str] = (),
+        resume_step: int = 0,
+    ):
+        try:
+            import wandb
+        except ImportError:
+            raise RuntimeError(
+                "logging.wandb=True needs the wandb package: pip install -e '.[wandb]'"
+            ) from None
+        if mode not in WANDB_MODES:
+            raise ValueError(f"logging.wandb_mode={mode!r}: use one of {WANDB_MODES}")
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        id_file = workdir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
+        id_file.write_text(run_id + "\n")
+        self._wandb = wandb
+        self.run = wandb.init(
+            project=project or None,
+            entity=entity or None,
+            mode=mode or None,
+            name=name or workdir.name,
+            group=group or None,
+            tags=list(tags) or None,
+            config=config,
+            dir=str(workdir),
+            id=run_id,
+            resume="allow",
+            reinit="create_new",
+        )
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+
+    def write(self, split: str, step: int, metrics: dict[str, Any]) -> None:
+        row: dict[str, Any] = {"step": int(step)}
+        for k, v in metrics.items():
+            v = _plain(v)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                row[f"{split}/{k}"] = v
+        if len(row) > 1:
+            self.run.log(row)
+
+    def image(self, tag: str, step: int, image: np.ndarray, path: Path | None) -> None:
+        self.run.log({"step": int(step), tag: self._wandb.Image(str(path) if path is not None else image)})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+WANDB_MODES = ("", "online", "offline", "disabled")
+
+
+def writers_from_config(workdir: str | Path, config: Any = None, *, resume_step: int = 0) -> list[Writer]:
+    """The writers ``config.logging`` asks for (JSONL always first); with no config: JSONL and TensorBoard."""
+    log = _logging_section(config)
+    plain = _plain_config(config)
+    out: list[Writer] = [JsonlWriter(workdir, resume_step=resume_step)]
+    if log.get("tensorboard", True):
+        try:
+            out.append(TensorBoardWriter(workdir, resume_step=resume_step, config=plain))
+        except ImportError:  # pragma: no cover - tensorboardX is a dependency
+            pass
+    if log.get("wandb", False):
+        out.append(
+            WandbWriter(
+                workdir,
+                config=plain,
+                project=str(log.get("wandb_project", "research")),
+                entity=str(log.get("wandb_entity", "")),
+                mode=str(log.get("wandb_mode", "")),
+                name=str(log.get("wandb_name", "")),
+                group=str(log.get("wandb_group", "")),
+                tags=tuple(log.get("wandb_tags", ()) or ()),
+                resume_step=resume_step,
+            )
+        )
+    return out
+
+
+class MetricWriter:
+    """The run's metric writer: JSONL (``workdir/metrics.jsonl``) plus what ``config.logging`` turns on.
+
+    ``MetricWriter(workdir, enabled=is_main_process, resume_step=start, config=config)``; without
+    ``config``: JSONL and TensorBoard (the behaviour before the ``logging`` section). ``writers``
+    replaces the list (tests, custom destinations: any object with ``write``/``image``/``close``).
+    Rows: ``{"split": "train"|"test"|..., "step": int, <metric>: float}``; on resume, rows past the
+    restored step are dropped so the file reads as one run.
+    """
+
+    def __init__(
+        self,
+        workdir: str | Path,
+        *,
+        enabled: bool = True,
+        resume_step: int = 0,
+        config: Any = None,
+        writers: Sequence[Writer] | None = None,
+    ):
+        self.enabled = enabled
+        self.workdir = Path(workdir)
+        self.path = self.workdir / "metrics.jsonl"
+        self.writers: list[Writer] = []
+        if not enabled:
+            return
+        self.writers = (
+            list(writers)
+            if writers is not None
+            else writers_from_config(workdir, config, resume_step=resume_step)
+        )
+
+    def write(self, split: str, step: int, metrics: dict[str, Any]) -> None:
+        for w in self.writers:
+            w.write(split, int(step), metrics)
+
+    def image(self, tag: str, step: int, path_or_array: str | Path | np.ndarray) -> None:
+        """Logs a picture: a PNG path (as the tasks write them) or an [H, W(, C)] array (uint8, or floats
+        in [0, 1]) to TensorBoard and W&B; JSONL keeps scalars only."""
+        if not self.writers:
+            return
+        path = None
+        if isinstance(path_or_array, (str, Path)):
+            from PIL import Image
+
+            path = Path(path_or_array)
+            with Image.open(path) as im:
+                image = np.asarray(im.convert("RGB"))
+        else:
+            image = _rgb_uint8(path_or_array)
+        for w in self.writers:
+            w.image(tag, int(step), image, path)
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()
+        self.writers = []
+
+
+def _rgb_uint8(image) -> np.ndarray:
+    """[H, W], [H, W, 1] or [H, W, 3] (uint8, or floats in [0, 1]) -> uint8 [H, W, 3]."""
+    x = np.asarray(image)
+    if x.dtype != np.uint8:
+        x = np.round(np.clip(np.asarray(x, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+    if x.ndim == 2:
+        x = x[..., None]
+    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x[..., :3]
+
+
+def _logging_section(config: Any) -> dict[str, Any]:
+    if config is None:
+        return {}
+    try:
+        section = config["logging"]
+    except (KeyError, TypeError, AttributeError):
+        return {}
+    return dict(section.to_dict() if hasattr(section, "to_dict") else section)
+
+
+def _plain_config(config: Any) -> dict | None:
+    if config is None:
+        return None
+    return json.loads(
+        json.dumps(config.to_dict() if hasattr(config, "to_dict") else dict(config), default=str)
+    )
+
+
+def parse_profile_steps(spec: str | Sequence[int] | None) -> tuple[int, int] | None:
+    """``logging.profile_steps``: '' (off), ``'START:STOP'`` or ``(START, STOP)``: trace steps
+    START <= step < STOP. A bad value raises ``ValueError`` naming it."""
+    if spec is None or spec == "" or spec == ():
+        return None
+    try:
+        if isinstance(spec, str):
+            a, sep, b = spec.partition(":")
+            if not sep:
+                raise ValueError
+            start, stop = int(a), int(b)
+        else:
+            start, stop = (int(v) for v in spec)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"logging.profile_steps={spec!r}: use 'START:STOP' (trace steps START <= step < STOP), e.g. '10:15'"
+        ) from None
+    if not 0 <= start < stop:
+        raise ValueError(f"logging.profile_steps={spec!r}: need 0 <= START < STOP")
+    return start, stop
+
+
+class ProfilerHook:
+    """A ``jax.profiler`` trace of a few training steps into ``workdir/profile`` (TensorBoard's profile
+    plugin or Perfetto read it).
+
+    Call ``hook.step(step)`` before running step ``step`` (the loop's step counter, as in
+    ``metrics.jsonl``) and ``hook.close()`` at the end; the trace starts before step START and stops
+    before step STOP. ``block`` (e.g. the train state) is waited on before stopping, so the traced
+    steps have finished. Nothing happens when ``steps`` is off or ``enabled`` is False."""
+
+    def __init__(self, workdir: str | Path, steps: str | Sequence[int] | None, *, enabled: bool = True):
+        self.window = parse_profile_steps(steps) if enabled else None
+        self.log_dir = Path(workdir) / "profile"
+        self.active = False
+        self.done = False
+
+    def step(self, step: int, block: Any = None) -> None:
+        if self.window is None or self.done:
+            return
+        start, stop = self.window
+        if not self.active and start <= step < stop:
+            import jax
+
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            jax.profiler.start_trace(str(self.log_dir))
+            self.active = True
+        elif self.active and step >= stop:
+            self._stop(block)
+
+    def _stop(self, block: Any = None) -> None:
+        import jax
+
+        if block is not None:
+            jax.block_until_ready(block)
+        jax.profiler.stop_trace()
+        self.active, self.done = False, True
+
+    def close(self, block: Any = None) -> None:
+        if self.active:
+            self._stop(block)
 
 
 def read_metrics(workdir: str | Path, split: str | None = None) -> list[dict[str, Any]]:

@@ -91,4 +91,19 @@ def generic_config() -> ConfigDict:
             # slower; research/train/distributed.py::set_deterministic, docs/accelerators.md)
         )
     )
+    # Where metrics go (research/train/reporting.py): metrics.jsonl always; TensorBoard and Weights & Biases
+    # as set here. None of these keys changes a run's results (not part of a sweep run's id).
+    c.logging = ConfigDict(
+        dict(
+            tensorboard=True,  # <workdir>/tb event files (to view them: the `tensorboard` extra)
+            wandb=False,  # Weights & Biases: scalars, config, pictures (pip install -e '.[wandb]')
+            wandb_project="research",
+            wandb_entity="",  # '' = your default entity
+            wandb_mode="",  # '' = wandb's default (online, or $WANDB_MODE) | online | offline | disabled
+            wandb_name="",  # '' = the workdir's name
+            wandb_group="",
+            wandb_tags=(),
+            profile_steps="",  # 'START:STOP': a jax.profiler trace of those steps into <workdir>/profile
+        )
+    )
     return c

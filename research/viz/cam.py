@@ -81,3 +81,64 @@ def overlay(image01, cam, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
     c = (c - c.min()) / max(float(c.max() - c.min()), 1e-12)
     heat = colormaps[cmap](c)[..., :3].astype(np.float32)
     return np.clip((1 - alpha) * img + alpha * heat, 0.0, 1.0)
+
+
+def cam_grid(
+    images01,
+    cams,
+    classes,
+    *,
+    class_names=None,
+    labels=None,
+    scale: int = 1,
+    alpha: float = 0.5,
+) -> np.ndarray:
+    """uint8 picture of class activation maps with their class names written on it.
+
+    Top row: the images ``images01`` [N, H, W, C] in [0, 1], captioned with their true class
+    (``labels`` [N], when given); bottom row: each image overlaid with its map ``cams`` [N, H, W]
+    (already at the image's size, :func:`upsample_cam`), captioned "CAM: <name of classes[i]>" in
+    green when it equals the label, red when not, black without labels. ``class_names`` maps class
+    indices to names (default: the index). Each pixel is repeated ``scale`` times per side.
+    """
+    from research.viz.images import add_titles, make_grid, to_rgb_uint8
+
+    x01 = np.asarray(images01, np.float32)
+    rgb01 = np.repeat(x01, 3, axis=-1) if x01.shape[-1] == 1 else x01[..., :3]
+    n, _, w = rgb01.shape[:3]
+    tiles = np.stack([overlay(rgb01[i], np.asarray(cams)[i], alpha=alpha) for i in range(n)])
+
+    def name(c) -> str:
+        c = int(c)
+        return str(class_names[c]) if class_names is not None and c < len(class_names) else str(c)
+
+    def row(images) -> np.ndarray:
+        g = to_rgb_uint8(make_grid(images, nrow=n))
+        return np.repeat(np.repeat(g, scale, axis=0), scale, axis=1) if scale > 1 else g
+
+    pad = 2  # make_grid's padding
+    centers = [scale * (pad + i * (w + pad) + w / 2) for i in range(n)]
+    width = scale * (w + pad)
+    top = row(rgb01)
+    if labels is not None:
+        top = add_titles(top, [f"label: {name(c)}" for c in labels], centers=centers, width=width, below=True)
+    correct = [None] * n if labels is None else [int(p) == int(t) for p, t in zip(classes, labels)]
+    colours = [(0, 0, 0) if ok is None else (0, 130, 0) if ok else (200, 0, 0) for ok in correct]
+    bottom = add_titles(
+        row(tiles),
+        [f"CAM: {name(c)}" for c in classes],
+        centers=centers,
+        width=width,
+        below=True,
+        colours=colours,
+    )
+    return np.concatenate([top, bottom], axis=0)
+
+
+def save_cam_grid(path, images01, cams, classes, *, class_names=None, labels=None, scale: int = 1):
+    """Writes :func:`cam_grid` to ``path`` (PNG) and returns the path."""
+    from research.viz.images import save_uint8_png
+
+    return save_uint8_png(
+        cam_grid(images01, cams, classes, class_names=class_names, labels=labels, scale=scale), path
+    )

@@ -90,3 +90,80 @@ def load_image(source: str, size: int | tuple[int, int] | None = None, channels:
             img = img.resize(target, Image.BILINEAR)
     x = np.asarray(img, np.float32) / 255.0
     return x[..., None] if x.ndim == 2 else x
+
+
+def _font(size: int):
+    """PIL's default font at ``size`` px (a bitmap font on Pillow < 10.1, which ignores the size)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=max(int(size), 6))
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def fitted_font(draw, text: str, max_width: float, size: int):
+    """The largest default font <= ``size`` px in which ``text`` is at most ``max_width`` px wide."""
+    while True:
+        font = _font(size)
+        if size <= 6 or draw.textlength(text, font=font) <= max_width:
+            return font
+        size -= 1
+
+
+def to_rgb_uint8(image) -> np.ndarray:
+    """[H, W], [H, W, 1] or [H, W, 3] (uint8, or floats in [0, 1]) -> uint8 [H, W, 3]."""
+    x = np.asarray(image)
+    if x.dtype != np.uint8:
+        x = np.round(np.clip(np.asarray(x, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+    if x.ndim == 2:
+        x = x[..., None]
+    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x[..., :3]
+
+
+def add_titles(
+    image,
+    titles,
+    *,
+    centers=None,
+    width: float | None = None,
+    font_size: int | None = None,
+    below: bool = False,
+    colours=None,
+) -> np.ndarray:
+    """uint8 [H + band, W, 3]: ``image`` with a white band above it (``below=True``: under it) holding
+    one black title per column, centred on ``centers`` (x in pixels; default: ``len(titles)`` equal
+    columns). Each title is shrunk to fit ``width`` px (default: the column spacing) and otherwise
+    written as is; ``colours`` gives one RGB per title."""
+    from PIL import Image, ImageDraw
+
+    x = to_rgb_uint8(image)
+    h, w = x.shape[:2]
+    n = len(titles)
+    if n == 0:
+        return x
+    if centers is None:
+        centers = [(i + 0.5) * w / n for i in range(n)]
+    width = width or (w / n)
+    size = font_size or int(min(max(width / 9, 9), 16))
+    band = size + 6
+    out = Image.new("RGB", (w, h + band), (255, 255, 255))
+    out.paste(Image.fromarray(x), (0, 0 if below else band))
+    draw = ImageDraw.Draw(out)
+    y = (h + 2) if below else 2
+    for i, (c, t) in enumerate(zip(centers, titles)):
+        font = fitted_font(draw, str(t), width - 4, size)
+        tw = draw.textlength(str(t), font=font)
+        colour = tuple(colours[i]) if colours is not None else (0, 0, 0)
+        draw.text((max(float(c) - tw / 2, 0), y), str(t), fill=colour, font=font)
+    return np.asarray(out)
+
+
+def save_uint8_png(image, path: str | Path) -> Path:
+    """Writes a uint8 [H, W, 3] (or [H, W]) array as a PNG, creating the folder."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(image, np.uint8)).save(path, optimize=True)
+    return path

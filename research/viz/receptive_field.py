@@ -120,13 +120,14 @@ def plot_dilation(
     return dilated_receptive_fields(rates, size)
 
 
-def plot_model_rf(model, input_shape: Sequence[int], path, title: str = "") -> list[tuple[str, int, int]]:
-    """Figure: receptive field (and jump) after each conv/pool layer of ``model``, input size
-    marked; returns the rows."""
+def model_rf_figure(model, input_shape: Sequence[int], title: str = ""):
+    """(matplotlib figure, rows): receptive field (and jump) after each conv/pool layer of ``model``,
+    input size marked, integer ticks on both axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = layer_receptive_fields(model, input_shape)
     rf = [r for _, r, _ in rows]
@@ -140,11 +141,22 @@ def plot_model_rf(model, input_shape: Sequence[int], path, title: str = "") -> l
         label="jump (stride product)",
     )
     ax.axhline(input_shape[1], color="gray", ls="--", lw=1, label=f"input {input_shape[1]} px")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layer numbers and pixels are integers
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("conv / pool layer (execution order)")
     ax.set_ylabel("pixels")
     ax.set_title(title or f"{type(model).__name__}: receptive field per layer", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig, rows
+
+
+def plot_model_rf(model, input_shape: Sequence[int], path, title: str = "") -> list[tuple[str, int, int]]:
+    """Figure: receptive field (and jump) after each conv/pool layer of ``model``, input size
+    marked; returns the rows."""
+    import matplotlib.pyplot as plt
+
+    fig, rows = model_rf_figure(model, input_shape, title)
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return rows
