@@ -186,13 +186,14 @@ def main(argv: list[str]) -> int:
     if not flags.FLAGS["verbosity"].present:  # keep library INFO chatter (TFDS, XLA) out of the progress output
         logging.set_verbosity(logging.WARNING)
     _enable_compilation_cache()
+    config = _CONFIG.value
     try:
+        distributed.set_deterministic(bool(config.train.get("deterministic", False)))  # before JAX starts
         distributed.set_cpu_devices(_CPU_DEVICES.value)
     except ValueError as e:
         print(f"launch.py: {e}", file=sys.stderr)
         return 2
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    config = _CONFIG.value
     try:
         if _SUMMARY.value:
             summary_lib.print_summary(config, _SUMMARY_INPUT.value)

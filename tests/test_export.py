@@ -323,15 +323,10 @@ def test_harness_reads_types_and_locations():
     assert r.platforms == ("cuda", "tpu") and r.collectives["stablehlo.all_reduce"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="oneDNN routing is chosen when the step is traced (research/kernels/onednn.py's context var); "
-    "issue 22's per-platform choice (research/kernels/cpu.py, lax.platform_dependent) makes this pass: "
-    "then remove this mark",
-)
 def test_onednn_traced_step_exports_without_cpu_only_calls():
-    """A train step traced with oneDNN convolutions on (as the CPU trainers do) must still export for
-    cuda/tpu with XLA's convolutions. Today it carries the CPU-only targets (the harness finds them)."""
+    """A train step traced with oneDNN convolutions on (as the CPU trainers do) still exports for
+    cuda/tpu with XLA's convolutions: oneDNN is in the CPU branch of each convolution
+    (research/kernels/cpu.py, lax.platform_dependent), which a cuda/tpu lowering drops."""
     import jax
     import jax.numpy as jnp
     import optax

@@ -39,6 +39,21 @@ KNOB_ON = {
     "optimizer.lr_multipliers": ("^fc/=10",),
     "data.on_device": True,
     "data.synthetic": True,
+    "data.image_size": 24,
+    "data.classes": (0, 1),
+    "data.eval_resize": 36,
+    "data.num_threads": 2,
+    "data.num_workers": 2,
+    "data.augment.crop_padding": 2,
+    "data.augment.flip": True,
+    "data.augment.rotation": 10.0,
+    "data.augment.scale": 0.1,
+    "data.augment.brightness": 0.1,
+    "data.augment.random_resized_crop": True,
+    "data.augment.randaugment": "2,9",
+    "data.augment.autoaugment": "imagenet",
+    "data.augment.mixup": 0.2,
+    "data.augment.cutmix": 1.0,
 }
 
 
@@ -66,8 +81,11 @@ def test_every_knob_has_a_switch_in_the_matrix():
 def test_task_knob_matrix_supported_or_refused_by_name(task, knob):
     c = _valid_config(task)
     tasks.create(c)  # the task's defaults are accepted
-    section, key = knob.split(".")
-    c[section][key] = KNOB_ON[knob]
+    *sections, key = knob.split(".")
+    node = c
+    for name in sections:
+        node = node[name]
+    node[key] = KNOB_ON[knob]
     if knob in tasks.get(task).supports:
         tasks.create(c)
     else:

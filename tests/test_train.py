@@ -360,6 +360,7 @@ def test_launch_runs_and_resumes(data_dir, tmp_path):
 _SHARDED = r"""
 import os, sys, json
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, sys.argv[1])
 import jax, numpy as np
 from research.tasks import train_and_evaluate

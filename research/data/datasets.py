@@ -652,7 +652,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZE_CHOICES = (True, False, 'auto', 'dataset', 'imagenet', 'none')
 
 
-def _normalize_mode(value) -> str:
+def normalize_mode(value) -> str:
     """``data.normalize`` as 'dataset' | 'imagenet' | 'none' (True / 'auto' = 'dataset')."""
     if isinstance(value, (bool, np.bool_)):
         return 'dataset' if value else 'none'
@@ -674,14 +674,19 @@ def norm_constants(cfg, channels: int) -> tuple[tuple[float, ...], tuple[float, 
     True / 'auto' / 'dataset': the train split's own statistics (`norm_stats`); 'imagenet':
     torchvision's ImageNet constants (3 channels; their mean for 1); False / 'none': (0, 1), x / 255.
     'auto' follows the weights only through `resolve_normalize`, which sees the whole config."""
-    mode = _normalize_mode(field(cfg, 'normalize'))
+    mode = normalize_mode(field(cfg, 'normalize'))
     if mode == 'dataset':
         return norm_stats(cfg)
     if mode == 'imagenet':
-        if channels == 3:
-            return IMAGENET_MEAN, IMAGENET_STD
-        return (float(np.mean(IMAGENET_MEAN)),) * channels, (float(np.mean(IMAGENET_STD)),) * channels
+        return imagenet_constants(channels)
     return (0.0,) * channels, (1.0,) * channels
+
+
+def imagenet_constants(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """torchvision's ImageNet (mean, std) for 3 channels; their means for another channel count."""
+    if channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return (float(np.mean(IMAGENET_MEAN)),) * channels, (float(np.mean(IMAGENET_STD)),) * channels
 
 
 def uses_torchvision_weights(config) -> bool:
@@ -697,7 +702,7 @@ def resolve_normalize(config):
     the run starts from torchvision weights (they were trained on ImageNet-normalised inputs), else
     True (the dataset's own statistics). Any other value is returned as is (checked)."""
     value = field(config.data, 'normalize')
-    _normalize_mode(value)
+    normalize_mode(value)
     if isinstance(value, str) and value.strip().lower() == 'auto':
         return 'imagenet' if uses_torchvision_weights(config) else True
     return value

@@ -125,7 +125,7 @@ def require_tensorflow(name: str, builder=None) -> None:
                 raise missing_tensorflow(name) from e
             raise
     try:
-        import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+        import tensorflow  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
     except ImportError as e:
         raise missing_tensorflow(name) from e
 

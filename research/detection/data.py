@@ -26,7 +26,7 @@ from research.data.builders.mnist_det import CLASSES, DetParams, MnistDet, make_
 
 __all__ = ['CLASSES', 'DetParams', 'MnistDet', 'make_det_canvas', 'masks_to_boxes']
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = datasets_lib.IMAGENET_MEAN, datasets_lib.IMAGENET_STD
 _SHUFFLE_TAG = 0x4445545348
 _AUG_TAG = 0x4445544147
 
@@ -207,13 +207,17 @@ def get_split(
 
 
 def normalization(data_cfg, det_cfg=None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) of the train split's pixels in [0, 1] when ``data.normalize``, else (0, 1); a TFDS
-    dataset uses ImageNet's per-channel statistics (as torchvision's detectors)."""
-    if not datasets_lib.field(data_cfg, 'normalize'):
+    """(mean, std) per ``data.normalize``: the train split's pixels in [0, 1] ('auto' / True; a TFDS
+    dataset uses ImageNet's per-channel statistics, as torchvision's detectors), ImageNet's constants
+    ('imagenet'), or (0, 1) (False)."""
+    mode = datasets_lib.normalize_mode(datasets_lib.field(data_cfg, 'normalize'))
+    if mode == 'none':
         return (0.0,), (1.0,)
     builder = get_det_builder(data_cfg, det_cfg)
     if not isinstance(builder, MnistDet):
         return IMAGENET_MEAN, IMAGENET_STD
+    if mode == 'imagenet':
+        return datasets_lib.imagenet_constants(1)
     train = get_split(builder, str(datasets_lib.field(data_cfg, 'train_split')), key_name='data.train_split')
     x = train.images.astype(np.float64) / 255.0
     return (float(x.mean()),), (max(float(x.std()), 1e-6),)

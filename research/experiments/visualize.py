@@ -16,7 +16,7 @@ from research.train.loop import build_model
 from research.viz import cam as cam_lib
 from research.viz.feature_maps import feature_map_grid, layer_outputs, list_layers
 from research.viz.filters import filter_grid, first_conv_kernel
-from research.viz.images import load_image, make_grid, save_png
+from research.viz.images import load_image, save_png
 from research.viz.receptive_field import plot_dilation, plot_model_rf
 
 
@@ -117,10 +117,9 @@ def run_viz(
         x, x01, labels = _images(run_config, image, shape, mean, std, count=8)
         res = cam_lib.class_activation_maps(model, variables, x, layer=layer)
         up = cam_lib.upsample_cam(res["cam"], shape[:2])
-        tiles = np.stack([cam_lib.overlay(x01[i], up[i]) for i in range(len(x))])
-        rgb01 = np.repeat(x01, 3, axis=-1) if x01.shape[-1] == 1 else x01
-        grid = make_grid(np.concatenate([rgb01, tiles]), nrow=len(x))
-        f = save_png(grid, out / "cam.png", scale=max(1, 96 // shape[0]))
+        f = cam_lib.save_cam_grid(
+            out / "cam.png", x01, up, res["classes"], class_names=names, labels=labels, scale=max(1, 96 // shape[0])
+        )
         pred = [names[c] for c in res["classes"]]
         truth = [names[c] for c in labels] if labels is not None else None
         print(

@@ -262,19 +262,26 @@ def get_seg_info(data_cfg, seg_cfg=None) -> SegInfo:
     if layout is not None:
         s = params_from_config(seg_cfg).canvas_size
         c = int(builder.info.features[layout['image']].shape[-1] or 3)
-        mean, std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if c == 3 else ((0.5,) * c, (0.25,) * c)
-        if not datasets_lib.field(data_cfg, 'normalize'):
+        mode = datasets_lib.normalize_mode(datasets_lib.field(data_cfg, 'normalize'))
+        if mode == 'none':
             mean, std = (0.0,) * c, (1.0,) * c
+        elif c == 3:  # a photo dataset: ImageNet's constants (torchvision's segmenters), 'dataset' included
+            mean, std = datasets_lib.IMAGENET_MEAN, datasets_lib.IMAGENET_STD
+        else:
+            mean, std = (0.5,) * c, (0.25,) * c
         return SegInfo(
             name=builder.info.full_name, num_classes=len(layout['classes']), class_names=tuple(layout['classes']),
             image_shape=(s, s, c), num_examples=_split_counts(builder, data_cfg), mean=mean, std=std,
         )  # fmt: skip
     train = get_split(builder, str(datasets_lib.field(data_cfg, 'train_split')), seg_cfg, 'data.train_split')
-    if datasets_lib.field(data_cfg, 'normalize'):
-        x = train.images.reshape(-1, train.images.shape[-1]).astype(np.float64) / 255.0
+    mode = datasets_lib.normalize_mode(datasets_lib.field(data_cfg, 'normalize'))
+    c = train.images.shape[-1]
+    if mode == 'dataset':
+        x = train.images.reshape(-1, c).astype(np.float64) / 255.0
         mean, std = tuple(x.mean(0).tolist()), tuple(max(s, 1e-6) for s in x.std(0).tolist())
+    elif mode == 'imagenet':
+        mean, std = datasets_lib.imagenet_constants(c)
     else:
-        c = train.images.shape[-1]
         mean, std = (0.0,) * c, (1.0,) * c
     names = tuple(builder.info.metadata['class_names'])
     return SegInfo(

@@ -51,7 +51,43 @@ KNOBS: dict[str, Callable[[ConfigDict], Any]] = {
     "optimizer.lr_multipliers": lambda c: tuple(c.optimizer.lr_multipliers) or None,
     "data.on_device": lambda c: c.data.get("on_device", False) or None,
     "data.synthetic": lambda c: c.data.get("synthetic", False) or None,
+    # The input pipeline's knobs (research/data): which pipeline a task reads decides what it takes.
+    "data.image_size": lambda c: c.data.image_size or None,
+    "data.classes": lambda c: tuple(c.data.classes) or None,
+    "data.eval_resize": lambda c: c.data.eval_resize or None,
+    "data.num_threads": lambda c: c.data.num_threads or None,
+    "data.num_workers": lambda c: c.data.num_workers or None,
+    "data.augment.crop_padding": lambda c: c.data.augment.crop_padding or None,
+    "data.augment.flip": lambda c: c.data.augment.flip or None,
+    "data.augment.rotation": lambda c: c.data.augment.rotation or None,
+    "data.augment.scale": lambda c: c.data.augment.scale or None,
+    "data.augment.brightness": lambda c: c.data.augment.brightness or None,
+    "data.augment.random_resized_crop": lambda c: c.data.augment.random_resized_crop or None,
+    "data.augment.randaugment": lambda c: c.data.augment.randaugment or None,
+    "data.augment.autoaugment": lambda c: c.data.augment.autoaugment or None,
+    "data.augment.mixup": lambda c: c.data.augment.mixup or None,
+    "data.augment.cutmix": lambda c: c.data.augment.cutmix or None,
 }
+
+#: The knobs of the classification input pipeline (``research.data.pipeline``): the tasks that read it
+#: (classification, gan, fast_style) take them all but the label mixing.
+PIPELINE_KNOBS = frozenset(
+    {
+        "data.image_size",
+        "data.classes",
+        "data.eval_resize",
+        "data.num_threads",
+        "data.num_workers",
+        "data.augment.crop_padding",
+        "data.augment.flip",
+        "data.augment.rotation",
+        "data.augment.scale",
+        "data.augment.brightness",
+        "data.augment.random_resized_crop",
+        "data.augment.randaugment",
+        "data.augment.autoaugment",
+    }
+)
 
 #: Knobs every task takes: the loop implements them the same way for all.
 UNIVERSAL = frozenset({"train.cpu_conv"})

@@ -17,9 +17,12 @@ import jax.numpy as jnp
 
 from research import data as data_lib
 from research.data import device_augment
-from research.tasks.base import DataInfo, Task, eval_totals
+from research.data import datasets
+from research.data.mix import MixSettings, mix_batch
+from research.tasks.base import PIPELINE_KNOBS, DataInfo, Task, eval_totals
+from research.train.losses import soft_target_cross_entropy
 from research.train import mesh as mesh_lib
-from research.train.state import classifier_loss, eval_step
+from research.train.state import classifier_loss, eval_step, topk_correct
 
 
 class SyntheticBatches:
@@ -59,7 +62,7 @@ class SyntheticBatches:
 
 class Classification(Task):
     name = "classification"
-    supports = frozenset(
+    supports = PIPELINE_KNOBS | frozenset(
         {
             "train.precision",
             "train.model_parallel",
@@ -72,6 +75,8 @@ class Classification(Task):
             "optimizer.lr_multipliers",
             "data.on_device",
             "data.synthetic",
+            "data.augment.mixup",
+            "data.augment.cutmix",
         }
     )
     best_metric = "top1"
@@ -79,8 +84,10 @@ class Classification(Task):
     classifier = True
 
     def setup(self) -> DataInfo:
-        d = self.config.data
+        # data.normalize='auto' resolved against the whole config (ImageNet's constants for torchvision weights)
+        self.data_cfg = d = datasets.resolved_data_config(self.config)
         self.dataset = info = data_lib.get_dataset_info(d)
+        self.mix = MixSettings.from_config(d)
         self.synthetic = bool(d.get("synthetic", False))
         self.on_device = bool(d.get("on_device", False)) and not self.synthetic
         self.aug = device_augment.DeviceAugment.from_config(d, info.image_shape[-1]) if self.on_device else None
@@ -98,16 +105,17 @@ class Classification(Task):
             sharding = mesh_lib.batch_sharding(self.mesh)
             return SyntheticBatches(self.info.image_shape, self.info.num_classes, global_batch_size, sharding, seed)
         return data_lib.make_train_iterator(
-            self.config.data,
+            self.data_cfg,
             seed=seed,
             global_batch_size=global_batch_size,
             process_index=process_index,
             process_count=process_count,
+            step_mixes=True,  # data.augment.mixup / cutmix: in the loss below
         )
 
     def eval_iterator(self, split, *, global_batch_size, process_index, process_count):
         return data_lib.make_eval_iterator(
-            self.config.data,
+            self.data_cfg,
             split,
             global_batch_size=global_batch_size,
             process_index=process_index,
@@ -118,14 +126,21 @@ class Classification(Task):
         return device_augment.prepare_batch(batch, self.aug) if self.on_device else batch
 
     def loss(self, params, state, batch, rng, *, forward):
-        return classifier_loss(
-            params,
-            state,
-            self._prepare(batch),
-            rng,
-            forward=forward,
-            label_smoothing=float(self.config.train.label_smoothing),
+        batch = self._prepare(batch)
+        smoothing = float(self.config.train.label_smoothing)
+        if not self.mix.enabled:
+            return classifier_loss(params, state, batch, rng, forward=forward, label_smoothing=smoothing)
+        # mixup / CutMix (research.data.mix): soft targets of the mixed batch; accuracy on the labels
+        images, targets = mix_batch(
+            jax.random.fold_in(rng, 1), batch["image"], batch["label"], self.info.num_classes, self.mix
         )
+        logits, new_vars = forward(state.variables(params), images, rngs={"dropout": rng})
+        loss = soft_target_cross_entropy(logits, targets, smoothing).mean()
+        metrics = {
+            "top1": topk_correct(logits, batch["label"], 1).mean(),
+            "top5": topk_correct(logits, batch["label"], 5).mean(),
+        }
+        return loss, (metrics, new_vars.get("batch_stats", state.batch_stats))
 
     def eval_step(self, state, batch):
         return eval_step(state, self._prepare(batch))

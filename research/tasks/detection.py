@@ -70,6 +70,7 @@ class Detection(Task):
             "init.checkpoint",
             "optimizer.freeze",
             "optimizer.lr_multipliers",
+            "data.augment.flip",  # images and boxes
         }
     )
     best_metric = "map50"

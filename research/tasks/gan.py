@@ -23,7 +23,7 @@ from ml_collections import ConfigDict
 from research import data as data_lib
 from research.configlib import ConfigError, with_model
 from research.generative.dcgan import build_gan, classifier_scores, create_gan_state, dcgan_adam, gan_train_step, generate
-from research.tasks.base import DataInfo, Picture, Task
+from research.tasks.base import PIPELINE_KNOBS, DataInfo, Picture, Task
 from research.tasks.classification import Classification
 from research.train import loop
 from research.train.checkpoint import Checkpointer
@@ -111,7 +111,7 @@ def ensure_score_classifier(config: ConfigDict, *, show_progress: bool = True) -
 class Gan(Task):
     name = "gan"
     section = "gan"
-    supports = frozenset({"train.model_parallel"})
+    supports = PIPELINE_KNOBS | frozenset({"train.model_parallel"})
     custom_step = True
     best_metric = "score"
     progress_keys = ("d_loss", "g_loss", "d_real")

@@ -88,6 +88,8 @@ class Segmentation(Task):
             "init.checkpoint",
             "optimizer.freeze",
             "optimizer.lr_multipliers",
+            "data.augment.crop_padding",  # joint image / label pad-and-crop and flip
+            "data.augment.flip",
         }
     )
     best_metric = "miou"

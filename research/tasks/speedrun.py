@@ -318,16 +318,6 @@ def _padded_batches(images: np.ndarray, labels: np.ndarray, size: int):
 # --------------------------------------------------------------------------- the task
 
 
-def _check_augment_unused(config: ConfigDict) -> None:
-    aug = config.data.augment
-    used = [k for k, v in aug.items() if v]
-    if used:
-        raise ConfigError(
-            f"task 'speedrun' augments on the device (speedrun.translate, speedrun.flip); "
-            f"data.augment.{used[0]}={aug[used[0]]!r} is not used: set it to 0/False"
-        )
-
-
 class _DeviceData:
     """The speed run's "iterator": the device-resident train split, the same arrays at every call (the
     step index in the state picks the batch), so its state is a marker."""
@@ -356,7 +346,7 @@ class Speedrun(Task):
 
     name = 'speedrun'
     section = 'speedrun'
-    supports = frozenset({'train.label_smoothing'})
+    supports = frozenset({'train.label_smoothing', 'data.image_size', 'data.classes'})
     custom_step = True
     single_device = True
     classifier = True
@@ -386,7 +376,6 @@ class Speedrun(Task):
 
     def check(self) -> None:
         sc = self.config.speedrun
-        _check_augment_unused(self.config)
         if sc.flip not in FLIP_MODES:
             raise ConfigError(f"unknown speedrun.flip {sc.flip!r}; expected one of {', '.join(FLIP_MODES)}")
         if sc.tta_level not in (0, 1, 2):

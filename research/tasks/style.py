@@ -31,7 +31,7 @@ from research import data as data_lib
 from research import models
 from research.configlib import ConfigError
 from research.generative.style_transfer import LossNetwork, StyleWeights, TransformerNet, panel
-from research.tasks.base import DataInfo, Picture, Task
+from research.tasks.base import PIPELINE_KNOBS, DataInfo, Picture, Task
 from research.train.state import TrainState
 from research.train.transfer import load_pretrained
 from research.viz.feature_maps import used_variables
@@ -231,7 +231,7 @@ class FastStyle(Task):
 
     name = "fast_style"
     section = "style"
-    supports = frozenset({"train.model_parallel", "train.accumulate_steps", "train.ema_decay"})
+    supports = PIPELINE_KNOBS | frozenset({"train.model_parallel", "train.accumulate_steps", "train.ema_decay"})
     best_metric = "neg_total"
     progress_keys = ("loss", "content", "style")
 

@@ -51,7 +51,8 @@ from research.train import checkpoint as ckpt_lib
 from research.train import mesh as mesh_lib
 from research.train import transfer
 from research.train.optim import make_schedule
-from research.train.reporting import MetricWriter, Progress, format_seconds, read_metrics
+from research.train import distributed
+from research.train.reporting import MetricWriter, ProfilerHook, Progress, format_seconds, read_metrics
 from research.train.state import ghost_bn_forward, loss_step, plain_forward
 
 
@@ -363,6 +364,11 @@ def _check_same_run(workdir: Path, config: ConfigDict) -> None:
             )
 
 
+def _close(iterator) -> None:
+    if hasattr(iterator, "close"):
+        iterator.close()
+
+
 def _window_add(window: dict[str, float], metrics: dict[str, Any]) -> int:
     """Adds a call's metrics (scalars, or one value per step of a K-step call) to the window; returns
     the number of steps they cover."""
@@ -430,8 +436,12 @@ def run(
     )
     if trainer.total_steps == 0:
         log("train.duration is 0: evaluation only")
+    hint = distributed.accelerator_hint() if trainer.is_main else None
+    if hint:
+        log(hint)
 
-    writer = MetricWriter(workdir, enabled=trainer.is_main, resume_step=start)
+    writer = MetricWriter(workdir, enabled=trainer.is_main, resume_step=start, config=config)
+    profiler = ProfilerHook(workdir, config.logging.profile_steps, enabled=trainer.is_main)
     progress = Progress(trainer.total_steps, start, trainer.batch_size, enabled=trainer.show_progress)
     k_steps = max(int(task.steps_per_call), 1)
     stop_at = trainer.total_steps if stop_after_steps is None else min(stop_after_steps, trainer.total_steps)
@@ -478,7 +488,9 @@ def run(
         res["epoch"] = trainer.epoch(s)
         writer.write(str(config.data.eval_split), s, res)
         if trainer.is_main and picture is not None:
-            picture.write(workdir / picture.name / f"step_{s:06d}.png")
+            path = workdir / picture.name / f"step_{s:06d}.png"
+            picture.write(path)
+            writer.image(f"{picture.name}/{config.data.eval_split}", s, path)
         eval_rows.append({"step": s, **res})
         progress.message(f"eval @ step {s} (epoch {res['epoch']:.2f}): {task.eval_message(res)}")
         return res
@@ -490,6 +502,7 @@ def run(
         while step < stop_at:
             num = min(k_steps, stop_at - step)
             batch = trainer.to_global(task.host_batch(next(train_it), str(config.data.train_split)))
+            profiler.step(step, block=state)
             fn = trainer._step_jit.get(num)
             if fn is None or hasattr(fn, "lower"):  # compile ahead of time: compile time is not step time
                 fn = trainer.compile(state, batch, num)
@@ -524,10 +537,12 @@ def run(
             if crossed(prev, step, trainer.ckpt_every) and step != stop_at:
                 save(step)
         drain()
+        profiler.close(block=state)
         if last_saved != step:
             save(step)
     except KeyboardInterrupt:
         progress.close()
+        profiler.close()
         if pending is not None or last_saved != step:
             try:
                 save(step)
@@ -536,14 +551,18 @@ def run(
                 pass
         ckpt.close()
         writer.close()
+        _close(train_it)
         raise
     except BaseException:
         progress.close()
+        profiler.close()
         ckpt.close()
         writer.close()
+        _close(train_it)
         raise
     progress.close()
     ckpt.close()
+    _close(train_it)  # worker processes / prefetch threads of the input pipeline
 
     summary: dict[str, Any] = {
         "task": task.name,
