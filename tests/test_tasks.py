@@ -394,3 +394,21 @@ def test_fast_style_task_trains_the_transformer_and_stylises(tmp_path):
     assert s["complete"] and s["model"] == "transformer_net" and np.isfinite(s["final"]["test"]["total"])
     for name in ("transformer.msgpack", "stylized.png", "panel.png"):
         assert (tmp_path / "run" / name).exists(), name
+
+
+def test_docs_knob_table_is_current():
+    """docs/tasks.md holds research.tasks.knob_table() between its markers."""
+    text = (REPO / "docs" / "tasks.md").read_text()
+    table = text.split("<!-- knob-table -->\n", 1)[1].split("<!-- /knob-table -->", 1)[0].strip()
+    assert table == tasks.knob_table(), "regenerate the table in docs/tasks.md from research.tasks.knob_table()"
+
+
+def test_dependency_contracts_hold():
+    """lint-imports: the layer order and no cycles between sibling modules (pyproject.toml)."""
+    import shutil
+
+    exe = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
+    if not Path(exe).exists():
+        pytest.skip("import-linter is not installed (pip install -e '.[docs]')")
+    r = subprocess.run([exe], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:]

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from research.detection import data as det_data
+
 __all__ = [
     'METHODS',
     'cache_path',
@@ -252,8 +254,6 @@ def get_proposals(
     the method's keyword arguments (``selective_search``: mode, scale, base_k, inc_k, sigma, min_size;
     ``sliding_window``: sizes, aspect_ratios, stride_fraction). Asking for selective search without
     OpenCV-contrib is an ImportError naming the pip package (no silent fallback)."""
-    from research.detection import data as det_data  # noqa: PLC0415
-
     resolved = _settings(method, max_proposals, settings)
     if method == 'selective_search':
         _require_cv2()
@@ -295,8 +295,6 @@ def time_per_image(
     """Median wall time (ms) of computing one image's proposals in this process (the first ``n``
     images of ``split``): the host cost a proposal-based detector adds per image at test time
     (0 for the fixed sliding-window grid)."""
-    from research.detection import data as det_data  # noqa: PLC0415
-
     resolved = _settings(method, max_proposals, settings)
     if method != 'selective_search' or n <= 0:
         return 0.0

@@ -18,6 +18,7 @@ import sys
 import time
 
 from research import models
+from research.layers.summary import summarize
 
 #: (regex on the registry name, input shape (H, W, C)); first match wins, default 224x224x3.
 INPUT_SHAPES: tuple[tuple[str, tuple[int, int, int]], ...] = (
@@ -105,8 +106,6 @@ def cheap_row(name: str) -> dict:
 def rows(only: str | None = None, progress=None):
     """One dict per model (``cheap_row`` + params, MACs and the seconds taken), as each is counted.
     ``progress(i, n, name)`` is called before each model."""
-    from research.layers.summary import summarize
-
     todo = names(only)
     for i, name in enumerate(todo):
         if progress is not None:

@@ -99,8 +99,20 @@ def train_and_evaluate(
     return loop.run(trainer(config, show_progress=show_progress), workdir, stop_after_steps=stop_after_steps)
 
 
+def knob_table() -> str:
+    """The task x knob table (markdown): 'yes' where the task implements the knob, '-' where it refuses
+    it at config time (docs/tasks.md holds this table; tests/test_tasks.py checks it is current)."""
+    names_ = names()
+    lines = ["| knob | " + " | ".join(names_) + " |", "|---|" + "|".join(":-:" for _ in names_) + "|"]
+    for knob in KNOBS:
+        row = ["yes" if knob in get(n).supports else "-" for n in names_]
+        lines.append(f"| `{knob}` | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 __all__ = [
     "KNOBS",
+    "knob_table",
     "DataInfo",
     "Picture",
     "Task",

@@ -34,6 +34,7 @@ import jax
 import numpy as np
 import optax
 
+from research.interop import hub
 from research.interop import torchvision as tvi
 from research.train.checkpoint import Checkpointer
 
@@ -66,8 +67,6 @@ def load_pretrained(source: str | os.PathLike, *, torchvision: str = "") -> dict
     """{'params': ..., 'batch_stats': ...} (host arrays) from a workdir / step dir / .msgpack / .pth,
     or 'torchvision:<model>.<WEIGHTS>'."""
     if str(source).startswith("torchvision:"):
-        from research.interop import hub
-
         return hub.load_variables(str(source))
     path = Path(source).expanduser()
     if not path.exists():

@@ -14,6 +14,7 @@ import numpy as np
 
 from research.viz.feature_maps import trace_calls
 from research.viz.filters import _subtree
+from research.viz.images import add_titles, make_grid, save_uint8_png, to_rgb_uint8
 
 
 def class_activation_maps(
@@ -101,8 +102,6 @@ def cam_grid(
     green when it equals the label, red when not, black without labels. ``class_names`` maps class
     indices to names (default: the index). Each pixel is repeated ``scale`` times per side.
     """
-    from research.viz.images import add_titles, make_grid, to_rgb_uint8
-
     x01 = np.asarray(images01, np.float32)
     rgb01 = np.repeat(x01, 3, axis=-1) if x01.shape[-1] == 1 else x01[..., :3]
     n, _, w = rgb01.shape[:3]
@@ -137,8 +136,6 @@ def cam_grid(
 
 def save_cam_grid(path, images01, cams, classes, *, class_names=None, labels=None, scale: int = 1):
     """Writes :func:`cam_grid` to ``path`` (PNG) and returns the path."""
-    from research.viz.images import save_uint8_png
-
     return save_uint8_png(
         cam_grid(images01, cams, classes, class_names=class_names, labels=labels, scale=scale), path
     )
