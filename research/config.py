@@ -305,7 +305,8 @@ def check_split(key: str, split: Any) -> None:
         ReadInstruction.from_spec(split)
     except (ValueError, AssertionError) as e:
         lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-        why = lines[1].split(". See format")[0].rstrip(".") if len(lines) > 1 else "not a split expression"
+        why = lines[1] if len(lines) > 1 else "not a split expression"
+        why = why.split(". See format")[0].split(". Got:")[0].rstrip(".")
         raise ConfigError(
             f"{key}={split!r}: {why} (TFDS split syntax: 'train', 'train[:90%]', 'train[10:20]', 'train+test')"
         ) from None

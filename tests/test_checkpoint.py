@@ -254,3 +254,21 @@ def test_checksum_cost_is_small_for_a_resnet20_sized_state(tmp_path):
     assert ckpt.verify(1) is None
     dt = time.perf_counter() - t0
     assert dt < 0.5, dt
+
+
+def test_a_save_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    ckpt = Checkpointer(tmp_path, keep=3, async_save=False)
+    _save(ckpt, [1])
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=100_000))
+    with pytest.raises(OSError) as e:
+        ckpt.save(2, _state(2), {}, {})
+    assert e.value.errno == errno.ENOSPC and "checkpoint step 2 needs about 0.9 MB, 0.1 MB free" in str(
+        e.value
+    )
+    assert e.value.filename.endswith(os.path.join("checkpoints", "2"))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1"]  # nothing half-written
+    assert ckpt.verify(1) is None

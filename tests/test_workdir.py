@@ -110,6 +110,8 @@ def _race(args):
     return 1
 
 
+# The racers are forked (instant); they only touch files, never JAX, so its fork warning does not apply.
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 @pytest.mark.parametrize("stale", [False, True])
 def test_racing_launches_exactly_one_wins(tmp_path, stale):
     run = tmp_path / "run"

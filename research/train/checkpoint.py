@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import hashlib
 import json
+import logging
 import math
+import os
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -154,6 +159,46 @@ _COMMIT_FILE = _checksummed(ocp.path.atomicity.CommitFileTemporaryPath)
 def _temporary_path_class(directory: epath.Path) -> type:
     default = ocp.path.atomicity_defaults.get_default_temporary_path_class(directory)
     return _COMMIT_FILE if issubclass(default, ocp.path.atomicity.CommitFileTemporaryPath) else _RENAME
+
+
+class _DropOrbaxErrors(logging.Filter):
+    """Drops orbax's ERROR log records (with their tracebacks) from the absl logger: the same failure
+    reaches the caller as an exception (e.g. a full disk from ``save``/``wait``) and is reported there
+    in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+
+
+_ORBAX_FILTER = _DropOrbaxErrors()
+
+
+def quiet_orbax_errors(enable: bool = True) -> None:
+    """Keeps orbax's multi-block ERROR logs (background-thread tracebacks) off stderr, or (False)
+    lets them through again. For entry points (``launch.py`` without ``--verbose``); no effect on
+    import."""
+    logger = logging.getLogger("absl")
+    if enable:
+        logger.addFilter(_ORBAX_FILTER)
+        if not getattr(sys.excepthook, "_drops_closed_loop", False):
+            sys.excepthook = _drop_closed_loop(sys.excepthook)
+    else:
+        logger.removeFilter(_ORBAX_FILTER)
+        sys.excepthook = getattr(sys.excepthook, "_wrapped", sys.excepthook)
+
+
+def _drop_closed_loop(hook):
+    """After a failed save, TensorStore's completion callbacks may still call into orbax's closed
+    asyncio loop and print ``RuntimeError: Event loop is closed`` through ``sys.excepthook``."""
+
+    def excepthook(kind, value, tb):
+        if kind is RuntimeError and str(value) == "Event loop is closed":
+            return
+        hook(kind, value, tb)
+
+    excepthook._drops_closed_loop = True
+    excepthook._wrapped = hook
+    return excepthook
 
 
 def check_keep(keep: Any) -> int:
@@ -301,6 +346,13 @@ class Checkpointer:
 
     # -- save -------------------------------------------------------------------------------------
     def save(self, step: int, state_arrays: Any, data_state: Any, meta: dict[str, Any]) -> None:
+        """Saves ``step`` (waits for it when ``async_save=False``).
+
+        On a local disk with too little free space for the arrays (uncompressed, plus 10%), raises
+        ``OSError(ENOSPC)`` before anything is written (orbax would fail half-way, from a background
+        thread); the previous checkpoints stay as they are.
+        """
+        self._check_space(step, state_arrays)
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -312,6 +364,20 @@ class Checkpointer:
         )
         if not self.async_save:
             self.manager.wait_until_finished()
+
+    def _check_space(self, step: int, state_arrays: Any) -> None:
+        if "://" in str(self.directory):
+            return
+        need = int(1.1 * sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state_arrays))) + (1 << 16)
+        self.manager.wait_until_finished()  # the previous save's bytes are on disk
+        free = shutil.disk_usage(str(self.directory)).free
+        if free < need:
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on device: checkpoint step {step} needs about {need / 1e6:.1f} MB, "
+                f"{free / 1e6:.1f} MB free",
+                str(self.step_dir(step)),
+            )
 
     # -- restore ----------------------------------------------------------------------------------
     def _check(self, step: int) -> None:
@@ -432,10 +498,14 @@ class Checkpointer:
 
         def check(step: int) -> tuple[str | None, float | None]:
             if step not in checked:
-                reason = self.verify(step)
-                rms = None
-                if reason is None:
-                    state = self.restore_raw(step)
+                reason, rms, state = None, None, None
+                try:
+                    state = self.restore_raw(step)  # verifies first
+                except CorruptCheckpointError as e:
+                    reason = e.reason
+                except CheckpointError as e:  # verified bytes orbax cannot read: not a restart point
+                    reason = str(e)
+                if state is not None:
                     finite, _ = _finite_and_rms(state)
                     if finite:
                         _, rms = _finite_and_rms(state.get("params", state))

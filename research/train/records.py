@@ -123,13 +123,9 @@ def config_changes(
             old = d[key]
         else:
             old = None
-        if old != value and not (_both_numbers(old, value) and old == value):
+        if old != value:
             out[key] = (old, value)
     return out
-
-
-def _both_numbers(a: Any, b: Any) -> bool:
-    return isinstance(a, (int, float)) and isinstance(b, (int, float))
 
 
 def _fmt(v: Any) -> str:
@@ -293,8 +289,8 @@ def load_summary(workdir: Any) -> dict[str, Any] | None:
 def finished_summary(workdir: Any, total_steps: int, latest_checkpoint: int | None = None) -> dict | None:
     """The saved summary if the run in ``workdir`` is finished at ``total_steps``, else None.
 
-    Finished: ``summary.json`` says ``complete``, reached ``step == total_steps == total_steps`` of
-    this launch, and has its final evaluation; and (if given) the newest checkpoint is that step. A
+    Finished: ``summary.json`` says ``complete``, its ``step`` and ``total_steps`` equal this launch's
+    ``total_steps``, and it has its final evaluation; and (if given) the newest checkpoint is that step. A
     longer ``train.duration`` gives None (the run resumes). The loop prints the summary and writes
     nothing when this returns one; check the config (:func:`check_config_change`) first.
     """

@@ -12,7 +12,8 @@ exit (including Ctrl-C and exceptions); after ``kill -9`` it stays and is stale.
 
 On multi-host runs only process 0 takes the lock (the others' ``WorkdirLock`` does nothing).
 The lock needs a local or network filesystem with ``link``; on an object store (``gs://``) there is
-no atomic create-if-absent through ``epath``, so the lock is refused there (see :func:`supports_lock`).
+no atomic create-if-absent through ``epath``, so no lock is taken there, with a warning (see
+:func:`supports_lock`).
 """
 
 from __future__ import annotations
@@ -159,10 +160,11 @@ class WorkdirLock:
             return
         prepare_workdir(self.workdir)
         if not supports_lock(self.workdir):
-            raise WorkdirError(
-                f"workdir {self.workdir}: the run lock needs a filesystem path (atomic link); "
-                "object-store workdirs are not supported by the lock yet"
+            self.warn(
+                f"workdir {self.workdir}: no run lock on an object store (no atomic create through epath); "
+                "make sure no other run writes this workdir"
             )
+            return
         mine = self.workdir / f".{LOCK_NAME}.{self.record['host']}.{os.getpid()}.{self.record['token'][:8]}"
         try:
             _write(mine, json.dumps(self.record))
