@@ -24,8 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+
+from research.train.checkpoint import Checkpointer
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = "--config=experiments/classification/lenet5_digits.py"
@@ -94,10 +97,6 @@ def assert_one_line_error(r, code: int, *needles: str) -> str:
 
 
 def restore_arrays(workdir, step):
-    from research.train.checkpoint import Checkpointer
-
-    import jax
-
     ckpt = Checkpointer(workdir, async_save=False)
     state = ckpt.restore_raw(step)
     ckpt.close()
@@ -148,7 +147,7 @@ def test_second_launch_into_a_live_workdir_is_refused_at_once(tmp_path, env):
         assert re.search(r"since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", msg)
         assert elapsed < 60, "refused before building the dataset or compiling"
     finally:
-        out, err = first.communicate(timeout=300)
+        _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-3000:]
     rows = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
     keys = [(r["split"], r["step"]) for r in rows]
