@@ -17,6 +17,8 @@ forms ``'30ep'``, ``'64000st'``; a bare number means steps).
 
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
 from ml_collections import ConfigDict
 
@@ -30,14 +32,76 @@ from research.configlib import (
     with_model,
 )
 from research.tasks import base_config, validate_config
+from research.tasks.checks import check_split, check_values, model_kwarg_error
+
+def load_config_file(spec: str) -> ConfigDict:
+    """``get_config(arg)`` of ``path/to/file.py[:arg]`` (what ``--config`` loads), without overrides."""
+    import importlib.util
+
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_research_config_file", path)
+    if module_spec is None or module_spec.loader is None:
+        raise ConfigError(f"--config={spec!r}: not a Python file")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def explain_override_error(argv: list[str], config: ConfigDict | None = None) -> ConfigError | None:
+    """The one-line error for a ``--config.<key>=<value>`` override the config has no key for.
+
+    ``launch.py``'s config is locked, so ``--config.model.depth=20`` on LeNet fails inside flag
+    parsing with a bare ``AttributeError: depth``. Given the command line (and the loaded config file,
+    else it is loaded from ``--config=``), this names the key, its value and, for ``model.*``, the
+    model's accepted arguments. None when every override names an existing key.
+    """
+    overrides = []
+    spec = None
+    for a in argv:
+        if a.startswith("--config="):
+            spec = a.partition("=")[2]
+        elif a.startswith("--config."):
+            key, _, value = a[len("--config.") :].partition("=")
+            overrides.append((key, value))
+    if config is None:
+        if spec is None:
+            return None
+        try:
+            config = load_config_file(spec)
+        except Exception:  # the config file's own error is reported by the caller
+            return None
+    flat = flatten(config)
+    model_name = dict(overrides).get("model.name", config.model.get("name") if "model" in config else None)
+    for key, value in overrides:
+        if key in flat or any(k.startswith(key + ".") for k in flat):
+            continue
+        section, _, rest = key.partition(".")
+        if section == "model" and rest and "." not in rest and isinstance(model_name, str):
+            err = model_kwarg_error(model_name, rest, value)
+            if err is not None:
+                return err
+            return ConfigError(
+                f"--config.{key}={value}: the experiment's config sets no model.{rest}; "
+                f"set it in the experiment file (model '{model_name}' accepts it)"
+            )
+        close = difflib.get_close_matches(key, list(flat), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return ConfigError(f"--config.{key}={value}: unknown config key '{key}'{hint}")
+    return None
+
 
 __all__ = [
     "FREE_FORM_SECTIONS",
     "ConfigDict",
     "ConfigError",
     "base_config",
+    "check_split",
+    "check_values",
+    "explain_override_error",
     "flatten",
+    "load_config_file",
     "ml_collections",
+    "model_kwarg_error",
     "parse_arg",
     "parse_duration",
     "to_dict",
