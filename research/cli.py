@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from absl import flags, logging
 from ml_collections import config_flags
 
 from research import tasks
+from research.config import explain_override_error
 from research.configlib import ConfigError
 from research.experiments import commands as experiment_commands
 from research.experiments import summary as summary_lib
 from research.experiments import visualize
 from research.train import distributed
-from research.train.checkpoint import CheckpointError
+from research.train.checkpoint import CheckpointError, quiet_orbax_errors
+from research.train.workdir import WorkdirError, WorkdirLockedError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -115,8 +118,20 @@ KEY_FLAGS = (
     "progress",
 )
 
-# Exceptions that carry a message meant for the user: printed without a traceback.
-_USER_ERRORS = (KeyError, ValueError, FileNotFoundError, FloatingPointError, RuntimeError)
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Resume a run although its config changed in a key that may not change on resume (seed, batch size, "
+    "lr, ...); the change is recorded in <workdir>/config_history.jsonl.",
+)
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "On an error, print the full traceback (and orbax's own error logs) after its one line."
+)
+KEY_FLAGS = KEY_FLAGS + ("allow_config_change", "verbose")
+
+# Exceptions that carry a message meant for the user: printed as one line, without a traceback
+# (config errors exit with code 2, the others with 1; Ctrl-C with 130).
+_USER_ERRORS = (KeyError, ValueError, FileNotFoundError, FloatingPointError, RuntimeError, OSError)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -136,6 +151,10 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _exit_parse_error(e: BaseException) -> None:
+    named = explain_override_error(sys.argv)  # e.g. --config.model.depth=20 on LeNet: name the key
+    if named is not None:
+        print(f"launch.py: {named}", file=sys.stderr)
+        raise SystemExit(2)
     msg = str(e.args[0] if e.args else e)
     if "Traceback" in msg:  # an exception raised inside get_config(): keep its last line
         msg = [l for l in msg.splitlines() if l.strip()][-1]
@@ -167,12 +186,18 @@ def default_workdir(config_arg: str) -> Path:
 
 
 def _error(e: BaseException) -> int:
-    """One line for an error meant for the user; exit code 2 for config errors, 1 otherwise."""
+    """One line for an error meant for the user (the traceback too with ``--verbose``); exit code 2 for
+    config errors, 1 otherwise."""
+    if _VERBOSE.value:
+        traceback.print_exc()
     if isinstance(e, CheckpointError):
         print(f"launch.py: checkpoint error: {e}", file=sys.stderr)
         return 1
     msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"launch.py: {type(e).__name__}: {msg}", file=sys.stderr)
+    if isinstance(e, (ConfigError, WorkdirError, WorkdirLockedError)):  # their messages name the key/path
+        print(f"launch.py: {msg}", file=sys.stderr)
+    else:
+        print(f"launch.py: {type(e).__name__}: {msg}", file=sys.stderr)
     return 2 if isinstance(e, (ConfigError, KeyError)) else 1
 
 
@@ -186,6 +211,8 @@ def main(argv: list[str]) -> int:
     if not flags.FLAGS["verbosity"].present:  # keep library INFO chatter (TFDS, XLA) out of the progress output
         logging.set_verbosity(logging.WARNING)
     _enable_compilation_cache()
+    if not _VERBOSE.value:
+        quiet_orbax_errors()  # orbax logs every restore failure at length; our error says it in one line
     config = _CONFIG.value
     try:
         distributed.set_deterministic(bool(config.train.get("deterministic", False)))  # before JAX starts
@@ -222,7 +249,11 @@ def main(argv: list[str]) -> int:
                 dilation=_VIZ_DILATION.value,
             )
             return 0
-        tasks.train_and_evaluate(config, workdir, show_progress=_PROGRESS.value)
+        tasks.train_and_evaluate(
+            config, workdir, show_progress=_PROGRESS.value, allow_config_change=_ALLOW_CHANGE.value
+        )
+    except KeyboardInterrupt:  # the loop said what it saved; no traceback
+        return 130
     except _USER_ERRORS as e:
         return _error(e)
     return 0

@@ -5,9 +5,8 @@ Every case runs the README's main job (LeNet-5 on digits) for a few dozen steps 
 asserts on the message, the exit code (2 = config error, 1 = runtime failure, 130 = Ctrl-C) and on
 the workdir: where nothing should change, no file of it changes (content, size and mtime).
 
-Cases marked ``WIRING`` need the reliability modules (research/train/{workdir,records,checkpoint}.py,
-``research.config.check_values``) wired into the loop and ``launch.py`` (issue 22's merge); they are
-strict xfails until then, so they turn into failures the moment they pass.
+The machinery: research/train/{workdir,records,checkpoint}.py and research/tasks/checks.py, wired into
+the one loop (research/train/loop.py) and research/cli.py.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ SHORT = [
     "--config.train.log_every_steps=10",
     "--config.train.async_checkpoints=False",
 ]
-WIRING = pytest.mark.xfail(reason="needs loop wiring (issue 22 merge)", strict=True)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +127,6 @@ def interrupted(finished, tmp_path):
 
 
 # -- 1. two launches into one workdir -------------------------------------------------------------
-@WIRING
 def test_second_launch_into_a_live_workdir_is_refused_at_once(tmp_path, env):
     wd = tmp_path / "run"
     first = popen(wd, "--config.train.duration=200 steps", env=env)
@@ -158,7 +155,6 @@ def test_second_launch_into_a_live_workdir_is_refused_at_once(tmp_path, env):
 
 
 # -- 2. a changed config is refused on resume -----------------------------------------------------
-@WIRING
 @pytest.mark.parametrize(
     "override, diff",
     [
@@ -175,7 +171,6 @@ def test_changed_config_is_refused_with_its_diff(finished, tmp_path, env, overri
     assert snapshot(wd) == before
 
 
-@WIRING
 def test_allowed_batch_change_is_recorded_and_epochs_stay_true(finished, tmp_path, env):
     """Batch 32 for 30 steps (960 examples), then batch 64 to step 40 (640): 1,600 examples = 30/44 +
     10/22 = 1.14 epochs of the 1,437 train images, where 40 steps / 22 steps per epoch would claim 1.82."""
@@ -205,7 +200,6 @@ def _damage(path: Path, how: str) -> None:
         os.truncate(path, size // 3)
 
 
-@WIRING
 @pytest.mark.parametrize("how", ["ff_4k", "zero_bytes", "truncated"])
 def test_corrupt_newest_checkpoint_falls_back_and_resumes_bitwise(finished, tmp_path, env, how):
     wd = interrupted(finished, tmp_path)  # checkpoints 20 and 30
@@ -230,7 +224,6 @@ def test_corrupt_newest_checkpoint_falls_back_and_resumes_bitwise(finished, tmp_
 
 
 # -- 4. stale lock -------------------------------------------------------------------------------------
-@WIRING
 def test_stale_lock_is_taken_over_with_a_warning(finished, tmp_path, env):
     wd = interrupted(finished, tmp_path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -248,7 +241,6 @@ def test_stale_lock_is_taken_over_with_a_warning(finished, tmp_path, env):
 
 
 # -- 5. keep_checkpoints --------------------------------------------------------------------------------
-@WIRING
 @pytest.mark.parametrize("keep", ["0", "-1"])
 def test_keep_checkpoints_below_one_is_refused_by_name(tmp_path, env, keep):
     r = launch(tmp_path / "run", f"--config.train.keep_checkpoints={keep}", env=env)
@@ -263,7 +255,6 @@ def test_keep_one_keeps_the_final_checkpoint(tmp_path, env):
 
 
 # -- 6. finished runs -----------------------------------------------------------------------------------
-@WIRING
 def test_relaunching_a_finished_run_prints_its_summary_and_changes_nothing(finished, tmp_path, env):
     wd = copy_run(finished, tmp_path)
     before = snapshot(wd)
@@ -275,7 +266,6 @@ def test_relaunching_a_finished_run_prints_its_summary_and_changes_nothing(finis
     assert snapshot(wd) == before
 
 
-@WIRING
 def test_extended_run_adds_up_wall_time_and_throughput(finished, tmp_path, env):
     wd = copy_run(finished, tmp_path)
     first = json.loads((wd / "summary.json").read_text())
@@ -290,7 +280,6 @@ def test_extended_run_adds_up_wall_time_and_throughput(finished, tmp_path, env):
 
 
 # -- 7. bad input: one line naming the key and value, exit code 2 (config) or 1 (runtime) ----------------
-@WIRING
 @pytest.mark.parametrize(
     "override, needle",
     [
@@ -311,7 +300,6 @@ def test_bad_value_is_one_line_naming_it_exit_2(tmp_path, env, override, needle)
     assert not (tmp_path / "run").exists(), "nothing is written for a refused config"
 
 
-@WIRING
 def test_zero_duration_evaluates_only_and_says_so(tmp_path, env):
     """``train.duration='0 steps'``: the initial state is evaluated (one test row at step 0, a summary),
     the run says so, and nothing is trained or checkpointed (the initial state is the seed's)."""
@@ -326,7 +314,6 @@ def test_zero_duration_evaluates_only_and_says_so(tmp_path, env):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["step"] == 0
 
 
-@WIRING
 def test_workdir_that_is_a_file(tmp_path, env):
     f = tmp_path / "afile"
     f.write_text("keep me")
@@ -366,14 +353,12 @@ def _launch_on_tmpfs(mount_dir, options, *args, env):
     )
 
 
-@WIRING
 @needs_mount
 def test_read_only_workdir_is_one_line(tmp_path, env):
     r = _launch_on_tmpfs(tmp_path / "ro", "size=1m,ro", env=env)
     assert_one_line_error(r, 1, f"{tmp_path}/ro/run", "read-only file system", "saved: nothing")
 
 
-@WIRING
 @needs_mount
 def test_full_disk_is_one_line_with_what_was_saved(tmp_path, env):
     # LeNet-5 + Adam checkpoints are ~0.75 MB: the disk fills after the first one or two
@@ -384,7 +369,6 @@ def test_full_disk_is_one_line_with_what_was_saved(tmp_path, env):
 
 
 # -- 8. Ctrl-C ------------------------------------------------------------------------------------------
-@WIRING
 def test_ctrl_c_exits_130_with_only_its_message(tmp_path, env):
     wd = tmp_path / "run"
     p = popen(wd, "--config.train.duration=3000 steps", "--config.train.log_every_steps=5", env=env)

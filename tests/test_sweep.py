@@ -462,3 +462,18 @@ def test_sub_split_metrics_report_under_the_split_name(tmp_path):
         tmp_path, "test"
     )  # the table's curves find them too
     assert metric == "error" and errors == pytest.approx([40.0, 25.0]) and len(eval_epochs) == 2
+
+
+def test_run_held_by_a_live_process_is_running_and_skipped(tmp_path):
+    """A workdir whose lock a live process holds shows as 'running' (--dry_run) and a sweep skips it."""
+    from research.train.workdir import WorkdirLock
+
+    wd = tmp_path / "run"
+    assert sweep.run_status(wd) == "new"
+    with WorkdirLock(wd):
+        assert sweep.run_status(wd) == "running"
+        run = sweep.Run(id="x", overrides={}, config=None, workdir=wd)
+        logs = []
+        statuses = sweep.run_sweep([run], sweep_name="s", root=tmp_path, show_progress=False, log=logs.append)
+        assert statuses == {"x": "running"} and "running in another process" in logs[0]
+    assert sweep.run_status(wd) == "new"

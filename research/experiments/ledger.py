@@ -42,6 +42,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from research.train import workdir as workdir_lib
 from research.train.reporting import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -247,8 +248,12 @@ def row_metrics(run, *, meta=None, summary=None, resolved=None) -> dict[str, Any
 
 
 def run_status(workdir: str | Path) -> str:
-    """``'done'`` (summary.json complete), ``'partial'`` (has checkpoints) or ``'new'``."""
+    """``'running'`` (a live run holds its lock), ``'done'`` (summary.json complete), ``'partial'`` (has
+    checkpoints) or ``'new'``."""
     workdir = Path(workdir)
+    holder = workdir_lib.read_lock(workdir) if (workdir / workdir_lib.LOCK_NAME).exists() else None
+    if holder is not None and not workdir_lib.lock_is_stale(holder):
+        return "running"
     summary = workdir / "summary.json"
     if summary.exists():
         try:

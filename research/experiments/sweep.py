@@ -336,10 +336,14 @@ def run_sweep(
     statuses: dict[str, str] = {}
     todo = []
     for run in runs:
-        if run_status(run.workdir) == "done":
+        status = run_status(run.workdir)
+        if status == "done":
             statuses[run.id] = "done"
             ledger.ensure_row(ledger_path, run, sweep_name)
             log(f"[sweep] skip {run.id}: done")
+        elif status == "running":  # another process holds its workdir (a parallel sweep, a launch)
+            statuses[run.id] = "running"
+            log(f"[sweep] skip {run.id}: running in another process")
         else:
             todo.append(run)
     if parallel <= 1 or len(todo) <= 1 or child_command is None:

@@ -23,8 +23,9 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from research.configlib import check_keys
+from research.configlib import check_keys, to_dict
 from research.tasks.base import KNOBS, DataInfo, Picture, Task, check_knobs
+from research.tasks.checks import check_values
 from research.tasks.classification import Classification
 from research.tasks.detection import Detection
 from research.tasks.gan import Gan
@@ -77,10 +78,12 @@ def validate_config(config: ConfigDict) -> None:
 
 
 def create(config: ConfigDict) -> Task:
-    """The task of ``config.task`` for ``config``, after checking the config: known keys, the task's
-    own values (``Task.check``) and the optional knobs (one the task does not support is refused)."""
+    """The task of ``config.task`` for ``config``, after checking the config: known keys, values
+    (``research.tasks.checks.check_values``: one line naming the key and the value), the optional
+    knobs (one the task does not support is refused) and the task's own values (``Task.check``)."""
     task = get(config.get("task", "classification"))(config)
     validate_config(config)
+    check_values(config)
     check_knobs(task, config)
     task.check()
     return task
@@ -92,11 +95,24 @@ def trainer(config: ConfigDict, *, show_progress: bool = True) -> loop.Trainer:
 
 
 def train_and_evaluate(
-    config: ConfigDict, workdir: str | Path, *, stop_after_steps: int | None = None, show_progress: bool = True
+    config: ConfigDict,
+    workdir: str | Path,
+    *,
+    stop_after_steps: int | None = None,
+    show_progress: bool = True,
+    allow_config_change: bool = False,
 ) -> dict[str, Any]:
-    """Trains ``config`` (any task) in ``workdir``, resuming from its newest checkpoint; returns the
-    summary (``summary.json``). ``stop_after_steps``: stop early with a checkpoint, as a preemption."""
-    return loop.run(trainer(config, show_progress=show_progress), workdir, stop_after_steps=stop_after_steps)
+    """Trains ``config`` (any task) in ``workdir``, resuming from its newest checkpoint that verifies;
+    returns the summary (``summary.json``). ``stop_after_steps``: stop early with a checkpoint, as a
+    preemption. ``allow_config_change``: resume although the config changed in a key that may not
+    change on resume (``research.train.records``; the change is recorded)."""
+    return loop.run(
+        trainer(config, show_progress=show_progress),
+        workdir,
+        stop_after_steps=stop_after_steps,
+        allow_config_change=allow_config_change,
+        defaults=to_dict(base_config()),
+    )
 
 
 def knob_table() -> str:

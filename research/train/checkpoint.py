@@ -34,7 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from research.config import ConfigError
+from research.configlib import ConfigError
 
 CHECKSUMS = "checksums.json"
 # Files orbax writes or rewrites at the step's root *after* the record (the commit timestamp in

@@ -33,23 +33,25 @@ log, evaluation and checkpoint boundaries are crossed rather than hit.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
+from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from research import models
 from research.configlib import ConfigError, parse_duration, to_dict
 from research.kernels import onednn
 from research.train import checkpoint as ckpt_lib
+from research.train import records
 from research.train import mesh as mesh_lib
 from research.train import transfer
+from research.train import workdir as workdir_lib
 from research.train.optim import make_schedule
 from research.train import distributed
 from research.train.reporting import MetricWriter, ProfilerHook, Progress, format_seconds, read_metrics
@@ -344,26 +346,6 @@ def _params_of(state) -> Any:
 # ------------------------------------------------------------------------------------------- the run
 
 
-def _check_same_run(workdir: Path, config: ConfigDict) -> None:
-    saved = workdir / "config.json"
-    if not saved.exists():
-        return
-    old = json.loads(saved.read_text())
-    new = to_dict(config)
-    for section, keys in (("task", None), ("model", None), ("data", ("name", "path", "image_size", "synthetic"))):
-        a, b = old.get(section, {}), new.get(section, {})
-        if section == "task":
-            a, b = {"task": old.get("task", "classification")}, {"task": new.get("task")}
-        if keys is not None:  # a key absent from an older config.json has its default
-            a, b = ({k: d.get(k, new["data"].get(k)) for k in keys} for d in (a, b))
-        if a != b:
-            diff = {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
-            raise ConfigError(
-                f"workdir {workdir} holds a run of a different {section} config "
-                f"(saved vs now: {diff}); use another --workdir to start a new run"
-            )
-
-
 def _close(iterator) -> None:
     if hasattr(iterator, "close"):
         iterator.close()
@@ -380,53 +362,138 @@ def _window_add(window: dict[str, float], metrics: dict[str, Any]) -> int:
     return n
 
 
+def _lock(workdir: epath.Path, log) -> workdir_lib.WorkdirLock:
+    """The workdir lock, taken by process 0; on multi-host runs its outcome is broadcast, so every
+    process stops when the workdir is refused (one line each)."""
+    lock = workdir_lib.WorkdirLock(workdir, process_index=jax.process_index(), warn=log)
+    error = None
+    try:
+        lock.acquire()
+    except (ConfigError, workdir_lib.WorkdirLockedError, workdir_lib.WorkdirError) as e:
+        error = e
+    if jax.process_count() > 1:
+        refused = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+        if refused and error is None:
+            raise workdir_lib.WorkdirLockedError(f"workdir {workdir}: refused on process 0 (see its message)")
+    if error is not None:
+        raise error
+    return lock
+
+
+def _saved_text(ckpt: ckpt_lib.Checkpointer | None, workdir: epath.Path) -> str:
+    """What survives a failure, for its one-line message."""
+    try:
+        steps = ckpt.all_steps() if ckpt is not None else []
+    except Exception:  # noqa: BLE001 - only for the message
+        steps = []
+    if not steps:
+        return "no checkpoint"
+    return f"checkpoint step {steps[-1]} ({workdir / 'checkpoints' / str(steps[-1])})"
+
+
 def run(
     trainer: Trainer,
-    workdir: str | Path,
+    workdir: str | epath.PathLike,
     *,
     stop_after_steps: int | None = None,
+    allow_config_change: bool = False,
+    defaults: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Trains ``trainer``'s task in ``workdir`` (resuming if it holds checkpoints); returns the summary.
 
-    ``stop_after_steps`` stops (with a checkpoint) once that step is reached, as a preemption would;
-    relaunching continues the run."""
+    One writer per workdir (``run.lock``, research/train/workdir.py). A relaunch compares its config
+    with the saved one: keys that may change on resume pass (``records.RESUMABLE_KEYS``), any other
+    change is refused with its diff unless ``allow_config_change`` (then recorded in
+    ``config_history.jsonl``); a finished run of the same length prints its summary and changes
+    nothing. Resume restores the newest checkpoint that verifies against its checksums (a corrupt one
+    is moved aside). ``stop_after_steps`` stops (with a checkpoint) once that step is reached, as a
+    preemption would. ``defaults``: the schema's defaults (keys missing from an older config.json)."""
+    workdir = epath.Path(workdir)
+    log = print if trainer.is_main else (lambda *a, **k: None)
+    lock = _lock(workdir, log)
+    ckpt = None
+    try:
+        ckpt = ckpt_lib.Checkpointer(
+            workdir,
+            keep=trainer.config.train.keep_checkpoints,
+            async_save=trainer.config.train.async_checkpoints,
+            cleanup_tmp=trainer.is_main,
+        )
+        return _run(trainer, workdir, ckpt, log, stop_after_steps, allow_config_change, defaults)
+    except Exception as e:
+        if workdir_lib.io_errno(e) is not None:
+            raise workdir_lib.workdir_error(
+                e, workdir, doing="writing the run", saved=_saved_text(ckpt, workdir)
+            ) from None
+        raise
+    finally:
+        lock.release()
+
+
+def _run(trainer, workdir, ckpt, log, stop_after_steps, allow_config_change, defaults) -> dict[str, Any]:
     task, config = trainer.task, trainer.config
     tc = config.train
-    workdir = Path(workdir)
     wall0 = time.perf_counter()
-    if trainer.is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-    log = print if trainer.is_main else (lambda *a, **k: None)
-    ckpt = ckpt_lib.Checkpointer(workdir, keep=tc.keep_checkpoints, async_save=tc.async_checkpoints)
-    state = trainer.init_state()
-    train_it = trainer.train_iterator()
-    start = ckpt.latest_step() if task.checkpoints else None
-    if start is not None:
-        _check_same_run(workdir, config)
-        arrays, data_state, _ = ckpt.restore(start, ckpt_lib.abstract_like(state.arrays()))
-        state = state.replace_arrays(arrays)
-        train_it.set_state(ckpt_lib.from_jsonable(data_state))
-        log(f"resumed from {ckpt.directory / str(start)} (step {start}, epoch {trainer.epoch(start):.2f})")
-    elif config.init.checkpoint:
-        state, msg = trainer.load_pretrained(state)
-        log(msg)
-    start = start or 0
     info = trainer.info
+    resolved = to_dict(config)
+    resolved["_resolved"] = dict(
+        steps_per_epoch=trainer.steps_per_epoch,
+        total_steps=trainer.total_steps,
+        num_params=trainer.num_params,
+        devices=int(trainer.mesh.devices.size),
+        processes=jax.process_count(),
+        cpu_conv=trainer.cpu_conv,  # train.cpu_conv resolved: what the convolutions ran on
+        dataset=info.name,
+        num_classes=info.num_classes,
+        image_shape=list(info.image_shape),
+        **info.extra,
+    )
+    latest = ckpt.latest_step() if task.checkpoints else None
+    saved_config = records.load_config(workdir)
+    changes: dict[str, tuple[Any, Any]] = {}
+    allowed: dict[str, tuple[Any, Any]] = {}
+    if latest is not None and saved_config is not None:
+        changes = records.config_changes(saved_config, resolved, defaults=defaults)
+        allowed = records.check_config_change(changes, workdir=workdir, allow=allow_config_change)
+        done = records.finished_summary(workdir, trainer.total_steps, latest)
+        if done is not None:  # a finished run of this length: its summary, and nothing written
+            ckpt.close()
+            log(records.summary_line(done))
+            return done
+    state = trainer.init_state()
+    initial_params = jax.device_get(_params_of(state)) if latest is not None or config.init.checkpoint else None
+    train_it = trainer.train_iterator()
+    restored = ckpt.restore_latest(ckpt_lib.abstract_like(state.arrays()), warn=log) if latest is not None else None
+    totals = records.RunTotals()
+    if restored is not None:
+        start = restored.step
+        state = state.replace_arrays(restored.state)
+        totals = records.RunTotals.from_record(restored.meta.get("totals"))
+    else:
+        start = 0
+        changes, allowed = {}, {}
+        if config.init.checkpoint:
+            state, msg = trainer.load_pretrained(state)
+            log(msg)
+    segs = [records.Segment(0, trainer.batch_size, trainer.steps_per_epoch)]
+    if saved_config is not None and start:
+        segs = [s for s in records.segments(saved_config) if s.start_step < start] or segs
     if trainer.is_main:
-        resolved = to_dict(config)
-        resolved["_resolved"] = dict(
-            steps_per_epoch=trainer.steps_per_epoch,
-            total_steps=trainer.total_steps,
-            num_params=trainer.num_params,
-            devices=int(trainer.mesh.devices.size),
-            processes=jax.process_count(),
-            cpu_conv=trainer.cpu_conv,  # train.cpu_conv resolved: what the convolutions ran on
-            dataset=info.name,
-            num_classes=info.num_classes,
-            image_shape=list(info.image_shape),
-            **info.extra,
-        )
-        (workdir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
+        segs = records.write_config(
+            workdir, resolved, step=start, batch_size=trainer.batch_size,
+            steps_per_epoch=trainer.steps_per_epoch, changes=changes, allowed=allowed,
+        )  # fmt: skip
+    elif changes:
+        segs = segs + [records.Segment(start, trainer.batch_size, trainer.steps_per_epoch)]
+
+    def epoch_of(s: int) -> float:
+        return records.epoch_at(segs, s)
+
+    if restored is not None:
+        train_it.set_state(_data_state(restored.data, segs, start, trainer.batch_size, log))
+        log(f"resumed from {ckpt.directory / str(start)} (step {start}, epoch {epoch_of(start):.2f})")
+        if allowed:
+            log(f"config changed on resume (recorded in {workdir / records.HISTORY}): {records.format_changes(allowed)}")
     platform = trainer.mesh.devices.flat[0].platform
     log(
         f"{task.name} | model {task.model_name}: {trainer.num_params:,} params | {task.describe()} | "
@@ -435,7 +502,7 @@ def run(
         f"{' (oneDNN convolutions)' if trainer.cpu_conv == 'onednn' else ''} | workdir {workdir}"
     )
     if trainer.total_steps == 0:
-        log("train.duration is 0: evaluation only")
+        log(f"train.duration={tc.duration!r}: evaluation only (no training step, no checkpoint)")
     hint = distributed.accelerator_hint() if trainer.is_main else None
     if hint:
         log(hint)
@@ -452,6 +519,10 @@ def run(
     timed_n = 0  # steps dispatched since window_t0 (the throughput's numerator)
     eval_rows: list[dict[str, Any]] = []
 
+    def run_totals() -> records.RunTotals:
+        """This run's totals so far: the saved segments' plus this segment's."""
+        return totals.plus(time.perf_counter() - wall0, train_time, timed_steps * trainer.batch_size)
+
     def drain() -> None:
         """Reads the pending call's metrics (one call late): NaN check, into the window."""
         nonlocal pending, window_n
@@ -460,35 +531,34 @@ def run(
         s, m = pending
         pending = None
         m = jax.device_get(m)
-        loss = float(np.mean(m["loss"])) if "loss" in m else 0.0
-        if not math.isfinite(loss):
-            ckpt.wait()
-            last = ckpt.latest_step()
-            where = (
-                f"the last good checkpoint is step {last} in {ckpt.directory}"
-                if last is not None
-                else "no checkpoint had been written yet"
-            )
+        values = [m["loss"]] if "loss" in m else list(m.values())
+        if not all(np.all(np.isfinite(np.asarray(v, np.float64))) for v in values):
+            loss = float(np.mean(m["loss"])) if "loss" in m else float("nan")
+            good = ckpt.last_good(s, reference_params=initial_params)
             raise NonFiniteLossError(
-                f"loss is {loss} at step {s} (epoch {trainer.epoch(s):.2f}); stopping. {where}. "
-                f"Try a lower optimizer.lr (now {config.optimizer.lr}) or a warm-up."
+                f"loss is {loss} at step {s} (epoch {epoch_of(s):.2f}); stopping. "
+                + good.message(ckpt.directory, lr=config.optimizer.lr)
             )
         window_n += _window_add(window, m)
 
     def save(s: int) -> None:
         nonlocal last_saved
         drain()
-        if task.checkpoints:
-            meta = {"step": s, "epoch": trainer.epoch(s), "model": task.model_name, "task": task.name}
+        if task.checkpoints and s > 0:
+            meta = {
+                "step": s, "epoch": epoch_of(s), "model": task.model_name, "task": task.name,
+                "totals": run_totals().as_record(),
+            }  # fmt: skip
             ckpt.save(s, state.arrays(), train_it.get_state(), meta)
         last_saved = s
 
     def evaluate(s: int, final: bool = False) -> dict[str, Any]:
         res, picture = trainer.evaluate(state, final=final)
-        res["epoch"] = trainer.epoch(s)
+        res["epoch"] = epoch_of(s)
         writer.write(str(config.data.eval_split), s, res)
         if trainer.is_main and picture is not None:
             path = workdir / picture.name / f"step_{s:06d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
             picture.write(path)
             writer.image(f"{picture.name}/{config.data.eval_split}", s, path)
         eval_rows.append({"step": s, **res})
@@ -520,7 +590,7 @@ def run(
                 timed_steps += timed_n
                 row = {k: v / max(window_n, 1) for k, v in window.items()}
                 row.update(
-                    epoch=trainer.epoch(step),
+                    epoch=epoch_of(step),
                     lr=float(trainer.schedule(step - 1)),
                     images_per_sec=timed_n * trainer.batch_size / dt if dt > 0 and timed_n else float("nan"),
                 )
@@ -571,7 +641,7 @@ def run(
         "num_params": trainer.num_params,
         "step": step,
         "total_steps": trainer.total_steps,
-        "epoch": trainer.epoch(step),
+        "epoch": epoch_of(step),
         "complete": step >= trainer.total_steps,
         "batch_size": trainer.batch_size,
         "devices": int(trainer.mesh.devices.size),
@@ -579,8 +649,7 @@ def run(
         "platform": platform,
         "cpu_conv": trainer.cpu_conv,
         "jax": jax.__version__,
-        "images_per_sec": timed_steps * trainer.batch_size / train_time if train_time > 0 else None,
-        "train_time_s": train_time,
+        "train_time_s": train_time,  # this launch's timed steps (totals: every launch of the run)
         "compile_time_s": trainer.compile_seconds,
     }
     if step >= trainer.total_steps:
@@ -596,15 +665,20 @@ def run(
         if trainer.is_main:
             task.finish(trainer.eval_state(state), workdir)
     summary.update(task.summary(state, summary))
-    summary["wall_time_s"] = time.perf_counter() - wall0
-    summary["workdir"] = str(workdir)
+    final_totals = run_totals()
+    summary.update(
+        images_per_sec=final_totals.images_per_sec,  # over every launch of the run
+        wall_time_s=final_totals.wall_time_s,
+        totals=final_totals.as_record(),
+        workdir=str(workdir),
+    )
     writer.close()
     if trainer.is_main:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        records.write_summary(workdir, summary)
         if "final" in summary:
             ips = summary["images_per_sec"]
             log(
-                f"done: {task.model_name} on {info.name} | {step} steps ({trainer.epoch(step):.1f} epochs) in "
+                f"done: {task.model_name} on {info.name} | {step} steps ({epoch_of(step):.1f} epochs) in "
                 f"{format_seconds(summary['wall_time_s'])} | {task.done_message(res)}"
                 + (f" | {ips:.0f} train img/s" if ips else "")
                 + f" | workdir {workdir}"
@@ -615,3 +689,21 @@ def run(
                 "relaunch the same command to resume"
             )
     return summary
+
+
+def _data_state(saved: Any, segs: list[records.Segment], start: int, batch_size: int, log) -> Any:
+    """The data-iterator state to resume with: as saved, except after an allowed batch-size change,
+    where the stream continues at the examples seen so far (in batches of the new size)."""
+    state = ckpt_lib.from_jsonable(saved)
+    if len(segs) < 2 or segs[-1].batch_size == segs[-2].batch_size:
+        return state
+    seen = records.examples_at(segs, start)
+    if isinstance(state, dict) and "next_index" in state:
+        index, extra = divmod(seen, batch_size)
+        log(
+            f"train.batch_size changed to {batch_size}: the data stream resumes at example {seen} "
+            f"(batch {index} of the new size" + (f"; {extra} examples are seen twice)" if extra else ")")
+        )
+        return {**state, "next_index": int(index)}
+    log(f"train.batch_size changed to {batch_size}: the data stream resumes at its saved position")
+    return state

@@ -27,7 +27,7 @@ from typing import Any
 
 from etils import epath
 
-from research.config import ConfigError
+from research.configlib import ConfigError
 
 CONFIG = "config.json"
 HISTORY = "config_history.jsonl"
@@ -346,6 +346,11 @@ class RunTotals:
 
     def as_record(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def write_summary(workdir: Any, summary: dict[str, Any]) -> None:
+    """Writes ``summary.json`` atomically (a reader never sees half a file)."""
+    _write_atomic(epath.Path(workdir) / SUMMARY, json.dumps(summary, indent=2, default=str))
 
 
 def summary_line(summary: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 
 from etils import epath
 
-from research.config import ConfigError
+from research.configlib import ConfigError
 
 LOCK_NAME = "run.lock"
 _TAKEOVER_STALE_S = 30.0  # a takeover mutex older than this was left by a killed process
