@@ -216,8 +216,10 @@ def test_corrupt_checkpoint_gives_clear_error(data_dir, tmp_path):
     for f in (tmp_path / "checkpoints" / "6" / "state").rglob("*"):
         if f.is_file() and f.stat().st_size > 0:
             f.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match=r"checkpoints/6"):
+    # the only checkpoint fails its checksums: moved aside (never deleted), and a one-line refusal
+    with pytest.raises(CheckpointError, match=r"no checkpoint in .*checkpoints verifies"):
         train_and_evaluate(digits_config(data_dir, steps=12), tmp_path, show_progress=False)
+    assert [p.name.split("-")[0] for p in (tmp_path / "checkpoints" / "corrupt").iterdir()] == ["6"]
 
 
 def test_synthetic_data_trains_on_one_device_batch_without_the_pipeline(data_dir, tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 import uuid
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import numpy as np
+from etils import epath
 
 
 class Writer(Protocol):
@@ -229,11 +231,11 @@ class MetricWriter:
         if not self.writers:
             return
         path = None
-        if isinstance(path_or_array, (str, Path)):
+        if isinstance(path_or_array, (str, os.PathLike)):  # a local path, or an epath (gs://...)
             from PIL import Image
 
-            path = Path(path_or_array)
-            with Image.open(path) as im:
+            path = epath.Path(path_or_array)
+            with path.open("rb") as f, Image.open(f) as im:
                 image = np.asarray(im.convert("RGB"))
         else:
             image = _rgb_uint8(path_or_array)
