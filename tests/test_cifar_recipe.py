@@ -72,8 +72,13 @@ CASES = {
         'depth=19',
     ],
     'ablations.preact_orderings': [P, f'quick,{P}', f'quick,depth=20,train_images=1000,test_images=500,{P}'],
-    'ablations.resnet_degradation': [P, f'quick,epochs=4,{P}'],
-    'ablations.wrn_depth_width': [P, f'quick,{P}', f'quick,train_images=0,test_images=100,{P}'],
+    'ablations.resnet_degradation': [P, f'quick,epochs=4,{P}', f'train_images=1000,test_images=500,{P}'],
+    'ablations.wrn_depth_width': [
+        P,
+        f'quick,{P}',
+        f'quick,train_images=0,test_images=100,{P}',
+        f'train_images=500,test_images=100,{P}',
+    ],
 }
 
 
