@@ -155,9 +155,17 @@ class MobileNetV1(nn.Module):
             stride *= s
             if self.separable:
                 x = conv_norm_act(
-                    x, conv, norm, act, x.shape[-1], 3, strides=s, groups=x.shape[-1],
-                    name=f'layer{i}_dw_conv', norm_name=f'layer{i}_dw_bn',
-                )  # fmt: skip
+                    x,
+                    conv,
+                    norm,
+                    act,
+                    x.shape[-1],
+                    3,
+                    strides=s,
+                    groups=x.shape[-1],
+                    name=f'layer{i}_dw_conv',
+                    norm_name=f'layer{i}_dw_bn',
+                )
                 x = conv_norm_act(
                     x,
                     conv,
