@@ -8,7 +8,7 @@ import jax.numpy as jnp
 __all__ = ['classifier_head']
 
 
-def classifier_head(x, num_classes, *, dropout_rate=0.0, train=False, dtype=None, name='fc'):
+def classifier_head(x, num_classes, dropout_rate=0.0, train=False, dtype=None, name='fc'):
     """Global average pool -> dropout (``dropout_rate``, active when ``train``) -> linear layer
     ``name`` -> float32 logits: the head of the ResNet-era classifiers. Call it inside a compact
     method; the linear layer is the caller's submodule ``name`` (torchvision's 'fc',

@@ -110,14 +110,7 @@ class DPN(nn.Module):
         if norm is not None:
             x = norm(name='conv5_bn')(x)
         x = feats[f'stage{len(self.k_sec) + 1}'] = resolve_activation(self.final_activation)(x)
-        logits = classifier_head(
-            x,
-            self.num_classes,
-            dropout_rate=self.dropout_rate,
-            train=train,
-            dtype=self.dtype,
-            name='classifier',
-        )
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'classifier')
         return (logits, feats) if return_features else logits
 
 

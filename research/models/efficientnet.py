@@ -162,14 +162,7 @@ class EfficientNet(nn.Module):
         x = conv_norm_act(x, conv, norm, act, 4 * stages[-1][4], 1, name='head_conv', norm_name='head_bn')
         maps.append((stride, x))
         feats = stage_features({}, maps)
-        logits = classifier_head(
-            x,
-            self.num_classes,
-            dropout_rate=self.dropout_rate,
-            train=train,
-            dtype=self.dtype,
-            name='classifier',
-        )
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'classifier')
         return (logits, feats) if return_features else logits
 
 

@@ -189,9 +189,7 @@ class GoogLeNet(nn.Module):
         x = max_pool(x, 2, 2, ceil_mode=True)
         x = inception(x, '5a')
         x = feats['stage5'] = inception(x, '5b')
-        logits = classifier_head(
-            x, self.num_classes, dropout_rate=self.dropout_rate, train=train, dtype=self.dtype, name='fc'
-        )
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'fc')
         return (logits, feats) if return_features else logits
 
 

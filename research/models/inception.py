@@ -203,9 +203,7 @@ class InceptionV3(nn.Module):
         x = InceptionD(cb, name='Mixed_7a')(x)
         x = InceptionE(cb, name='Mixed_7b')(x)
         x = feats['stage5'] = InceptionE(cb, name='Mixed_7c')(x)
-        logits = classifier_head(
-            x, self.num_classes, dropout_rate=self.dropout_rate, train=train, dtype=self.dtype, name='fc'
-        )
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'fc')
         return (logits, feats) if return_features else logits
 
 
@@ -362,9 +360,7 @@ class InceptionV4(nn.Module):
         for i in range(3):
             x = InceptionV4C(cb, name=f'inception_c{i + 1}')(x)
         feats['stage5'] = x
-        logits = classifier_head(
-            x, self.num_classes, dropout_rate=self.dropout_rate, train=train, dtype=self.dtype, name='fc'
-        )
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'fc')
         return (logits, feats) if return_features else logits
 
 

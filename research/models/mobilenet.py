@@ -190,14 +190,7 @@ class MobileNetV1(nn.Module):
                 )
             maps.append((stride, x))
         feats = stage_features({}, maps)
-        logits = classifier_head(
-            x,
-            self.num_classes,
-            dropout_rate=self.dropout_rate,
-            train=train,
-            dtype=self.dtype,
-            name='classifier',
-        )
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'classifier')
         return (logits, feats) if return_features else logits
 
 
@@ -278,14 +271,7 @@ class MobileNetV2(nn.Module):
         maps.append((stride, x))
         feats[f'features{i}'] = x
         stage_features(feats, maps)
-        logits = classifier_head(
-            x,
-            self.num_classes,
-            dropout_rate=self.dropout_rate,
-            train=train,
-            dtype=self.dtype,
-            name='classifier',
-        )
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'classifier')
         return (logits, feats) if return_features else logits
 
 

@@ -133,9 +133,7 @@ class PreActResNetCifar(nn.Module):
             if stage == 2:
                 x = _head_norm(x, o, norm, act)
             feats[f'stage{stage + 1}'] = x
-        logits = classifier_head(
-            x, self.num_classes, dropout_rate=self.dropout_rate, train=train, dtype=self.dtype, name='head'
-        )
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'head')
         return (logits, feats) if return_features else logits
 
 
@@ -194,9 +192,7 @@ class PreActResNet(nn.Module):
             if stage == 3:
                 x = _head_norm(x, self.ordering, norm, act)
             feats[f'stage{stage + 2}'] = x
-        logits = classifier_head(
-            x, self.num_classes, dropout_rate=self.dropout_rate, train=train, dtype=self.dtype, name='fc'
-        )
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'fc')
         return (logits, feats) if return_features else logits
 
 

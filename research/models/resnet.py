@@ -165,9 +165,7 @@ class ResNet(nn.Module):
             feats[f'stage{stage + 2}'] = x
         if not self.include_top:
             return feats
-        logits = classifier_head(
-            x, self.num_classes, dropout_rate=self.dropout_rate, train=train, dtype=self.dtype, name='fc'
-        )
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'fc')
         return (logits, feats) if return_features else logits
 
 

@@ -83,9 +83,7 @@ class CifarResNeXt(nn.Module):
                     name=f'stage{stage + 1}_block{i + 1}',
                 )(x)
             feats[f'stage{stage + 1}'] = x
-        logits = classifier_head(
-            x, self.num_classes, dropout_rate=self.dropout_rate, train=train, dtype=self.dtype, name='head'
-        )
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'head')
         return (logits, feats) if return_features else logits
 
 

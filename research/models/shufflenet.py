@@ -114,9 +114,7 @@ class ShuffleNetV1(nn.Module):
                     name=f'stage{s + 2}_unit{i}',
                 )(x)
             feats[f'stage{s + 3}'] = x
-        logits = classifier_head(
-            x, self.num_classes, dropout_rate=self.dropout_rate, train=train, dtype=self.dtype, name='fc'
-        )
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'fc')
         return (logits, feats) if return_features else logits
 
 
@@ -183,9 +181,7 @@ class ShuffleNetV2(nn.Module):
                 feats[f'stage{s + 3}'] = x
         x = conv_norm_act(x, conv, norm, act, last, 1, padding='VALID', name='conv5', norm_name='conv5_bn')
         feats[f'stage{len(self.stages_repeats) + 2}'] = x
-        logits = classifier_head(
-            x, self.num_classes, dropout_rate=self.dropout_rate, train=train, dtype=self.dtype, name='fc'
-        )
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'fc')
         return (logits, feats) if return_features else logits
 
 
