@@ -35,6 +35,7 @@ Full scale, GPU(s)::
 """
 
 from experiments.classification import resnet_cifar
+from experiments.classification.common import first_images
 from experiments.paths import CIFAR10_FOLDER
 from research.config import parse_arg, with_model
 from research.experiments import paper
@@ -70,11 +71,7 @@ def get_config(arg=None):
     base = 110 if depth in PAPER_DEPTHS else depth
     c = resnet_cifar.get_config(f"folder,path={args['path']},depth={base}{quick}")
     with_model(c, "preact_resnet_cifar", depth=depth, ordering="e", bottleneck=depth == 164)
-    if args["train_images"]:  # TFDS sub-splits: the first N images of each split
-        c.data.train_split = f"train[:{args['train_images']}]"
-    if args["test_images"]:
-        c.data.eval_split = f"test[:{args['test_images']}]"
-    return c
+    return first_images(c, args["train_images"], args["test_images"])
 
 
 def get_sweep(arg=None):

@@ -33,15 +33,21 @@ and ``tables/resnet_degradation_train.*`` (final training error: the degradation
 """
 
 from experiments.classification import resnet_cifar
+from experiments.classification.common import first_images
 from experiments.paths import CIFAR10_FOLDER
 from research.config import parse_arg, with_model
 from research.experiments import paper
 from research.experiments.sweep import product
 
 ARGS = {
-    "quick": False, "epochs": 3, "seeds": 2, "depths": "20+56", "path": CIFAR10_FOLDER, "train_images": 0,
+    "quick": False,
+    "epochs": 3,
+    "seeds": 2,
+    "depths": "20+56",
+    "path": CIFAR10_FOLDER,
+    "train_images": 0,
     "test_images": 0,
-}  # fmt: skip
+}
 
 
 def _depths(args):
@@ -54,11 +60,7 @@ def get_config(arg=None):
     c = resnet_cifar.get_config(base_arg)
     # One model name for all four nets, so that `plain` and `depth` are sweepable keys.
     with_model(c, "resnet_cifar", depth=_depths(args)[0], shortcut="A", plain=False)
-    if args["train_images"]:  # TFDS sub-splits: the first N images of each split
-        c.data.train_split = f"train[:{args['train_images']}]"
-    if args["test_images"]:
-        c.data.eval_split = f"test[:{args['test_images']}]"
-    return c
+    return first_images(c, args["train_images"], args["test_images"])
 
 
 def get_sweep(arg=None):

@@ -32,6 +32,7 @@ Tables: ``wrn_depth_width`` (test error, rows WRN depth, columns k; paper: 40-1 
 """
 
 from experiments.classification import wrn_cifar
+from experiments.classification.common import first_images
 from experiments.paths import CIFAR10_FOLDER
 from research.config import parse_arg
 from research.experiments import paper
@@ -55,11 +56,7 @@ def get_config(arg=None):
     depth, k = NETS[0]
     quick = f",quick,epochs={args['epochs']}" if args["quick"] else ""
     c = wrn_cifar.get_config(f"folder,path={args['path']},depth={depth},k={k}{quick}")
-    if args["quick"] and args["train_images"]:
-        c.data.train_split = f"train[:{args['train_images']}]"
-    if args["test_images"]:
-        c.data.eval_split = f"test[:{args['test_images']}]"
-    return c
+    return first_images(c, args["train_images"] if args["quick"] else 0, args["test_images"])
 
 
 def get_sweep(arg=None):

@@ -27,7 +27,7 @@ DenseNets are slow on CPU (many small concatenations): a 20-step smoke run measu
 img/s on a heavily shared 2-core machine and reached 20% test top-1.
 """
 
-from experiments.paths import CIFAR10_FOLDER
+from experiments.classification.common import cifar_args, cifar_recipe
 from research.config import base_config, parse_arg, with_model
 
 
@@ -41,10 +41,7 @@ def get_config(arg=None):
             "dropout": 0.0,
             "noaug": False,
             "cifar100": False,
-            "folder": False,
-            "quick": False,
-            "epochs": 1,
-            "path": CIFAR10_FOLDER,
+            **cifar_args(epochs=1),
         },
     )
     if args["folder"] and args["cifar100"]:
@@ -55,27 +52,15 @@ def get_config(arg=None):
     if args["plain"]:
         model.update(bottleneck=False, compression=1.0)
     with_model(c, "densenet_cifar", **model)
-    if args["folder"]:
-        c.data.name = "image_folder"
-        c.data.path = args["path"]
-    else:
-        c.data.name = "cifar100" if args["cifar100"] else "cifar10"
-    if not args["noaug"]:
-        c.data.augment.crop_padding = 4
-        c.data.augment.flip = True
-    c.optimizer.name = "nesterov"
-    c.optimizer.lr = 0.1
-    c.optimizer.momentum = 0.9
-    c.optimizer.nesterov = True
-    c.optimizer.weight_decay = 1e-4
-    c.schedule.name = "step"
-    c.schedule.decay_factor = 0.1
-    c.train.batch_size = 64
-    c.train.eval_batch_size = 500
-    epochs = args["epochs"] if args["quick"] else 300
-    c.train.duration = f"{epochs} epochs"
-    c.schedule.boundaries = (f"{0.5 * epochs} epochs", f"{0.75 * epochs} epochs")
-    c.train.log_every_steps = 20 if args["quick"] else 100
-    c.train.eval_every = "1 epochs"
-    c.train.checkpoint_every = "1 epochs"
-    return c
+    return cifar_recipe(
+        c,
+        args,
+        optimizer="nesterov",
+        weight_decay=1e-4,
+        batch_size=64,
+        duration="300 epochs",
+        boundaries=("150.0 epochs", "225.0 epochs"),  # spelled as the runs started before common.py
+        epoch_format="",
+        cifar100=args["cifar100"],
+        augment=not args["noaug"],
+    )

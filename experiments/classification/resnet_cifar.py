@@ -21,7 +21,7 @@ CIFAR-10 (the JPEG folder sits a little lower); quick ResNet-20 on 2 CPU cores
 reaches ~80% test top-1 (see README for the measured figure).
 """
 
-from experiments.paths import CIFAR10_FOLDER
+from experiments.classification.common import cifar_args, cifar_recipe
 from research.config import base_config, parse_arg, with_model
 
 
@@ -32,10 +32,7 @@ def get_config(arg=None):
             "depth": 20,
             "shortcut": "A",
             "plain": False,
-            "folder": False,
-            "quick": False,
-            "epochs": 5,
-            "path": CIFAR10_FOLDER,
+            **cifar_args(epochs=5),
         },
     )
     c = base_config()
@@ -43,33 +40,15 @@ def get_config(arg=None):
         with_model(c, "plain_cifar", depth=args["depth"])
     else:
         with_model(c, "resnet_cifar", depth=args["depth"], shortcut=args["shortcut"])
-    if args["folder"]:
-        c.data.name = "image_folder"
-        c.data.path = args["path"]
-    else:
-        c.data.name = "cifar10"
-    c.data.augment.crop_padding = 4
-    c.data.augment.flip = True
-    c.optimizer.name = "sgd"
-    c.optimizer.lr = 0.1
-    c.optimizer.momentum = 0.9
-    c.optimizer.weight_decay = 1e-4
-    c.schedule.name = "step"
-    c.schedule.decay_factor = 0.1
-    c.train.batch_size = 128
-    c.train.eval_batch_size = 500
-    if args["quick"]:
-        e = args["epochs"]
-        c.train.duration = f"{e} epochs"
-        c.schedule.boundaries = (f"{0.5 * e} epochs", f"{0.75 * e} epochs")
-        c.train.log_every_steps = 20
-    else:
-        c.train.duration = "64000 steps"
-        c.schedule.boundaries = ("32000 steps", "48000 steps")
-        c.train.log_every_steps = 100
+    cifar_recipe(
+        c,
+        args,
+        weight_decay=1e-4,
+        duration="64000 steps",
+        boundaries=("32000 steps", "48000 steps"),
+        epoch_format="",
+    )
     if args["depth"] >= 110:
         c.schedule.warmup = "400 steps"
         c.schedule.warmup_init_factor = 0.1
-    c.train.eval_every = "1 epochs"
-    c.train.checkpoint_every = "1 epochs"
     return c

@@ -14,17 +14,14 @@ depth=11,cardinality=4,base_width=4), epochs.
   python launch.py --config=experiments/classification/resnext_cifar.py:cardinality=16
 """
 
-from experiments.paths import CIFAR10_FOLDER
+from experiments.classification.common import cifar_args, cifar_recipe
 from research.config import base_config, parse_arg, with_model
 
 ARGS = {
     "depth": 29,
     "cardinality": 8,
     "base_width": 64,
-    "folder": False,
-    "quick": False,
-    "epochs": 5,
-    "path": CIFAR10_FOLDER,
+    **cifar_args(epochs=5),
 }
 
 
@@ -38,31 +35,11 @@ def get_config(arg=None):
         cardinality=args["cardinality"],
         base_width=args["base_width"],
     )
-    if args["folder"]:
-        c.data.name = "image_folder"
-        c.data.path = args["path"]
-    else:
-        c.data.name = "cifar10"
-    c.data.augment.crop_padding = 4
-    c.data.augment.flip = True
-    c.optimizer.name = "sgd"
-    c.optimizer.lr = 0.1
-    c.optimizer.momentum = 0.9
-    c.optimizer.weight_decay = 5e-4
-    c.schedule.name = "step"
-    c.schedule.decay_factor = 0.1
-    c.train.batch_size = 128
-    c.train.eval_batch_size = 500
-    if args["quick"]:
-        e = args["epochs"]
-        c.train.duration = f"{e} epochs"
-        c.schedule.boundaries = (f"{0.5 * e:g} epochs", f"{0.75 * e:g} epochs")
-        c.train.log_every_steps = 20
-        c.train.eval_every = "1 epochs"
-    else:
-        c.train.duration = "300 epochs"
-        c.schedule.boundaries = ("150 epochs", "225 epochs")
-        c.train.log_every_steps = 100
-        c.train.eval_every = "5 epochs"
-    c.train.checkpoint_every = "1 epochs"
-    return c
+    return cifar_recipe(
+        c,
+        args,
+        weight_decay=5e-4,
+        duration="300 epochs",
+        boundaries=("150 epochs", "225 epochs"),
+        eval_every="5 epochs",
+    )

@@ -20,7 +20,7 @@ CIFAR-10 folder ($RESEARCH_DATA_DIR/cifar10-jpg.tgz, docs/data.md) instead of TF
   python launch.py --config=experiments/classification/vgg_cifar.py:depth=16,folder
 """
 
-from experiments.paths import CIFAR10_FOLDER
+from experiments.classification.common import cifar_args, cifar_recipe
 from research.config import base_config, parse_arg, with_model
 
 DEPTHS = {11: "vgg11", 13: "vgg13", 16: "vgg16", 19: "vgg19"}
@@ -29,37 +29,19 @@ DEPTHS = {11: "vgg11", 13: "vgg13", 16: "vgg16", 19: "vgg19"}
 def get_config(arg=None):
     args = parse_arg(
         arg,
-        {"depth": 16, "bn": True, "folder": False, "quick": False, "epochs": 3, "path": CIFAR10_FOLDER},
+        {"depth": 16, "bn": True, **cifar_args(epochs=3)},
     )
     if args["depth"] not in DEPTHS:
         raise ValueError(f"vgg_cifar depth must be one of {sorted(DEPTHS)}, got {args['depth']}")
     name = DEPTHS[args["depth"]] + ("_bn" if args["bn"] else "")
     c = base_config()
     with_model(c, name, num_classes=10, classifier_width=512, pool_size=1, dropout_rate=0.5)
-    if args["folder"]:
-        c.data.name = "image_folder"
-        c.data.path = args["path"]
-    else:
-        c.data.name = "cifar10"
-    c.data.augment.crop_padding = 4
-    c.data.augment.flip = True
-    c.optimizer.name = "sgd"
-    c.optimizer.lr = 0.05 if args["bn"] else 0.01
-    c.optimizer.momentum = 0.9
-    c.optimizer.weight_decay = 5e-4
-    c.schedule.name = "step"
-    c.schedule.decay_factor = 0.5
-    c.train.batch_size = 128
-    c.train.eval_batch_size = 500
-    if args["quick"]:
-        e = args["epochs"]
-        c.train.duration = f"{e} epochs"
-        c.schedule.boundaries = (f"{0.5 * e:g} epochs", f"{0.75 * e:g} epochs")
-        c.train.log_every_steps = 20
-    else:
-        c.train.duration = "300 epochs"
-        c.schedule.boundaries = tuple(f"{30 * k} epochs" for k in range(1, 10))
-        c.train.log_every_steps = 100
-    c.train.eval_every = "1 epochs"
-    c.train.checkpoint_every = "1 epochs"
-    return c
+    return cifar_recipe(
+        c,
+        args,
+        lr=0.05 if args["bn"] else 0.01,
+        weight_decay=5e-4,
+        decay_factor=0.5,
+        duration="300 epochs",
+        boundaries=[f"{30 * k} epochs" for k in range(1, 10)],
+    )

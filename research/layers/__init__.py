@@ -50,7 +50,10 @@ from research.layers.blocks import ShuffleUnitV1 as ShuffleUnitV1
 from research.layers.blocks import ShuffleUnitV2 as ShuffleUnitV2
 from research.layers.blocks import SqueezeExcite as SqueezeExcite
 from research.layers.blocks import Transition as Transition
+from research.layers.blocks import conv_norm_act as conv_norm_act
 from research.layers.blocks import residual_shortcut as residual_shortcut
+from research.layers.heads import classifier_head as classifier_head
+from research.layers.stems import imagenet_stem as imagenet_stem
 from research.layers.summary import Summary as Summary
 from research.layers.summary import format_count as format_count
 from research.layers.summary import register_layer as register_layer

@@ -61,6 +61,7 @@ __all__ = [
     'SqueezeExcite',
     'Transition',
     'drop_path',
+    'conv_norm_act',
     'residual_shortcut',
 ]
 
@@ -95,16 +96,50 @@ def _pad(kernel: int, dilation: int = 1) -> tuple[tuple[int, int], tuple[int, in
     return ((p, p), (p, p))
 
 
-def _conv_norm_act(x, conv, norm, act, features, kernel, *, strides=1, groups=1, dilation=1, name, norm_name):
-    """conv (no bias when normed) -> norm -> act (act None = linear). Called inside a compact method."""
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def conv_norm_act(
+    x,
+    conv,
+    norm,
+    act,
+    features,
+    kernel,
+    *,
+    strides=1,
+    groups=1,
+    dilation=1,
+    padding=None,
+    use_bias=None,
+    name,
+    norm_name,
+):
+    """conv -> norm -> act, the unit most CNNs are made of; call it inside a compact method.
+
+    ``conv``, ``norm``: constructors (the norm already bound to train/eval mode; None = no norm),
+    ``act``: a callable (None = linear). ``kernel``, ``strides``, ``dilation``: int or (h, w).
+    ``padding``: None = torch's ``dilation * (k - 1) // 2`` per side (the same size for odd
+    kernels at stride 1), an int or (h, w) for symmetric padding, or what the conv takes as is
+    ('VALID', ((top, bottom), (left, right))). ``use_bias``: None = only without a norm.
+    Submodules ``name`` (the conv) and ``norm_name``, side by side in the caller's scope.
+    """
+    kernel, dilation = _pair(kernel), _pair(dilation)
+    if padding is None:
+        padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
+    if isinstance(padding, int):
+        padding = (padding, padding)
+    if not isinstance(padding, str) and all(isinstance(p, int) for p in padding):
+        padding = tuple((p, p) for p in padding)
     x = conv(
         features,
-        (kernel, kernel),
-        strides=(strides, strides),
-        padding=_pad(kernel, dilation),
-        kernel_dilation=(dilation, dilation),
+        kernel,
+        strides=_pair(strides),
+        padding=padding,
+        kernel_dilation=dilation,
         feature_group_count=groups,
-        use_bias=norm is None,
+        use_bias=norm is None if use_bias is None else use_bias,
         name=name,
     )(x)
     if norm is not None:
@@ -218,7 +253,7 @@ class BasicBlock(nn.Module):
         act = resolve_activation(self.activation)
         conv = functools.partial(self.conv, dtype=self.dtype)
         d = self.dilation
-        y = _conv_norm_act(
+        y = conv_norm_act(
             x,
             conv,
             norm,
@@ -231,7 +266,7 @@ class BasicBlock(nn.Module):
             norm_name='bn1',
         )
         last_norm = _zero_scale(norm) if self.zero_init_last else norm
-        y = _conv_norm_act(
+        y = conv_norm_act(
             y, conv, last_norm, None, self.features, 3, dilation=d, name='conv2', norm_name='bn2'
         )
         if self.se_reduction:
@@ -284,8 +319,8 @@ class Bottleneck(nn.Module):
         conv = functools.partial(self.conv, dtype=self.dtype)
         out = self.features * self.expansion
         s1, s3 = (self.strides, 1) if self.stride_on_1x1 else (1, self.strides)
-        y = _conv_norm_act(x, conv, norm, act, self.width, 1, strides=s1, name='conv1', norm_name='bn1')
-        y = _conv_norm_act(
+        y = conv_norm_act(x, conv, norm, act, self.width, 1, strides=s1, name='conv1', norm_name='bn1')
+        y = conv_norm_act(
             y,
             conv,
             norm,
@@ -299,7 +334,7 @@ class Bottleneck(nn.Module):
             norm_name='bn2',
         )
         last_norm = _zero_scale(norm) if self.zero_init_last else norm
-        y = _conv_norm_act(y, conv, last_norm, None, out, 1, name='conv3', norm_name='bn3')
+        y = conv_norm_act(y, conv, last_norm, None, out, 1, name='conv3', norm_name='bn3')
         if self.se_reduction:
             y = SqueezeExcite(self.se_reduction, activation=act, dtype=self.dtype, name='se')(y)
         r = residual_shortcut(x, out, self.strides, self.shortcut, conv, norm)
@@ -588,9 +623,7 @@ class InceptionModule(nn.Module):
         conv = functools.partial(self.conv, dtype=self.dtype)
 
         def unit(h, features, k, name):
-            return _conv_norm_act(
-                h, conv, norm, act, features, k, name=f'{name}_conv', norm_name=f'{name}_bn'
-            )
+            return conv_norm_act(h, conv, norm, act, features, k, name=f'{name}_conv', norm_name=f'{name}_bn')
 
         b1 = unit(x, self.ch1x1, 1, 'b1')
         b2 = unit(unit(x, self.ch3x3_reduce, 1, 'b2_reduce'), self.ch3x3, 3, 'b2')
@@ -647,8 +680,8 @@ class InvertedResidual(nn.Module):
         hidden = self.hidden_features or c_in * self.expansion
         y = x
         if hidden != c_in:
-            y = _conv_norm_act(y, conv, norm, act, hidden, 1, name='expand_conv', norm_name='expand_bn')
-        y = _conv_norm_act(
+            y = conv_norm_act(y, conv, norm, act, hidden, 1, name='expand_conv', norm_name='expand_bn')
+        y = conv_norm_act(
             y,
             conv,
             norm,
@@ -667,7 +700,7 @@ class InvertedResidual(nn.Module):
             y = SqueezeExcite(
                 squeeze_features=s, activation=se_act, gate=self.se_gate, dtype=self.dtype, name='se'
             )(y)
-        y = _conv_norm_act(y, conv, norm, None, self.features, 1, name='project_conv', norm_name='project_bn')
+        y = conv_norm_act(y, conv, norm, None, self.features, 1, name='project_conv', norm_name='project_bn')
         if self.strides == 1 and c_in == self.features:
             if self.drop_path_rate and train:
                 y = drop_path(y, self.drop_path_rate, self.make_rng('dropout'))
@@ -720,12 +753,12 @@ class ShuffleUnitV1(nn.Module):
             raise ValueError(f'stride-1 ShuffleNet unit needs in == out channels ({c_in} != {self.features})')
         mid = int(self.features * self.bottleneck_ratio)
         g1 = self.groups if self.group_first else 1
-        y = _conv_norm_act(x, conv, norm, act, mid, 1, groups=g1, name='gconv1', norm_name='bn1')
+        y = conv_norm_act(x, conv, norm, act, mid, 1, groups=g1, name='gconv1', norm_name='bn1')
         y = channel_shuffle(y, self.groups)
-        y = _conv_norm_act(
+        y = conv_norm_act(
             y, conv, norm, None, mid, 3, strides=self.strides, groups=mid, name='dwconv', norm_name='bn2'
         )
-        y = _conv_norm_act(y, conv, norm, None, out, 1, groups=self.groups, name='gconv2', norm_name='bn3')
+        y = conv_norm_act(y, conv, norm, None, out, 1, groups=self.groups, name='gconv2', norm_name='bn3')
         if self.strides > 1:
             return act(jnp.concatenate([avg_pool(x, 3, self.strides, padding=1), y], axis=-1))
         return materialize(act(x + y))
@@ -761,7 +794,7 @@ class ShuffleUnitV2(nn.Module):
                 )
             left, right = jnp.split(x, 2, axis=-1)
         else:
-            left = _conv_norm_act(
+            left = conv_norm_act(
                 x,
                 conv,
                 norm,
@@ -773,13 +806,13 @@ class ShuffleUnitV2(nn.Module):
                 name='b1_dw',
                 norm_name='b1_bn1',
             )
-            left = _conv_norm_act(left, conv, norm, act, b, 1, name='b1_conv', norm_name='b1_bn2')
+            left = conv_norm_act(left, conv, norm, act, b, 1, name='b1_conv', norm_name='b1_bn2')
             right = x
-        right = _conv_norm_act(right, conv, norm, act, b, 1, name='b2_conv1', norm_name='b2_bn1')
-        right = _conv_norm_act(
+        right = conv_norm_act(right, conv, norm, act, b, 1, name='b2_conv1', norm_name='b2_bn1')
+        right = conv_norm_act(
             right, conv, norm, None, b, 3, strides=s, groups=b, name='b2_dw', norm_name='b2_bn2'
         )
-        right = _conv_norm_act(right, conv, norm, act, b, 1, name='b2_conv2', norm_name='b2_bn3')
+        right = conv_norm_act(right, conv, norm, act, b, 1, name='b2_conv2', norm_name='b2_bn3')
         return channel_shuffle(jnp.concatenate([left, right], axis=-1), 2)
 
 
@@ -811,18 +844,18 @@ class ASPP(nn.Module):
         act = resolve_activation(self.activation)
         conv = functools.partial(self.conv, dtype=self.dtype)
         f = self.features
-        outs = [_conv_norm_act(x, conv, norm, act, f, 1, name='b0_conv', norm_name='b0_bn')]
+        outs = [conv_norm_act(x, conv, norm, act, f, 1, name='b0_conv', norm_name='b0_bn')]
         for i, rate in enumerate(self.rates):
             outs.append(
-                _conv_norm_act(
+                conv_norm_act(
                     x, conv, norm, act, f, 3, dilation=rate, name=f'b{i + 1}_conv', norm_name=f'b{i + 1}_bn'
                 )
             )
         p = jnp.mean(x, axis=(1, 2), keepdims=True)
-        p = _conv_norm_act(p, conv, norm, act, f, 1, name='pool_conv', norm_name='pool_bn')
+        p = conv_norm_act(p, conv, norm, act, f, 1, name='pool_conv', norm_name='pool_bn')
         outs.append(upsample_bilinear(p, size=x.shape[1:3]))
         y = jnp.concatenate(outs, axis=-1)
-        y = _conv_norm_act(y, conv, norm, act, f, 1, name='proj_conv', norm_name='proj_bn')
+        y = conv_norm_act(y, conv, norm, act, f, 1, name='proj_conv', norm_name='proj_bn')
         if self.dropout_rate:
             y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         return y
@@ -860,6 +893,6 @@ class PyramidPooling(nn.Module):
         outs = [x]
         for b in self.bins:
             p = pools[self.pooling](x, b)
-            p = _conv_norm_act(p, conv, norm, act, f, 1, name=f'bin{b}_conv', norm_name=f'bin{b}_bn')
+            p = conv_norm_act(p, conv, norm, act, f, 1, name=f'bin{b}_conv', norm_name=f'bin{b}_bn')
             outs.append(upsample_bilinear(p, size=x.shape[1:3], align_corners=self.align_corners))
         return jnp.concatenate(outs, axis=-1)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from research.layers.blocks import conv_norm_act
 from research.layers.common import Conv, ModuleDef, bind_norm, resolve_activation
 from research.layers.pooling import adaptive_avg_pool, max_pool
 
@@ -103,18 +104,15 @@ class AlexNet(nn.Module):
         groups = (2 if paper else 1) if self.groups is None else self.groups
         norm = bind_norm(self.norm, train, self.dtype)
         act = resolve_activation(self.activation)
-        conv = functools.partial(self.conv, dtype=self.dtype, use_bias=norm is None)
+        conv = functools.partial(self.conv, dtype=self.dtype)
         x = jnp.asarray(x, self.dtype)
         feats = {}
         # (features, kernel, stride, padding, groups) of conv1..conv5.
         spec = [(11, 4, 2, 1), (5, 1, 2, groups), (3, 1, 1, 1), (3, 1, 1, groups), (3, 1, 1, groups)]
         for i, (c, (k, s, p, g)) in enumerate(zip(channels, spec), start=1):
-            x = conv(
-                c, (k, k), strides=(s, s), padding=((p, p), (p, p)), feature_group_count=g, name=f'conv{i}'
-            )(x)
-            if norm is not None:
-                x = norm(name=f'bn{i}')(x)
-            x = act(x)
+            x = conv_norm_act(
+                x, conv, norm, act, c, k, strides=s, padding=p, groups=g, name=f'conv{i}', norm_name=f'bn{i}'
+            )
             if i <= 2:
                 if lrn:
                     x = local_response_norm(x)

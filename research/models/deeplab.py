@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.layers.blocks import ASPP, _conv_norm_act
+from research.layers.blocks import ASPP, conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm
 from research.layers.resample import upsample_bilinear
 from research.models.mobilenet import MobileNetV3, v3_layers
@@ -98,7 +98,7 @@ class FCNHead(nn.Module):
     def __call__(self, x, train: bool = False):
         norm = bind_norm(self.norm, train, self.dtype)
         conv = functools.partial(self.conv, dtype=self.dtype)
-        x = _conv_norm_act(x, conv, norm, nn.relu, x.shape[-1] // 4, 3, name='conv', norm_name='bn')
+        x = conv_norm_act(x, conv, norm, nn.relu, x.shape[-1] // 4, 3, name='conv', norm_name='bn')
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return conv(self.num_classes, (1, 1), name='cls')(x)
 
@@ -127,7 +127,7 @@ class DeepLabHead(nn.Module):
             dtype=self.dtype,
             name='aspp',
         )(x, train=train)
-        x = _conv_norm_act(x, conv, norm, nn.relu, self.features, 3, name='conv', norm_name='bn')
+        x = conv_norm_act(x, conv, norm, nn.relu, self.features, 3, name='conv', norm_name='bn')
         return conv(self.num_classes, (1, 1), name='cls')(x)
 
 
@@ -246,16 +246,22 @@ class DeepLabV3Plus(nn.Module):
         feats = backbone_of(self)(x, train)
         rates = tuple(self.rates) if self.rates is not None else _default_rates(self.output_stride)
         y = ASPP(
-            self.head_features, rates, self.aspp_dropout, conv=self.conv, norm=self.norm, dtype=self.dtype, name='aspp'
+            self.head_features,
+            rates,
+            self.aspp_dropout,
+            conv=self.conv,
+            norm=self.norm,
+            dtype=self.dtype,
+            name='aspp',
         )(feats['stage5'], train=train)
         low = feats['stage2']
-        low = _conv_norm_act(
+        low = conv_norm_act(
             low, conv, norm, nn.relu, self.low_level_features, 1, name='low_conv', norm_name='low_bn'
         )
         y = upsample_bilinear(y, size=low.shape[1:3])
         y = jnp.concatenate([y, low], axis=-1)
         for i in (1, 2):
-            y = _conv_norm_act(
+            y = conv_norm_act(
                 y, conv, norm, nn.relu, self.decoder_features, 3, name=f'dec{i}_conv', norm_name=f'dec{i}_bn'
             )
         y = conv(self.num_classes, (1, 1), name='cls')(y)
@@ -295,7 +301,7 @@ class LRASPP(nn.Module):
         strided = [i for i, r in enumerate(rows, start=1) if r[6] == 2]  # torchvision's C1..C4 '_is_cn'
         stages = [0] + strided + [len(rows) + 1]
         low, high = feats[f'features{stages[-4]}'], feats[f'features{stages[-1]}']
-        y = _conv_norm_act(
+        y = conv_norm_act(
             high, conv, norm, nn.relu, self.inter_features, 1, name='cbr_conv', norm_name='cbr_bn'
         )
         s = jnp.mean(high, axis=(1, 2), keepdims=True)

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 
 from research.layers.blocks import DenseBlock, Transition
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
-from research.layers.pooling import max_pool
+from research.layers.heads import classifier_head
+from research.layers.stems import imagenet_stem
 
 
 class DenseNet(nn.Module):
@@ -69,19 +70,10 @@ class DenseNet(nn.Module):
         act = resolve_activation(self.activation)
         x = jnp.asarray(x, self.dtype)
         feats = {}
-        x = self.conv(
-            self.num_init_features,
-            (7, 7),
-            strides=(2, 2),
-            padding=((3, 3), (3, 3)),
-            use_bias=norm is None,
-            dtype=self.dtype,
-            name='conv0',
-        )(x)
-        if norm is not None:
-            x = norm(name='norm0')(x)
-        x = feats['stage1'] = act(x)
-        x = max_pool(x, 3, 2, padding=1)
+        conv = functools.partial(self.conv, dtype=self.dtype)
+        feats['stage1'], x = imagenet_stem(
+            x, conv, norm, act, self.num_init_features, name='conv0', norm_name='norm0'
+        )
         for i, num_layers in enumerate(self.block_config):
             if i > 0:
                 x = Transition(
@@ -109,9 +101,7 @@ class DenseNet(nn.Module):
         if norm is not None:
             x = norm(name='norm5')(x)
         x = feats[f'stage{len(self.block_config) + 1}'] = act(x)
-        x = jnp.mean(x, axis=(1, 2))
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name='classifier')(x)
-        logits = jnp.asarray(logits, jnp.float32)
+        logits = classifier_head(x, self.num_classes, dtype=self.dtype, name='classifier')
         return (logits, feats) if return_features else logits
 
 
@@ -212,9 +202,7 @@ class CifarDenseNet(nn.Module):
         if norm is not None:
             x = norm(name='norm_final')(x)
         x = feats['stage3'] = act(x)
-        x = jnp.mean(x, axis=(1, 2))
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name='classifier')(x)
-        logits = jnp.asarray(logits, jnp.float32)
+        logits = classifier_head(x, self.num_classes, dtype=self.dtype, name='classifier')
         return (logits, feats) if return_features else logits
 
 

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 
 from research.layers.blocks import DualPathBlock
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
-from research.layers.pooling import max_pool
+from research.layers.heads import classifier_head
+from research.layers.stems import imagenet_stem
 
 #: BatchNorm with MXNet's epsilon (1e-3), as the authors' code and timm.
 DPNBatchNorm = functools.partial(BatchNorm, epsilon=1e-3)
@@ -76,20 +77,15 @@ class DPN(nn.Module):
         act = resolve_activation(self.activation)
         x = jnp.asarray(x, self.dtype)
         feats = {}
-        k = 3 if self.small else 7
-        x = self.conv(
+        feats['stage1'], x = imagenet_stem(
+            x,
+            functools.partial(self.conv, dtype=self.dtype),
+            norm,
+            act,
             self.num_init_features,
-            (k, k),
-            strides=(2, 2),
-            padding=((k // 2, k // 2), (k // 2, k // 2)),
-            use_bias=norm is None,
-            dtype=self.dtype,
-            name='conv1',
-        )(x)
-        if norm is not None:
-            x = norm(name='conv1_bn')(x)
-        x = feats['stage1'] = act(x)
-        x = max_pool(x, 3, 2, padding=1)
+            kernel=3 if self.small else 7,
+            norm_name='conv1_bn',
+        )
         bw_factor = 1 if self.small else 4
         for s, (blocks, inc) in enumerate(zip(self.k_sec, self.inc_sec)):
             bw = 64 * 2**s * bw_factor
@@ -114,10 +110,7 @@ class DPN(nn.Module):
         if norm is not None:
             x = norm(name='conv5_bn')(x)
         x = feats[f'stage{len(self.k_sec) + 1}'] = resolve_activation(self.final_activation)(x)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name='classifier')(x)
-        logits = jnp.asarray(logits, jnp.float32)
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'classifier')
         return (logits, feats) if return_features else logits
 
 

@@ -44,8 +44,9 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.layers.blocks import MBConv, _conv_norm_act
+from research.layers.blocks import MBConv, conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
+from research.layers.heads import classifier_head
 from research.models.mobilenet import make_divisible, norm_with, stage_features
 
 __all__ = ['B0_SETTING', 'VARIANTS', 'EfficientNet', 'compound_scaling']
@@ -131,7 +132,7 @@ class EfficientNet(nn.Module):
         conv = functools.partial(self.conv, dtype=self.dtype)
         stages = self.stages()
         x = jnp.asarray(x, self.dtype)
-        x = _conv_norm_act(
+        x = conv_norm_act(
             x, conv, norm, act, stages[0][3], 3, strides=2, name='stem_conv', norm_name='stem_bn'
         )
         stride = 2
@@ -158,13 +159,10 @@ class EfficientNet(nn.Module):
                 )(x, train=train)
                 block_id += 1
             maps.append((stride, x))
-        x = _conv_norm_act(x, conv, norm, act, 4 * stages[-1][4], 1, name='head_conv', norm_name='head_bn')
+        x = conv_norm_act(x, conv, norm, act, 4 * stages[-1][4], 1, name='head_conv', norm_name='head_bn')
         maps.append((stride, x))
         feats = stage_features({}, maps)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name='classifier')(x)
-        logits = jnp.asarray(logits, jnp.float32)
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'classifier')
         return (logits, feats) if return_features else logits
 
 

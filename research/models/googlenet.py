@@ -31,9 +31,11 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.layers.blocks import InceptionModule, _norm
+from research.layers.blocks import InceptionModule, _norm, conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
+from research.layers.heads import classifier_head
 from research.layers.pooling import adaptive_avg_pool, max_pool
+from research.layers.stems import imagenet_stem
 from research.models.alexnet import local_response_norm
 
 #: torchvision's ``BasicConv2d`` norm: BatchNorm with eps 0.001 (GoogLeNet and Inception v3).
@@ -53,14 +55,11 @@ INCEPTION_V1_TABLE = {
 }
 
 
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
 class BasicConv2d(nn.Module):
-    """torchvision's ``BasicConv2d``: conv (no bias) -> norm -> activation; submodules 'conv' and
-    'bn'. ``norm=None`` gives conv + bias -> activation. Kernel, strides, padding: int or pair
-    (padding symmetric per dim, torch style)."""
+    """torchvision's ``BasicConv2d``: conv (no bias) -> norm -> activation, i.e. ``conv_norm_act``
+    as a module, so that its submodules 'conv' and 'bn' nest under its name as torchvision's do.
+    ``norm=None`` gives conv + bias -> activation. Kernel, strides, padding: int or pair (padding
+    symmetric per dim, torch style)."""
 
     features: int
     kernel_size: int | Sequence[int] = 1
@@ -73,20 +72,18 @@ class BasicConv2d(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool | None = None):
-        norm = _norm(self.norm, train, self.dtype)
-        ph, pw = _pair(self.padding)
-        x = self.conv(
+        return conv_norm_act(
+            x,
+            functools.partial(self.conv, dtype=self.dtype),
+            _norm(self.norm, train, self.dtype),
+            resolve_activation(self.activation),
             self.features,
-            _pair(self.kernel_size),
-            strides=_pair(self.strides),
-            padding=((ph, ph), (pw, pw)),
-            use_bias=norm is None,
-            dtype=self.dtype,
+            self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
             name='conv',
-        )(x)
-        if norm is not None:
-            x = norm(name='bn')(x)
-        return resolve_activation(self.activation)(x)
+            norm_name='bn',
+        )
 
 
 class GoogLeNetAux(nn.Module):
@@ -168,8 +165,9 @@ class GoogLeNet(nn.Module):
             self.sow('intermediates', f'{name}_logits', y)
             feats[name] = y
 
-        x = feats['stage1'] = basic(64, 7, 2, 3, name='conv1')(x)
-        x = max_pool(x, 3, 2, ceil_mode=True)
+        feats['stage1'], x = imagenet_stem(
+            x, self.conv, norm, act, 64, block=basic, pool_padding=0, ceil_mode=True
+        )
         if self.lrn:
             x = local_response_norm(x, k=1.0, alpha_over_size=True)
         x = basic(64, 1, name='conv2')(x)
@@ -191,10 +189,7 @@ class GoogLeNet(nn.Module):
         x = max_pool(x, 2, 2, ceil_mode=True)
         x = inception(x, '5a')
         x = feats['stage5'] = inception(x, '5b')
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
-        logits = jnp.asarray(logits, jnp.float32)
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'fc')
         return (logits, feats) if return_features else logits
 
 

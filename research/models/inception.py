@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from research.layers.common import Conv, ModuleDef, bind_norm, resolve_activation
+from research.layers.heads import classifier_head
 from research.layers.pooling import avg_pool, max_pool
 from research.models.googlenet import BasicConv2d, BatchNormEps3, transform_input
 
@@ -202,10 +203,7 @@ class InceptionV3(nn.Module):
         x = InceptionD(cb, name='Mixed_7a')(x)
         x = InceptionE(cb, name='Mixed_7b')(x)
         x = feats['stage5'] = InceptionE(cb, name='Mixed_7c')(x)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
-        logits = jnp.asarray(logits, jnp.float32)
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'fc')
         return (logits, feats) if return_features else logits
 
 
@@ -362,10 +360,7 @@ class InceptionV4(nn.Module):
         for i in range(3):
             x = InceptionV4C(cb, name=f'inception_c{i + 1}')(x)
         feats['stage5'] = x
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
-        logits = jnp.asarray(logits, jnp.float32)
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'fc')
         return (logits, feats) if return_features else logits
 
 

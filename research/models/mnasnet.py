@@ -27,8 +27,9 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.layers.blocks import InvertedResidual, _conv_norm_act
+from research.layers.blocks import InvertedResidual, conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
+from research.layers.heads import classifier_head
 from research.models.mobilenet import norm_with, stage_features
 
 __all__ = ['ARCHS', 'MnasNet', 'round_to_multiple_of']
@@ -101,9 +102,9 @@ class MnasNet(nn.Module):
 
         x = jnp.asarray(x, self.dtype)
         c0 = ch(32)
-        x = _conv_norm_act(x, conv, norm, act, c0, 3, strides=2, name='stem_conv', norm_name='stem_bn')
-        x = _conv_norm_act(x, conv, norm, act, c0, 3, groups=c0, name='sep_dw_conv', norm_name='sep_dw_bn')
-        x = _conv_norm_act(x, conv, norm, None, ch(16), 1, name='sep_pw_conv', norm_name='sep_pw_bn')
+        x = conv_norm_act(x, conv, norm, act, c0, 3, strides=2, name='stem_conv', norm_name='stem_bn')
+        x = conv_norm_act(x, conv, norm, act, c0, 3, groups=c0, name='sep_dw_conv', norm_name='sep_dw_bn')
+        x = conv_norm_act(x, conv, norm, None, ch(16), 1, name='sep_pw_conv', norm_name='sep_pw_bn')
         stride = 2
         maps = [(stride, x)]
         for k, (o, ks, s, e, r, se) in enumerate(ARCHS[self.arch], start=1):
@@ -123,13 +124,10 @@ class MnasNet(nn.Module):
                     name=f'stack{k}_block{j}',
                 )(x)
             maps.append((stride, x))
-        x = _conv_norm_act(x, conv, norm, act, self.last_channel, 1, name='head_conv', norm_name='head_bn')
+        x = conv_norm_act(x, conv, norm, act, self.last_channel, 1, name='head_conv', norm_name='head_bn')
         maps.append((stride, x))
         feats = stage_features({}, maps)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name='classifier')(x)
-        logits = jnp.asarray(logits, jnp.float32)
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'classifier')
         return (logits, feats) if return_features else logits
 
 

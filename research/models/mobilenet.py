@@ -26,9 +26,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.layers.blocks import InvertedResidual, _conv_norm_act
-from research.layers.common import BatchNorm, Conv, ModuleDef, _module_fields, bind_norm, resolve_activation
-from research.layers.common import resolve_norm
+from research.layers.blocks import InvertedResidual, conv_norm_act
+from research.layers.common import (
+    BatchNorm,
+    Conv,
+    ModuleDef,
+    _module_fields,
+    bind_norm,
+    resolve_activation,
+    resolve_norm,
+)
+from research.layers.heads import classifier_head
 
 __all__ = [
     'MobileNetV1',
@@ -65,12 +73,6 @@ def norm_with(norm, epsilon: float | None = None, momentum: float | None = None)
     if momentum is not None and 'momentum' in fields:
         kw['momentum'] = momentum
     return functools.partial(norm, **kw) if kw else norm
-
-
-def _pool_dropout_dense(x, dropout_rate, num_classes, train, dtype, name):
-    x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dropout(dropout_rate, deterministic=not train)(x)
-    return nn.Dense(num_classes, dtype=dtype, name=name)(x)
 
 
 def stage_features(feats: dict, maps: Sequence[tuple[int, jax.Array]]) -> dict:
@@ -144,7 +146,7 @@ class MobileNetV1(nn.Module):
         act = resolve_activation(self.activation)
         conv = functools.partial(self.conv, dtype=self.dtype)
         x = jnp.asarray(x, self.dtype)
-        x = _conv_norm_act(
+        x = conv_norm_act(
             x, conv, norm, act, self.channels(32), 3, strides=2, name='stem_conv', norm_name='stem_bn'
         )
         stride = 2
@@ -152,11 +154,19 @@ class MobileNetV1(nn.Module):
         for i, (s, c) in enumerate(V1_LAYERS, start=1):
             stride *= s
             if self.separable:
-                x = _conv_norm_act(
-                    x, conv, norm, act, x.shape[-1], 3, strides=s, groups=x.shape[-1],
-                    name=f'layer{i}_dw_conv', norm_name=f'layer{i}_dw_bn',
-                )  # fmt: skip
-                x = _conv_norm_act(
+                x = conv_norm_act(
+                    x,
+                    conv,
+                    norm,
+                    act,
+                    x.shape[-1],
+                    3,
+                    strides=s,
+                    groups=x.shape[-1],
+                    name=f'layer{i}_dw_conv',
+                    norm_name=f'layer{i}_dw_bn',
+                )
+                x = conv_norm_act(
                     x,
                     conv,
                     norm,
@@ -167,7 +177,7 @@ class MobileNetV1(nn.Module):
                     norm_name=f'layer{i}_pw_bn',
                 )
             else:
-                x = _conv_norm_act(
+                x = conv_norm_act(
                     x,
                     conv,
                     norm,
@@ -180,8 +190,7 @@ class MobileNetV1(nn.Module):
                 )
             maps.append((stride, x))
         feats = stage_features({}, maps)
-        logits = _pool_dropout_dense(x, self.dropout_rate, self.num_classes, train, self.dtype, 'classifier')
-        logits = jnp.asarray(logits, jnp.float32)
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'classifier')
         return (logits, feats) if return_features else logits
 
 
@@ -234,7 +243,7 @@ class MobileNetV2(nn.Module):
         x = jnp.asarray(x, self.dtype)
         feats: dict = {}
         stem = make_divisible(32 * self.width_mult, self.round_nearest)
-        x = _conv_norm_act(x, conv, norm, act, stem, 3, strides=2, name='stem_conv', norm_name='stem_bn')
+        x = conv_norm_act(x, conv, norm, act, stem, 3, strides=2, name='stem_conv', norm_name='stem_bn')
         stride = 2
         maps = [(stride, x)]
         feats['features0'] = x
@@ -258,12 +267,11 @@ class MobileNetV2(nn.Module):
                 feats[f'features{i}'] = x
                 i += 1
         last = make_divisible(self.last_channel * max(1.0, self.width_mult), self.round_nearest)
-        x = _conv_norm_act(x, conv, norm, act, last, 1, name='head_conv', norm_name='head_bn')
+        x = conv_norm_act(x, conv, norm, act, last, 1, name='head_conv', norm_name='head_bn')
         maps.append((stride, x))
         feats[f'features{i}'] = x
         stage_features(feats, maps)
-        logits = _pool_dropout_dense(x, self.dropout_rate, self.num_classes, train, self.dtype, 'classifier')
-        logits = jnp.asarray(logits, jnp.float32)
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'classifier')
         return (logits, feats) if return_features else logits
 
 
@@ -374,7 +382,7 @@ class MobileNetV3(nn.Module):
         rows, last_channel = v3_layers(self.arch, self.width_mult, self.reduced_tail, self.dilated)
         x = jnp.asarray(x, self.dtype)
         feats: dict = {}
-        x = _conv_norm_act(x, conv, norm, hs, rows[0][1], 3, strides=2, name='stem_conv', norm_name='stem_bn')
+        x = conv_norm_act(x, conv, norm, hs, rows[0][1], 3, strides=2, name='stem_conv', norm_name='stem_bn')
         stride = 2  # nominal: with ``dilated`` the last stage counts as stride 32 (stage5)
         maps = [(stride, x)]
         feats['features0'] = x
@@ -397,7 +405,7 @@ class MobileNetV3(nn.Module):
             )(x)
             maps.append((stride, x))
             feats[f'features{i}'] = x
-        x = _conv_norm_act(x, conv, norm, hs, 6 * rows[-1][3], 1, name='head_conv', norm_name='head_bn')
+        x = conv_norm_act(x, conv, norm, hs, 6 * rows[-1][3], 1, name='head_conv', norm_name='head_bn')
         maps.append((stride, x))
         feats[f'features{len(rows) + 1}'] = x
         stage_features(feats, maps)

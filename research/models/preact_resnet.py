@@ -36,9 +36,10 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.layers.blocks import PREACT_ORDERINGS, SHORTCUTS, PreActBlock
+from research.layers.blocks import PREACT_ORDERINGS, SHORTCUTS, PreActBlock, conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
-from research.layers.pooling import max_pool
+from research.layers.heads import classifier_head
+from research.layers.stems import imagenet_stem
 
 
 def _check(ordering, shortcut):
@@ -102,20 +103,17 @@ class PreActResNetCifar(nn.Module):
         o = self.ordering
         x = jnp.asarray(x, self.dtype)
         feats = {}
-        stem_norm = norm is not None and o != 'e'
-        x = self.conv(
+        x = feats['stem'] = conv_norm_act(
+            x,
+            functools.partial(self.conv, dtype=self.dtype),
+            norm if o != 'e' else None,  # 'e': the first unit's BN-ReLU normalises the stem
+            act if o in 'abc' else None,
             self.width,
-            (3, 3),
-            padding=((1, 1), (1, 1)),
+            3,
             use_bias=norm is None,
-            dtype=self.dtype,
             name='stem_conv',
-        )(x)
-        if stem_norm:
-            x = norm(name='stem_bn')(x)
-        if o in 'abc':
-            x = act(x)
-        feats['stem'] = x
+            norm_name='stem_bn',
+        )
         expansion = 4 if self.bottleneck else 1
         for stage in range(3):
             for i in range(self.blocks_per_stage):
@@ -135,10 +133,7 @@ class PreActResNetCifar(nn.Module):
             if stage == 2:
                 x = _head_norm(x, o, norm, act)
             feats[f'stage{stage + 1}'] = x
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
-        logits = jnp.asarray(logits, jnp.float32)
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'head')
         return (logits, feats) if return_features else logits
 
 
@@ -176,19 +171,8 @@ class PreActResNet(nn.Module):
         act = resolve_activation(self.activation)
         x = jnp.asarray(x, self.dtype)
         feats = {}
-        x = self.conv(
-            self.stem_width,
-            (7, 7),
-            strides=(2, 2),
-            padding=((3, 3), (3, 3)),
-            use_bias=norm is None,
-            dtype=self.dtype,
-            name='conv1',
-        )(x)
-        if norm is not None:
-            x = norm(name='bn1')(x)
-        x = feats['stage1'] = act(x)
-        x = max_pool(x, 3, 2, padding=1)
+        conv = functools.partial(self.conv, dtype=self.dtype)
+        feats['stage1'], x = imagenet_stem(x, conv, norm, act, self.stem_width)
         expansion = 4 if self.bottleneck else 1
         for stage, n in enumerate(self.layers):
             for i in range(n):
@@ -208,10 +192,7 @@ class PreActResNet(nn.Module):
             if stage == 3:
                 x = _head_norm(x, self.ordering, norm, act)
             feats[f'stage{stage + 2}'] = x
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
-        logits = jnp.asarray(logits, jnp.float32)
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'fc')
         return (logits, feats) if return_features else logits
 
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.layers.blocks import PyramidPooling, _conv_norm_act
+from research.layers.blocks import PyramidPooling, conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm
 from research.models.deeplab import _resize, backbone_of
 
@@ -62,14 +62,14 @@ class PSPNet(nn.Module):
             dtype=self.dtype,
             name='ppm',
         )(feats['stage5'], train=train)
-        y = _conv_norm_act(
+        y = conv_norm_act(
             y, conv, norm, nn.relu, self.head_features, 3, name='head_conv', norm_name='head_bn'
         )
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         y = conv(self.num_classes, (1, 1), name='cls')(y)
         logits = _resize(y, size, self.align_corners)
         if self.aux and (return_aux or self.is_initializing()):
-            a = _conv_norm_act(
+            a = conv_norm_act(
                 feats['stage4'],
                 conv,
                 norm,

@@ -45,9 +45,10 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.layers.blocks import BasicBlock, Bottleneck, _conv_norm_act
+from research.layers.blocks import BasicBlock, Bottleneck
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
-from research.layers.pooling import max_pool
+from research.layers.heads import classifier_head
+from research.layers.stems import imagenet_stem
 
 _BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
 
@@ -130,9 +131,7 @@ class ResNet(nn.Module):
         conv = functools.partial(self.conv, dtype=self.dtype)
         x = jnp.asarray(x, self.dtype)
         feats = {}
-        x = _conv_norm_act(x, conv, norm, act, self.stem_width, 7, strides=2, name='conv1', norm_name='bn1')
-        feats['stage1'] = x
-        x = max_pool(x, 3, 2, padding=1)
+        feats['stage1'], x = imagenet_stem(x, conv, norm, act, self.stem_width)
         dilation = 1
         for stage, n in enumerate(self.layers):
             strides = 1 if stage == 0 else 2
@@ -166,10 +165,7 @@ class ResNet(nn.Module):
             feats[f'stage{stage + 2}'] = x
         if not self.include_top:
             return feats
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
-        logits = jnp.asarray(logits, jnp.float32)
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'fc')
         return (logits, feats) if return_features else logits
 
 

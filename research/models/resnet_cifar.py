@@ -19,8 +19,9 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.layers.blocks import SHORTCUTS, BasicBlock, shortcut_a  # noqa: F401 (re-exported)
+from research.layers.blocks import SHORTCUTS, BasicBlock, conv_norm_act, shortcut_a  # noqa: F401 (re-exported)
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
+from research.layers.heads import classifier_head
 
 
 class CifarResNet(nn.Module):
@@ -75,17 +76,10 @@ class CifarResNet(nn.Module):
         act = resolve_activation(self.activation)
         x = jnp.asarray(x, self.dtype)
         feats = {}
-        x = self.conv(
-            self.width,
-            (3, 3),
-            padding=((1, 1), (1, 1)),
-            use_bias=norm is None,
-            dtype=self.dtype,
-            name='stem_conv',
-        )(x)
-        if norm is not None:
-            x = norm(name='stem_bn')(x)
-        x = feats['stem'] = act(x)
+        conv = functools.partial(self.conv, dtype=self.dtype)
+        x = feats['stem'] = conv_norm_act(
+            x, conv, norm, act, self.width, 3, name='stem_conv', norm_name='stem_bn'
+        )
         for stage in range(3):
             for i in range(self.blocks_per_stage):
                 strides = 2 if stage > 0 and i == 0 else 1
@@ -101,10 +95,7 @@ class CifarResNet(nn.Module):
                     name=f'stage{stage + 1}_block{i + 1}',
                 )(x)
             feats[f'stage{stage + 1}'] = x
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
-        logits = jnp.asarray(logits, jnp.float32)
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'head')
         return (logits, feats) if return_features else logits
 
 

@@ -21,8 +21,9 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.layers.blocks import ResNeXtBlock, _conv_norm_act
+from research.layers.blocks import ResNeXtBlock, conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
+from research.layers.heads import classifier_head
 
 
 class CifarResNeXt(nn.Module):
@@ -63,7 +64,7 @@ class CifarResNeXt(nn.Module):
         conv = functools.partial(self.conv, dtype=self.dtype)
         x = jnp.asarray(x, self.dtype)
         feats = {}
-        x = feats['stem'] = _conv_norm_act(x, conv, norm, act, 64, 3, name='stem_conv', norm_name='stem_bn')
+        x = feats['stem'] = conv_norm_act(x, conv, norm, act, 64, 3, name='stem_conv', norm_name='stem_bn')
         for stage in range(3):
             for i in range(self.blocks_per_stage):
                 # Bottleneck width = int(features * base_width / 64) * groups = C * d * 2^s.
@@ -82,10 +83,7 @@ class CifarResNeXt(nn.Module):
                     name=f'stage{stage + 1}_block{i + 1}',
                 )(x)
             feats[f'stage{stage + 1}'] = x
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
-        logits = jnp.asarray(logits, jnp.float32)
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'head')
         return (logits, feats) if return_features else logits
 
 

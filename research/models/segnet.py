@@ -27,6 +27,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from research.layers.blocks import conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm
 from research.layers.conv import ConvTranspose
 from research.layers.pooling import max_pool_with_indices, max_unpool
@@ -42,8 +43,17 @@ def _encoder(module, x, conv, norm, scale):
     pools = []
     for b, widths in enumerate(VGG16_BLOCKS, start=1):
         for i, w in enumerate(widths, start=1):
-            x = conv(w * scale // 64, (3, 3), padding=1, name=f'conv{b}_{i}')(x)
-            x = nn.relu(norm(name=f'bn{b}_{i}')(x))
+            x = conv_norm_act(
+                x,
+                conv,
+                norm,
+                nn.relu,
+                w * scale // 64,
+                3,
+                use_bias=True,
+                name=f'conv{b}_{i}',
+                norm_name=f'bn{b}_{i}',
+            )
         size = x.shape[1:3]
         module.sow('intermediates', f'enc{b}', x)
         x, idx = max_pool_with_indices(x, 2, 2)
@@ -80,8 +90,17 @@ class SegNet(nn.Module):
                 if last:
                     x = conv(self.num_classes, (3, 3), padding=1, name='classifier')(x)
                 else:
-                    x = conv(w * self.base_features // 64, (3, 3), padding=1, name=f'dec{b}_{i}')(x)
-                    x = nn.relu(norm(name=f'dec_bn{b}_{i}')(x))
+                    x = conv_norm_act(
+                        x,
+                        conv,
+                        norm,
+                        nn.relu,
+                        w * self.base_features // 64,
+                        3,
+                        use_bias=True,
+                        name=f'dec{b}_{i}',
+                        norm_name=f'dec_bn{b}_{i}',
+                    )
         x = jnp.asarray(x, jnp.float32)
         return (x, pools) if return_indices else x
 

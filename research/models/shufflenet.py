@@ -32,9 +32,10 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.layers.blocks import ShuffleUnitV1, ShuffleUnitV2
+from research.layers.blocks import ShuffleUnitV1, ShuffleUnitV2, conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
-from research.layers.pooling import max_pool
+from research.layers.heads import classifier_head
+from research.layers.stems import imagenet_stem
 
 #: Table 1: output channels of Stage 2 at 1x, per number of groups g (Stages 3/4 double them).
 V1_STAGE2_CHANNELS = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
@@ -42,21 +43,6 @@ V1_STAGE2_CHANNELS = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
 
 def _round_to(value: float, multiple: int) -> int:
     return max(multiple, int(round(value / multiple)) * multiple)
-
-
-def _stem(x, conv, norm, act, features, dtype):
-    x = conv(
-        features,
-        (3, 3),
-        strides=(2, 2),
-        padding=((1, 1), (1, 1)),
-        use_bias=norm is None,
-        dtype=dtype,
-        name='conv1',
-    )(x)
-    if norm is not None:
-        x = norm(name='conv1_bn')(x)
-    return act(x)
 
 
 class ShuffleNetV1(nn.Module):
@@ -109,10 +95,11 @@ class ShuffleNetV1(nn.Module):
         norm = bind_norm(self.norm, train, self.dtype)
         act = resolve_activation(self.activation)
         x = jnp.asarray(x, self.dtype)
+        conv = functools.partial(self.conv, dtype=self.dtype)
         feats = {}
         stem, *stages = self.channels
-        x = feats['stage1'] = _stem(x, self.conv, norm, act, stem, self.dtype)
-        x = feats['stage2'] = max_pool(x, 3, 2, padding=1)
+        feats['stage1'], x = imagenet_stem(x, conv, norm, act, stem, kernel=3, norm_name='conv1_bn')
+        feats['stage2'] = x
         for s, (repeats, features) in enumerate(zip(self.stage_repeats, stages)):
             for i in range(repeats):
                 x = ShuffleUnitV1(
@@ -127,10 +114,7 @@ class ShuffleNetV1(nn.Module):
                     name=f'stage{s + 2}_unit{i}',
                 )(x)
             feats[f'stage{s + 3}'] = x
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
-        logits = jnp.asarray(logits, jnp.float32)
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'fc')
         return (logits, feats) if return_features else logits
 
 
@@ -177,10 +161,11 @@ class ShuffleNetV2(nn.Module):
         norm = bind_norm(self.norm, train, self.dtype)
         act = resolve_activation(self.activation)
         x = jnp.asarray(x, self.dtype)
+        conv = functools.partial(self.conv, dtype=self.dtype)
         feats = {}
         stem, *stages, last = self.stages_out_channels
-        x = feats['stage1'] = _stem(x, self.conv, norm, act, stem, self.dtype)
-        x = feats['stage2'] = max_pool(x, 3, 2, padding=1)
+        feats['stage1'], x = imagenet_stem(x, conv, norm, act, stem, kernel=3, norm_name='conv1_bn')
+        feats['stage2'] = x
         for s, (repeats, features) in enumerate(zip(self.stages_repeats, stages)):
             for i in range(repeats):
                 x = ShuffleUnitV2(
@@ -194,14 +179,9 @@ class ShuffleNetV2(nn.Module):
                 )(x)
             if s + 1 < len(self.stages_repeats):
                 feats[f'stage{s + 3}'] = x
-        x = self.conv(last, (1, 1), padding='VALID', use_bias=norm is None, dtype=self.dtype, name='conv5')(x)
-        if norm is not None:
-            x = norm(name='conv5_bn')(x)
-        x = feats[f'stage{len(self.stages_repeats) + 2}'] = act(x)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(x)
-        logits = jnp.asarray(logits, jnp.float32)
+        x = conv_norm_act(x, conv, norm, act, last, 1, padding='VALID', name='conv5', norm_name='conv5_bn')
+        feats[f'stage{len(self.stages_repeats) + 2}'] = x
+        logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'fc')
         return (logits, feats) if return_features else logits
 
 

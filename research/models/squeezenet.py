@@ -31,8 +31,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from research.layers.common import Conv, ModuleDef, bind_norm, resolve_activation
-from research.layers.blocks import _norm
+from research.layers.blocks import _norm, conv_norm_act
 from research.layers.pooling import max_pool
+from research.layers.stems import imagenet_stem
 
 BYPASSES = ('none', 'simple', 'complex')
 
@@ -73,13 +74,12 @@ class Fire(nn.Module):
     def __call__(self, x, train: bool | None = None):
         norm = _norm(self.norm, train, self.dtype)
         act = resolve_activation(self.activation)
-        conv = functools.partial(self.conv, dtype=self.dtype, use_bias=norm is None)
+        conv = functools.partial(self.conv, dtype=self.dtype)
 
         def unit(h, c, k, name, activate=True):
-            h = conv(c, (k, k), padding=((k // 2, k // 2),) * 2, name=name)(h)
-            if norm is not None:
-                h = norm(name=f'{name}_bn')(h)
-            return act(h) if activate else h
+            return conv_norm_act(
+                h, conv, norm, act if activate else None, c, k, name=name, norm_name=f'{name}_bn'
+            )
 
         s = unit(x, self.squeeze, 1, 'squeeze')
         y = jnp.concatenate(
@@ -133,12 +133,19 @@ class SqueezeNet(nn.Module):
         x = jnp.asarray(x, self.dtype)
         feats = {}
         c1, k1 = spec['conv1']
-        x = self.conv(c1, (k1, k1), strides=(2, 2), padding='VALID', use_bias=norm is None, dtype=self.dtype,
-                      name='conv1')(x)  # fmt: skip
-        if norm is not None:
-            x = norm(name='conv1_bn')(x)
-        x = feats['stage1'] = act(x)
-        x = max_pool(x, 3, 2, ceil_mode=True)
+        conv = functools.partial(self.conv, dtype=self.dtype)
+        feats['stage1'], x = imagenet_stem(
+            x,
+            conv,
+            norm,
+            act,
+            c1,
+            kernel=k1,
+            padding='VALID',
+            pool_padding=0,
+            ceil_mode=True,
+            norm_name='conv1_bn',
+        )
         stage = 2
         for i, (name, ch) in enumerate(FIRE_CHANNELS.items()):
             bypass = None

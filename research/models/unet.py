@@ -31,6 +31,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from research.layers.blocks import conv_norm_act
 from research.layers.common import Conv, ModuleDef, bind_norm
 from research.layers.conv import ConvTranspose
 from research.layers.pooling import max_pool
@@ -92,14 +93,21 @@ class UNet(nn.Module):
             raise ValueError(f"padding must be 'same' or 'valid'; got {self.padding!r}")
         pad = 1 if self.padding == 'same' else 0
         norm = bind_norm(self.norm, train, self.dtype)
-        conv = functools.partial(self.conv, dtype=self.dtype, use_bias=norm is None)
+        conv = functools.partial(self.conv, dtype=self.dtype)
 
         def double(h, f, name):
             for i in (1, 2):
-                h = conv(f, (3, 3), padding=pad, name=f'{name}_conv{i}')(h)
-                if norm is not None:
-                    h = norm(name=f'{name}_bn{i}')(h)
-                h = nn.relu(h)
+                h = conv_norm_act(
+                    h,
+                    conv,
+                    norm,
+                    nn.relu,
+                    f,
+                    3,
+                    padding=pad,
+                    name=f'{name}_conv{i}',
+                    norm_name=f'{name}_bn{i}',
+                )
             return h
 
         h = jnp.asarray(x, self.dtype)

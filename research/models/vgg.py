@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from research.layers.blocks import conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
 from research.layers.pooling import adaptive_avg_pool, max_pool
 from research.models.alexnet import local_response_norm
@@ -90,7 +91,7 @@ class VGG(nn.Module):
         norm = self.norm if self.norm is not None else (BatchNorm if self.batch_norm else None)
         norm = bind_norm(norm, train, self.dtype)
         act = resolve_activation(self.activation)
-        conv = functools.partial(self.conv, dtype=self.dtype, use_bias=self.conv_bias or norm is None)
+        conv = functools.partial(self.conv, dtype=self.dtype)
         x = jnp.asarray(x, self.dtype)
         feats = {}
         names = iter(layer_names(self.cfg))
@@ -106,10 +107,10 @@ class VGG(nn.Module):
             else:
                 name, _ = next(names)
                 c, k = _conv_spec(v)
-                x = conv(c, (k, k), padding=((k // 2, k // 2),) * 2, name=name)(x)
-                if norm is not None:
-                    x = norm(name=name.replace('conv', 'bn'))(x)
-                x = act(x)
+                bias = self.conv_bias or norm is None
+                x = conv_norm_act(
+                    x, conv, norm, act, c, k, use_bias=bias, name=name, norm_name=name.replace('conv', 'bn')
+                )
         feats[f'stage{pools}'] = x
         x = adaptive_avg_pool(x, self.pool_size)
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's (C, H, W) flatten

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from research.layers.blocks import PreActBlock
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
+from research.layers.heads import classifier_head
 
 
 class WideResNet(nn.Module):
@@ -86,9 +87,7 @@ class WideResNet(nn.Module):
                     x = norm(name='final_bn')(x)
                 x = act(x)
             feats[f'stage{stage + 1}'] = x
-        x = jnp.mean(x, axis=(1, 2))
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
-        logits = jnp.asarray(logits, jnp.float32)
+        logits = classifier_head(x, self.num_classes, dtype=self.dtype, name='head')
         return (logits, feats) if return_features else logits
 
 
