@@ -130,6 +130,7 @@ for task in ("segmentation", "detection"):
     if jax.process_index() == 0 and picture is not None:
         picture.write(os.path.join(tmp, f"{name}_{task}.png"))
     out[task] = res
+    out[task + "_batch"] = [list(tr.abstract_batch().get("image").shape), list(tr.abstract_batch("test")["image"].shape)]
     out[task + "_seconds"] = round(time.perf_counter() - t0, 1)
 out["seconds"] = round(time.perf_counter() - t0, 1)
 print(json.dumps(out))
@@ -202,6 +203,8 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
             }  # exact but the loss: a float32 sum over the devices in another order (relative 2e-7)
             assert not diff, (task, o["index"], diff)
             assert all(got[k] > 0 for k in ("eval_images_per_sec", "latency_ms") if k in ref)
+    for o in outs:  # the abstract global batches (export, lowering) have the global batch size on every process
+        assert [b[0] for b in o["segmentation_batch"] + o["detection_batch"]] == [8, EVAL_BATCH] * 2
     for name in ("multi0", "single"):
         for task in ("segmentation", "detection"):
             assert (tmp_path / f"{name}_{task}.png").stat().st_size > 0
