@@ -23,8 +23,8 @@ Programs whose evaluation is not the eval step: ``gan`` evaluates with the gener
 adds the test-time-augmented eval step (``eval_tta``). The speed run is exported with
 ``speedrun.unroll=1``, its setting on GPU/TPU (on CPU ``0`` unrolls the scan).
 
-CI: one model per task (one per family for segmentation and detection): 59 programs, about 1.7
-CPU-min (99 CPU-s measured; docs/accelerators.md). Every registered segmentation and detection model:
+CI: one model per task (one per family for segmentation and detection): 59 programs, about 1.8
+CPU-min (99 to 108 CPU-s measured; docs/accelerators.md). Every registered segmentation and detection model:
 ``pytest -m slow tests/test_export_tasks.py``. The 8-device cases run in a subprocess
 (``XLA_FLAGS=--xla_force_host_platform_device_count=8``, ``JAX_PLATFORMS=cpu``): this file is its
 script (``python tests/test_export_tasks.py CASES.json OUT.json TMP``).
