@@ -5,8 +5,9 @@ bytes kept under a local folder:
 
 - ``etils.epath`` (the project's paths, TFDS's, orbax's directory operations) through its fsspec backend
   (``EPATH_USE_TF=false``; with TensorFlow installed epath would otherwise use ``tf.io.gfile``), with an
-  fsspec filesystem registered for the ``gs``/``gcs`` protocols. Like GCS it has no append
-  (``open(mode='a')`` raises) and, like gcsfs, ``walk`` yields roots without the ``gs://`` prefix.
+  fsspec filesystem registered for the ``gs``/``gcs`` protocols. Like GCS through gcsfs it has no append
+  (``open(mode='a')`` raises), folders exist only while objects are under them (``mkdir`` is a no-op),
+  and ``walk`` yields roots without the ``gs://`` prefix.
 - The libraries that have their own native GCS client get their spec or path mapped to the same folder:
   TensorStore (orbax's array data: its ``gcs`` kvstore becomes the ``file`` kvstore), orbax's
   hierarchical-namespace query (a GCS API call: answered "no"), and ArrayRecord (TFDS's array_record
@@ -44,9 +45,19 @@ class FakeGCSFileSystem(DirFileSystem):
         kwargs.pop("finalize_on_close", None)  # epath passes gcsfs's option
         super().__init__(path=os.environ[ROOT_ENV], fs=LocalFileSystem(auto_mkdir=True))
 
+    # Like gcsfs: folders are name prefixes, made by writing an object under them; creating one is a
+    # no-op, so an empty "folder" does not exist.
+    def mkdir(self, path, *args, **kwargs):
+        pass
+
+    def makedirs(self, path, exist_ok=False):
+        pass
+
     def open(self, path, mode="rb", *args, **kwargs):
         if "a" in mode or "+" in mode:
-            raise NotImplementedError(f"GCS objects cannot be appended to or updated in place: {path} ({mode=})")
+            raise NotImplementedError(
+                f"GCS objects cannot be appended to or updated in place: {path} ({mode=})"
+            )
         return super().open(path, mode, *args, **kwargs)
 
 
@@ -67,14 +78,18 @@ def install(root: str) -> None:
 
     from array_record.python import array_record_module
 
-    def mapped(cls):
+    def mapped(cls, writer: bool):
         class Mapped(cls):
             def __init__(self, path, *args, **kwargs):
                 path = os.fspath(path)
-                super().__init__(local_path(path) if path.startswith("gs://") else path, *args, **kwargs)
+                if path.startswith("gs://"):
+                    path = local_path(path)
+                    if writer:  # an object store needs no folder before an object is written
+                        os.makedirs(os.path.dirname(path), exist_ok=True)
+                super().__init__(path, *args, **kwargs)
 
         Mapped.__name__ = Mapped.__qualname__ = cls.__name__
         return Mapped
 
-    array_record_module.ArrayRecordReader = mapped(array_record_module.ArrayRecordReader)
-    array_record_module.ArrayRecordWriter = mapped(array_record_module.ArrayRecordWriter)
+    array_record_module.ArrayRecordReader = mapped(array_record_module.ArrayRecordReader, writer=False)
+    array_record_module.ArrayRecordWriter = mapped(array_record_module.ArrayRecordWriter, writer=True)
