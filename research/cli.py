@@ -212,6 +212,7 @@ def main(argv: list[str]) -> int:
     if not flags.FLAGS["verbosity"].present:  # keep library INFO chatter (TFDS, XLA) out of the progress output
         logging.set_verbosity(logging.WARNING)
     _enable_compilation_cache()
+    storage.configure_remote()  # gs:// listings not cached for the life of the process
     if not _VERBOSE.value:
         quiet_orbax_errors()  # orbax logs every restore failure at length; our error says it in one line
     config = _CONFIG.value

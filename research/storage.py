@@ -67,7 +67,9 @@ def walk(top: Any) -> Iterator[tuple[epath.Path, list[str], list[str]]]:
 
 
 def _local_atomic_write(path: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(
+        dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -122,7 +124,9 @@ def _format_for(path: Any, fmt: str | None) -> str | None:
     return ext[1:] if ext else None
 
 
-def save_image(image: Any, path: Any, *, format: str | None = None, parents: bool = True, **params) -> AnyPath:
+def save_image(
+    image: Any, path: Any, *, format: str | None = None, parents: bool = True, **params
+) -> AnyPath:
     """Saves a PIL image (format from the suffix unless ``format``; ``params`` as ``Image.save``):
     encoded in memory, then written to ``path`` (local or remote)."""
     from PIL import Image
@@ -150,6 +154,18 @@ def open_image(path: Any):
     from PIL import Image
 
     return Image.open(io.BytesIO(as_path(path).read_bytes()))
+
+
+def configure_remote() -> None:
+    """Process settings for remote paths, for entry points (``launch.py``): gcsfs (epath's fsspec
+    backend for ``gs://``) lists folders afresh instead of caching each listing for the life of the
+    process, since other processes (parallel sweep workers) and TensorStore (checkpoint arrays) write
+    objects it would not see. A value the user set (fsspec's config files, ``$FSSPEC_GS...``) is kept."""
+    import fsspec.config
+
+    conf = fsspec.config.conf
+    if not any("use_listings_cache" in conf.get(p, {}) for p in ("gs", "gcs")):
+        conf.setdefault("gs", {})["use_listings_cache"] = False
 
 
 def lock_dir() -> str:

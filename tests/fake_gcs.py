@@ -45,6 +45,11 @@ class FakeGCSFileSystem(DirFileSystem):
         kwargs.pop("finalize_on_close", None)  # epath passes gcsfs's option
         super().__init__(path=os.environ[ROOT_ENV], fs=LocalFileSystem(auto_mkdir=True))
 
+    def _join(self, path):
+        if isinstance(path, str) and not self._strip_protocol(path).strip("/"):
+            raise ValueError(f"{path!r} names no bucket")  # gs:// alone is no path (gcsfs lists buckets)
+        return super()._join(path)
+
     # Like gcsfs: folders are name prefixes, made by writing an object under them; creating one is a
     # no-op, so an empty "folder" does not exist.
     def mkdir(self, path, *args, **kwargs):

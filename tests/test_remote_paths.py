@@ -161,6 +161,15 @@ def test_train_resume_sweep_table_viz_and_data_through_gs(tmp_path):
     assert "workdir gs://test-bucket/runs/full: no run lock on an object store" in proc.stdout
     assert "resumed from gs://test-bucket/runs/resumed/checkpoints/8 (step 8" in proc.stdout
 
+    # TensorBoard through epath: the scalars and the config, readable (tests/test_reporting.py's reader).
+    from tests.test_reporting import _tb_events
+
+    scalars, _, texts = _tb_events(full)
+    assert [s for s, _ in scalars["train/loss"]] == [4, 8, STEPS] and [
+        s for s, _ in scalars["test/loss"]
+    ] == [6, STEPS]
+    assert "config" in "".join(texts)
+
     # The runs' files, in the bucket.
     for wd in (full, resumed):
         summary = json.loads((wd / "summary.json").read_text())
@@ -248,3 +257,40 @@ def test_train_resume_sweep_table_viz_and_data_through_gs(tmp_path):
 
 if __name__ == "__main__":
     _child(sys.argv[1])
+
+
+# -- research/storage.py on a local disk: what callers saw before --------------------------------------
+def test_storage_keeps_local_files_as_they_were(tmp_path):
+    from PIL import Image
+
+    from research import storage
+
+    p = storage.as_path(str(tmp_path / "a.txt"))
+    assert isinstance(p, Path) and not storage.is_remote(p) and storage.is_remote("gs://b/x")
+    storage.append_text(p, "1\n")
+    storage.append_text(p, "2\n")
+    assert p.read_text() == "1\n2\n"
+    storage.write_text(tmp_path / "sub" / "b.json", "{}", atomic=True)
+    assert sorted(os.listdir(tmp_path / "sub")) == ["b.json"]  # no temporary file left
+    img = Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3))
+    img.save(tmp_path / "direct.png", optimize=True)
+    out = storage.save_image(img, tmp_path / "pics" / "via.png", optimize=True)
+    assert isinstance(out, Path) and out.read_bytes() == (tmp_path / "direct.png").read_bytes()
+    with storage.open_image(out) as im:
+        assert np.array_equal(np.asarray(im), np.asarray(img))
+    assert storage.absolute("gs://b/x") == "gs://b/x" and storage.absolute("~/x") == os.path.expanduser("~/x")
+    with storage.locked(tmp_path / "ledger.jsonl"):
+        assert (tmp_path / "ledger.jsonl.lock").exists()
+
+
+def test_configure_remote_turns_gcsfs_listing_cache_off_unless_set(monkeypatch):
+    import fsspec.config
+
+    from research import storage
+
+    monkeypatch.setattr(fsspec.config, "conf", {})
+    storage.configure_remote()
+    assert fsspec.config.conf == {"gs": {"use_listings_cache": False}}
+    monkeypatch.setattr(fsspec.config, "conf", {"gcs": {"use_listings_cache": True}})
+    storage.configure_remote()
+    assert fsspec.config.conf == {"gcs": {"use_listings_cache": True}}
