@@ -68,6 +68,7 @@ def _child(root: str) -> None:
         "--config.train.eval_every=6 steps",
         "--config.train.checkpoint_every=4 steps",
         "--config.train.log_every_steps=4",
+        "--config.logging.profile_steps=2:3",  # a jax.profiler trace, copied into the gs:// workdir
         "--noprogress",
     ]
     sys.argv = argv  # the config flag reads its overrides from sys.argv, as under launch.py
@@ -169,6 +170,8 @@ def test_train_resume_sweep_table_viz_and_data_through_gs(tmp_path):
         s for s, _ in scalars["test/loss"]
     ] == [6, STEPS]
     assert "config" in "".join(texts)
+
+    assert list((full / "profile").rglob("*.xplane.pb"))  # the profiler's trace
 
     # The runs' files, in the bucket.
     for wd in (full, resumed):
