@@ -228,7 +228,7 @@ def main(argv: list[str]) -> int:
             summary_lib.print_summary(config, _SUMMARY_INPUT.value)
             return 0
         config_arg = flags.FLAGS["config"].serialize().partition("=")[2] or ""
-        workdir = storage.as_path(_WORKDIR.value) if _WORKDIR.value else default_workdir(config_arg)  # gs:// too
+        workdir = storage.as_path(_WORKDIR.value) if _WORKDIR.value else default_workdir(config_arg)
         if not _VIZ.value and experiment_commands.requested(_SWEEP.value, _DRY_RUN.value, _TABLE.value):
             return experiment_commands.main(
                 config,

@@ -242,7 +242,11 @@ def cache_path(builder, split: str, resolved: dict) -> storage.AnyPath:
     remote, e.g. ``gs://...``)."""
     digest = hashlib.sha1(json.dumps({**resolved, 'v': _CACHE_VERSION}, sort_keys=True).encode()).hexdigest()
     safe_split = ''.join(c if c.isalnum() or c in '-_' else '_' for c in split)
-    return storage.as_path(os.fspath(builder.data_dir)) / 'proposals' / f'{safe_split}_{resolved["method"]}_{digest[:10]}.npz'
+    return (
+        storage.as_path(os.fspath(builder.data_dir))
+        / 'proposals'
+        / f'{safe_split}_{resolved["method"]}_{digest[:10]}.npz'
+    )
 
 
 def get_proposals(

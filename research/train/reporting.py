@@ -33,7 +33,6 @@ from etils import epath
 from research import storage
 
 
-
 class Writer(Protocol):
     """One destination of a run's metrics. ``MetricWriter`` calls these on the main process only."""
 
@@ -236,7 +235,9 @@ def wandb_local_dir(workdir: Any) -> str:
     return os.path.join(tempfile.gettempdir(), "research-wandb", f"{name}-{digest}")
 
 
-def writers_from_config(workdir: str | os.PathLike, config: Any = None, *, resume_step: int = 0) -> list[Writer]:
+def writers_from_config(
+    workdir: str | os.PathLike, config: Any = None, *, resume_step: int = 0
+) -> list[Writer]:
     """The writers ``config.logging`` asks for (JSONL always first); with no config: JSONL and TensorBoard."""
     log = _logging_section(config)
     plain = _plain_config(config)
@@ -378,7 +379,9 @@ class ProfilerHook:
     before step STOP. ``block`` (e.g. the train state) is waited on before stopping, so the traced
     steps have finished. Nothing happens when ``steps`` is off or ``enabled`` is False."""
 
-    def __init__(self, workdir: str | os.PathLike, steps: str | Sequence[int] | None, *, enabled: bool = True):
+    def __init__(
+        self, workdir: str | os.PathLike, steps: str | Sequence[int] | None, *, enabled: bool = True
+    ):
         self.window = parse_profile_steps(steps) if enabled else None
         self.log_dir = storage.as_path(workdir) / "profile"
         self._local_dir: str | None = None  # a remote workdir: traced here, then copied to log_dir
