@@ -16,7 +16,8 @@ What the child does:
   2. the same config stopped at step 8 in ``gs://test-bucket/runs/resumed``, then relaunched through the
      CLI (resumes from the gs:// checkpoint, finishes);
   3. a 2-run sweep (seeds) in ``gs://test-bucket/sweeps/seeds`` and its table (md, csv, png);
-  4. ``--viz`` pictures (filters, receptive fields) of the finished run into its gs:// workdir;
+  4. weights read back from gs:// (``init.checkpoint`` / ``style.weights``: the workdir and a .msgpack;
+     the GAN's scoring classifier) and ``--viz`` pictures (filters, receptive fields) into the workdir;
   5. image folders under ``$RESEARCH_DATA_DIR=gs://test-bucket/data``: a folder of 100x100 PNGs
      (stored as file bytes, decoded and resized when read) and a .tgz of 8x8 grayscale PNGs, built into the gs:// TFDS data dir and read.
 The parent checks the files under the mapped folder, bitwise-equal final parameters (resumed vs
@@ -50,6 +51,7 @@ def _child(root: str) -> None:
 
     import types
 
+    import jax
     from absl import flags
     from ml_collections import ConfigDict
     from PIL import Image
@@ -90,6 +92,23 @@ def _child(root: str) -> None:
         )
     )
     out["tables"] = [str(p) for p in commands.render_tables(module, None, runs, root_s, [])]
+
+    # Weights read from gs://: init.checkpoint / style.weights (a workdir, a .msgpack) and the GAN's scorer.
+    from flax import serialization
+
+    from research.tasks.gan import ClassifierScorer
+    from research.train.transfer import load_pretrained
+
+    from_workdir = load_pretrained(f"{BUCKET}/runs/full")
+    storage.write_bytes(f"{BUCKET}/weights/lenet.msgpack", serialization.to_bytes(from_workdir))
+    from_msgpack = load_pretrained(f"{BUCKET}/weights/lenet.msgpack")
+    leaves = [
+        (np.asarray(a), np.asarray(b)) for a, b in zip(*map(jax.tree.leaves, (from_workdir, from_msgpack)))
+    ]
+    out["weights_equal"] = bool(leaves) and all(np.array_equal(a, b) for a, b in leaves)
+    out["scorer_probs_shape"] = list(
+        ClassifierScorer(f"{BUCKET}/runs/full").probs(np.zeros((2, 32, 32, 1))).shape
+    )
 
     visualize.run_viz(config, f"{BUCKET}/runs/full", "filters")
     visualize.run_viz(config, f"{BUCKET}/runs/full", "receptive_field", dilation="1,2")
@@ -232,6 +251,9 @@ def test_train_resume_sweep_table_viz_and_data_through_gs(tmp_path):
     )
     for r in ledger_rows:
         assert (sweep_dir / r["id"] / "run.json").exists() and (sweep_dir / r["id"] / "summary.json").exists()
+
+    # init.checkpoint / style.weights from a gs:// workdir and .msgpack; the GAN's scorer from a gs:// workdir.
+    assert out["weights_equal"] and out["scorer_probs_shape"] == [2, 10]
 
     # Pictures: the table's plots and --viz's, PNGs in the bucket.
     for png in (
