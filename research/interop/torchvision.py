@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import io
 import os
 import sys
 import time
@@ -54,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import models as _models
+from research import storage
 
 __all__ = [
     'CONVERSIONS',
@@ -204,11 +206,13 @@ def load_state_dict(source) -> dict[str, np.ndarray]:
     dict with 'state_dict'/'model'), a mapping of tensors, or an ``nn.Module``."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        if not os.path.exists(path):
+        remote = storage.is_remote(path)  # gs://... (etils.epath): read into memory
+        if not (storage.as_path(path).exists() if remote else os.path.exists(path)):
             raise FileNotFoundError(f'torch weights file not found: {path!r}')
         torch = _torch()
         try:
-            source = torch.load(path, map_location='cpu', weights_only=True)
+            f = io.BytesIO(storage.as_path(path).read_bytes()) if remote else path
+            source = torch.load(f, map_location='cpu', weights_only=True)
         except Exception as e:
             raise ConversionError(f'cannot read torch weights file {path!r}: {e}') from e
         if isinstance(source, Mapping):
