@@ -103,3 +103,20 @@ def test_pth_as_transfer_init_with_a_new_head(resnet18_sd, tmp_path):
     )
     np.testing.assert_array_equal(merged["batch_stats"]["bn1"]["var"], resnet18_sd["bn1.running_var"].numpy())
     assert len(loaded) == len(jax.tree.leaves(target)) - 2
+
+
+@pytest.mark.parametrize("as_module", [True, False], ids=["module", "state_dict"])
+def test_conversion_copies_the_torch_tensors(as_module):
+    """Issue 27 (2): changing the torch model in place after conversion changes no converted array
+    (``.numpy()`` of a CPU tensor and ``jnp.asarray`` of that share memory)."""
+    import jax
+
+    tm = tvi.randomize_torch_model(tvi.torchvision_model("resnet18"), seed=1)
+    variables = tvi.from_torchvision("resnet18", tm if as_module else tm.state_dict())
+    before = jax.tree.map(np.array, variables)
+    with torch.no_grad():
+        tm.fc.bias.add_(100)
+        for t in tm.state_dict().values():  # every parameter and buffer, in place
+            t.add_(1)
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(np.asarray(a), b)

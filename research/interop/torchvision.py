@@ -69,7 +69,15 @@ __all__ = [
 ]
 
 #: Family modules that define ``CONVERSIONS`` (filled here, in one place).
-_FAMILY_MODULES = ('tv_resnet', 'tv_classic', 'tv_dense', 'tv_mobile', 'tv_segmentation', 'tv_detection', 'tv_rcnn')
+_FAMILY_MODULES = (
+    'tv_resnet',
+    'tv_classic',
+    'tv_dense',
+    'tv_mobile',
+    'tv_segmentation',
+    'tv_detection',
+    'tv_rcnn',
+)
 
 
 class ConversionError(ValueError):
@@ -198,7 +206,7 @@ def randomize_torch_model(module, seed: int = 0):
 
 
 def load_state_dict(source) -> dict[str, np.ndarray]:
-    """A state_dict as numpy arrays, from a file path (torch.save'd state_dict or a checkpoint
+    """A state_dict as numpy arrays (copies: no memory shared with the source's tensors), from a file path (torch.save'd state_dict or a checkpoint
     dict with 'state_dict'/'model'), a mapping of tensors, or an ``nn.Module``."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
@@ -222,7 +230,9 @@ def load_state_dict(source) -> dict[str, np.ndarray]:
     for k, v in source.items():
         if hasattr(v, 'detach'):
             v = v.detach().cpu().numpy()
-        out[k.removeprefix('module.')] = np.asarray(v)
+        # a copy: ``.numpy()`` of a CPU tensor (and jnp.asarray of that, on CPU) shares its memory,
+        # so an in-place change to the torch model afterwards would change the converted arrays
+        out[k.removeprefix('module.')] = np.array(v, copy=True)
     return out
 
 
