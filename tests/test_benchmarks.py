@@ -60,3 +60,13 @@ def test_layers_benchmark_times_fcn32_upsampling_with_the_trainers_convolutions(
     assert [impl for impl, _ in rows] == ["subpixel", "lhs_dilation"] and all(float(ms) > 0 for _, ms in rows)
     want = "oneDNN" if onednn.resolve("auto", 1) == "onednn" else "XLA"
     assert f"JAX convolutions: {want}" in r.stdout, r.stdout
+
+
+def test_batchnorm_rule_benchmark_times_both_rules():
+    cmd = [sys.executable, str(REPO / "benchmarks" / "batchnorm_rule.py"), "--batch=4", "--iters=2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = re.findall(
+        r"^4x\d+x\d+x\d+: torch rule min ([\d.]+) / median [\d.]+ ms, flax rule min ([\d.]+)", r.stdout, re.M
+    )
+    assert len(rows) == 3 and all(float(a) > 0 and float(b) > 0 for a, b in rows), r.stdout
