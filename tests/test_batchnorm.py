@@ -200,7 +200,8 @@ from research.train import mesh as mesh_lib
 from research.train.state import ghost_bn_forward
 assert jax.device_count() == 8
 P = jax.sharding.PartitionSpec
-v = {k: {"BatchNorm_0": {n: jnp.asarray(a) for n, a in d.items()}} for k, d in json.loads(sys.argv[2]).items()}
+v = {k: {"BatchNorm_0": {n: jnp.asarray(a) for n, a in d.items()}}
+     for k, d in json.loads(sys.argv[2]).items()}
 x = np.asarray(json.loads(sys.argv[3]), np.float32)
 
 class Net(nn.Module):

@@ -171,8 +171,8 @@ def test_dilated_max_pool_1d_3d_and_min_pool_gradients():
 
 def test_max_unpool_rejects_out_of_range_indices():
     """The issue's example: max_pool2d on 8x8 (kernel 3, stride 2, padding 1), unpooled at the default
-    size (4 - 1) 2 - 2 + 3 = 7: indices of up to 63 arise, those >= 49 do not fit 7 x 7 (torch: 'Found an invalid max
-    index'); the project used to keep 9 of the 16 values silently."""
+    size (4 - 1) 2 - 2 + 3 = 7: indices of up to 63 arise, those >= 49 do not fit 7 x 7 (torch: 'Found an
+    invalid max index'); the project used to keep 9 of the 16 values silently."""
     x = _rand((1, 8, 8, 2))
     y, idx = pooling.max_pool_with_indices(x, 3, 2, 1)
     with pytest.raises(RuntimeError, match='invalid max index'):

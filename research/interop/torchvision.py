@@ -243,7 +243,8 @@ def flax_model(name: str | Conversion, source=None, **overrides):
             assumed = ', '.join(f'{k}={v!r}' for k, v in unsaid.items())
             warnings.warn(
                 f'{conv.model}: a state_dict does not record {", ".join(unsaid)}; assuming {assumed} '
-                f"(torchvision's pretrained weights); pass it explicitly (or an nn.Module) if the weights differ",
+                "(torchvision's pretrained weights); pass it explicitly (or an nn.Module) "
+                'if the weights differ',
                 stacklevel=2,
             )
     return _models.create(conv.model, **{**kwargs, **overrides})
@@ -299,8 +300,9 @@ def randomize_torch_model(module, seed: int = 0):
 
 
 def load_state_dict(source) -> dict[str, np.ndarray]:
-    """A state_dict as numpy arrays (copies: no memory shared with the source's tensors), from a file path (torch.save'd state_dict or a checkpoint
-    dict with 'state_dict'/'model'), a mapping of tensors, or an ``nn.Module``."""
+    """A state_dict as numpy arrays (copies: no memory shared with the source's tensors), from a file
+    path (torch.save'd state_dict or a checkpoint dict with 'state_dict'/'model'), a mapping of tensors,
+    or an ``nn.Module``."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.exists(path):

@@ -1,4 +1,5 @@
-"""torchvision conversions of the segmentation models: FCN-ResNet, DeepLabv3-ResNet / -MobileNetV3, LR-ASPP-MobileNetV3.
+"""torchvision conversions of the segmentation models: FCN-ResNet, DeepLabv3-ResNet / -MobileNetV3,
+LR-ASPP-MobileNetV3.
 
 Flax module paths (``research.models.fcn`` / ``deeplab``) map onto torchvision's names as:
 
@@ -133,7 +134,7 @@ CONVERSIONS = {
         input_size=_LIGHT,
         torchvision_kwargs=_TV,
         flags=segmentation_flags,
-        note='torchvision: the DeepLabv3 head (ASPP 12/24/36 + 3x3 conv) on the dilated MobileNetV3-Large of LR-ASPP.',
+        note="torchvision: the DeepLabv3 head (ASPP 12/24/36, 3x3 conv) on LR-ASPP's dilated MobileNetV3-Large.",
     ),
     'lraspp_mobilenet_v3_large': Conversion(
         model='lraspp_mobilenet_v3_large',

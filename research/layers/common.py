@@ -2,7 +2,8 @@
 
 Conventions (all models): NHWC float inputs, ``__call__(x, train=False, return_features=False)``,
 BatchNorm with PyTorch's defaults (momentum 0.9 in Flax's convention == 0.1 in PyTorch's,
-epsilon 1e-5) and PyTorch's running-variance update (unbiased batch variance), conv kernels He/Kaiming normal, fan_out, untruncated (torchvision's ResNet init).
+epsilon 1e-5) and PyTorch's running-variance update (unbiased batch variance), conv kernels
+He/Kaiming normal, fan_out, untruncated (torchvision's ResNet init).
 """
 
 from __future__ import annotations
