@@ -208,3 +208,17 @@ def test_calibration_sets_the_statistics_of_the_batches():
     want_var = torch.stack([c.var(dim=(0, 2, 3), unbiased=True) for c in c1]).mean(0)
     np.testing.assert_allclose(tm.bn1.running_mean.numpy(), want_mean.numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(tm.bn1.running_var.numpy(), want_var.numpy(), rtol=1e-4)
+
+
+def test_parity_table_fills_the_page_between_its_markers(tmp_path):
+    """--parity NAME --write PAGE: the hand-written page keeps its text, the table block is replaced."""
+    page = tmp_path / "parity.md"
+    page.write_text(f"# Parity\n\nhand-written\n\n{tvi.TABLE_BEGIN}\nold table\n{tvi.TABLE_END}\n\nafter\n")
+    argv = ["--parity", "squeezenet1_1", "--no_float64", "--write", str(page)]
+    assert tvi._main(argv) == 0
+    text = page.read_text()
+    assert text.startswith("# Parity\n\nhand-written\n\n") and text.endswith("\n\nafter\n")
+    assert "old table" not in text and "python -m research.interop.torchvision --parity squeezenet1_1" in text
+    row = next(line for line in text.splitlines() if line.startswith("| squeezenet1_1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "1,235,496" and float(cells[4]) < 1e-4 and float(cells[5]) < 1e-4 and cells[6] == "-"
