@@ -59,10 +59,13 @@ def _jax_case(module, x, cpu_conv: str = 'xla'):
 
     def loss(v, x):
         out = module.apply(v, x, mutable=mutable)
-        return jnp.sum(out[0] if mutable else out)
+        # the updated statistics are returned (has_aux), so the running averages are computed too
+        return (jnp.sum(out[0]), out[1]) if mutable else (jnp.sum(out), None)
 
     # traced with the convolutions the trainers would use (train.cpu_conv resolved)
-    step = onednn.scoped(jax.jit(lambda v, x: jax.grad(loss, argnums=(0, 1))(v, x)), cpu_conv == 'onednn')
+    step = onednn.scoped(
+        jax.jit(lambda v, x: jax.grad(loss, argnums=(0, 1), has_aux=True)(v, x)), cpu_conv == 'onednn'
+    )
     return lambda: jax.block_until_ready(step(variables, x))
 
 
@@ -81,11 +84,16 @@ def _torch_case(module, shape_nhwc):
 
 
 class BatchNormReLU(linen.Module):
-    """The project's BatchNorm in train mode (batch statistics, running averages updated), then ReLU."""
+    """The project's BatchNorm in train mode (batch statistics, running averages updated), then ReLU;
+    ``unbiased_running_var=False``: Flax's running-variance rule (the biased batch variance)."""
+
+    unbiased_running_var: bool = True
 
     @linen.compact
     def __call__(self, x):
-        return linen.relu(BatchNorm(use_running_average=False)(x))
+        return linen.relu(
+            BatchNorm(use_running_average=False, unbiased_running_var=self.unbiased_running_var)(x)
+        )
 
 
 def cases(c: int):
@@ -149,6 +157,12 @@ def cases(c: int):
         (
             'batchnorm + relu (train)',
             BatchNormReLU(),
+            lambda: nn.Sequential(nn.BatchNorm2d(c), nn.ReLU()),
+            '2d',
+        ),
+        (  # the same with Flax's running-variance rule (the project's before issue 27)
+            'batchnorm + relu (train) [biased var]',
+            BatchNormReLU(unbiased_running_var=False),
             lambda: nn.Sequential(nn.BatchNorm2d(c), nn.ReLU()),
             '2d',
         ),

@@ -13,7 +13,7 @@ from pathlib import Path
 from absl import flags, logging
 from ml_collections import config_flags
 
-from research import tasks
+from research import storage, tasks
 from research.config import explain_override_error
 from research.configlib import ConfigError
 from research.experiments import commands as experiment_commands
@@ -32,7 +32,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir",
     None,
-    "Run directory (default runs/<config name>[_<args>]); relaunching into it resumes the run.",
+    "Run directory (default runs/<config name>[_<args>]; gs://bucket/... works with gcsfs installed); "
+    "relaunching into it resumes the run.",
 )
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show the progress bar and log lines.")
 _SUMMARY = flags.DEFINE_bool(
@@ -211,6 +212,7 @@ def main(argv: list[str]) -> int:
     if not flags.FLAGS["verbosity"].present:  # keep library INFO chatter (TFDS, XLA) out of the progress output
         logging.set_verbosity(logging.WARNING)
     _enable_compilation_cache()
+    storage.configure_remote()  # gs:// listings not cached for the life of the process
     if not _VERBOSE.value:
         quiet_orbax_errors()  # orbax logs every restore failure at length; our error says it in one line
     config = _CONFIG.value
@@ -226,7 +228,7 @@ def main(argv: list[str]) -> int:
             summary_lib.print_summary(config, _SUMMARY_INPUT.value)
             return 0
         config_arg = flags.FLAGS["config"].serialize().partition("=")[2] or ""
-        workdir = Path(_WORKDIR.value) if _WORKDIR.value else default_workdir(config_arg)
+        workdir = storage.as_path(_WORKDIR.value) if _WORKDIR.value else default_workdir(config_arg)
         if not _VIZ.value and experiment_commands.requested(_SWEEP.value, _DRY_RUN.value, _TABLE.value):
             return experiment_commands.main(
                 config,

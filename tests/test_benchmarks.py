@@ -75,3 +75,13 @@ def test_input_pipeline_vs_torch_dataloader_prints_the_ratio(tmp_path):
     ours, theirs, _, _, ratio = (float(v.replace(",", "")) for v in rows[0])
     assert ours > 0 and theirs > 0 and abs(ratio - ours / theirs) < 0.02 * ratio + 0.01
     assert "20 JPEGs (500x375" in r.stdout
+
+
+def test_batchnorm_rule_benchmark_times_both_rules():
+    cmd = [sys.executable, str(REPO / "benchmarks" / "batchnorm_rule.py"), "--batch=4", "--iters=2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = re.findall(
+        r"^4x\d+x\d+x\d+: torch rule min ([\d.]+) / median [\d.]+ ms, flax rule min ([\d.]+)", r.stdout, re.M
+    )
+    assert len(rows) == 3 and all(float(a) > 0 and float(b) > 0 for a, b in rows), r.stdout

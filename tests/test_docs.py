@@ -176,10 +176,30 @@ def commands() -> list[tuple[str, str]]:
     out = []
     for doc in doc_files():
         for line in _logical_lines(doc.read_text()):
-            for part in re.split(r'&&|(?<!\\);|\s&\s', line):
+            for part in _split_shell(line):
                 if '--config=experiments/' in part:
                     out.append((_rel(doc), part.strip()))
     return out
+
+
+def _split_shell(line: str) -> list[str]:
+    """``line`` split at ``&&``, ``;`` and `` & `` outside quotes (a quoted remote command stays whole)."""
+    parts, cur, quote, i = [], [], None, 0
+    while i < len(line):
+        ch = line[i]
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in '\'"':
+            quote = ch
+        elif line.startswith('&&', i) or (ch == ';' and (i == 0 or line[i - 1] != '\\')) or line.startswith(' & ', i):
+            parts.append(''.join(cur))
+            cur = []
+            i += 2 if line.startswith('&&', i) else (3 if line.startswith(' & ', i) else 1)
+            continue
+        cur.append(ch)
+        i += 1
+    parts.append(''.join(cur))
+    return parts
 
 
 def _tokens(cmd: str) -> list[str]:

@@ -218,7 +218,8 @@ def test_rename_rcnn():
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['fasterrcnn_resnet50_fpn', 'maskrcnn_resnet50_fpn'])
 def test_torchvision_parity(name):
-    # ~35 s (Faster) / ~75 s (Mask) on 2 CPU cores: random torchvision weights, 128 x 160 image, no transform.
+    # ~35 s (Faster) / ~75 s (Mask) on 2 CPU cores: random torchvision weights, BN statistics calibrated on
+    # real images, a 128 x 160 digit mosaic (and a second one for the input-dependent errors), no transform.
     from research.interop.tv_rcnn import rcnn_parity
 
     res = rcnn_parity(name)
@@ -229,6 +230,9 @@ def test_torchvision_parity(name):
         'features',
         'objectness',
         'rpn_deltas',
+        'features_input',  # the input-dependent part (two real images' difference), issue 27
+        'objectness_input',
+        'rpn_deltas_input',
         'proposals',
         'class_logits',
         'box_regression',
@@ -237,8 +241,11 @@ def test_torchvision_parity(name):
     ):
         assert res[k] < 1e-4, (k, res[k])
     if name.startswith('mask'):
-        for k in ('mask_logits', 'mask_probs', 'pasted_masks'):
-            assert res[k] < 1e-4, (k, res[k])
+        assert res['mask_logits'] < 1e-4, res['mask_logits']
+        # mask probabilities: within 1e-4 or within twice float32's own noise on them (torch float32 vs
+        # float64: 1.6e-4 / 1.4e-4 measured with calibrated statistics; flax vs torch 2.4e-4 / 2.0e-4)
+        for k in ('mask_probs', 'pasted_masks'):
+            assert res[k] < max(1e-4, 2 * res[f'{k}_torch64']), (k, res[k], res[f'{k}_torch64'])
 
 
 def _mnist_det_canvases(n, with_masks):

@@ -389,3 +389,29 @@ def test_ctrl_c_exits_130_with_only_its_message(tmp_path, env):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     assert len([l for l in lines(out + err) if l.startswith("interrupted at step")]) == 1
     assert not (wd / "run.lock").exists()
+
+
+# -- 5. the image-folder dataset is keyed by its content ----------------------------------------------
+def test_changed_image_folder_is_rebuilt_and_the_run_says_so(tmp_path, env):
+    """Images added to a folder after a run built its dataset: the next launch rebuilds it (the cache key
+    holds the folder's file list, sizes and mtimes), says so, and trains on every image."""
+    from PIL import Image
+
+    src = tmp_path / "digits"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 48), ("test", 12)):
+        for i in range(n):
+            d = src / split / str(i % 3)
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(d / f"{i}.png")
+    cfg = f"--config=experiments/classification/lenet5_mnist.py:folder,path={src}"
+    args = ["--config.train.duration=2 steps", "--config.train.batch_size=16", "--config.train.eval_every="]
+    r = launch(tmp_path / "a", *args, env=env, config=cfg, short=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["_resolved"]["steps_per_epoch"] == 3
+    for i in range(48, 64):
+        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(src / "train" / "0" / f"{i}.png")
+    r = launch(tmp_path / "b", *args, env=env, config=cfg, short=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "changed since it was built" in r.stdout + r.stderr and str(src) in r.stdout + r.stderr
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["_resolved"]["steps_per_epoch"] == 4

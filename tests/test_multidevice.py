@@ -187,13 +187,14 @@ def eight(data_dir, tmp_path_factory):
 
 
 def _ghost_bn_numpy(x, g, momentum=0.9, eps=1e-5):
-    """Per-group BatchNorm by hand, in float32 with Flax's variance formula E[x^2] - E[x]^2."""
+    """Per-group BatchNorm by hand, in float32 with Flax's variance formula E[x^2] - E[x]^2; the running
+    variance takes each group's unbiased variance (factor g / (g - 1), torch's rule)."""
     groups = x.reshape(-1, g, x.shape[-1]).astype(np.float32)
     mean = groups.mean(axis=1, keepdims=True)
     var = np.maximum((groups**2).mean(axis=1, keepdims=True) - mean**2, 0)
     y = ((groups - mean) / np.sqrt(var + eps)).reshape(x.shape)
     ra_mean = momentum * 0.0 + (1 - momentum) * mean.mean(axis=(0, 1))
-    ra_var = momentum * 1.0 + (1 - momentum) * var.mean(axis=(0, 1))
+    ra_var = momentum * 1.0 + (1 - momentum) * var.mean(axis=(0, 1)) * g / (g - 1)
     return y, ra_mean, ra_var
 
 

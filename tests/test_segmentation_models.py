@@ -34,7 +34,14 @@ INPUTS = {
     'deconvnet': ((1, SMALL, SMALL, 3), {'fc_kernel': SMALL // 32}),
     'unet_valid': ((1, 284, 284, 3), {}),  # 16 b + 124 with bottom side b = 10
 }
-AUX_MODELS = ('fcn_resnet50', 'fcn_resnet101', 'deeplabv3_resnet50', 'deeplabv3_resnet101', 'pspnet_resnet50')
+AUX_MODELS = (
+    'fcn_resnet50',
+    'fcn_resnet101',
+    'deeplabv3_resnet50',
+    'deeplabv3_resnet101',
+    'deeplabv3_mobilenet_v3_large',
+    'pspnet_resnet50',
+)
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,6 +65,9 @@ PARAMS = {
     ('fcn_resnet50', ()): 35_322_218,
     ('deeplabv3_resnet50', ()): 42_004_074,
     ('lraspp_mobilenet_v3_large', ()): 3_221_538,
+    # torchvision 0.29.1 deeplabv3_mobilenet_v3_large(aux_loss=True) / (aux_loss=False)
+    ('deeplabv3_mobilenet_v3_large', ()): 11_029_328,
+    ('deeplabv3_mobilenet_v3_large', (('aux', False),)): 11_025_477,
     # Yu & Koltun's front end: VGG-16 convs 14,714,688 + fc6 (7x7x512x4096 + 4096) + fc7 + final (21),
     # the basic context module adds 7 (9 C^2 + C) + C^2 + C = 28,392 at C = 21.
     ('dilated_vgg16', ()): 14_714_688 + 7 * 7 * 512 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 21 + 21,
@@ -312,7 +322,7 @@ def test_context_module_identity_init():
 
 # --------------------------------------------------------------------------- torchvision parity
 
-LIGHT = ('fcn_resnet50', 'deeplabv3_resnet50', 'lraspp_mobilenet_v3_large')
+LIGHT = ('fcn_resnet50', 'deeplabv3_resnet50', 'deeplabv3_mobilenet_v3_large', 'lraspp_mobilenet_v3_large')
 
 
 @pytest.mark.parametrize('name', LIGHT)
@@ -320,17 +330,33 @@ def test_torchvision_parity_light(name):
     pytest.importorskip('torchvision')
     from research.interop import torchvision as tvi
 
+    from parity_helper import assert_parity
+
     assert tvi.get_conversion(name).input_size == (96, 96)
-    assert tvi.parity(name, batch=1) < 1e-4
+    r = assert_parity(name)
+    # torchvision's aux_loss=True: the aux head's output is compared too (FCN's, DeepLab's)
+    assert (r.aux_error is not None) == (name != 'lraspp_mobilenet_v3_large')
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', LIGHT + ('fcn_resnet101', 'deeplabv3_resnet101'))
 def test_torchvision_parity_full_size(name):
     pytest.importorskip('torchvision')
+    from parity_helper import assert_parity
+
+    assert_parity(name, input_size=(520, 520))
+
+
+@pytest.mark.parametrize('name', ['fcn_resnet50', 'deeplabv3_mobilenet_v3_large'])
+def test_torchvision_aux_flag_follows_the_torch_model(name):
+    """torchvision's aux_loss=False converts to aux=False (no aux_classifier leaves); aux_loss=True
+    (the conversion's default) to aux=True, whose output the parity tests compare."""
+    pytest.importorskip('torchvision')
     from research.interop import torchvision as tvi
 
-    assert tvi.parity(name, batch=1, input_size=(520, 520)) < 1e-4
+    model, v = tvi.convert(name, tvi.torchvision_model(name, aux_loss=False))
+    assert model.aux is False and 'aux_classifier' not in v['params']
+    assert tvi.flax_model(name, tvi.torchvision_model(name)).aux is True
 
 
 def test_torchvision_param_counts_match_the_conversion_targets():

@@ -276,18 +276,18 @@ ALL_PARITY = [
 @pytest.mark.parametrize('name', LIGHT_PARITY)
 def test_torchvision_parity_light(name):
     pytest.importorskip('torchvision')
-    from research.interop import torchvision as tvi
+    from parity_helper import assert_parity
 
-    assert tvi.parity(name, input_size=(64, 64), batch=1) < 1e-4
+    assert_parity(name, input_size=(64, 64))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ALL_PARITY)
 def test_torchvision_parity_full(name):
     pytest.importorskip('torchvision')
-    from research.interop import torchvision as tvi
+    from parity_helper import assert_parity
 
-    assert tvi.parity(name) < 1e-4
+    assert_parity(name)
 
 
 def test_conversions_registered():

@@ -411,8 +411,10 @@ def _tvi():
 
 @pytest.mark.parametrize('name', ['resnet18', 'resnext50_32x4d'])
 def test_torchvision_parity_light(name):
-    tvi = _tvi()
-    assert tvi.parity(name, input_size=(64, 64)) < 1e-4
+    _tvi()
+    from parity_helper import assert_parity
+
+    assert_parity(name, input_size=(64, 64))
 
 
 def _tv_names():
@@ -424,8 +426,10 @@ def _tv_names():
 @pytest.mark.slow
 @pytest.mark.parametrize('name', _tv_names())
 def test_torchvision_parity_full(name):
-    tvi = _tvi()
-    assert tvi.parity(name) < 1e-4
+    _tvi()
+    from parity_helper import assert_parity
+
+    assert_parity(name)
 
 
 def test_conversions_registered_and_flagged():
@@ -456,26 +460,22 @@ def test_torchvision_roundtrip_resnet18():
 
 def test_dilated_resnet50_matches_torchvision():
     """replace_stride_with_dilation has torchvision's semantics (first block keeps the old rate)."""
-    tvi = _tvi()
-    import torch
+    _tvi()
     import torchvision
+    from parity_helper import assert_parity
 
     from research.interop.torchvision import Conversion
     from research.interop.tv_resnet import rename_resnet
 
     dilate = (False, True, True)
     conv = Conversion(
-        model='resnet50', rename=rename_resnet, model_kwargs={'replace_stride_with_dilation': dilate}
+        model='resnet50',
+        rename=rename_resnet,
+        model_kwargs={'replace_stride_with_dilation': dilate},
+        input_size=(64, 64),
     )
     tm = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=list(dilate)).eval()
-    tvi.randomize_torch_model(tm, seed=1)
-    model = tvi.flax_model(conv)
-    variables = tvi.from_torchvision(conv, tm, model=model)
-    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
-    with torch.no_grad():
-        ref = tm(torch.from_numpy(x)).numpy()
-    out = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(x.transpose(0, 2, 3, 1))))
-    assert np.max(np.abs(out - ref)) / np.max(np.abs(ref)) < 1e-4
+    assert_parity(conv, torch_model=tm)
 
 
 # --------------------------------------------------------------------------- experiment configs

@@ -11,6 +11,7 @@ TensorFlow); any split TFDS reads (``train``, ``train[:90%]``, ``train[:200]``, 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from research import storage
 from research.data import augment as augment_lib
 from research.data import builders as builders_lib
 from research.data import tfds_catalog, transforms
@@ -165,9 +167,10 @@ _no_progress_bars = tfds_catalog.no_progress_bars
 
 
 def resolve_data_dir(cfg) -> str:
-    """``cfg.data_dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets`` (absolute)."""
+    """``cfg.data_dir``, else ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets`` (absolute; a remote one,
+    e.g. ``gs://bucket/tfds``, as given)."""
     d = field(cfg, 'data_dir') or os.environ.get('TFDS_DATA_DIR') or ('~/tensorflow_datasets')
-    return os.path.abspath(os.path.expanduser(d))
+    return storage.absolute(d)
 
 
 def _is_prepared(builder) -> bool:
@@ -542,13 +545,18 @@ def _split_labels(builder, split: str, data: SplitData) -> np.ndarray:
         return data.labels
     slug = ''.join(ch if ch.isalnum() else '_' for ch in split)
     path = os.path.join(os.fspath(builder.data_path), f'labels_{slug}.npy')
-    if os.path.exists(path):
-        return np.load(path)
+    if storage.as_path(path).exists():
+        return np.load(io.BytesIO(storage.as_path(path).read_bytes()) if storage.is_remote(path) else path)
     logging.info('reading the labels of %s (once, for data.classes)', split)
     source = builder.as_data_source(split)
     labels = np.asarray([int(source[i]['label']) for i in range(len(data))], np.int32)
     try:
-        np.save(path, labels)
+        if storage.is_remote(path):
+            buf = io.BytesIO()
+            np.save(buf, labels)
+            storage.write_bytes(path, buf.getvalue(), parents=False)
+        else:
+            np.save(path, labels)
     except OSError as e:
         logging.warning('could not cache labels at %s: %s', path, e)
     return labels
@@ -727,9 +735,15 @@ def norm_stats(cfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
     num_examples(builder, split, 'data.train_split')  # validates the split name
     path = _stats_path(builder, split)
     with _LOCK:
-        if os.path.exists(path):
-            with open(path) as f:
-                stats = json.load(f)
+        text = storage.read_text(path)
+        if text is not None:
+            stats = json.loads(text)
+        elif storage.is_remote(path):
+            stats = _compute_stats(builder, split)
+            try:
+                storage.write_text(path, json.dumps(stats, indent=1), parents=False)  # one object write
+            except OSError as e:
+                logging.warning('could not cache normalisation stats at %s: %s', path, e)
         else:
             stats = _compute_stats(builder, split)
             tmp = f'{path}.tmp.{os.getpid()}'

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 
+from research import storage
+
 DATA_ROOT_ENV = 'RESEARCH_DATA_DIR'
 DEFAULT_DATA_ROOT = '~/research_data'
 
@@ -28,9 +30,10 @@ _VAR = re.compile(r'\$(?:\{(\w+)\}|(\w+))')
 
 
 def data_root() -> str:
-    """``$RESEARCH_DATA_DIR`` (``~/research_data`` when unset or empty), absolute."""
+    """``$RESEARCH_DATA_DIR`` (``~/research_data`` when unset or empty), absolute (a remote root, e.g.
+    ``gs://bucket/data``, as given)."""
     root = os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT
-    return os.path.abspath(os.path.expanduser(root))
+    return storage.absolute(root)
 
 
 def expand(path: str | os.PathLike) -> str:

@@ -20,6 +20,7 @@ import os
 
 import tensorflow_datasets as tfds
 
+from research import storage
 from research.data.builders import registry
 
 INSTALL_PREPARE = "pip install -e '.[prepare]' (or: pip install tensorflow-cpu)"
@@ -56,7 +57,8 @@ def prepared(name: str, data_dir: str):
         default = _default_config(name)
         if default is not None and (builder.builder_config is None or builder.builder_config.name != default):
             path = os.path.join(data_dir, name.split(':')[0], default)
-            versions = sorted(os.listdir(path)) if os.path.isdir(path) else []
+            folder = storage.as_path(path)  # local or remote (gs://...)
+            versions = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
             full = [
                 v
                 for v in versions
@@ -141,7 +143,8 @@ def check_manual_download(name: str, builder, data_dir: str) -> None:
     if not instructions:
         return
     where = manual_dir(data_dir)
-    if os.path.isdir(where) and os.listdir(where):
+    folder = storage.as_path(where)  # local or remote (gs://...)
+    if folder.is_dir() and any(True for _ in folder.iterdir()):
         return
     hint = ' '.join(str(instructions).split())
     raise PrepareError(

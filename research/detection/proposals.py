@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import io
 import json
 import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
+from research import storage
 from research.detection import data as det_data
 
 __all__ = [
@@ -236,11 +237,16 @@ def _settings(method: str, max_proposals: int, settings: dict) -> dict:
     return {'method': method, 'max_proposals': int(max_proposals), **s}
 
 
-def cache_path(builder, split: str, resolved: dict) -> Path:
-    """``<builder.data_dir>/proposals/<split>_<method>_<hash of the settings>.npz``."""
+def cache_path(builder, split: str, resolved: dict) -> storage.AnyPath:
+    """``<builder.data_dir>/proposals/<split>_<method>_<hash of the settings>.npz`` (the data dir local or
+    remote, e.g. ``gs://...``)."""
     digest = hashlib.sha1(json.dumps({**resolved, 'v': _CACHE_VERSION}, sort_keys=True).encode()).hexdigest()
     safe_split = ''.join(c if c.isalnum() or c in '-_' else '_' for c in split)
-    return Path(builder.data_dir) / 'proposals' / f'{safe_split}_{resolved["method"]}_{digest[:10]}.npz'
+    return (
+        storage.as_path(os.fspath(builder.data_dir))
+        / 'proposals'
+        / f'{safe_split}_{resolved["method"]}_{digest[:10]}.npz'
+    )
 
 
 def get_proposals(
@@ -261,7 +267,7 @@ def get_proposals(
     data = det_data.get_split(builder, split)
     n, (h, w) = len(data), data.images.shape[1:3]
     if path.exists():
-        with np.load(path) as z:
+        with np.load(io.BytesIO(path.read_bytes()) if storage.is_remote(path) else path) as z:
             boxes, valid = z['boxes'], z['valid']
         if boxes.shape == (n, max_proposals, 4):
             return boxes, valid
@@ -283,6 +289,11 @@ def get_proposals(
         lists = [grid] * n
     boxes, valid = _pad(lists, max_proposals)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if storage.is_remote(path):  # one object write
+        buf = io.BytesIO()
+        np.savez(buf, boxes=boxes, valid=valid, settings=json.dumps(resolved))
+        path.write_bytes(buf.getvalue())
+        return boxes, valid
     tmp = path.with_name(path.name + f'.tmp{os.getpid()}.npz')
     np.savez(tmp, boxes=boxes, valid=valid, settings=json.dumps(resolved))
     os.replace(tmp, path)

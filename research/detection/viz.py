@@ -3,12 +3,13 @@ names) | predictions (red boxes, class and score, above ``score_threshold``), ma
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from research import storage
 from research.viz.images import add_titles, fitted_font
 
 __all__ = ['draw_boxes', 'empty_note', 'save_detection_grid']
@@ -59,10 +60,11 @@ def empty_note(tile: np.ndarray, text: str) -> np.ndarray:
 
 
 def save_detection_grid(
-    path: str | Path, images01, gt_boxes, gt_labels, gt_valid, pred_boxes, pred_scores, pred_labels, pred_valid,
+    path: str | os.PathLike,
+    images01, gt_boxes, gt_labels, gt_valid, pred_boxes, pred_scores, pred_labels, pred_valid,
     *, class_names: Sequence[str] = (), score_threshold: float = 0.3, pred_masks=None,
     titles: Sequence[str] | None = None, show_titles: bool = True,
-) -> Path:  # fmt: skip
+) -> storage.AnyPath:  # fmt: skip
     """One row per example: ground truth | predictions with score >= ``score_threshold``.
 
     The columns are titled ``titles`` (default: "ground truth", "predictions (score >= t)"; ``show_titles=False``:
@@ -86,7 +88,4 @@ def save_detection_grid(
         tw = (grid.shape[1] - 4) / 2  # one panel's width (two panels, a 4 px gap)
         names = tuple(titles) if titles else ('ground truth', f'predictions (score >= {score_threshold:g})')
         grid = add_titles(grid, names, centers=[tw / 2, tw + 4 + tw / 2], width=tw)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
-    return path
+    return storage.save_image(Image.fromarray(grid), path)

@@ -14,6 +14,7 @@ sweep: run ids (and so which results a table uses) depend on the resolved config
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 from absl import flags
 
-from research import models
+from research import models, storage
 from research.experiments import ledger as ledger_lib
 from research.experiments import sweep as sweep_lib
 from research.experiments import tables as tables_lib
@@ -55,7 +56,7 @@ def sweep_name(config_arg: str) -> str:
     return Path(path).stem + (f":{arg}" if arg else "")
 
 
-def get_runs(module, arg: str | None, config, workdir: Path) -> list[sweep_lib.Run]:
+def get_runs(module, arg: str | None, config, workdir: os.PathLike) -> list[sweep_lib.Run]:
     if not hasattr(module, "get_sweep"):
         raise ValueError(f"config file {module.__file__} defines no get_sweep(arg=None)")
     return sweep_lib.expand(config, module.get_sweep(arg or None), workdir)
@@ -89,7 +90,7 @@ def preflight(runs: Sequence[sweep_lib.Run]) -> None:
             )
 
 
-def format_dry_run(runs: Sequence[sweep_lib.Run], name: str, workdir: Path) -> str:
+def format_dry_run(runs: Sequence[sweep_lib.Run], name: str, workdir: os.PathLike) -> str:
     statuses = [sweep_lib.run_status(r.workdir) for r in runs]
     width = max(len(r.id) for r in runs)
     lines = [
@@ -103,7 +104,8 @@ def format_dry_run(runs: Sequence[sweep_lib.Run], name: str, workdir: Path) -> s
     return "\n".join(lines)
 
 
-def render_tables(module, arg, runs, workdir: Path, names: list[str]) -> list[Path]:
+def render_tables(module, arg, runs, workdir: os.PathLike, names: list[str]) -> list[os.PathLike]:
+    workdir = storage.as_path(workdir)
     specs = get_table_specs(module, arg)
     known = [s["name"] for s in specs]
     if names:
@@ -115,7 +117,7 @@ def render_tables(module, arg, runs, workdir: Path, names: list[str]) -> list[Pa
     ledger_rows = {r["id"]: r for r in ledger_lib.read(path)}
     for run in runs:  # rows re-read from the run directories, so a ledger from older code renders too
         row = ledger_rows.get(run.id)
-        if row is not None and Path(run.workdir).is_dir():
+        if row is not None and storage.as_path(run.workdir).is_dir():
             metrics = ledger_lib.row_metrics(run)
             if metrics != row.get("metrics"):
                 ledger_lib.upsert(path, {**row, "metrics": metrics})
@@ -133,7 +135,7 @@ def render_tables(module, arg, runs, workdir: Path, names: list[str]) -> list[Pa
 def main(
     config,
     config_arg: str,
-    workdir: Path,
+    workdir: os.PathLike,
     *,
     sweep: bool,
     dry_run: bool,
@@ -158,7 +160,7 @@ def requested(sweep: bool, dry_run: bool, table: Any) -> bool:
 
 
 def _main(config, config_arg, workdir, sweep, dry_run, table, parallel, only, show_progress, argv) -> int:
-    workdir = Path(workdir)
+    workdir = storage.as_path(workdir)
     path, _, arg = config_arg.partition(":")
     module = sweep_lib.load_config_module(path)
     name = sweep_name(config_arg)

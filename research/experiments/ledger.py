@@ -24,24 +24,24 @@ have ``<split>_map50`` (VOC mAP@0.5 all-point, %), ``<split>_map50_11pt``, ``<sp
 
 Writers hold an exclusive ``flock`` on ``ledger.jsonl.lock`` and replace the file atomically,
 so parallel workers may update the same ledger; re-running a sweep updates rows, never
-duplicates them.
+duplicates them. A remote sweep directory (``gs://...``, through ``etils.epath``) has no file lock:
+the workers of one host lock a local file named by the ledger's path (``research.storage.locked``),
+and each write of the ledger replaces the object whole.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import fcntl
 import json
 import os
 import platform
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+
+from research import storage
 from research.train import workdir as workdir_lib
 from research.train.reporting import read_metrics
 
@@ -75,17 +75,15 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: storage.AnyPath) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        return json.loads(storage.as_path(path).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+def _write_json(path: storage.AnyPath, obj: Any) -> None:
+    storage.write_text(path, json.dumps(obj, indent=2, default=str), atomic=True, parents=False)
 
 
 def start_run_meta(run, sweep_name: str) -> dict[str, Any]:
@@ -120,7 +118,7 @@ def finish_run_meta(run, meta: dict[str, Any], wall_s: float) -> None:
 
 
 # -- rows -----------------------------------------------------------------------------------------
-def _read_metrics(workdir: Path) -> list[dict[str, Any]]:
+def _read_metrics(workdir: storage.AnyPath) -> list[dict[str, Any]]:
     return read_metrics(workdir)
 
 
@@ -133,7 +131,7 @@ def split_base(split: str) -> str:
     return str(split).split("[", 1)[0]
 
 
-def run_metrics(workdir: str | Path, eval_split: str = "test") -> dict[str, Any]:
+def run_metrics(workdir: str | os.PathLike, eval_split: str = "test") -> dict[str, Any]:
     """Final and best metrics of a run directory (see the module docstring). A TFDS sub-split
     (``test[:2000]``, ``test[50%:]``) reports under its split's name (``test_error``), so tables of
     reduced-scale runs read the same keys as full ones (the ledger row's config keeps the slice)."""
@@ -144,8 +142,8 @@ def run_metrics(workdir: str | Path, eval_split: str = "test") -> dict[str, Any]
     return {k.replace(eval_split, base): v for k, v in out.items()}
 
 
-def _run_metrics(workdir: str | Path, eval_split: str) -> dict[str, Any]:
-    workdir = Path(workdir)
+def _run_metrics(workdir: str | os.PathLike, eval_split: str) -> dict[str, Any]:
+    workdir = storage.as_path(workdir)
     summary = _read_json(workdir / "summary.json")
     rows = _read_metrics(workdir)
     out: dict[str, Any] = {}
@@ -234,7 +232,7 @@ def _detection_metrics(final: dict | None, rows: list[dict[str, Any]], eval_spli
 def row_metrics(run, *, meta=None, summary=None, resolved=None) -> dict[str, Any]:
     """The ``metrics`` of ``run``'s ledger row, read from its directory (final/best metrics of its
     eval split, parameters, images/s, wall time)."""
-    wd = Path(run.workdir)
+    wd = storage.as_path(run.workdir)
     meta = _read_json(wd / "run.json") if meta is None else meta
     summary = _read_json(wd / "summary.json") if summary is None else summary
     resolved = _read_json(wd / "config.json").get("_resolved", {}) if resolved is None else resolved
@@ -247,10 +245,10 @@ def row_metrics(run, *, meta=None, summary=None, resolved=None) -> dict[str, Any
     return metrics
 
 
-def run_status(workdir: str | Path) -> str:
+def run_status(workdir: str | os.PathLike) -> str:
     """``'running'`` (a live run holds its lock), ``'done'`` (summary.json complete), ``'partial'`` (has
     checkpoints) or ``'new'``."""
-    workdir = Path(workdir)
+    workdir = storage.as_path(workdir)
     holder = workdir_lib.read_lock(workdir) if (workdir / workdir_lib.LOCK_NAME).exists() else None
     if holder is not None and not workdir_lib.lock_is_stale(holder):
         return "running"
@@ -270,7 +268,7 @@ def run_status(workdir: str | Path) -> str:
 
 def build_row(run, sweep_name: str, *, status: str | None = None, error: str | None = None) -> dict[str, Any]:
     """The ledger row of ``run`` (a :class:`~research.experiments.sweep.Run`) from its files."""
-    wd = Path(run.workdir)
+    wd = storage.as_path(run.workdir)
     meta = _read_json(wd / "run.json")
     summary = _read_json(wd / "summary.json")
     resolved = _read_json(wd / "config.json").get("_resolved", {})
@@ -303,51 +301,38 @@ def build_row(run, sweep_name: str, *, status: str | None = None, error: str | N
 
 
 # -- the file -------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def read(path: str | Path) -> list[dict[str, Any]]:
+def read(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The ledger's rows (one per run id, the last written wins), in first-written order."""
-    path = Path(path)
-    if not path.exists():
+    text = storage.read_text(storage.as_path(path))
+    if text is None:
         return []
     rows: dict[str, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         if line.strip():
             row = json.loads(line)
             rows[row["id"]] = row
     return list(rows.values())
 
 
-def find(path: str | Path, run_id: str) -> dict[str, Any] | None:
+def find(path: str | os.PathLike, run_id: str) -> dict[str, Any] | None:
     return next((r for r in read(path) if r["id"] == run_id), None)
 
 
-def upsert(path: str | Path, row: dict[str, Any]) -> None:
+def upsert(path: str | os.PathLike, row: dict[str, Any]) -> None:
     """Adds ``row`` or replaces the row with the same id (atomic, under a file lock)."""
-    path = Path(path)
-    with _locked(path):
+    path = storage.as_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with storage.locked(path):
         rows = read(path)
         ids = [r["id"] for r in rows]
         if row["id"] in ids:
             rows[ids.index(row["id"])] = row
         else:
             rows.append(row)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.writelines(json.dumps(r, default=str) + "\n" for r in rows)
-        os.replace(tmp, path)
+        storage.write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in rows), atomic=True)
 
 
-def ensure_row(path: str | Path, run, sweep_name: str) -> None:
+def ensure_row(path: str | os.PathLike, run, sweep_name: str) -> None:
     """For a finished run skipped on relaunch: rebuild its row unless a 'done' row is there."""
     row = find(path, run.id)
     if row is None or row.get("status") != "done":

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -12,11 +12,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from research import storage
 from research.experiments.ledger import split_base
 from research.train.reporting import read_metrics
 
 
-def _curves(workdir: str | Path, eval_split: str) -> tuple[list, list, list, list, str]:
+def _curves(workdir: str | os.PathLike, eval_split: str) -> tuple[list, list, list, list, str]:
     """Train loss and the eval metric per epoch; the metric is error (%) for classifiers, mIoU (%)
     for segmentation runs (rows with ``miou``), mAP@0.5 (%) for detection runs."""
     rows = read_metrics(workdir)
@@ -42,14 +43,13 @@ def _curves(workdir: str | Path, eval_split: str) -> tuple[list, list, list, lis
 
 
 def plot_training_curves(
-    runs: Sequence[dict[str, Any]], path: str | Path, *, eval_split: str = "test", title: str = ""
-) -> Path:
+    runs: Sequence[dict[str, Any]], path: str | os.PathLike, *, eval_split: str = "test", title: str = ""
+) -> storage.AnyPath:
     """Train loss and ``eval_split`` error (%) (mIoU (%) for segmentation runs) against epoch, one line per run.
 
     ``runs``: dicts with ``workdir``, ``label`` and optionally ``group`` (runs of a group share a
     color, e.g. the seeds of one cell; only the first of a group is labelled in the legend).
     """
-    path = Path(path)
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(11, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     group_color: dict[Any, str] = {}
@@ -79,15 +79,13 @@ def plot_training_curves(
     if title:
         fig.suptitle(textwrap.fill(title, 110), fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    out = storage.save_figure(fig, path, dpi=110)
     plt.close(fig)
-    return path
+    return out
 
 
-def plot_metric_vs_axis(table, path: str | Path) -> Path:
+def plot_metric_vs_axis(table, path: str | os.PathLike) -> storage.AnyPath:
     """A table's metric against its row axis, one series per column, std error bars, paper dashed."""
-    path = Path(path)
     spec = table.spec
     rows = table.row_values
     numeric = all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rows)
@@ -128,13 +126,12 @@ def plot_metric_vs_axis(table, path: str | Path) -> Path:
     else:
         ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    out = storage.save_figure(fig, path, dpi=110)
     plt.close(fig)
-    return path
+    return out
 
 
-def plot_table_curves(table, path: str | Path, *, eval_split: str = "test") -> Path:
+def plot_table_curves(table, path: str | os.PathLike, *, eval_split: str = "test") -> storage.AnyPath:
     """Training curves of the runs behind a table's cells, one color per cell."""
     spec = table.spec
     runs = []

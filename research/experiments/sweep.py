@@ -37,13 +37,15 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from research import tasks
+
+from research import storage, tasks
 from research.config import FREE_FORM_SECTIONS, ConfigDict, base_config, flatten, to_dict, validate_config
 from research.experiments import ledger
 from research.experiments.ledger import run_status
@@ -222,15 +224,16 @@ class Run:
     id: str
     overrides: Overrides
     config: ConfigDict
-    workdir: Path
+    workdir: storage.AnyPath  # a pathlib.Path, or an epath.Path when remote (gs://...)
 
     @property
     def flat_config(self) -> dict[str, Any]:
         return flatten(to_dict(self.config))
 
 
-def expand(base: ConfigDict, sweep: Sequence[Mapping[str, Any]], root: str | Path) -> list[Run]:
-    """The runs of ``sweep`` (override dicts) applied to ``base``, each in ``root/<run id>``."""
+def expand(base: ConfigDict, sweep: Sequence[Mapping[str, Any]], root: str | os.PathLike) -> list[Run]:
+    """The runs of ``sweep`` (override dicts) applied to ``base``, each in ``root/<run id>`` (``root``
+    local or remote, e.g. ``gs://bucket/sweeps/x``)."""
     if not sweep:
         raise ValueError("the sweep is empty")
     runs, seen = [], {}
@@ -242,7 +245,7 @@ def expand(base: ConfigDict, sweep: Sequence[Mapping[str, Any]], root: str | Pat
         if rid in seen:
             raise ValueError(f"sweep entries {seen[rid]} and {i} resolve to the same run '{rid}'")
         seen[rid] = i
-        runs.append(Run(rid, dict(overrides), config, Path(root) / rid))
+        runs.append(Run(rid, dict(overrides), config, storage.as_path(root) / rid))
     return runs
 
 
@@ -286,7 +289,7 @@ def execute_run(
     run: Run,
     *,
     sweep_name: str,
-    ledger_path: str | Path,
+    ledger_path: str | os.PathLike,
     stop_after_steps: int | None = None,
     show_progress: bool = True,
 ) -> str:
@@ -321,7 +324,7 @@ def run_sweep(
     runs: Sequence[Run],
     *,
     sweep_name: str,
-    root: str | Path,
+    root: str | os.PathLike,
     parallel: int = 1,
     child_command: Callable[[Run], list[str]] | None = None,
     stop_after_steps: int | None = None,
@@ -332,7 +335,7 @@ def run_sweep(
     others trained in order (``parallel=1``) or ``parallel`` at a time as subprocesses
     (``child_command(run)``, see :func:`device_slices`). Returns ``{run id: status}``.
     """
-    ledger_path = Path(root) / "ledger.jsonl"
+    ledger_path = storage.as_path(root) / "ledger.jsonl"
     statuses: dict[str, str] = {}
     todo = []
     for run in runs:
@@ -374,7 +377,7 @@ def _run_parallel(todo, parallel, child_command, ledger_path, sweep_name, log) -
             while pending and free:
                 slot, run = free.pop(0), pending.pop(0)
                 run.workdir.mkdir(parents=True, exist_ok=True)
-                logf = (run.workdir / "launch.log").open("a")
+                logf = _open_launch_log(run)
                 env = {**os.environ, **slots[slot].env}
                 cmd = child_command(run)
                 cores = slots[slot].cpus
@@ -392,7 +395,7 @@ def _run_parallel(todo, parallel, child_command, ledger_path, sweep_name, log) -
                 rc = proc.poll()
                 if rc is None:
                     continue
-                logf.close()
+                _close_launch_log(run, logf)
                 del active[slot]
                 free.append(slot)
                 status = run_status(run.workdir)
@@ -406,8 +409,24 @@ def _run_parallel(todo, parallel, child_command, ledger_path, sweep_name, log) -
     finally:
         for run, proc, logf in active.values():  # Ctrl-C: children checkpoint on SIGINT too
             proc.wait()
-            logf.close()
+            _close_launch_log(run, logf)
     return statuses
+
+
+def _open_launch_log(run: Run):
+    """The file a parallel worker's output goes to: ``<run>/launch.log`` (appended to), or for a remote
+    workdir a local temporary file, appended to ``<run>/launch.log`` when the worker ends."""
+    if not storage.is_remote(run.workdir):
+        return (run.workdir / "launch.log").open("a")
+    return tempfile.NamedTemporaryFile("w+", prefix=f"{run.id[:40]}-", suffix=".launch.log", delete=False)
+
+
+def _close_launch_log(run: Run, logf) -> None:
+    logf.close()
+    if storage.is_remote(run.workdir):
+        with open(logf.name) as f:
+            storage.append_text(run.workdir / "launch.log", f.read())
+        os.unlink(logf.name)
 
 
 def prepare_data(runs: Sequence[Run]) -> None:

@@ -28,10 +28,12 @@ import csv
 import dataclasses
 import io
 import math
+import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+
+from research import storage
 from research.experiments.sweep import ID_IGNORED_KEYS
 
 MISSING = "—"
@@ -295,10 +297,10 @@ def build_table(
     return Table(spec, row_values, col_values, cells, members)
 
 
-def write_table(table: Table, out_dir: str | Path, *, plots: bool = True) -> list[Path]:
+def write_table(table: Table, out_dir: str | os.PathLike, *, plots: bool = True) -> list[storage.AnyPath]:
     """Writes ``<name>.md`` and ``<name>.csv`` (and, if ``spec.plot``, ``<name>.png`` and
-    ``<name>_curves.png``) into ``out_dir``; returns the paths."""
-    out_dir = Path(out_dir)
+    ``<name>_curves.png``) into ``out_dir`` (local or remote, e.g. ``gs://...``); returns the paths."""
+    out_dir = storage.as_path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = table.spec.name
     paths = [out_dir / f"{name}.md", out_dir / f"{name}.csv"]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 
 import numpy as np
 from ml_collections import ConfigDict
 
 from research import data as data_lib
-from research import tasks
+from research import storage, tasks
 from research.experiments.summary import summary_input
 from research.train.checkpoint import Checkpointer
 from research.train.loop import build_model
@@ -20,9 +20,9 @@ from research.viz.images import load_image, save_png
 from research.viz.receptive_field import plot_dilation, plot_model_rf
 
 
-def _load_run(config: ConfigDict, workdir: Path, need_weights: bool = True):
+def _load_run(config: ConfigDict, workdir: os.PathLike, need_weights: bool = True):
     """(model, variables or None, config of the run, image shape, class names, mean, std)."""
-    saved = workdir / "config.json"
+    saved = storage.as_path(workdir) / "config.json"
     if saved.exists():
         d = json.loads(saved.read_text())
         resolved = d.pop("_resolved", {})
@@ -75,8 +75,8 @@ def run_viz(
     config: ConfigDict, workdir, kind: str, *, layer: str = "", image: str = "", dilation: str = "1,2,4"
 ):
     """Writes the ``kind`` picture(s) ('filters', 'feature_maps', 'cam', 'receptive_field') to
-    ``workdir/viz`` and prints their paths."""
-    workdir = Path(workdir)
+    ``workdir/viz`` (local or remote, e.g. ``gs://...``) and prints their paths."""
+    workdir = storage.as_path(workdir)
     out = workdir / "viz"
     out.mkdir(parents=True, exist_ok=True)
     if kind == "receptive_field":

@@ -30,23 +30,33 @@ Usage::
     from research.interop import torchvision as tvi
     variables = tvi.from_torchvision('resnet50', 'resnet50.pth')     # file, state_dict or nn.Module
     model = tvi.flax_model('resnet50')                               # the matching Flax module
+    model, variables = tvi.convert('googlenet', torch_module)        # model built from the module's flags
     sd = tvi.to_torchvision('resnet50', variables)                   # and back (torch tensors)
-    err = tvi.parity('resnet50')                                      # random torch weights, max rel. err
+    report = tvi.parity('resnet50')    # calibrated BN statistics; .error, .input_error, .sensitivity
 
-``python -m research.interop.torchvision --parity all`` prints the parity table for every
-conversion (needs ``pip install -e '.[torch]'``). ``--evaluate resnet50.IMAGENET1K_V2 --data FOLDER``
-measures published weights' top-1 on an image folder (:mod:`research.interop.hub`, which also
-resolves ``init.checkpoint='torchvision:<model>.<WEIGHTS>'``).
+Converted arrays are copies (no memory shared with the torch tensors). Constructor flags that change
+the computation (``transform_input``, ``aux_logits``, ``aux``, dropout rates, classes) are read from a
+torch module (``Conversion.flags``); a bare state_dict cannot tell ``transform_input``, which then
+keeps the Flax default (torchvision's pretrained weights' ``True``), said in a one-line warning.
+
+``python -m research.interop.torchvision --parity all --write docs/parity.md`` writes the parity table
+of every conversion (calibrated BatchNorm statistics, plain and input-dependent errors, float32 and
+float64; needs ``pip install -e '.[torch]'``).
+``--evaluate resnet50.IMAGENET1K_V2 --data FOLDER`` measures published weights' top-1 on an image
+folder (:mod:`research.interop.hub`, which also resolves ``init.checkpoint='torchvision:<model>.<WEIGHTS>'``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
+import io
 import os
 import sys
 import time
+import warnings
 from typing import Any, Callable, Mapping
 
 import jax
@@ -54,11 +64,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import models as _models
+from research import storage
 
 __all__ = [
     'CONVERSIONS',
     'Conversion',
     'ConversionError',
+    'ParityReport',
+    'calibrate_batchnorm',
+    'calibration_images',
+    'classifier_flags',
+    'convert',
     'flax_model',
     'from_torchvision',
     'get_conversion',
@@ -67,11 +83,20 @@ __all__ = [
     'parity',
     'randomize_torch_model',
     'to_torchvision',
+    'torch_flags',
     'torchvision_model',
 ]
 
 #: Family modules that define ``CONVERSIONS`` (filled here, in one place).
-_FAMILY_MODULES = ('tv_resnet', 'tv_classic', 'tv_dense', 'tv_mobile', 'tv_segmentation', 'tv_detection', 'tv_rcnn')
+_FAMILY_MODULES = (
+    'tv_resnet',
+    'tv_classic',
+    'tv_dense',
+    'tv_mobile',
+    'tv_segmentation',
+    'tv_detection',
+    'tv_rcnn',
+)
 
 
 class ConversionError(ValueError):
@@ -91,6 +116,12 @@ class Conversion:
     flax_output: same for the Flax model's output.
     heavy: skipped by the CI parity subset (run all with ``--parity all`` or ``pytest -m slow``).
     note: where torchvision and the paper differ, and which the Flax default follows.
+    flags: ``(module or None, state_dict) -> Flax constructor arguments`` read from the torch model
+      (constructor flags such as ``transform_input``, ``aux_logits``, dropout rates; from the module's
+      attributes when a module is given, else what the tensors tell, e.g. an aux head's presence).
+    assumes: one line naming what a state_dict cannot tell and the Flax default the converter then
+      keeps (e.g. ``transform_input=True``); said in a warning when a bare state_dict / file is
+      converted without that argument given explicitly.
     """
 
     model: str
@@ -102,6 +133,8 @@ class Conversion:
     flax_output: Callable[[Any], Any] | None = None
     heavy: bool = False
     note: str = ''
+    flags: Callable[[Any, Mapping[str, np.ndarray]], dict] | None = None
+    assumes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 _CONVERSIONS: dict[str, Conversion] | None = None
@@ -153,10 +186,81 @@ def get_conversion(name: str | Conversion) -> Conversion:
     return table[name]
 
 
-def flax_model(name: str | Conversion, **overrides):
-    """The Flax module a conversion targets (``overrides`` update its constructor arguments)."""
+def _is_module(source) -> bool:
+    return hasattr(source, 'state_dict') and callable(source.state_dict) and hasattr(source, 'modules')
+
+
+def classifier_flags(module, state_dict) -> dict:
+    """The default ``Conversion.flags`` of the classifiers: from a module, ``num_classes`` (its
+    ``num_classes`` attribute or its last ``nn.Linear``'s outputs) and ``dropout_rate`` (its last
+    ``nn.Dropout``'s p); nothing from a state_dict (a class-count mismatch is named by the strict
+    conversion)."""
+    if module is None:
+        return {}
+    torch = _torch()
+    out = {}
+    linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    classes = getattr(module, 'num_classes', None) or (linears[-1].out_features if linears else None)
+    if classes is not None:
+        out['num_classes'] = int(classes)
+    drops = [m for m in module.modules() if isinstance(m, torch.nn.Dropout)]
+    if drops:
+        out['dropout_rate'] = float(drops[-1].p)
+    return out
+
+
+def _model_fields(conv: Conversion) -> set[str]:
+    f = _models.get_constructor(conv.model)
+    while isinstance(f, functools.partial):
+        f = f.func
+    return {fld.name for fld in dataclasses.fields(f)}
+
+
+def torch_flags(name: str | Conversion, source) -> dict:
+    """The Flax constructor arguments a torch model fixes (``Conversion.flags``, default
+    :func:`classifier_flags` for models with ``num_classes``): read from an ``nn.Module``'s attributes
+    (``transform_input``, ``aux_logits``, dropout, classes, ...), or from a state_dict / file what
+    its tensors tell (e.g. an aux head's presence). Only arguments the Flax model has are returned."""
     conv = get_conversion(name)
-    return _models.create(conv.model, **{**conv.model_kwargs, **overrides})
+    flags = conv.flags or (classifier_flags if 'num_classes' in conv.model_kwargs else None)
+    if flags is None or source is None:
+        return {}
+    if _is_module(source):
+        out = flags(source, None)
+    else:
+        out = flags(None, source if isinstance(source, Mapping) else load_state_dict(source))
+    fields = _model_fields(conv)
+    return {k: v for k, v in out.items() if k in fields}
+
+
+def flax_model(name: str | Conversion, source=None, **overrides):
+    """The Flax module a conversion targets: ``Conversion.model_kwargs``, updated by what the torch
+    ``source`` (an nn.Module, a state_dict or a file; optional) fixes (:func:`torch_flags`), updated by
+    ``overrides``. For a source that is not a module, the flags it cannot tell (``Conversion.assumes``,
+    e.g. googlenet's ``transform_input``) keep the Flax defaults, said in a one-line warning unless
+    given in ``overrides``."""
+    conv = get_conversion(name)
+    kwargs = {**conv.model_kwargs, **torch_flags(conv, source)}
+    if source is not None and not _is_module(source):
+        unsaid = {k: v for k, v in conv.assumes.items() if k not in overrides}
+        if unsaid:
+            assumed = ', '.join(f'{k}={v!r}' for k, v in unsaid.items())
+            warnings.warn(
+                f'{conv.model}: a state_dict does not record {", ".join(unsaid)}; assuming {assumed} '
+                "(torchvision's pretrained weights); pass it explicitly (or an nn.Module) "
+                'if the weights differ',
+                stacklevel=2,
+            )
+    return _models.create(conv.model, **{**kwargs, **overrides})
+
+
+def convert(name: str | Conversion, source, *, strict: bool = True, exclude=None, **overrides):
+    """``(model, variables)``: the Flax model matching the torch ``source`` (:func:`flax_model`: flags
+    read from a module, ``overrides`` for the rest) and its variables (:func:`from_torchvision`)."""
+    conv = get_conversion(name)
+    sd = load_state_dict(source)
+    model = flax_model(conv, source if _is_module(source) else sd, **overrides)
+    return model, from_torchvision(conv, sd, model=model, strict=strict, exclude=exclude)
 
 
 # --------------------------------------------------------------------------- torch side
@@ -200,15 +304,18 @@ def randomize_torch_model(module, seed: int = 0):
 
 
 def load_state_dict(source) -> dict[str, np.ndarray]:
-    """A state_dict as numpy arrays, from a file path (torch.save'd state_dict or a checkpoint
-    dict with 'state_dict'/'model'), a mapping of tensors, or an ``nn.Module``."""
+    """A state_dict as numpy arrays (copies: no memory shared with the source's tensors), from a file
+    path (torch.save'd state_dict or a checkpoint dict with 'state_dict'/'model'), a mapping of tensors,
+    or an ``nn.Module``."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        if not os.path.exists(path):
+        remote = storage.is_remote(path)  # gs://... (etils.epath): read into memory
+        if not (storage.as_path(path).exists() if remote else os.path.exists(path)):
             raise FileNotFoundError(f'torch weights file not found: {path!r}')
         torch = _torch()
         try:
-            source = torch.load(path, map_location='cpu', weights_only=True)
+            f = io.BytesIO(storage.as_path(path).read_bytes()) if remote else path
+            source = torch.load(f, map_location='cpu', weights_only=True)
         except Exception as e:
             raise ConversionError(f'cannot read torch weights file {path!r}: {e}') from e
         if isinstance(source, Mapping):
@@ -224,7 +331,9 @@ def load_state_dict(source) -> dict[str, np.ndarray]:
     for k, v in source.items():
         if hasattr(v, 'detach'):
             v = v.detach().cpu().numpy()
-        out[k.removeprefix('module.')] = np.asarray(v)
+        # a copy: ``.numpy()`` of a CPU tensor (and jnp.asarray of that, on CPU) shares its memory,
+        # so an in-place change to the torch model afterwards would change the converted arrays
+        out[k.removeprefix('module.')] = np.array(v, copy=True)
     return out
 
 
@@ -288,17 +397,21 @@ def from_torchvision(
     model=None,
     strict: bool = True,
     exclude: Callable[[str], bool] | None = None,
+    dtype=None,
 ) -> dict:
     """Flax variables ({'params', 'batch_stats'}) from torchvision weights.
 
     source: a weights file, a state_dict or an nn.Module. model: the Flax module (default
-    :func:`flax_model`). strict: every Flax leaf must be found and every torch tensor used.
+    ``flax_model(name, source)``: the flags the torch model fixes, e.g. a googlenet built with
+    ``transform_input=False`` gives a Flax googlenet without it; :func:`convert` returns that model
+    too). strict: every Flax leaf must be found and every torch tensor used.
     exclude(torch_key) -> True skips that tensor on both sides (e.g. the classifier when the
-    head changes; skipped Flax leaves are left out of the result).
+    head changes; skipped Flax leaves are left out of the result). dtype: of every leaf (default the
+    Flax model's; e.g. float64 for a float64 parity check, from float64 tensors).
     """
     conv = get_conversion(name)
-    model = model if model is not None else flax_model(conv)
     sd = load_state_dict(source)
+    model = model if model is not None else flax_model(conv, source if _is_module(source) else sd)
     target = _abstract(conv, model)
     used: set[str] = set()
     missing: list[str] = []
@@ -313,7 +426,9 @@ def from_torchvision(
             missing.append(where)
             continue
         used.add(key)
-        flat[names] = jnp.asarray(_to_flax_layout(sd[key], tuple(leaf.shape), where), dtype=leaf.dtype)
+        flat[names] = jnp.asarray(
+            _to_flax_layout(sd[key], tuple(leaf.shape), where), dtype=dtype or leaf.dtype
+        )
     unused = sorted(
         k
         for k in sd
@@ -368,36 +483,316 @@ def _first(out):
     return getattr(out, 'logits', out)
 
 
-def parity(name: str, *, batch: int = 2, seed: int = 0, input_size=None) -> float:
-    """Builds ``name`` in torchvision with random weights (and random norm statistics), converts
-    them, runs both in eval mode on the same random images and returns the max relative error
-    max|flax - torch| / max|torch| of the outputs."""
+#: ImageNet normalisation of the calibration / evaluation images (torchvision's weights' transform).
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def calibration_images(n: int, size: tuple[int, int], seed: int = 0, grid: int = 3) -> np.ndarray:
+    """``n`` real-image inputs (N, 3, H, W), float32, ImageNet-normalised: each a ``grid`` x ``grid``
+    mosaic of scikit-learn's bundled handwritten digits (8x8, 16 grey levels; no download), every
+    tile bilinearly upscaled and drawn in its own colour on its own background colour. Structured
+    inputs (strokes, edges, flat regions, colours) whose statistics differ from Gaussian noise's, so
+    that BatchNorm statistics calibrated on them keep activations of size ~1 on similar images."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits().images.astype(np.float32) / 16.0  # (1797, 8, 8) in [0, 1]
+    rng = np.random.default_rng(seed)
+    h, w = size
+    th, tw = -(-h // grid), -(-w // grid)
+    out = np.empty((n, 3, h, w), np.float32)
+    for i in range(n):
+        img = np.empty((grid * th, grid * tw, 3), np.float32)
+        for r in range(grid):
+            for c in range(grid):
+                d = digits[rng.integers(len(digits))]
+                d = np.asarray(Image.fromarray(d).resize((tw, th), Image.BILINEAR))[..., None]
+                fg, bg = rng.random(3), rng.random(3)
+                img[r * th : (r + 1) * th, c * tw : (c + 1) * tw] = d * fg + (1 - d) * bg
+        out[i] = ((img[:h, :w] - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+    return out
+
+
+def calibrate_batchnorm(module, images: np.ndarray, batch_size: int = 4):
+    """Sets every BatchNorm layer's running statistics of the torch ``module`` to those of ``images``
+    (N, 3, H, W): the layers in train mode (the rest in eval mode: no dropout, no stochastic depth),
+    torch's cumulative average (``momentum=None``: over one batch that is momentum 1; over several,
+    their mean) from reset statistics, one forward per batch of ``batch_size``; then eval mode.
+    torchvision's ``FrozenBatchNorm2d`` (detection backbones) is treated alike: it normalises each
+    batch with the batch's statistics and keeps their mean over the batches (unbiased variance).
+    Random weights with statistics calibrated this way keep activations around size 1, so outputs
+    depend on the input (random statistics leave some nets nearly constant in it). Returns ``module``."""
     torch = _torch()
-    conv = get_conversion(name)
-    torch.manual_seed(seed)
-    tm = randomize_torch_model(torchvision_model(name), seed)
-    variables = from_torchvision(conv, tm)
-    model = flax_model(conv)
-    h, w = input_size or conv.input_size
-    x = np.random.default_rng(seed).standard_normal((batch, 3, h, w)).astype(np.float32)
+    norms = [
+        m
+        for m in module.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    frozen = [m for m in module.modules() if type(m).__name__ == 'FrozenBatchNorm2d']
+    sums = {id(m): [0.0, 0.0, 0] for m in frozen}
+
+    def batch_stats(m, args):  # FrozenBatchNorm2d normalises with the batch statistics
+        x = args[0]
+        m.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        m.running_var.copy_(x.var(dim=(0, 2, 3), unbiased=False))
+        acc = sums[id(m)]
+        acc[0] = acc[0] + m.running_mean.clone()
+        acc[1] = acc[1] + x.var(dim=(0, 2, 3), unbiased=True)
+        acc[2] += 1
+
+    module.eval()
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    hooks = [m.register_forward_pre_hook(batch_stats) for m in frozen]
+    try:
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                module(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])))
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, mom in zip(norms, saved):
+            m.momentum = mom
     with torch.no_grad():
-        ref = tm(torch.from_numpy(x))
-    ref = (conv.output or _first)(ref)
-    ref = ref.detach().numpy() if hasattr(ref, 'detach') else np.asarray(ref)
-    out = jax.jit(lambda v, x: model.apply(v, x, train=False))(
-        variables, jnp.asarray(x.transpose(0, 2, 3, 1))
-    )
-    out = np.asarray((conv.flax_output or _first)(out))
+        for m in frozen:
+            mean, var, k = sums[id(m)]
+            if k:
+                m.running_mean.copy_(mean / k)
+                m.running_var.copy_(var / k)
+    return module.eval()
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityReport:
+    """Flax vs torch on two images. ``error``: max|flax - torch| / max|torch| over both outputs;
+    ``input_error``: the same of the input-dependent part, the difference between the two images'
+    outputs (max|(f1 - f2) - (t1 - t2)| / max|t1 - t2|), which a bias-dominated output cannot hide;
+    ``sensitivity``: max|t1 - t2| / max|t| (how much the output depends on the input at all); ``aux_*``:
+    the same for an auxiliary head's output (segmentation models with ``aux``; None without)."""
+
+    name: str
+    dtype: str
+    error: float
+    input_error: float
+    sensitivity: float
+    aux_error: float | None = None
+    aux_input_error: float | None = None
+
+    @property
+    def worst(self) -> float:
+        errs = (self.error, self.input_error, self.aux_error, self.aux_input_error)
+        return max(e for e in errs if e is not None)
+
+
+def _errors(out: np.ndarray, ref: np.ndarray, name: str) -> tuple[float, float, float]:
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
     if ref.ndim == 4 and out.ndim == 4:  # dense predictions: compare in NCHW
         out = out.transpose(0, 3, 1, 2)
     if out.shape != ref.shape:
         raise ConversionError(f'{name}: output shapes differ: Flax {out.shape}, torch {ref.shape}')
-    return float(np.max(np.abs(out - ref)) / max(np.max(np.abs(ref)), 1e-12))
+    scale = max(np.max(np.abs(ref)), 1e-300)
+    dref, dout = ref[0] - ref[1], out[0] - out[1]
+    dscale = max(np.max(np.abs(dref)), 1e-300)
+    return (
+        float(np.max(np.abs(out - ref)) / scale),
+        float(np.max(np.abs(dout - dref)) / dscale),
+        float(dscale / scale),
+    )
+
+
+def _numpy(t):
+    return t.detach().cpu().numpy() if hasattr(t, 'detach') else np.asarray(t)
+
+
+def parity(
+    name: str | Conversion,
+    *,
+    seed: int = 0,
+    input_size=None,
+    dtype: str = 'float32',
+    calibrate: bool | None = True,
+    torch_model=None,
+    calibration_batches: int = 3,
+    batch_size: int = 4,
+) -> ParityReport:
+    """torchvision ``name`` with random weights (or ``torch_model``) against its Flax conversion, both
+    in eval mode, on two real-image inputs (:func:`calibration_images`) of ``input_size`` (default the
+    conversion's). The norm layers' affine parameters are randomised (:func:`randomize_torch_model`:
+    the default scale 1 / shift 0 would hide a swapped tensor); with ``calibrate`` the BatchNorm
+    statistics are then calibrated on ``calibration_batches`` x ``batch_size`` other such images
+    (:func:`calibrate_batchnorm`), with False they stay randomised (the check before issue 27); with
+    None a given ``torch_model`` is used as it is. ``dtype='float64'`` runs both frameworks in float64
+    (torch ``.double()``, JAX x64, the Flax model's ``dtype``; models that return float32 logits
+    round there). The Flax model is built from the torch module's flags (:func:`flax_model`)."""
+    torch = _torch()
+    conv = get_conversion(name)
+    label = name if isinstance(name, str) else conv.model
+    h, w = input_size or conv.input_size
+    torch.manual_seed(seed)
+    tm = torch_model if torch_model is not None else torchvision_model(label)
+    if calibrate is not None:  # non-trivial affine parameters (and, without calibration, statistics)
+        randomize_torch_model(tm.eval(), seed)
+    if calibrate:
+        calibrate_batchnorm(
+            tm, calibration_images(calibration_batches * batch_size, (h, w), seed + 1), batch_size
+        )
+    tm.eval()
+    x = calibration_images(2, (h, w), seed + 2)
+    aux = 'aux' in _model_fields(conv) and torch_flags(conv, tm).get('aux', False)
+    f64 = dtype == 'float64'
+    if dtype not in ('float32', 'float64'):
+        raise ValueError(f"parity dtype must be 'float32' or 'float64'; got {dtype!r}")
+    with jax.enable_x64(f64):
+        if f64:
+            tm = tm.double()
+            x = x.astype(np.float64)
+        with torch.no_grad():
+            ref = tm(torch.from_numpy(x))
+        overrides = {'dtype': jnp.float64} if f64 and 'dtype' in _model_fields(conv) else {}
+        model = flax_model(conv, tm, **overrides)
+        variables = from_torchvision(conv, tm, model=model, dtype=jnp.float64 if f64 else None)
+
+        def forward(v, x):
+            if aux:
+                out, extra = model.apply(v, x, train=False, return_aux=True)
+                return (conv.flax_output or _first)(out), extra['aux']
+            return (conv.flax_output or _first)(model.apply(v, x, train=False)), None
+
+        out, out_aux = jax.jit(forward)(variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
+    err, dep, sens = _errors(np.asarray(out), _numpy((conv.output or _first)(ref)), label)
+    aux_err = aux_dep = None
+    if aux:
+        aux_err, aux_dep, _ = _errors(np.asarray(out_aux), _numpy(ref['aux']), f'{label} (aux)')
+    if f64:
+        tm.float()
+    return ParityReport(label, dtype, err, dep, sens, aux_err, aux_dep)
+
+
+def _torch_sensitivity(tm, x) -> float:
+    """max|t1 - t2| / max|t| of the torch model's (first) output on two images."""
+    torch = _torch()
+    with torch.no_grad():
+        ref = _numpy(_first(tm(torch.from_numpy(x)))).astype(np.float64)
+    return float(np.max(np.abs(ref[0] - ref[1])) / max(np.max(np.abs(ref)), 1e-300))
+
+
+#: ``--write PATH`` replaces the text between these markers of an existing page (or writes a page).
+TABLE_BEGIN, TABLE_END = '<!-- parity-table:begin -->', '<!-- parity-table:end -->'
+
+_TABLE_HEAD = """Generated by
+
+```bash
+{command}
+```
+
+(torchvision {tv}, torch {torch}, jax {jax}, CPU; {date}; {seconds:.0f} s on 2 shared cores). Columns:
+params of the Flax model, input side in px, **error** = max |flax - torch| / max |torch| over both
+images, **input-dep.** = the same of the input-dependent part (f1 - f2 vs t1 - t2), in float32 and
+float64, **sens.** = max |t1 - t2| / max |t| with calibrated statistics and (torch only) with the
+randomised statistics of the check before issue 27.
+
+"""
+
+
+def _write_table(path, rows, aux_rows, meta):
+    lines = [TABLE_BEGIN, _TABLE_HEAD.format(**meta)]
+    lines.append(
+        '| torchvision model | Flax model | params | input | error f32 | input-dep. f32 | error f64 '
+        '| input-dep. f64 | sens. | sens. (random BN) |'
+    )
+    lines.append('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|')
+    lines += rows
+    if aux_rows:
+        lines += ['', 'Aux heads (`return_aux=True` against torchvision\'s `out["aux"]`):', '']
+        lines.append('| torchvision model | error f32 | input-dep. f32 | error f64 | input-dep. f64 |')
+        lines.append('|---|---:|---:|---:|---:|')
+        lines += aux_rows
+    lines += ['', meta['summary'], TABLE_END]
+    block = '\n'.join(lines)
+    page = f'# torchvision parity\n\n{block}\n'
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        if TABLE_BEGIN in old and TABLE_END in old:
+            page = old[: old.index(TABLE_BEGIN)] + block + old[old.index(TABLE_END) + len(TABLE_END) :]
+    with open(path, 'w') as f:
+        f.write(page)
+
+
+def parity_table(names, *, float64: bool = True, write: str | None = None, command: str = '') -> float:
+    """Runs :func:`parity` (calibrated, float32 and float64) for ``names``, prints a Markdown row per
+    model and (``write``) writes the page (rewritten after every row); returns the worst error."""
+    import datetime
+
+    import torch
+    import torchvision
+
+    t0 = time.perf_counter()
+    rows, aux_rows, worst = [], [], {'float32': 0.0, 'float64': 0.0}
+    meta = dict(
+        tv=torchvision.__version__.split('+')[0],
+        torch=torch.__version__.split('+')[0],
+        jax=jax.__version__,
+        date=datetime.date.today().isoformat(),
+        command=command,
+        seconds=0.0,
+        summary='',
+    )
+    for n in names:
+        t = time.perf_counter()
+        conv = get_conversion(n)
+        h, w = conv.input_size
+        torch.manual_seed(0)
+        tm = torchvision_model(n)
+        x = calibration_images(2, (h, w), 2)
+        randomize_torch_model(tm, 0)
+        random_sens = _torch_sensitivity(tm, x)
+        calibrate_batchnorm(tm, calibration_images(12, (h, w), 1), 4)
+        reports = {'float32': parity(n, torch_model=tm, calibrate=None)}
+        if float64:
+            reports['float64'] = parity(n, torch_model=tm, calibrate=None, dtype='float64')
+        for dt, r in reports.items():
+            worst[dt] = max(worst[dt], r.worst)
+        r32, r64 = reports['float32'], reports.get('float64')
+
+        def cells(a, b):
+            return f'{a:.1e}' + (f' | {b:.1e}' if b is not None else ' | -')
+
+        params = _models.count_params(_abstract(conv, flax_model(conv)))
+        row = (
+            f'| {n} | {conv.model} | {params:,} | {h} | {r32.error:.1e} | {r32.input_error:.1e} | '
+            + (f'{r64.error:.1e} | {r64.input_error:.1e}' if r64 else '- | -')
+            + f' | {r32.sensitivity:.2f} | {random_sens:.1e} |'
+        )
+        rows.append(row)
+        print(row, f'{time.perf_counter() - t:.0f} s', flush=True)
+        if r32.aux_error is not None:
+            aux_rows.append(
+                f'| {n} | {r32.aux_error:.1e} | {r32.aux_input_error:.1e} | '
+                + (f'{r64.aux_error:.1e} | {r64.aux_input_error:.1e} |' if r64 else '- | - |')
+            )
+        meta['seconds'] = time.perf_counter() - t0
+        meta['summary'] = (
+            f'{len(rows)} models; worst float32 error (plain, input-dependent or aux) {worst["float32"]:.1e}'
+            + (f', worst float64 {worst["float64"]:.1e}.' if float64 else '.')
+        )
+        if write:
+            _write_table(write, rows, aux_rows, meta)
+    print(meta['summary'])
+    return worst['float32']
 
 
 def _main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--parity', nargs='+', metavar='NAME', help="torchvision names or 'all' / 'light'")
+    p.add_argument('--no_float64', action='store_true', help='--parity: float32 only')
+    p.add_argument(
+        '--write', metavar='PATH', help='--parity: write the table into a Markdown page (e.g. docs/parity.md)'
+    )
     p.add_argument('--convert', nargs=2, metavar=('NAME', 'WEIGHTS'), help='convert a .pth file to msgpack')
     p.add_argument('--out', help='output path for --convert (default: WEIGHTS with .msgpack)')
     args = p.parse_args(argv)
@@ -419,17 +814,8 @@ def _main(argv=None) -> int:
         names = list_conversions()
     elif names == ['light']:
         names = [n for n in list_conversions() if not get_conversion(n).heavy]
-    print('| torchvision model | Flax model | params | max rel. error | seconds |')
-    print('|---|---|---|---|---|')
-    worst = 0.0
-    for n in names:
-        t = time.perf_counter()
-        err = parity(n)
-        conv = get_conversion(n)
-        params = _models.count_params(_abstract(conv, flax_model(conv)))
-        worst = max(worst, err)
-        print(f'| {n} | {conv.model} | {params:,} | {err:.2e} | {time.perf_counter() - t:.1f} |', flush=True)
-    print(f'worst: {worst:.2e}')
+    command = 'python -m research.interop.torchvision ' + ' '.join(argv if argv is not None else sys.argv[1:])
+    worst = parity_table(names, float64=not args.no_float64, write=args.write, command=command)
     return 0 if worst < 1e-4 else 1
 
 

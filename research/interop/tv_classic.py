@@ -97,7 +97,36 @@ def rename_googlenet(path: tuple[str, ...]) -> str:
     return '.'.join(out)
 
 
+def googlenet_flags(module, state_dict) -> dict:
+    """torchvision GoogLeNet's constructor flags: from a module ``transform_input``, ``aux_logits``,
+    the dropout rates and the class count; from a state_dict the aux heads' presence."""
+    if module is None:
+        return {'aux_logits': any(k.startswith('aux1.') for k in state_dict)}
+    out = {
+        'transform_input': bool(module.transform_input),
+        'aux_logits': module.aux1 is not None,
+        'dropout_rate': float(module.dropout.p),
+        'num_classes': int(module.fc.out_features),
+    }
+    if module.aux1 is not None:
+        out['aux_dropout_rate'] = float(module.aux1.dropout.p)
+    return out
+
+
 # --------------------------------------------------------------------------- Inception v3
+
+
+def inception_v3_flags(module, state_dict) -> dict:
+    """torchvision Inception3's constructor flags: from a module ``transform_input``, ``aux_logits``,
+    the dropout rate and the class count; from a state_dict the aux head's presence."""
+    if module is None:
+        return {'aux_logits': any(k.startswith('AuxLogits.') for k in state_dict)}
+    return {
+        'transform_input': bool(module.transform_input),
+        'aux_logits': module.AuxLogits is not None,
+        'dropout_rate': float(module.dropout.p),
+        'num_classes': int(module.fc.out_features),
+    }
 
 
 def rename_identity(path: tuple[str, ...]) -> str:
@@ -165,6 +194,8 @@ CONVERSIONS = {
         rename=rename_googlenet,
         model_kwargs={'num_classes': 1000, 'transform_input': True},
         torchvision_kwargs={'aux_logits': False, 'init_weights': False, 'transform_input': True},
+        flags=googlenet_flags,
+        assumes={'transform_input': True},
         note=(
             "torchvision (default): 3x3 convs in the '5x5' branch, BN (eps 1e-3) after every conv, "
             "no LRN, dropout 0.2; the paper: 5x5, conv + bias, LRN, dropout 0.4 (googlenet_paper). "
@@ -178,6 +209,8 @@ CONVERSIONS = {
         model_kwargs={'num_classes': 1000, 'aux_logits': True, 'transform_input': True},
         input_size=(299, 299),
         torchvision_kwargs={'aux_logits': True, 'init_weights': False, 'transform_input': True},
+        flags=inception_v3_flags,
+        assumes={'transform_input': True},
         heavy=True,
         note=(
             "The released TF-slim model (torchvision and the Flax default) differs from Table 1: "

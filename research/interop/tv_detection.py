@@ -31,7 +31,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.interop.torchvision import ConversionError, _key_names, _to_flax_layout, load_state_dict
+from research.interop.torchvision import (
+    ConversionError,
+    _key_names,
+    _to_flax_layout,
+    calibrate_batchnorm,
+    calibration_images,
+    load_state_dict,
+)
 from research.interop.tv_resnet import rename_resnet
 
 #: Detectors are converted with the functions below, not via the generic table (see the docstring).
@@ -146,10 +153,11 @@ def retinanet_from_torchvision(source, model=None) -> dict:
     return convert(source, _abstract(model), rename_retinanet)
 
 
-def torch_retinanet(seed: int = 0, num_classes: int = 91, frozen_bn: bool = True):
-    """torchvision ``retinanet_resnet50_fpn`` with random weights (random BN statistics / affine and
-    classifier biases, so that scores spread), eval mode. ``frozen_bn`` builds it with
-    ``FrozenBatchNorm2d`` as torchvision does with a pretrained backbone."""
+def torch_retinanet(seed: int = 0, num_classes: int = 91, frozen_bn: bool = True, input_size=(128, 160)):
+    """torchvision ``retinanet_resnet50_fpn`` with random weights (random BN affine parameters and
+    classifier biases, so that scores spread), BN statistics calibrated on real images of ``input_size``
+    (``calibrate_batchnorm`` on the backbone: 3 batches of 4 digit mosaics), eval mode. ``frozen_bn``
+    builds it with ``FrozenBatchNorm2d`` as torchvision does with a pretrained backbone."""
     import torch
     import torchvision
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
@@ -180,7 +188,8 @@ def torch_retinanet(seed: int = 0, num_classes: int = 91, frozen_bn: bool = True
                 mod.running_var.copy_(0.5 + torch.rand(c, generator=g))
         cls = m.head.classification_head.cls_logits
         cls.bias.copy_(torch.randn(cls.bias.shape, generator=g))
-    return m
+    calibrate_batchnorm(m.backbone, calibration_images(12, input_size, seed + 1), batch_size=4)
+    return m.eval()
 
 
 def _rel(a, b) -> float:
@@ -188,6 +197,12 @@ def _rel(a, b) -> float:
     if a.shape != b.shape:
         raise ConversionError(f'output shapes differ: Flax {a.shape}, torch {b.shape}')
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+
+
+def _rel_input(a, b) -> float:
+    """``_rel`` of the input-dependent part: the difference between the outputs of images 0 and 1."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return _rel(a[0] - a[1], b[0] - b[1])
 
 
 def _torch_heads(tm, x: np.ndarray):
@@ -201,15 +216,18 @@ def _torch_heads(tm, x: np.ndarray):
     return head, feats
 
 
-def retinanet_parity(tm=None, model=None, input_size=(128, 160), batch: int = 1, seed: int = 0) -> dict:
-    """Max relative errors of the head outputs (``cls_logits``, ``bbox_regression``) and the anchors,
-    Flax vs torchvision, on a random image (no ``GeneralizedRCNNTransform``)."""
+def retinanet_parity(tm=None, model=None, input_size=(128, 160), seed: int = 0) -> dict:
+    """Max relative errors of the head outputs (``cls_logits``, ``bbox_regression``; ``*_input``: of
+    their input-dependent part, the difference between two images' outputs) and the anchors, Flax vs
+    torchvision, on two real-image inputs (digit mosaics, ``calibration_images``; no
+    ``GeneralizedRCNNTransform``)."""
     from research import models
 
-    tm = tm if tm is not None else torch_retinanet(seed)
+    tm = tm if tm is not None else torch_retinanet(seed, input_size=input_size)
     model = model if model is not None else models.create('retinanet_resnet50_fpn')
     variables = convert(tm, _abstract(model, input_size), rename_retinanet)
-    x = np.random.default_rng(seed).standard_normal((batch, 3, *input_size)).astype(np.float32)
+    x = calibration_images(2, input_size, seed + 2)
+    batch = len(x)
     head, feats = _torch_heads(tm, x)
     out = jax.jit(
         lambda v, x: {k: o for k, o in model.apply(v, x, method='predict').items() if k != 'level_sizes'}
@@ -219,9 +237,16 @@ def retinanet_parity(tm=None, model=None, input_size=(128, 160), batch: int = 1,
     anchors = tm.anchor_generator(ImageList(__import__('torch').from_numpy(x), [input_size] * batch), feats)[
         0
     ]
+    return _head_errors(out, head, anchors)
+
+
+def _head_errors(out, head, anchors) -> dict:
+    cls, reg = head['cls_logits'].numpy(), head['bbox_regression'].numpy()
     return {
-        'cls_logits': _rel(out['cls_logits'], head['cls_logits'].numpy()),
-        'bbox_regression': _rel(out['box_regression'], head['bbox_regression'].numpy()),
+        'cls_logits': _rel(out['cls_logits'], cls),
+        'bbox_regression': _rel(out['box_regression'], reg),
+        'cls_logits_input': _rel_input(out['cls_logits'], cls),
+        'bbox_regression_input': _rel_input(out['box_regression'], reg),
         'anchors': _rel(out['anchors'], anchors.numpy()),
     }
 
@@ -300,8 +325,10 @@ def torch_ssd(seed: int = 0, num_classes: int = 91):
     return m.eval()
 
 
-def ssd_parity(tm=None, model=None, input_size=(300, 300), batch: int = 1, seed: int = 0) -> dict:
-    """Max relative errors of the SSD head outputs and default boxes, Flax vs torchvision (no transform)."""
+def ssd_parity(tm=None, model=None, input_size=(300, 300), seed: int = 0) -> dict:
+    """Max relative errors of the SSD head outputs (``*_input``: of the difference between two images'
+    outputs) and default boxes, Flax vs torchvision, on two real-image inputs (no transform; VGG-16
+    without BatchNorm: nothing to calibrate)."""
     import torch
     from torchvision.models.detection.image_list import ImageList
 
@@ -310,17 +337,13 @@ def ssd_parity(tm=None, model=None, input_size=(300, 300), batch: int = 1, seed:
     tm = tm if tm is not None else torch_ssd(seed)
     model = model if model is not None else models.create('ssd300_vgg16')
     variables = convert(tm, _abstract(model, input_size), rename_ssd)
-    x = np.random.default_rng(seed).standard_normal((batch, 3, *input_size)).astype(np.float32)
+    x = calibration_images(2, input_size, seed + 2)
     head, feats = _torch_heads(tm, x)
     out = jax.jit(lambda v, x: model.apply(v, x, method='predict'))(
         variables, jnp.asarray(x.transpose(0, 2, 3, 1))
     )
-    anchors = tm.anchor_generator(ImageList(torch.from_numpy(x), [input_size] * batch), feats)[0]
-    return {
-        'cls_logits': _rel(out['cls_logits'], head['cls_logits'].numpy()),
-        'bbox_regression': _rel(out['box_regression'], head['bbox_regression'].numpy()),
-        'anchors': _rel(out['anchors'], anchors.numpy()),
-    }
+    anchors = tm.anchor_generator(ImageList(torch.from_numpy(x), [input_size] * len(x)), feats)[0]
+    return _head_errors(out, head, anchors)
 
 
 def ssd_postprocess_parity(tm=None, input_size=(300, 300), seed: int = 0, pre_nms_top_k: int = 2000) -> dict:

@@ -21,12 +21,14 @@ too, the same eval-mode arithmetic; use ``freeze_bn=True`` to keep it frozen whi
 
 from __future__ import annotations
 
+import copy
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.interop.torchvision import calibrate_batchnorm, calibration_images
 from research.interop.tv_detection import convert, rename_backbone_fpn
 
 #: Two-stage detectors are converted with the functions below, not via the generic table.
@@ -68,11 +70,13 @@ def rcnn_from_torchvision(source, model=None, name: str = 'fasterrcnn_resnet50_f
 def torch_rcnn(
     name: str = 'fasterrcnn_resnet50_fpn', seed: int = 0, num_classes: int = 91, input_size=(128, 160)
 ):
-    """torchvision ``name`` with random weights, eval mode: random BN statistics / affine, and the output
-    layers rescaled on a random image of ``input_size`` so that their outputs are well spread (random
-    weights through a ResNet-50 give huge RPN deltas and saturated sigmoids, i.e. degenerate proposals
-    and tied scores): RPN objectness std 3, RPN deltas std 0.1, class logits std 2 plus N(0, 2^2)
-    biases (so that random boxes clear the 0.05 score threshold), RoI deltas std 0.5, mask logits std 3."""
+    """torchvision ``name`` with random weights, eval mode: random BN affine parameters, BN statistics
+    calibrated on real images of ``input_size`` (``calibrate_batchnorm`` on the backbone: 3 batches of 4
+    digit mosaics), and the output layers rescaled on such an image so that their outputs are well
+    spread (random weights through a ResNet-50 give huge RPN deltas and saturated sigmoids, i.e.
+    degenerate proposals and tied scores): RPN objectness std 3, RPN deltas std 0.1, class logits std 2
+    plus N(0, 2^2) biases (so that random boxes clear the 0.05 score threshold), RoI deltas std 0.5,
+    mask logits std 3."""
     import torch
     import torchvision
     from torchvision.models.detection.image_list import ImageList
@@ -82,8 +86,9 @@ def torch_rcnn(
     torch.manual_seed(seed)
     m = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes)
     m = randomize_torch_model(m.eval(), seed)
+    calibrate_batchnorm(m.backbone, calibration_images(12, input_size, seed + 1), batch_size=4)
     g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn((1, 3, *input_size), generator=g)
+    x = torch.from_numpy(calibration_images(1, input_size, seed + 3))
 
     def rescale(layer, out, std):
         f = std / max(float(out.std()), 1e-12)
@@ -117,10 +122,12 @@ def _rel(a, b) -> float:
 
 
 def rcnn_parity(name: str = 'fasterrcnn_resnet50_fpn', input_size=(128, 160), seed: int = 0, tm=None) -> dict:
-    """Flax vs torchvision (random weights, eval, no transform) on one random image: max relative errors of
-    the FPN maps, RPN objectness / deltas, proposals, RoI-head logits / deltas and the detections (boxes,
-    scores), label equality, proposal / detection counts, and for Mask R-CNN the 28x28 mask probabilities
-    and the pasted masks."""
+    """Flax vs torchvision (random weights, calibrated BN statistics, eval, no transform) on a real-image
+    input (a digit mosaic, ``calibration_images``): max relative errors of the FPN maps, RPN objectness /
+    deltas, proposals, RoI-head logits / deltas and the detections (boxes, scores), label equality,
+    proposal / detection counts, and for Mask R-CNN the 28x28 mask probabilities and the pasted masks;
+    ``*_input``: the errors of the input-dependent part of the FPN maps and RPN outputs (their
+    difference between this image and a second one)."""
     import torch
     from torchvision.models.detection.image_list import ImageList
     from torchvision.models.detection.roi_heads import paste_masks_in_image
@@ -130,31 +137,49 @@ def rcnn_parity(name: str = 'fasterrcnn_resnet50_fpn', input_size=(128, 160), se
     tm = tm if tm is not None else torch_rcnn(name, seed, input_size=input_size)
     model = models.create(name)
     variables = convert(tm, _abstract(model, input_size), rename_rcnn)
-    x = np.random.default_rng(seed).standard_normal((1, 3, *input_size)).astype(np.float32)
+    x, x2 = np.split(calibration_images(2, input_size, seed + 2), 2)
     with torch.no_grad():
         xt = torch.from_numpy(x)
         feats = tm.backbone(xt)
         fl = list(feats.values())
         obj, deltas = tm.rpn.head(fl)
+        fl2 = list(tm.backbone(torch.from_numpy(x2)).values())
+        obj2, deltas2 = tm.rpn.head(fl2)
         images = ImageList(xt, [tuple(input_size)])
         props, _ = tm.rpn(images, feats)
         box_feats = tm.roi_heads.box_head(tm.roi_heads.box_roi_pool(feats, props, images.image_sizes))
         cls, reg = tm.roi_heads.box_predictor(box_feats)
         dets, _ = tm.roi_heads(feats, props, images.image_sizes)
     det = dets[0]
-    out, state = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=['intermediates']))(
-        variables, jnp.asarray(x.transpose(0, 2, 3, 1))
-    )
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=['intermediates']))
+    out, state = apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1)))
     it = jax.tree.map(np.asarray, state['intermediates'])
+    it2 = jax.tree.map(
+        np.asarray, apply(variables, jnp.asarray(x2.transpose(0, 2, 3, 1)))[1]['intermediates']
+    )
     res = {}
     res['features'] = max(_rel(f.transpose(0, 3, 1, 2), t.numpy()) for f, t in zip(it['features'][0], fl))
-    # RPN outputs in torchvision's concatenated (location, anchor) order
-    t_obj = np.concatenate([o.permute(0, 2, 3, 1).reshape(1, -1).numpy() for o in obj], 1)
-    t_del = np.concatenate(
-        [d.view(1, -1, 4, *d.shape[2:]).permute(0, 3, 4, 1, 2).reshape(1, -1, 4).numpy() for d in deltas], 1
+    res['features_input'] = max(
+        _rel(f.transpose(0, 3, 1, 2) - f2.transpose(0, 3, 1, 2), t.numpy() - t2.numpy())
+        for f, f2, t, t2 in zip(it['features'][0], it2['features'][0], fl, fl2)
     )
-    res['objectness'] = _rel(np.concatenate(it['objectness'][0], 1), t_obj)
-    res['rpn_deltas'] = _rel(np.concatenate(it['rpn_deltas'][0], 1), t_del)
+
+    def rpn_torch(obj, deltas):  # RPN outputs in torchvision's concatenated (location, anchor) order
+        t_obj = np.concatenate([o.permute(0, 2, 3, 1).reshape(1, -1).numpy() for o in obj], 1)
+        t_del = np.concatenate(
+            [d.view(1, -1, 4, *d.shape[2:]).permute(0, 3, 4, 1, 2).reshape(1, -1, 4).numpy() for d in deltas],
+            1,
+        )
+        return t_obj, t_del
+
+    t_obj, t_del = rpn_torch(obj, deltas)
+    t_obj2, t_del2 = rpn_torch(obj2, deltas2)
+    f_obj, f_del = np.concatenate(it['objectness'][0], 1), np.concatenate(it['rpn_deltas'][0], 1)
+    f_obj2, f_del2 = np.concatenate(it2['objectness'][0], 1), np.concatenate(it2['rpn_deltas'][0], 1)
+    res['objectness'] = _rel(f_obj, t_obj)
+    res['rpn_deltas'] = _rel(f_del, t_del)
+    res['objectness_input'] = _rel(f_obj - f_obj2, t_obj - t_obj2)
+    res['rpn_deltas_input'] = _rel(f_del - f_del2, t_del - t_del2)
     p = it['proposals'][0]
     n = int(p['valid'][0].sum())
     res['num_proposals'] = (n, len(props[0]))
@@ -198,4 +223,18 @@ def rcnn_parity(name: str = 'fasterrcnn_resnet50_fpn', input_size=(128, 160), se
         res['mask_probs'] = _rel(it['mask_probs'][0][0][:m], det['masks'][:m, 0].numpy())
         pasted = paste_masks_in_image(det['masks'][:m], det['boxes'][:m], tuple(input_size), padding=1)
         res['pasted_masks'] = _rel(np.asarray(out['masks'][0])[:m], pasted[:, 0].numpy())
+        # float32's own noise on the masks: torch in float32 against torch in float64 (the mask
+        # probabilities of slightly moved boxes through RoIAlign and a sigmoid: ~1.6e-4 with calibrated
+        # statistics, more than the 1e-4 of the other outputs)
+        tm64 = copy.deepcopy(tm).double()
+        with torch.no_grad():
+            x64 = torch.from_numpy(x.astype(np.float64))
+            f64 = tm64.backbone(x64)
+            d64 = tm64.roi_heads(
+                f64, tm64.rpn(ImageList(x64, images.image_sizes), f64)[0], images.image_sizes
+            )[0][0]
+        k = min(m, len(d64['scores']))
+        res['mask_probs_torch64'] = _rel(det['masks'][:k, 0].numpy(), d64['masks'][:k, 0].numpy())
+        pasted64 = paste_masks_in_image(d64['masks'][:k], d64['boxes'][:k], tuple(input_size), padding=1)
+        res['pasted_masks_torch64'] = _rel(pasted[:k, 0].numpy(), pasted64[:, 0].numpy())
     return res

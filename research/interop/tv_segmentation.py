@@ -1,9 +1,11 @@
-"""torchvision conversions of the segmentation models: FCN-ResNet, DeepLabv3-ResNet, LR-ASPP-MobileNetV3.
+"""torchvision conversions of the segmentation models: FCN-ResNet, DeepLabv3-ResNet / -MobileNetV3,
+LR-ASPP-MobileNetV3.
 
 Flax module paths (``research.models.fcn`` / ``deeplab``) map onto torchvision's names as:
 
 - ``backbone/...`` -> ``backbone.<resnet name>`` (``research.interop.tv_resnet.rename_resnet``) or
-  ``backbone.<features index>`` (MobileNetV3, ``tv_mobile``'s mapping without the ``features.`` prefix);
+  ``backbone.<features index>`` (MobileNetV3, ``tv_mobile``'s mapping without the ``features.`` prefix:
+  LR-ASPP and deeplabv3_mobilenet_v3_large);
 - FCNHead ``classifier`` / ``aux_classifier``: conv, bn, cls -> ``.0``, ``.1``, ``.4``;
 - DeepLabHead ``classifier``: ``aspp`` -> ``.0`` (b0 -> convs.0, b<i> -> convs.<i>, image pooling ->
   convs.<n+1> (.1 conv, .2 BN), proj -> project), conv / bn / cls -> ``.1``, ``.2``, ``.4``;
@@ -57,10 +59,29 @@ def _fcn_seg(path: tuple[str, ...]) -> str:
 _V3_LARGE = _mobilenet_v3('large')
 
 
+def _v3_backbone(path: tuple[str, ...]) -> str:
+    return 'backbone.' + _V3_LARGE(path[1:]).removeprefix('features.')
+
+
 def _lraspp(path: tuple[str, ...]) -> str:
     if path[0] == 'backbone':
-        return 'backbone.' + _V3_LARGE(path[1:]).removeprefix('features.')
+        return _v3_backbone(path)
     return 'classifier.' + _LRASPP.get(path[0], path[0])
+
+
+def _deeplab_mobilenet(path: tuple[str, ...]) -> str:
+    if path[0] == 'backbone':
+        return _v3_backbone(path)
+    return _resnet_seg(path)
+
+
+def segmentation_flags(module, state_dict) -> dict:
+    """torchvision segmentation models' flags: ``aux`` (an ``aux_classifier``, torchvision's
+    ``aux_loss``) from the module or the state_dict, and ``num_classes`` (the classifier's last conv)."""
+    if module is not None:
+        last = [m for m in module.classifier.modules() if hasattr(m, 'out_channels')][-1]
+        return {'aux': module.aux_classifier is not None, 'num_classes': int(last.out_channels)}
+    return {'aux': any(k.startswith('aux_classifier.') for k in state_dict)}
 
 
 _TV = {'weights_backbone': None, 'aux_loss': True}
@@ -74,6 +95,7 @@ CONVERSIONS = {
         model_kwargs={'num_classes': 21},
         input_size=_LIGHT,
         torchvision_kwargs=_TV,
+        flags=segmentation_flags,
         note="torchvision's FCN (dilated ResNet-50, FCNHead, aux head), not Long et al.'s VGG FCN-8s (fcn8s).",
     ),
     'fcn_resnet101': Conversion(
@@ -82,6 +104,7 @@ CONVERSIONS = {
         model_kwargs={'num_classes': 21},
         input_size=_LIGHT,
         torchvision_kwargs=_TV,
+        flags=segmentation_flags,
         heavy=True,
         note="torchvision's FCN on a dilated ResNet-101 with aux head.",
     ),
@@ -91,6 +114,7 @@ CONVERSIONS = {
         model_kwargs={'num_classes': 21},
         input_size=_LIGHT,
         torchvision_kwargs=_TV,
+        flags=segmentation_flags,
         note='Chen et al. 2017 at output stride 8, rates (12, 24, 36); torchvision adds a 3x3 conv after ASPP.',
     ),
     'deeplabv3_resnet101': Conversion(
@@ -99,8 +123,18 @@ CONVERSIONS = {
         model_kwargs={'num_classes': 21},
         input_size=_LIGHT,
         torchvision_kwargs=_TV,
+        flags=segmentation_flags,
         heavy=True,
         note='as deeplabv3_resnet50 on ResNet-101.',
+    ),
+    'deeplabv3_mobilenet_v3_large': Conversion(
+        model='deeplabv3_mobilenet_v3_large',
+        rename=_deeplab_mobilenet,
+        model_kwargs={'num_classes': 21},
+        input_size=_LIGHT,
+        torchvision_kwargs=_TV,
+        flags=segmentation_flags,
+        note="torchvision: the DeepLabv3 head (ASPP 12/24/36, 3x3 conv) on LR-ASPP's dilated MobileNetV3-Large.",
     ),
     'lraspp_mobilenet_v3_large': Conversion(
         model='lraspp_mobilenet_v3_large',

@@ -9,6 +9,7 @@ adaptive bins ``[floor(i I / O), ceil((i + 1) I / O))``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -82,6 +83,62 @@ def _highest(dtype):
     return jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).max
 
 
+def _tap_slice(xp, tap, d, s, out):
+    """The strided slice of the padded input ``xp`` that window tap ``tap`` reads for every output."""
+    start = (0,) + tuple(k * di for k, di in zip(tap, d)) + (0,)
+    limit = (
+        (xp.shape[0],)
+        + tuple(st + (o - 1) * si + 1 for st, o, si in zip(start[1:], out, s))
+        + (xp.shape[-1],)
+    )
+    return lax.slice(xp, start, limit, (1,) + s + (1,))
+
+
+def _max_pool_dilated_impl(x, w, s, d, pads, extra):
+    return _reduce_pool(x, np.array(_lowest(x.dtype), x.dtype), lax.max, w, s, d, pads, extra)
+
+
+#: Max pooling with window dilation and a gradient: XLA's reduce_window max has no VJP with window
+#: dilation (``select_and_gather`` lacks it), so the backward pass is written here.
+_max_pool_dilated = jax.custom_vjp(_max_pool_dilated_impl, nondiff_argnums=(1, 2, 3, 4, 5))
+
+
+def _max_pool_dilated_fwd(x, w, s, d, pads, extra):
+    return _max_pool_dilated_impl(x, w, s, d, pads, extra), x
+
+
+def _max_pool_dilated_bwd(w, s, d, pads, extra, x, g):
+    # torch's rule (max_pool2d_with_indices backward): each output's gradient goes to the first maximum
+    # of its window in row-major tap order (``val > max || isnan(val)``); then, per tap, the outputs
+    # that picked it scatter their gradient back through the tap's strided slice (lax.pad with interior
+    # padding S - 1 at the tap's offset), and the padding is cropped off.
+    full = ((0, 0),) + tuple((lo, hi + e) for (lo, hi), e in zip(pads, extra)) + ((0, 0),)
+    xp = jnp.pad(x, full, constant_values=_lowest(x.dtype))
+    out = g.shape[1:-1]
+    best_val = best = None
+    for t, tap in enumerate(np.ndindex(*w)):
+        v = _tap_slice(xp, tap, d, s, out)
+        if best is None:
+            best_val, best = v, jnp.zeros(v.shape, jnp.int32)
+            continue
+        take = (v > best_val) | jnp.isnan(v)
+        best_val, best = jnp.where(take, v, best_val), jnp.where(take, t, best)
+    zero = jnp.zeros((), g.dtype)
+    gxp = jnp.zeros(xp.shape, g.dtype)
+    for t, tap in enumerate(np.ndindex(*w)):
+        cfg = [(0, 0, 0)]
+        for k, di, si, o, n in zip(tap, d, s, out, xp.shape[1:-1]):
+            cfg.append((k * di, n - (k * di + (o - 1) * si + 1), si - 1))
+        gxp = gxp + lax.pad(jnp.where(best == t, g, zero), zero, cfg + [(0, 0, 0)])
+    crop = (
+        (slice(None),) + tuple(slice(lo, lo + i) for (lo, _), i in zip(pads, x.shape[1:-1])) + (slice(None),)
+    )
+    return (gxp[crop],)
+
+
+_max_pool_dilated.defvjp(_max_pool_dilated_fwd, _max_pool_dilated_bwd)
+
+
 def max_pool(
     x: jax.Array,
     window: IntOrSeq,
@@ -96,6 +153,8 @@ def max_pool(
     take, in a program lowered for CPU, a path whose derivative (to the first maximum of each window,
     as ``reduce_window``'s) avoids XLA's select-and-scatter: same values, ~4x faster backward there
     (:func:`research.kernels.cpu.max_pool_tiled`).
+    Window dilation > 1 (float inputs) has its own gradient (XLA has none): torch's, to the first
+    maximum of each window in row-major order.
     """
     w, s, d, pads, extra = _pool_geometry(x, window, strides, padding, dilation, ceil_mode)
 
@@ -104,6 +163,8 @@ def max_pool(
 
     if s == w and all(di == 1 for di in d) and all(p == (0, 0) for p in pads) and not any(extra):
         return cpu_kernels.max_pool_tiled(x, w, plain)
+    if any(di > 1 for di in d) and jnp.issubdtype(x.dtype, jnp.floating):
+        return _max_pool_dilated(x, w, s, d, tuple(tuple(int(v) for v in p) for p in pads), extra)
     return plain(x)
 
 
@@ -117,6 +178,8 @@ def min_pool(
 ) -> jax.Array:
     """``y[o] = min_{k} x[o S - P + k D]`` (= -max_pool(-x); padding never wins: +inf)."""
     geo = _pool_geometry(x, window, strides, padding, dilation, ceil_mode)
+    if any(di > 1 for di in geo[2]) and jnp.issubdtype(x.dtype, jnp.floating):  # the gradient of max_pool's
+        return -max_pool(-x, window, strides, padding, dilation, ceil_mode)
     return _reduce_pool(x, np.array(_highest(x.dtype), x.dtype), lax.min, *geo)
 
 
@@ -269,8 +332,15 @@ def max_unpool(
 ) -> jax.Array:
     """Inverse of ``max_pool_with_indices`` (Zeiler & Fergus 2014 "switches"; torch max_unpool):
     zeros of spatial ``output_size`` with ``x`` written at ``indices``. Without ``output_size``
-    it is torch's default ``(I - 1) S - 2P + F`` from ``window``/``strides``/``padding``."""
+    it is torch's default ``(I - 1) S - 2P + F`` from ``window``/``strides``/``padding``.
+
+    An index outside the output (e.g. a 3x3/2 pool with padding 1 of an 8x8 map unpooled at the
+    default 7x7) raises ``ValueError`` as torch does ('Found an invalid max index'): at once for
+    concrete indices; inside ``jit`` with the default size when the program runs (a host callback;
+    the error names the index). Under ``jit`` an explicit ``output_size`` is trusted: pass the pooled
+    input's spatial size, where every index fits by construction."""
     nd = x.ndim - 2
+    defaulted = output_size is None
     if output_size is None:
         if window is None:
             raise ValueError('max_unpool needs output_size or window (and strides/padding)')
@@ -284,6 +354,22 @@ def max_unpool(
     n, c = x.shape[0], x.shape[-1]
     vals = x.reshape(n, -1, c)
     idx = indices.reshape(n, -1, c)
+    check = functools.partial(_check_unpool_indices, output_size=output_size)
+    if not isinstance(indices, jax.core.Tracer):
+        if indices.size:
+            check(np.min(indices), np.max(indices))
+    elif defaulted and indices.size:
+        jax.debug.callback(check, jnp.min(indices), jnp.max(indices))
     out = jnp.zeros((n, int(np.prod(output_size)), c), x.dtype)
     out = out.at[jnp.arange(n)[:, None, None], idx, jnp.arange(c)[None, None, :]].set(vals, mode='drop')
     return out.reshape((n,) + output_size + (c,))
+
+
+def _check_unpool_indices(lo, hi, output_size):
+    size = int(np.prod(output_size))
+    if int(lo) < 0 or int(hi) >= size:
+        bad = int(hi) if int(hi) >= size else int(lo)
+        raise ValueError(
+            f'max_unpool: index {bad} out of range for output size {tuple(output_size)} ({size} positions); '
+            "pass output_size=<the pooled input's spatial size>"
+        )

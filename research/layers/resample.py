@@ -1,8 +1,11 @@
 """Up-sampling / unpooling, N-D, channels last (N, *spatial, C). Pure functions.
 
 Output size is ``size`` or ``floor(I * scale_factor)`` per spatial dim (torch.nn.functional.
-interpolate). Index/weight tables are static numpy (float32, as torch computes them), so every
-op is one or two gathers per axis and jit-safe. ``max_unpool`` lives in ``pooling``.
+interpolate). As torch, an axis whose output size equals its input size is left unchanged (also where
+``scale_factor != 1``, e.g. I = 2, s = 1.3), and a given ``scale_factor`` sets the source-index scale
+``1 / s`` unless ``recompute_scale_factor=True`` (then ``I / O``, as for ``size``). Index/weight tables
+are static numpy (float32, as torch computes them), so every op is one or two gathers per axis and
+jit-safe. ``max_unpool`` lives in ``pooling``.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ __all__ = ['interpolate_size', 'upsample_bed_of_nails', 'upsample_bilinear', 'up
 
 
 def interpolate_size(
-    input_shape: Sequence[int], size: int | Sequence[int] | None, scale_factor: float | Sequence[float] | None
+    input_shape: Sequence[int],
+    size: int | Sequence[int] | None,
+    scale_factor: float | Sequence[float] | None,
+    recompute_scale_factor: bool | None = None,
 ) -> tuple[tuple[int, ...], tuple[float | None, ...]]:
-    """(output sizes, per-dim scale factors or None) like F.interpolate: O = floor(I * scale)."""
+    """(output sizes, per-dim scale factors or None) like F.interpolate: O = floor(I * scale); the
+    factors are None (source-index scale I / O) for ``size`` or with ``recompute_scale_factor``."""
     nd = len(input_shape)
     if (size is None) == (scale_factor is None):
         raise ValueError('give exactly one of size and scale_factor')
@@ -33,7 +40,10 @@ def interpolate_size(
     sf = (scale_factor,) * nd if isinstance(scale_factor, (int, float)) else tuple(scale_factor)
     if len(sf) != nd:
         raise ValueError(f'scale_factor {scale_factor!r} needs {nd} entries')
-    return tuple(math.floor(i * f) for i, f in zip(input_shape, sf)), tuple(float(f) for f in sf)
+    out = tuple(math.floor(i * f) for i, f in zip(input_shape, sf))
+    if recompute_scale_factor:
+        return out, (None,) * nd
+    return out, tuple(float(f) for f in sf)
 
 
 def _nearest_index(i: int, o: int, sf: float | None) -> np.ndarray:
@@ -44,11 +54,15 @@ def _nearest_index(i: int, o: int, sf: float | None) -> np.ndarray:
 
 
 def upsample_nearest(
-    x: jax.Array, scale_factor: float | Sequence[float] | None = None, size: int | Sequence[int] | None = None
+    x: jax.Array,
+    scale_factor: float | Sequence[float] | None = None,
+    size: int | Sequence[int] | None = None,
+    recompute_scale_factor: bool | None = None,
 ) -> jax.Array:
-    """Nearest neighbour: ``y[o] = x[floor(o I / O)]`` (F.interpolate(mode='nearest')); an
-    integer factor s repeats every pixel s times per dim (s^d copies)."""
-    out, sf = interpolate_size(x.shape[1:-1], size, scale_factor)
+    """Nearest neighbour: ``y[o] = x[floor(o / s)]`` (``floor(o I / O)`` for ``size`` or with
+    ``recompute_scale_factor``; F.interpolate(mode='nearest')); an integer factor s repeats every
+    pixel s times per dim (s^d copies)."""
+    out, sf = interpolate_size(x.shape[1:-1], size, scale_factor, recompute_scale_factor)
     for ax, (i, o, f) in enumerate(zip(x.shape[1:-1], out, sf), start=1):
         if o == i:
             continue
@@ -82,24 +96,36 @@ def _linear_taps(i: int, o: int, align_corners: bool, sf: float | None):
     return i0, i1, lam
 
 
+def _linear_plan(i: int, o: int, align_corners: bool, sf: float | None):
+    """One axis of :func:`upsample_bilinear`: None (the axis is copied: O = I, whatever the factor, as
+    torch) or the taps ``(i0, i1, lam)`` of :func:`_linear_taps`."""
+    if o == i:
+        return None
+    return _linear_taps(i, o, align_corners, sf)
+
+
 def upsample_bilinear(
     x: jax.Array,
     size: int | Sequence[int] | None = None,
     scale_factor: float | Sequence[float] | None = None,
     align_corners: bool = False,
+    recompute_scale_factor: bool | None = None,
 ) -> jax.Array:
     """(Multi-)linear interpolation, torch F.interpolate(mode='bilinear'/'linear'/'trilinear').
 
     Per axis ``y[o] = (1 - l) x[i0] + l x[i0 + 1]`` with ``i0 = floor(src)``, ``l = src - i0`` and
     ``src = o (I - 1)/(O - 1)`` (align_corners=True: corner pixel centres coincide) or
-    ``src = max((o + 1/2) / r - 1/2, 0)``, r = scale_factor if given else O/I (align_corners=False:
-    pixel areas align). Separable: one pass per spatial axis. Also down-samples (no antialias).
+    ``src = max((o + 1/2) / r - 1/2, 0)``, r = scale_factor if given (and not
+    ``recompute_scale_factor``) else O/I (align_corners=False: pixel areas align). An axis with O = I
+    is left unchanged whatever the factor (torch's rule: (H, W) = (2, 2) at s = 1.3 stays 2x2 and
+    equal to the input). Separable: one pass per spatial axis. Also down-samples (no antialias).
     """
-    out, sf = interpolate_size(x.shape[1:-1], size, scale_factor)
+    out, sf = interpolate_size(x.shape[1:-1], size, scale_factor, recompute_scale_factor)
     for ax, (i, o, f) in enumerate(zip(x.shape[1:-1], out, sf), start=1):
-        if o == i and (align_corners or f is None or f == 1.0):
+        taps = _linear_plan(i, o, align_corners, f)
+        if taps is None:
             continue
-        i0, i1, lam = _linear_taps(i, o, align_corners, f)
+        i0, i1, lam = taps
         shape = (o,) + (1,) * (x.ndim - ax - 1)
         lam = jnp.asarray(lam.reshape(shape), x.dtype)
         x = jnp.take(x, i0, axis=ax) * (1 - lam) + jnp.take(x, i1, axis=ax) * lam

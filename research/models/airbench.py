@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.layers.common import FlaxConv, conv_general_dilated
+from research.layers.common import BatchNorm, FlaxConv, conv_general_dilated
 from research.layers.pooling import max_pool
 from research.layers.remat import remat_call
 
@@ -127,7 +127,7 @@ class ConvGroup(nn.Module):
             dtype=self.dtype,
         )
         norm = functools.partial(
-            nn.BatchNorm,
+            BatchNorm,  # torch's running-variance rule (unbiased batch variance), as airbench's BatchNorm2d
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,

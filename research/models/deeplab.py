@@ -11,6 +11,8 @@
   (DeepLabv3+), Fig. 2 / Sec. 3.1: the ASPP output (output stride 16) is upsampled x4 and
   concatenated with low-level features (ResNet ``stage2`` = conv2_x, stride 4) reduced to 48 channels
   by a 1x1 conv (Table 1), then two 3x3 convs (256) refine it (Table 2) before the classifier.
+- torchvision's ``deeplabv3_mobilenet_v3_large``: the DeepLabv3 head (and aux FCNHead) on the dilated
+  MobileNetV3-Large below (``DeepLabV3MobileNet``).
 - Howard et al. 2019, "Searching for MobileNetV3", Sec. 6.1.1 and Fig. 10: LR-ASPP on a dilated
   MobileNetV3-Large (last stage rate 2, output stride 16): 1x1 conv-BN-ReLU (128) on the high
   features gated by a global-pool 1x1 conv + sigmoid, upsampled to the stride-8 features and summed
@@ -25,7 +27,8 @@ evaluated when asked for.
 Parameter counts (21 classes; tested in tests/test_segmentation_models.py): deeplabv3_resnet50
 42,004,074 with the aux head (= torchvision, aux_loss=True; 39,638,869 without), deeplabv3_resnet101
 60,996,202, deeplabv3plus_resnet50 40,352,181, deeplabv3plus_resnet101 59,344,309,
-lraspp_mobilenet_v3_large 3,221,538 (= torchvision).
+lraspp_mobilenet_v3_large 3,221,538 (= torchvision), deeplabv3_mobilenet_v3_large 11,029,328 with the aux
+head (= torchvision; 11,025,477 without).
 """
 
 from __future__ import annotations
@@ -219,6 +222,59 @@ def _with_aux(model, feats, size, train, return_aux, logits):
     return logits
 
 
+def _v3_stages(arch: str, width_mult: float) -> list[int]:
+    """torchvision's MobileNetV3 segmentation feature indices: 0, the strided blocks ('_is_cn', C1..C4),
+    the last conv (``len(rows) + 1``)."""
+    rows, _ = v3_layers(arch, width_mult, dilated=True)
+    return [0] + [i for i, r in enumerate(rows, start=1) if r[6] == 2] + [len(rows) + 1]
+
+
+class DeepLabV3MobileNet(nn.Module):
+    """torchvision's ``deeplabv3_mobilenet_v3_large``: DeepLabv3's head (``DeepLabHead``: ASPP with rates
+    (12, 24, 36), 3x3 conv 256, 1x1 classifier) on a dilated MobileNetV3-Large (last stage rate 2,
+    output stride 16: its last conv, 960 channels), an auxiliary ``FCNHead`` on the stride-8 features
+    (40 channels -> 10; ``aux``, torchvision's ``aux_loss``), bilinear upsampling to the input.
+    11,029,328 parameters with the aux head at 21 classes (= torchvision; 11,025,477 without)."""
+
+    num_classes: int = 21
+    arch: str = 'large'
+    width_mult: float = 1.0
+    rates: Sequence[int] = (12, 24, 36)
+    aspp_dropout: float = 0.5
+    head_features: int = 256
+    aux: bool = True
+    conv: ModuleDef = Conv
+    norm: str | ModuleDef | None = BatchNorm
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, return_aux: bool = False):
+        size = x.shape[1:3]
+        feats = MobileNetV3(
+            arch=self.arch,
+            width_mult=self.width_mult,
+            dilated=True,
+            include_top=False,
+            conv=self.conv,
+            norm=self.norm,
+            dtype=self.dtype,
+            name='backbone',
+        )(x, train)
+        stages = _v3_stages(self.arch, self.width_mult)
+        y = DeepLabHead(
+            self.num_classes,
+            tuple(self.rates),
+            features=self.head_features,
+            aspp_dropout=self.aspp_dropout,
+            conv=self.conv,
+            norm=self.norm,
+            dtype=self.dtype,
+            name='classifier',
+        )(feats[f'features{stages[-1]}'], train)
+        logits = _resize(y, size)
+        return _with_aux(self, feats[f'features{stages[-4]}'], size, train, return_aux, logits)
+
+
 class DeepLabV3Plus(nn.Module):
     """DeepLabv3+ (Chen et al. 2018, Fig. 2): DeepLabv3's encoder (ResNet, ASPP, output stride 16 by
     default) and a decoder: ASPP output (256) upsampled to the stride-4 low-level features (ResNet
@@ -308,9 +364,7 @@ class LRASPP(nn.Module):
             remat=self.remat,
             name='backbone',
         )(x, train)
-        rows, _ = v3_layers(self.arch, self.width_mult, dilated=True)
-        strided = [i for i, r in enumerate(rows, start=1) if r[6] == 2]  # torchvision's C1..C4 '_is_cn'
-        stages = [0] + strided + [len(rows) + 1]
+        stages = _v3_stages(self.arch, self.width_mult)  # torchvision's C1..C4 '_is_cn'
         low, high = feats[f'features{stages[-4]}'], feats[f'features{stages[-1]}']
         y = conv_norm_act(
             high, conv, norm, nn.relu, self.inter_features, 1, name='cbr_conv', norm_name='cbr_bn'
@@ -340,5 +394,6 @@ REGISTRY_ENTRIES = {
     'deeplabv3plus_resnet18': DeepLabV3PlusResNet18,
     'deeplabv3plus_resnet50': DeepLabV3PlusResNet50,
     'deeplabv3plus_resnet101': DeepLabV3PlusResNet101,
+    'deeplabv3_mobilenet_v3_large': DeepLabV3MobileNet,
     'lraspp_mobilenet_v3_large': LRASPP,
 }

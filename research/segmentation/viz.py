@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import numpy as np
 
+from research import storage
 from research.viz.images import add_titles, make_grid, save_uint8_png, to_rgb_uint8
 
 IGNORE_LABEL = 255
@@ -48,7 +49,7 @@ COLUMN_TITLES = ("input", "ground truth", "prediction")
 
 
 def save_result_grid(
-    path: str | Path,
+    path: str | os.PathLike,
     images01,
     labels,
     preds,
@@ -56,7 +57,7 @@ def save_result_grid(
     scale: int = 2,
     *,
     titles: tuple[str, ...] | None = COLUMN_TITLES,
-) -> Path:
+) -> storage.AnyPath:
     """Writes :func:`result_grid` as a PNG, each pixel ``scale`` times per side, with ``titles`` over
     the three columns (None: no title band)."""
     grid = to_rgb_uint8(result_grid(images01, labels, preds, num_classes))

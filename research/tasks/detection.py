@@ -231,14 +231,15 @@ class Detection(Task):
         for batch in batches:
             t0 = time.perf_counter()
             out = jax.device_get(run(batch))  # replicated: the detections of the global batch
-            if n_batches:  # the first batch compiles
-                t_total += time.perf_counter() - t0
-                timed += int(np.asarray(batch["mask"]).sum())
-            n_batches += 1
+            dt = time.perf_counter() - t0
             local = batch
             if multi:  # every host's ground truth, in global-batch order (process-contiguous slices)
                 gt = {k: np.asarray(batch[k]) for k in _GT_KEYS if k in batch}
                 batch = {**batch, **multihost_utils.process_allgather(gt, tiled=True)}
+            if n_batches:  # the first batch compiles
+                t_total += dt
+                timed += int(np.asarray(batch["mask"]).sum())  # the global batch's images
+            n_batches += 1
             masks = {}
             if dc.coco_eval and "masks" in out and "masks" in batch:
                 # mask AP: binarised at 0.5 as Mask R-CNN's inference (He et al. 2017, Sec. 3.1)

@@ -12,7 +12,7 @@ exp(E KL(p(y|x) || p(y))) (1..10) and the mean max-probability ``confidence``.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 from typing import Any
 
 import jax
@@ -21,6 +21,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from research import data as data_lib
+from research import storage
 from research.configlib import ConfigError, with_model
 from research.generative.dcgan import build_gan, classifier_scores, create_gan_state, dcgan_adam, gan_train_step, generate
 from research.tasks.base import PIPELINE_KNOBS, DataInfo, Picture, Task
@@ -41,8 +42,8 @@ class ClassifierScorer:
     the MNIST folder scores generated 28x28 digits exactly as it saw test digits.
     """
 
-    def __init__(self, workdir: str | Path):
-        workdir = Path(workdir)
+    def __init__(self, workdir: str | os.PathLike):
+        workdir = storage.as_path(workdir)
         saved = json.loads((workdir / "config.json").read_text())
         resolved = saved.pop("_resolved", {})
         self.config = ConfigDict(saved)
@@ -88,11 +89,11 @@ def score_classifier_config(gc: ConfigDict, data_cfg: ConfigDict, base: ConfigDi
     return c
 
 
-def ensure_score_classifier(config: ConfigDict, *, show_progress: bool = True) -> Path:
-    """The scoring classifier's workdir; trains it first (through the same loop) when it holds no
-    finished run."""
+def ensure_score_classifier(config: ConfigDict, *, show_progress: bool = True) -> storage.AnyPath:
+    """The scoring classifier's workdir (local or remote, e.g. ``gs://...``); trains it first (through
+    the same loop) when it holds no finished run."""
     gc = config.gan
-    workdir = Path(gc.classifier_workdir)
+    workdir = storage.as_path(gc.classifier_workdir)
     summary = workdir / "summary.json"
     if summary.exists() and json.loads(summary.read_text()).get("complete"):
         return workdir

@@ -53,7 +53,9 @@ def seg_eval_sums(
     mean: tuple[float, ...] = (0.0,),
     std: tuple[float, ...] = (1.0,),
 ) -> dict[str, jax.Array]:
-    """Sums over the real examples (``mask``) of a padded batch: confusion matrix, CE sum, pixels.
+    """Sums over the real examples (``mask``) of a padded batch: confusion matrix, CE sum, pixels and
+    examples. The counts are int32 (exact: a float32 sum stops counting pixels exactly past 2^24, a
+    few dozen VOC images), the CE sum float32.
 
     ``crf`` (keyword arguments of :func:`research.segmentation.crf.dense_crf`): also the confusion
     matrix of the dense-CRF refined predictions (``crf_confusion``), the reference image being the
@@ -61,12 +63,13 @@ def seg_eval_sums(
     """
     logits = state.apply_fn(state.variables(), batch["image"], train=False)
     weights = jnp.broadcast_to(batch["mask"][:, None, None], batch["label"].shape).astype(jnp.float32)
-    ce_sum, count = pixel_cross_entropy(logits, batch["label"], weights=weights)
+    ce_sum, _ = pixel_cross_entropy(logits, batch["label"], weights=weights)
     preds = jnp.argmax(logits, -1)
     out = {
         "confusion": confusion_matrix(preds, batch["label"], num_classes, weights=weights),
         "ce_sum": ce_sum,
-        "pixels": count,
+        "pixels": jnp.sum((batch["label"] != IGNORE_LABEL) & (weights > 0), dtype=jnp.int32),
+        "examples": jnp.sum(batch["mask"], dtype=jnp.int32),
     }
     if crf is not None:
         image = (batch["image"] * jnp.asarray(std) + jnp.asarray(mean)) * 255.0
@@ -228,7 +231,12 @@ class Segmentation(Task):
             crf_res = metrics_from_confusion(totals["crf_confusion"], self.seg_info.class_names)
             res.update({f"crf_{k}": v for k, v in crf_res.items() if k in ("miou", "pixel_acc", "mean_acc")})
         res["loss"] = float(totals["ce_sum"]) / max(float(totals["pixels"]), 1.0)
-        res["count"] = self.info.num_examples[split]
+        res["count"] = int(totals["examples"])  # real examples evaluated (every host's, once each)
+        expected = self.info.num_examples.get(split)
+        if expected is not None and res["count"] != expected:
+            raise RuntimeError(
+                f"segmentation evaluation on '{split}' counted {res['count']} examples, the split has {expected}"
+            )
         if int(res["pixels"]) != int(totals["pixels"]):
             raise RuntimeError("confusion matrix and loss counted different pixels")
         picture = None

@@ -346,7 +346,7 @@ class Speedrun(Task):
 
     name = 'speedrun'
     section = 'speedrun'
-    supports = frozenset({'train.label_smoothing', 'data.image_size', 'data.classes'})
+    supports = frozenset({'train.precision', 'train.label_smoothing', 'data.image_size', 'data.classes'})
     custom_step = True
     single_device = True
     classifier = True

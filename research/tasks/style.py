@@ -17,7 +17,6 @@ offline it is randomly initialised unless ``style.weights`` names a torchvision 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -28,7 +27,7 @@ from flax import serialization
 from ml_collections import ConfigDict
 
 from research import data as data_lib
-from research import models
+from research import models, storage
 from research.configlib import ConfigError
 from research.generative.style_transfer import LossNetwork, StyleWeights, TransformerNet, panel
 from research.tasks.base import PIPELINE_KNOBS, DataInfo, Picture, Task
@@ -218,7 +217,7 @@ class StyleTransfer(Task):
         return f"{self.eval_message(res)} | loss network {self.net_desc}"
 
     def finish(self, state, workdir) -> None:
-        workdir = Path(workdir)
+        workdir = storage.as_path(workdir)
         image = np.asarray(state.params[0])
         save_png(image, workdir / "result.png")
         save_png(self.content, workdir / "content.png")
@@ -320,7 +319,7 @@ class FastStyle(Task):
         return f"{self.eval_message(res)} | loss network {self.net_desc}"
 
     def finish(self, state, workdir) -> None:
-        workdir = Path(workdir)
+        workdir = storage.as_path(workdir)
         (workdir / "transformer.msgpack").write_bytes(serialization.to_bytes({"params": jax.device_get(state.params)}))
         content, out = self._stylize(state)
         save_png(out, workdir / "stylized.png")

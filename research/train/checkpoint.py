@@ -34,6 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from research import storage
 from research.configlib import ConfigError
 
 CHECKSUMS = "checksums.json"
@@ -75,7 +76,7 @@ def _sha256(path: epath.Path) -> str:
 def _files(step_dir: epath.Path) -> dict[str, epath.Path]:
     """Relative path -> path of every file under ``step_dir`` except the unhashed root files."""
     out = {}
-    for root, _, names in step_dir.walk():
+    for root, _, names in storage.walk(step_dir):
         for name in names:
             path = epath.Path(root) / name
             rel = str(path.relative_to(step_dir))

@@ -156,6 +156,7 @@ class Trainer:
             raise ConfigError(f"train.ema_decay={tc.ema_decay} must be in [0, 1) (0 = off)")
         if self.ema_decay:
             abstract = abstract.replace(ema={"params": abstract.params, "batch_stats": abstract.batch_stats})
+        self.abstract = abstract  # the state's shapes and dtypes (jax.eval_shape: nothing allocated)
         self.state_sharding = mesh_lib.state_sharding(abstract, self.mesh)
         self.num_params = models.count_params(_params_of(abstract), collection=None)
         self.num_frozen, merge_stats = self._frozen(abstract)
@@ -320,15 +321,48 @@ class Trainer:
         )
         return self.task.evaluate(state, split, batches, functools.partial(self._run_eval, state), final=final)
 
-    def _run_eval(self, state, batch, fn=None):
+    def eval_fn(self, fn=None):
         """``fn(state, batch)`` (default the task's ``eval_step``) jitted over the mesh, output replicated."""
         if fn is None:
-            jitted = self._eval
+            return self._eval
+        jitted = self._eval_fns.get(fn)
+        if jitted is None:
+            jitted = self._eval_fns[fn] = self.jit(fn, **self._eval_shardings)
+        return jitted
+
+    def _run_eval(self, state, batch, fn=None):
+        return self.eval_fn(fn)(state, self.to_global(batch))
+
+    # -- abstract inputs: lowering or jax.export with nothing on the devices ------------------------
+    def abstract_state(self):
+        """The train state as ``jax.ShapeDtypeStruct`` leaves with :attr:`state_sharding`: the first
+        argument :meth:`step_fn` and :meth:`eval_fn` lower or export with (``research.train.export``)."""
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract, self.state_sharding
+        )
+
+    def abstract_batch(self, split: str | None = None):
+        """One global batch as ``jax.ShapeDtypeStruct`` leaves with their shardings: the train stream's
+        (``split`` None) or ``split``'s padded eval batch, as the steps receive it. Its shapes are read
+        from one batch of the task's iterator (after ``host_batch``); host batches are this process's
+        rows, so the global batch has ``process_count`` times as many."""
+        if split is None:
+            it, split = self.train_iterator(), str(self.config.data.train_split)
         else:
-            jitted = self._eval_fns.get(fn)
-            if jitted is None:
-                jitted = self._eval_fns[fn] = self.jit(fn, **self._eval_shardings)
-        return jitted(state, self.to_global(batch))
+            it = self.task.eval_iterator(
+                split, global_batch_size=self.eval_batch_size, process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )  # fmt: skip
+        try:
+            batch = self.task.host_batch(next(iter(it)), split)
+        finally:
+            _close(it)
+        if _is_global(batch):
+            return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), batch)
+        sharding, n = mesh_lib.batch_sharding(self.mesh), jax.process_count()
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct((x.shape[0] * n, *x.shape[1:]), x.dtype, sharding=sharding), batch
+        )
 
     def train_iterator(self):
         return self.task.train_iterator(

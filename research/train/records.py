@@ -27,6 +27,7 @@ from typing import Any
 
 from etils import epath
 
+from research import storage
 from research.configlib import ConfigError
 
 CONFIG = "config.json"
@@ -79,6 +80,9 @@ def _read_json(path: epath.Path) -> Any:
 
 
 def _write_atomic(path: epath.Path, text: str) -> None:
+    if storage.is_remote(path):  # an object store: one object write is atomic (and rename is a copy)
+        path.write_text(text)
+        return
     tmp = path.parent / f".{path.name}.tmp"
     tmp.write_text(text)
     tmp.replace(path)
@@ -229,8 +233,7 @@ def write_config(
             "changes": {k: [a, b] for k, (a, b) in sorted(changes.items())},
             "allowed": sorted((allowed or {}).keys()),
         }
-        with (workdir / HISTORY).open("a") as f:
-            f.write(json.dumps(row, default=str) + "\n")
+        storage.append_text(workdir / HISTORY, json.dumps(row, default=str) + "\n")
     try:
         unchanged = path.read_text() == text
     except FileNotFoundError:

@@ -14,18 +14,23 @@ the config's ``logging`` section turns on:
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import numpy as np
 from etils import epath
+
+from research import storage
 
 
 class Writer(Protocol):
@@ -33,7 +38,7 @@ class Writer(Protocol):
 
     def write(self, split: str, step: int, metrics: dict[str, Any]) -> None: ...
 
-    def image(self, tag: str, step: int, image: np.ndarray, path: Path | None) -> None: ...
+    def image(self, tag: str, step: int, image: np.ndarray, path: epath.Path | None) -> None: ...
 
     def close(self) -> None: ...
 
@@ -42,25 +47,31 @@ class JsonlWriter:
     """``workdir/metrics.jsonl``: one JSON object per line, ``{"split", "step", <metric>: value}``.
 
     On resume, rows past the restored step are dropped so the file reads as one run. Pictures are
-    not recorded here (they are files in the workdir)."""
+    not recorded here (they are files in the workdir). In a remote workdir (an object store: no
+    append) each row rewrites the file from the rows kept in memory."""
 
-    def __init__(self, workdir: str | Path, *, resume_step: int = 0):
-        self.path = Path(workdir) / "metrics.jsonl"
-        if self.path.exists():
-            keep = [
-                l
-                for l in self.path.read_text().splitlines()
-                if l.strip() and json.loads(l)["step"] <= resume_step
-            ]
-            self.path.write_text("".join(l + "\n" for l in keep))
+    def __init__(self, workdir: str | os.PathLike, *, resume_step: int = 0):
+        self.path = storage.as_path(workdir) / "metrics.jsonl"
+        self._remote = storage.is_remote(self.path)
+        self._text = ""
+        text = storage.read_text(self.path)
+        if text is not None:
+            keep = [l for l in text.splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
+            self._text = "".join(l + "\n" for l in keep)
+            self.path.write_text(self._text)
 
     def write(self, split: str, step: int, metrics: dict[str, Any]) -> None:
         row = {"split": split, "step": int(step)}
         row.update({k: _plain(v) for k, v in metrics.items()})
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        if self._remote:
+            self._text += line
+            storage.write_text(self.path, self._text, parents=False)
+        else:
+            with self.path.open("a") as f:
+                f.write(line)
 
-    def image(self, tag: str, step: int, image: np.ndarray, path: Path | None) -> None:
+    def image(self, tag: str, step: int, image: np.ndarray, path: epath.Path | None) -> None:
         pass
 
     def close(self) -> None:
@@ -69,14 +80,19 @@ class JsonlWriter:
 
 class TensorBoardWriter:
     """TensorBoard event files in ``workdir/tb`` (tensorboardX): scalars as ``<split>/<metric>``,
-    pictures as images, the config as text. A resumed run purges the events past its step."""
+    pictures as images, the config as text. A resumed run purges the events past its step.
 
-    def __init__(self, workdir: str | Path, *, resume_step: int = 0, config: dict | None = None):
+    In a remote workdir (``gs://...``) the event files are written through ``etils.epath`` (as
+    tensorboardX's own S3/GCS writers do: the file is kept in memory and written whole at each
+    flush), so any filesystem epath reaches works."""
+
+    def __init__(self, workdir: str | os.PathLike, *, resume_step: int = 0, config: dict | None = None):
         from tensorboardX import SummaryWriter
 
-        self._tb = SummaryWriter(
-            str(Path(workdir) / "tb"), purge_step=resume_step + 1 if resume_step else None
-        )
+        logdir = str(storage.as_path(workdir) / "tb")
+        if storage.is_remote(logdir):
+            logdir = _epath_logdir(logdir)
+        self._tb = SummaryWriter(logdir, purge_step=resume_step + 1 if resume_step else None)
         if config is not None and not resume_step:
             text = json.dumps(config, indent=2, default=str)
             self._tb.add_text("config", "    " + text.replace("\n", "\n    "), 0)
@@ -87,23 +103,68 @@ class TensorBoardWriter:
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 self._tb.add_scalar(f"{split}/{k}", v, int(step))
 
-    def image(self, tag: str, step: int, image: np.ndarray, path: Path | None) -> None:
+    def image(self, tag: str, step: int, image: np.ndarray, path: epath.Path | None) -> None:
         self._tb.add_image(tag, image, int(step), dataformats="HWC")
 
     def close(self) -> None:
         self._tb.close()
 
 
+class _EpathRecordFile:
+    """A tensorboardX event file written through ``etils.epath``: kept in memory, written whole on
+    flush and close (object stores have no append)."""
+
+    def __init__(self, path: str):
+        self.path = epath.Path(path)
+        self.buffer = io.BytesIO()
+        self._written = 0
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        if self.buffer.tell() != self._written:
+            self.path.write_bytes(self.buffer.getvalue())
+            self._written = self.buffer.tell()
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _EpathRecordFactory:
+    def open(self, path: str) -> _EpathRecordFile:
+        return _EpathRecordFile(path[len(_EPATH_PREFIX) :])
+
+    def directory_check(self, path: str) -> None:
+        epath.Path(path[len(_EPATH_PREFIX) :]).mkdir(parents=True, exist_ok=True)
+
+
+_EPATH_PREFIX = "epath+"
+
+
+def _epath_logdir(logdir: str) -> str:
+    """``epath+<scheme>://...``: a logdir tensorboardX writes through :class:`_EpathRecordFactory`
+    (registered for that prefix on first use)."""
+    from tensorboardX import record_writer
+
+    prefix = _EPATH_PREFIX + logdir.split("://", 1)[0]
+    if prefix not in record_writer.REGISTERED_FACTORIES:
+        record_writer.register_writer_factory(prefix, _EpathRecordFactory())
+    return _EPATH_PREFIX + logdir
+
+
 class WandbWriter:
     """A Weights & Biases run: scalars as ``<split>/<metric>`` against the run's ``step``, the config,
     and pictures as ``wandb.Image``. Files go to ``workdir/wandb``; the run id is kept in
-    ``workdir/wandb_run_id`` so a relaunch of the same workdir continues the same W&B run.
+    ``workdir/wandb_run_id`` so a relaunch of the same workdir continues the same W&B run. W&B keeps
+    its files on a local disk: for a remote workdir (``gs://...``) they go to a local folder named by
+    the workdir (:func:`wandb_local_dir`); the run id file stays in the workdir.
 
     ``mode``: '' (wandb's default: online, or ``$WANDB_MODE``), 'online', 'offline' or 'disabled'."""
 
     def __init__(
         self,
-        workdir: str | Path,
+        workdir: str | os.PathLike,
         *,
         config: dict | None = None,
         project: str = "research",
@@ -122,11 +183,13 @@ class WandbWriter:
             ) from None
         if mode not in WANDB_MODES:
             raise ValueError(f"logging.wandb_mode={mode!r}: use one of {WANDB_MODES}")
-        workdir = Path(workdir)
+        workdir = storage.as_path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         id_file = workdir / "wandb_run_id"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id + "\n")
+        files = wandb_local_dir(workdir) if storage.is_remote(workdir) else str(workdir)
+        os.makedirs(files, exist_ok=True)
         self._wandb = wandb
         self.run = wandb.init(
             project=project or None,
@@ -136,7 +199,7 @@ class WandbWriter:
             group=group or None,
             tags=list(tags) or None,
             config=config,
-            dir=str(workdir),
+            dir=files,
             id=run_id,
             resume="allow",
             reinit="create_new",
@@ -153,8 +216,9 @@ class WandbWriter:
         if len(row) > 1:
             self.run.log(row)
 
-    def image(self, tag: str, step: int, image: np.ndarray, path: Path | None) -> None:
-        self.run.log({"step": int(step), tag: self._wandb.Image(str(path) if path is not None else image)})
+    def image(self, tag: str, step: int, image: np.ndarray, path: epath.Path | None) -> None:
+        local = path is not None and not storage.is_remote(path)
+        self.run.log({"step": int(step), tag: self._wandb.Image(str(path) if local else image)})
 
     def close(self) -> None:
         self.run.finish()
@@ -163,7 +227,17 @@ class WandbWriter:
 WANDB_MODES = ("", "online", "offline", "disabled")
 
 
-def writers_from_config(workdir: str | Path, config: Any = None, *, resume_step: int = 0) -> list[Writer]:
+def wandb_local_dir(workdir: Any) -> str:
+    """The local folder of W&B's files for a remote workdir: ``<tmp>/research-wandb/<name>-<hash>``."""
+    text = str(workdir)
+    name = text.rstrip("/").rsplit("/", 1)[-1] or "run"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return os.path.join(tempfile.gettempdir(), "research-wandb", f"{name}-{digest}")
+
+
+def writers_from_config(
+    workdir: str | os.PathLike, config: Any = None, *, resume_step: int = 0
+) -> list[Writer]:
     """The writers ``config.logging`` asks for (JSONL always first); with no config: JSONL and TensorBoard."""
     log = _logging_section(config)
     plain = _plain_config(config)
@@ -202,7 +276,7 @@ class MetricWriter:
 
     def __init__(
         self,
-        workdir: str | Path,
+        workdir: str | os.PathLike,
         *,
         enabled: bool = True,
         resume_step: int = 0,
@@ -210,7 +284,7 @@ class MetricWriter:
         writers: Sequence[Writer] | None = None,
     ):
         self.enabled = enabled
-        self.workdir = Path(workdir)
+        self.workdir = storage.as_path(workdir)
         self.path = self.workdir / "metrics.jsonl"
         self.writers: list[Writer] = []
         if not enabled:
@@ -225,17 +299,15 @@ class MetricWriter:
         for w in self.writers:
             w.write(split, int(step), metrics)
 
-    def image(self, tag: str, step: int, path_or_array: str | Path | np.ndarray) -> None:
+    def image(self, tag: str, step: int, path_or_array: str | os.PathLike | np.ndarray) -> None:
         """Logs a picture: a PNG path (as the tasks write them) or an [H, W(, C)] array (uint8, or floats
         in [0, 1]) to TensorBoard and W&B; JSONL keeps scalars only."""
         if not self.writers:
             return
         path = None
-        if isinstance(path_or_array, (str, os.PathLike)):  # a local path, or an epath (gs://...)
-            from PIL import Image
-
-            path = epath.Path(path_or_array)
-            with path.open("rb") as f, Image.open(f) as im:
+        if isinstance(path_or_array, (str, os.PathLike)):
+            path = storage.as_path(path_or_array)
+            with storage.open_image(path) as im:
                 image = np.asarray(im.convert("RGB"))
         else:
             image = _rgb_uint8(path_or_array)
@@ -307,9 +379,12 @@ class ProfilerHook:
     before step STOP. ``block`` (e.g. the train state) is waited on before stopping, so the traced
     steps have finished. Nothing happens when ``steps`` is off or ``enabled`` is False."""
 
-    def __init__(self, workdir: str | Path, steps: str | Sequence[int] | None, *, enabled: bool = True):
+    def __init__(
+        self, workdir: str | os.PathLike, steps: str | Sequence[int] | None, *, enabled: bool = True
+    ):
         self.window = parse_profile_steps(steps) if enabled else None
-        self.log_dir = Path(workdir) / "profile"
+        self.log_dir = storage.as_path(workdir) / "profile"
+        self._local_dir: str | None = None  # a remote workdir: traced here, then copied to log_dir
         self.active = False
         self.done = False
 
@@ -320,8 +395,11 @@ class ProfilerHook:
         if not self.active and start <= step < stop:
             import jax
 
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            jax.profiler.start_trace(str(self.log_dir))
+            if storage.is_remote(self.log_dir):
+                self._local_dir = tempfile.mkdtemp(prefix="research-profile-")
+            else:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+            jax.profiler.start_trace(self._local_dir or str(self.log_dir))
             self.active = True
         elif self.active and step >= stop:
             self._stop(block)
@@ -333,15 +411,23 @@ class ProfilerHook:
             jax.block_until_ready(block)
         jax.profiler.stop_trace()
         self.active, self.done = False, True
+        if self._local_dir is not None:  # the trace files, copied to the remote workdir
+            for root, _, files in os.walk(self._local_dir):
+                for f in files:
+                    src = os.path.join(root, f)
+                    with open(src, "rb") as fh:
+                        storage.write_bytes(self.log_dir / os.path.relpath(src, self._local_dir), fh.read())
+            shutil.rmtree(self._local_dir, ignore_errors=True)
+            self._local_dir = None
 
     def close(self, block: Any = None) -> None:
         if self.active:
             self._stop(block)
 
 
-def read_metrics(workdir: str | Path, split: str | None = None) -> list[dict[str, Any]]:
-    path = Path(workdir) / "metrics.jsonl"
-    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict[str, Any]]:
+    text = storage.read_text(storage.as_path(workdir) / "metrics.jsonl", "")
+    rows = [json.loads(l) for l in text.splitlines() if l.strip()]
     return [r for r in rows if split is None or r["split"] == split]
 
 

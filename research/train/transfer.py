@@ -34,6 +34,7 @@ import jax
 import numpy as np
 import optax
 
+from research import storage
 from research.interop import hub
 from research.interop import torchvision as tvi
 from research.train.checkpoint import Checkpointer
@@ -68,7 +69,7 @@ def load_pretrained(source: str | os.PathLike, *, torchvision: str = "") -> dict
     or 'torchvision:<model>.<WEIGHTS>'."""
     if str(source).startswith("torchvision:"):
         return hub.load_variables(str(source))
-    path = Path(source).expanduser()
+    path = storage.as_path(source) if storage.is_remote(source) else Path(source).expanduser()  # gs:// too
     if not path.exists():
         raise FileNotFoundError(f"init.checkpoint not found: {str(source)!r}")
     if path.is_dir():

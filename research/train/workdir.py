@@ -30,6 +30,7 @@ from typing import Any
 
 from etils import epath
 
+from research import storage
 from research.configlib import ConfigError
 
 LOCK_NAME = "run.lock"
@@ -290,7 +291,9 @@ def prepare_workdir(workdir: Any) -> epath.Path:
     path = epath.Path(workdir)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--workdir={workdir}: is an existing file, not a directory")
-    for parent in path.parents:
+    # On an object store a "folder" is a name prefix (an object may share its name, and the bucket's
+    # parent `gs://` is no path): only local parents are checked.
+    for parent in path.parents if not storage.is_remote(path) else ():
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"--workdir={workdir}: {parent} is an existing file, not a directory")
     try:

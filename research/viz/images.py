@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import os
 
 import numpy as np
+
+from research import storage
 
 
 def make_grid(images, nrow: int | None = None, padding: int = 2, pad_value: float = 1.0) -> np.ndarray:
@@ -33,17 +35,15 @@ def to_uint8(image) -> np.ndarray:
     return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def save_png(image, path: str | Path, scale: int = 1) -> Path:
-    """Writes [H, W(, C)] floats in [0, 1] as a PNG, each pixel repeated ``scale`` times per side."""
+def save_png(image, path: str | os.PathLike, scale: int = 1) -> storage.AnyPath:
+    """Writes [H, W(, C)] floats in [0, 1] as a PNG, each pixel repeated ``scale`` times per side
+    (``path`` local or remote, e.g. ``gs://...``; its folder is created)."""
     from PIL import Image
 
     x = to_uint8(image)
     if scale > 1:
         x = np.repeat(np.repeat(x, scale, axis=0), scale, axis=1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(x).save(path, optimize=True)
-    return path
+    return storage.save_image(Image.fromarray(x), path, optimize=True)
 
 
 def normalize01(x, axis=None) -> np.ndarray:
@@ -61,8 +61,8 @@ SKLEARN_PREFIX = "sklearn:"
 def load_image(source: str, size: int | tuple[int, int] | None = None, channels: int = 3) -> np.ndarray:
     """An image as float32 [H, W, C] in [0, 1].
 
-    ``source``: a file path, or ``sklearn:china.jpg`` / ``sklearn:flower.jpg`` (the two photos that
-    ship inside scikit-learn, no download). ``size``: an int resizes the longer side to it (aspect
+    ``source``: a file path (local or remote, e.g. ``gs://...``), or ``sklearn:china.jpg`` /
+    ``sklearn:flower.jpg`` (the two photos that ship inside scikit-learn, no download). ``size``: an int resizes the longer side to it (aspect
     kept); (H, W) resizes exactly (bilinear). ``channels``: 3 (RGB) or 1 (gray).
     """
     from PIL import Image
@@ -72,12 +72,12 @@ def load_image(source: str, size: int | tuple[int, int] | None = None, channels:
 
         img = Image.fromarray(load_sample_image(source[len(SKLEARN_PREFIX) :]))
     else:
-        path = Path(source).expanduser()
+        path = storage.as_path(source if storage.is_remote(source) else os.path.expanduser(source))
         if not path.is_file():
             raise FileNotFoundError(
                 f"image not found: {source!r} (a file, or sklearn:china.jpg / sklearn:flower.jpg)"
             )
-        img = Image.open(path)
+        img = storage.open_image(path)
     img = img.convert("L" if channels == 1 else "RGB")
     if size:
         if isinstance(size, int):
@@ -159,11 +159,8 @@ def add_titles(
     return np.asarray(out)
 
 
-def save_uint8_png(image, path: str | Path) -> Path:
-    """Writes a uint8 [H, W, 3] (or [H, W]) array as a PNG, creating the folder."""
+def save_uint8_png(image, path: str | os.PathLike) -> storage.AnyPath:
+    """Writes a uint8 [H, W, 3] (or [H, W]) array as a PNG (local or remote), creating the folder."""
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(image, np.uint8)).save(path, optimize=True)
-    return path
+    return storage.save_image(Image.fromarray(np.asarray(image, np.uint8)), path, optimize=True)

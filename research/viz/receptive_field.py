@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research import storage
 from research.layers.conv import ConvND
 from research.layers.summary import summarize
 
@@ -115,7 +116,7 @@ def plot_dilation(
         axes[i][0].set_ylabel("rates " + ",".join(map(str, rr)), fontsize=9)
     fig.suptitle("3x3 convs: input pixels reaching the centre unit (blue), receptive field (box)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    storage.save_figure(fig, path, dpi=80)
     plt.close(fig)
     return dilated_receptive_fields(rates, size)
 
@@ -157,6 +158,6 @@ def plot_model_rf(model, input_shape: Sequence[int], path, title: str = "") -> l
     import matplotlib.pyplot as plt
 
     fig, rows = model_rf_figure(model, input_shape, title)
-    fig.savefig(path, dpi=80)
+    storage.save_figure(fig, path, dpi=80)
     plt.close(fig)
     return rows

@@ -13,7 +13,8 @@ image when they use it (``research.data.transforms.open_image``), at full
 resolution. Raw pixels of ImageNet's 1.28M images would take ~0.6 TB; their
 JPEGs take 140 GB, and the random-resized crop needs the full-size image.
 
-``data.path`` may name the data root as ``$RESEARCH_DATA_DIR/...`` (``research.data.roots``).
+``data.path`` may name the data root as ``$RESEARCH_DATA_DIR/...`` (``research.data.roots``), and may be
+remote (``gs://bucket/images.tgz``, a folder or an archive, read through ``etils.epath``).
 
 The builder config name is a slug of the source, a short hash of its absolute
 path and a fingerprint of its contents (a folder's image file list with each
@@ -24,6 +25,7 @@ was built is built again, with a warning, and the previous build is removed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -37,6 +39,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from research import storage
 from research.data import roots
 from research.data.builders import registry
 from research.data.builders._base import OfflineBuilder
@@ -51,17 +54,18 @@ _ARCHIVE_SUFFIXES = ('.tar.gz', '.tgz', '.tar.bz2', '.tbz2', '.tar.xz', '.txz', 
 
 
 def resolve_source(path: str | os.PathLike) -> str:
-    """Absolute path of an existing folder or tar archive (``$RESEARCH_DATA_DIR`` and ``~`` expanded),
-    else ``FileNotFoundError`` in one line naming ``data.path`` and how to make the folder."""
+    """Absolute path of an existing folder or tar archive (``$RESEARCH_DATA_DIR`` and ``~`` expanded; a
+    remote one, ``gs://...``, as given), else ``FileNotFoundError`` in one line naming ``data.path`` and
+    how to make the folder."""
     if not str(path):
         raise FileNotFoundError(
             'data.path is empty: set it to a <split>/<class>/<image> folder or a .tgz of one '
             f'(e.g. ${roots.DATA_ROOT_ENV}/cifar10-jpg.tgz)'
         )
-    abs_path = os.path.abspath(roots.expand(path))
-    if not os.path.exists(abs_path):
+    abs_path = storage.absolute(roots.expand(path))
+    if not storage.as_path(abs_path).exists():
         raise FileNotFoundError(roots.missing_message(path, abs_path))
-    if os.path.isfile(abs_path) and not tarfile.is_tarfile(abs_path):
+    if _is_file(abs_path) and not _is_tarfile(abs_path):
         raise ValueError(
             f"data.path={os.fspath(path)!r}: '{abs_path}' is a file but not a tar archive "
             '(expected a directory or a .tgz/.tar.gz)'
@@ -69,12 +73,34 @@ def resolve_source(path: str | os.PathLike) -> str:
     return abs_path
 
 
+def _is_file(source: str) -> bool:
+    if storage.is_remote(source):
+        p = storage.as_path(source)
+        return p.exists() and not p.is_dir()
+    return os.path.isfile(source)
+
+
+def _is_tarfile(source: str) -> bool:
+    if storage.is_remote(source):
+        with storage.as_path(source).open('rb') as f:
+            return tarfile.is_tarfile(f)
+    return tarfile.is_tarfile(source)
+
+
 def fingerprint(source: str) -> str:
     """A short hash of what ``source`` holds: for a folder its image files' relative paths, sizes and
     mtimes (ns); for an archive its size and mtime. Changes when images are added, removed, replaced
     or rewritten."""
     h = hashlib.sha1()
-    if os.path.isfile(source):
+    if storage.is_remote(source):  # object stores: sizes and modification times (seconds)
+        if _is_file(source):
+            st = storage.as_path(source).stat()
+            h.update(f'archive {st.length} {st.mtime}'.encode())
+        else:
+            for rel, path in sorted(_list_directory(source).items()):
+                st = storage.as_path(path).stat()
+                h.update(f'{rel}\0{st.length}\0{st.mtime}\n'.encode('utf-8', 'surrogateescape'))
+    elif os.path.isfile(source):
         st = os.stat(source)
         h.update(f'archive {st.st_size} {st.st_mtime_ns}'.encode())
     else:
@@ -105,11 +131,12 @@ def stale_builds(builder) -> list[str]:
     """Prepared builds of the same source with other contents (same path, other fingerprint)."""
     root = os.path.dirname(os.path.dirname(os.fspath(builder.data_path)))  # <data_dir>/image_folder
     prefix = source_prefix(builder.source) + '_'
-    if not os.path.isdir(root):
+    folder = storage.as_path(root)  # local or remote (gs://...)
+    if not folder.is_dir():
         return []
     return sorted(
         os.path.join(root, d)
-        for d in os.listdir(root)
+        for d in (p.name for p in folder.iterdir())
         if d.startswith(prefix) and d != builder.builder_config.name and len(d) == len(prefix) + 10
     )
 
@@ -123,7 +150,10 @@ def remove_stale_builds(builder) -> None:
             builder.source,
             path,
         )
-        shutil.rmtree(path, ignore_errors=True)
+        if storage.is_remote(path):
+            storage.as_path(path).rmtree(missing_ok=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _is_image(rel: str) -> bool:
@@ -134,8 +164,17 @@ def _is_image(rel: str) -> bool:
 
 
 def _list_directory(root: str) -> dict[str, str]:
-    """relative posix path -> file path, for every image file under `root`."""
+    """relative posix path -> file path, for every image file under `root` (local or remote)."""
     found = {}
+    if storage.is_remote(root):
+        top = os.fspath(storage.as_path(root))
+        for dirpath, _, filenames in storage.walk(top):
+            rel_dir = os.fspath(dirpath)[len(top) :].strip('/')
+            for f in filenames:
+                rel = f'{rel_dir}/{f}' if rel_dir else f
+                if _is_image(rel):
+                    found[rel] = os.fspath(dirpath / f)
+        return found
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
         rel_dir = os.path.relpath(dirpath, root)
@@ -149,7 +188,9 @@ def _list_directory(root: str) -> dict[str, str]:
 def _list_tar(path: str) -> dict[str, bytes]:
     """relative posix path -> file bytes, streamed from the archive in one pass."""
     found = {}
-    with tarfile.open(path, 'r|*') as tar:
+    with contextlib.ExitStack() as stack:
+        remote = stack.enter_context(storage.as_path(path).open('rb')) if storage.is_remote(path) else None
+        tar = stack.enter_context(tarfile.open(path if remote is None else None, 'r|*', fileobj=remote))
         for member in tar:
             name = member.name
             while name.startswith('./'):
@@ -176,7 +217,9 @@ class _Scan:
 
 
 def _open(ref) -> Image.Image:
-    return Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref)
+    if isinstance(ref, bytes):
+        return Image.open(io.BytesIO(ref))
+    return storage.open_image(ref) if storage.is_remote(ref) else Image.open(ref)
 
 
 def _to_array(img: Image.Image, channels: int) -> np.ndarray:
@@ -203,7 +246,7 @@ def decode_image(ref, channels: int) -> np.ndarray:
 
 def scan_source(source: str) -> _Scan:
     """Indexes `source` (folder or tar): splits, sorted classes, channels, shape."""
-    listing = _list_tar(source) if os.path.isfile(source) else _list_directory(source)
+    listing = _list_tar(source) if _is_file(source) else _list_directory(source)
     if not listing:
         raise ValueError(
             f"image folder '{source}' contains no image files (extensions: {sorted(IMAGE_EXTENSIONS)})"
@@ -330,7 +373,7 @@ class ImageFolder(OfflineBuilder, skip_registration=True):
         for key, label, ref in entries:
             if encoded:
                 if not isinstance(ref, bytes):
-                    with open(ref, 'rb') as f:
+                    with storage.as_path(ref).open('rb') as f:
                         ref = f.read()
                 image = np.frombuffer(ref, np.uint8)
             else:
