@@ -47,9 +47,13 @@ def _init_kwargs(name: str) -> dict:
 
 
 def _abstract(name: str, size: int, **kwargs):
+    """The variables' shapes of ``model.init`` and the number of remat equations in it, traced only."""
     model = models.create(name, **kwargs)
     x = jnp.zeros((1, size, size, 3), jnp.float32)
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), x, **_init_kwargs(name)))
+    jaxpr, shapes = jax.make_jaxpr(
+        lambda: model.init(jax.random.key(0), x, **_init_kwargs(name)), return_shape=True
+    )()
+    return shapes, _count(jaxpr.jaxpr)
 
 
 def _described(tree) -> list[tuple[str, tuple, str]]:
@@ -57,51 +61,53 @@ def _described(tree) -> list[tuple[str, tuple, str]]:
     return [(jax.tree_util.keystr(p), tuple(v.shape), str(v.dtype)) for p, v in leaves]
 
 
-#: One registered model per class with the knob, and the input size its tree is traced at.
+#: One registered model per class with the knob: the input size its init is traced at, and its blocks (the
+#: remat equations expected in the traced init with the knob: the wrappers pass it on to their backbone).
 TREE_CASES = {
-    "AirbenchNet": ("airbench94_cifar", 32),
-    "CifarDenseNet": ("densenet_bc_100_12", 32),
-    "CifarResNeXt": ("resnext29_8x64d", 32),
-    "CifarResNet": ("resnet56", 32),
-    "DPN": ("dpn68", 64),
-    "DeepLabV3": ("deeplabv3_resnet50", 64),
-    "DeepLabV3Plus": ("deeplabv3plus_resnet50", 64),
-    "DenseNet": ("densenet121", 64),
-    "EfficientNet": ("efficientnet_b0", 64),
-    "FasterRCNN": ("fasterrcnn_resnet18_fpn", 64),
-    "GoogLeNet": ("googlenet", 64),
-    "InceptionV3": ("inception_v3", 299),
-    "InceptionV4": ("inception_v4", 299),
-    "LRASPP": ("lraspp_mobilenet_v3_large", 64),
-    "MaskRCNN": ("maskrcnn_resnet18_fpn", 64),
-    "MnasNet": ("mnasnet_a1", 64),
-    "MobileNetV1": ("mobilenet_v1", 64),
-    "MobileNetV2": ("mobilenet_v2", 64),
-    "MobileNetV3": ("mobilenet_v3_large", 64),
-    "PSPNet": ("pspnet_resnet50", 64),
-    "PreActResNet": ("preact_resnet50", 64),
-    "PreActResNetCifar": ("preact_resnet164", 32),
-    "ResNet": ("se_resnext50_32x4d", 64),
-    "RetinaNet": ("retinanet_resnet18_fpn", 64),
-    "ShuffleNetV1": ("shufflenet_v1_g3", 64),
-    "ShuffleNetV2": ("shufflenet_v2_x1_0", 64),
-    "SqueezeNet": ("squeezenet1_0", 64),
-    "TorchvisionFCN": ("fcn_resnet50", 64),
-    "VGG": ("vgg11_lrn", 64),
-    "WideResNet": ("wrn16_8", 32),
+    "AirbenchNet": ("airbench94_cifar", 32, 3),  # 3 conv groups
+    "CifarDenseNet": ("densenet_bc_100_12", 32, 50),  # 3 x 16 dense layers + 2 transitions
+    "CifarResNeXt": ("resnext29_8x64d", 32, 9),  # 3 x 3 blocks
+    "CifarResNet": ("resnet56", 32, 27),  # 3 x 9 blocks
+    "DPN": ("dpn68", 64, 22),  # 3 + 4 + 12 + 3 blocks
+    "DeepLabV3": ("deeplabv3_resnet50", 64, 16),  # ResNet-50: 3 + 4 + 6 + 3
+    "DeepLabV3Plus": ("deeplabv3plus_resnet50", 64, 16),  # ResNet-50
+    "DenseNet": ("densenet121", 64, 61),  # 6 + 12 + 24 + 16 dense layers + 3 transitions
+    "EfficientNet": ("efficientnet_b0", 64, 16),  # 16 MBConv blocks
+    "FasterRCNN": ("fasterrcnn_resnet18_fpn", 64, 8),  # ResNet-18: 2 + 2 + 2 + 2
+    "GoogLeNet": ("googlenet", 64, 9),  # 9 inception modules
+    "InceptionV3": ("inception_v3", 299, 11),  # Mixed_5b..7c
+    "InceptionV4": ("inception_v4", 299, 19),  # 3 stem mixes + 4 A + 1 + 7 B + 1 + 3 C
+    "LRASPP": ("lraspp_mobilenet_v3_large", 64, 15),  # 15 bneck rows of MobileNetV3-Large
+    "MaskRCNN": ("maskrcnn_resnet18_fpn", 64, 8),  # ResNet-18
+    "MnasNet": ("mnasnet_a1", 64, 15),  # 2 + 3 + 4 + 2 + 3 + 1 blocks
+    "MobileNetV1": ("mobilenet_v1", 64, 13),  # 13 dw-pw layers
+    "MobileNetV2": ("mobilenet_v2", 64, 17),  # 17 inverted residuals
+    "MobileNetV3": ("mobilenet_v3_large", 64, 15),  # 15 bneck rows
+    "PSPNet": ("pspnet_resnet50", 64, 16),  # ResNet-50
+    "PreActResNet": ("preact_resnet50", 64, 16),  # 3 + 4 + 6 + 3
+    "PreActResNetCifar": ("preact_resnet164", 32, 54),  # 3 x 18 bottlenecks
+    "ResNet": ("se_resnext50_32x4d", 64, 16),  # 3 + 4 + 6 + 3
+    "RetinaNet": ("retinanet_resnet18_fpn", 64, 8),  # ResNet-18
+    "ShuffleNetV1": ("shufflenet_v1_g3", 64, 16),  # 4 + 8 + 4 units
+    "ShuffleNetV2": ("shufflenet_v2_x1_0", 64, 16),  # 4 + 8 + 4 units
+    "SqueezeNet": ("squeezenet1_0", 64, 8),  # 8 fire modules
+    "TorchvisionFCN": ("fcn_resnet50", 64, 16),  # ResNet-50
+    "VGG": ("vgg11_lrn", 64, 5),  # 5 conv stages
+    "WideResNet": ("wrn16_8", 32, 6),  # 3 x 2 blocks
 }
 
 
 def test_every_class_with_the_knob_has_a_tree_case():
     classes = _classes_with_remat()
     assert set(TREE_CASES) == set(classes)
-    assert all(name in classes[cls] for cls, (name, _) in TREE_CASES.items())
+    assert all(name in classes[cls] for cls, (name, *_) in TREE_CASES.items())
 
 
 @pytest.mark.parametrize("cls", sorted(TREE_CASES))
 def test_parameter_tree_is_identical_with_remat(cls):
-    name, size = TREE_CASES[cls]
-    plain, remat = _abstract(name, size), _abstract(name, size, remat=True)
+    name, size, blocks = TREE_CASES[cls]
+    (plain, n0), (remat, n1) = _abstract(name, size), _abstract(name, size, remat=True)
+    assert (n0, n1) == (0, blocks)
     assert jax.tree_util.tree_structure(plain) == jax.tree_util.tree_structure(remat)
     assert _described(plain) == _described(remat)
     assert len(_described(plain)) > 10
@@ -111,21 +117,21 @@ def test_parameter_tree_is_identical_with_remat(cls):
 def test_parameter_tree_is_identical_with_remat_for_every_registered_name():
     """All registered models with the knob (151 names; shape-only, ~10 CPU-min):
     ``pytest -m slow tests/test_remat.py -k every_registered``."""
-    sizes = {name: size for name, size in TREE_CASES.values()}
+    sizes = {name: size for name, size, _ in TREE_CASES.values()}
     for names in _classes_with_remat().values():
         for name in names:
             size = 299 if name.startswith("inception") else sizes.get(name, 64)
             kwargs = {"depth": 20} if name in ("resnet_cifar", "plain_cifar") else {}
-            plain, remat = _abstract(name, size, **kwargs), _abstract(name, size, remat=True, **kwargs)
-            assert _described(plain) == _described(remat), name
+            (plain, n0), (remat, n1) = (
+                _abstract(name, size, **kwargs),
+                _abstract(name, size, remat=True, **kwargs),
+            )
+            assert _described(plain) == _described(remat) and n0 == 0 < n1, name
 
 
 # --------------------------------------------------------------------------- values and gradients
 
 
-#: (registry name, small-instance kwargs, input size, channels, blocks = remat equations expected). The
-#: default suite runs 7 cases (10-40 s each on 2 shared cores: XLA:CPU's compile time); the ``slow`` ones cover
-#: the other families: ``pytest -m slow tests/test_remat.py -k values_and`` (about 10 min on 2 shared cores).
 def _custom_jvp_functions(jaxpr) -> list[str]:
     """Names of the functions of the custom_jvp calls in ``jaxpr`` (nested ones too), in order."""
     out = []
@@ -152,9 +158,12 @@ def S(*case):
     return pytest.param(case, marks=pytest.mark.slow, id=_case_id(case))
 
 
+#: (registry name, small-instance kwargs, input size, channels, blocks = remat equations expected). The
+#: default suite runs 5 cases (4-10 s each on 2 shared cores: XLA:CPU's compile time); the ``slow`` ones cover
+#: the other families: ``pytest -m slow tests/test_remat.py -k values_and`` (about 3 min on 2 shared cores).
 SMALL = [
     ("resnet_cifar", dict(depth=8, width=4, shortcut="B"), 16, 3, 3),
-    ("resnet", dict(layers=(1, 1, 1, 1), width=4, stem_width=8), 32, 3, 4),
+    S("resnet", dict(layers=(1, 1, 1, 1), width=4, stem_width=8), 32, 3, 4),  # resnet_cifar's BasicBlock
     S("resnet", dict(layers=(1, 2, 1, 1), block="bottleneck", width=4, stem_width=8, se_reduction=4), 32, 3, 5),
     S("resnet", dict(layers=(1, 1, 1, 1), width=4, stem_width=8, replace_stride_with_dilation=(False, True, True),
                      multi_grid=(2,)),
@@ -166,8 +175,8 @@ SMALL = [
     S("resnext_cifar", dict(depth=11, cardinality=2, base_width=4, widen=1), 16, 3, 3),
     ("densenet_cifar", dict(depth=16, growth_rate=4, dropout_rate=0.2), 16, 3, 3 * 2 + 2),
     S("densenet", dict(growth_rate=4, block_config=(1, 2, 1, 1), num_init_features=8), 32, 3, 5 + 3),
-    ("dpn", dict(small=True, num_init_features=8, k_r=16, groups=2, k_sec=(1, 2, 1, 1), inc_sec=(4, 4, 4, 4)),
-     32, 3, 5),
+    ("dpn", dict(small=True, num_init_features=8, k_r=16, groups=2, k_sec=(1, 1, 1, 1), inc_sec=(4, 4, 4, 4)),
+     16, 3, 4),
     S("mobilenet_v1", dict(width_multiplier=0.25), 64, 3, 13),
     S("mobilenet_v1", dict(width_multiplier=0.25, separable=False), 64, 3, 13),
     S("mobilenet_v2", dict(width_mult=0.25), 64, 3, 17),
@@ -182,7 +191,7 @@ SMALL = [
     S("inception_v3", {}, 75, 3, 11),
     S("squeezenet1_1", {}, 64, 3, 8),
     S("airbench94_cifar", dict(widths=(8, 16, 16)), 32, 3, 3),
-    ("vgg", dict(cfg=(8, "LRN", "M", 16, 16, "M", 16), batch_norm=True, classifier_width=16, pool_size=1), 16, 3, 3),
+    S("vgg", dict(cfg=(8, "LRN", "M", 16, 16, "M", 16), batch_norm=True, classifier_width=16, pool_size=1), 16, 3, 3),
     S("vgg", dict(cfg=(8, "M", 16, "M"), classifier_width=16, pool_size=2), 16, 1, 2),
     S("deeplabv3_resnet18", dict(width=8, stem_width=8, head_features=16), 32, 3, 8),
     S("lraspp_mobilenet_v3_large", dict(width_mult=0.25, inter_features=16), 64, 3, 15),
@@ -238,6 +247,13 @@ def _subjaxprs(eqn):
                 yield j
 
 
+def _init(model, x, rngs=None, **kwargs):
+    """``model.init`` jitted: the eager init dispatches op by op (10-20 s per model on CPU, 1-2 s jitted)."""
+    rngs = jax.random.key(0) if rngs is None else rngs
+    init = jax.jit(lambda x: model.init(rngs, x, **kwargs))
+    return init.lower(x).compile(compiler_options=FAST_COMPILE)(x)
+
+
 def _run(model, params, rest, x):
     """The jitted train-mode step, traced once: (its result, the number of remat equations in it)."""
     traced = _train_step_fn(model).trace(params, rest, x)
@@ -252,7 +268,7 @@ def test_values_and_gradients_equal_and_one_remat_per_block(case):
     name, kwargs, size, channels, blocks = case
     x = jax.random.normal(jax.random.key(1), (2, size, size, channels), jnp.float32)
     plain, remat = _small(name, kwargs, False), _small(name, kwargs, True)
-    variables = plain.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, x, train=False)
+    variables = _init(plain, x, rngs={"params": jax.random.key(0), "dropout": jax.random.key(0)}, train=False)
     params, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
     ((l0, (out0, bs0)), g0), n0 = _run(plain, params, rest, x)
     ((l1, (out1, bs1)), g1), n1 = _run(remat, params, rest, x)
@@ -276,7 +292,7 @@ def test_cpu_custom_derivatives_run_inside_remat():
     kwargs = dict(cfg=(8, "M", 16, "M"), classifier_width=16, pool_size=1, dropout_rate=0.0)
     plain, remat = _small("vgg", kwargs, False), _small("vgg", kwargs, True)
     x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3), jnp.float32)
-    v = plain.init(jax.random.key(0), x)
+    v = _init(plain, x)
 
     def loss(model):
         return lambda p, x: jnp.sum(jnp.sin(model.apply({"params": p}, x, train=True)))
@@ -297,8 +313,8 @@ def test_cpu_custom_derivatives_run_inside_remat():
     )
     jax.tree.map(lambda a, b: _close(a, b, "gradient", _max(g0)), g0, g1)
     t = jax.tree.map(lambda a: jnp.ones_like(a) * 0.01, v["params"])
-    y0, dy0 = jax.jvp(lambda p: loss(plain)(p, x), (v["params"],), (t,))
-    y1, dy1 = jax.jvp(lambda p: loss(remat)(p, x), (v["params"],), (t,))
+    y0, dy0 = jax.jit(lambda p, t: jax.jvp(lambda p: loss(plain)(p, x), (p,), (t,)))(v["params"], t)
+    y1, dy1 = jax.jit(lambda p, t: jax.jvp(lambda p: loss(remat)(p, x), (p,), (t,)))(v["params"], t)
     _close(y0, y1, "value")
     _close(dy0, dy1, "jvp")
 
@@ -405,3 +421,38 @@ def test_a_run_may_resume_with_the_knob_switched():
     assert records.check_config_change(changes, workdir="w") == {}
     with pytest.raises(records.ConfigChangeError, match="model.depth"):
         records.check_config_change({"model.depth": (20, 56)}, workdir="w")
+
+
+def test_a_run_resumes_with_the_knob_switched(tmp_path):
+    """End to end through the one loop: a ResNet-8 run stopped at step 4 without remat resumes with
+    ``model.remat=True`` (same checkpoint, recorded as a config change) and ends where an uninterrupted run
+    without remat ends, up to float rounding (synthetic data: the same batch every step)."""
+    from research.config import base_config, with_model
+    from research.tasks import train_and_evaluate
+    from research.train.checkpoint import Checkpointer
+
+    def cfg(remat):
+        c = base_config()
+        with_model(c, "resnet_cifar", depth=8, width=4, remat=remat)
+        c.data.name, c.data.data_dir, c.data.image_size, c.data.synthetic = (
+            "digits",
+            str(tmp_path / "d"),
+            16,
+            True,
+        )
+        c.optimizer.name, c.optimizer.lr = "sgd", 0.05
+        c.train.duration, c.train.batch_size, c.train.eval_every = "6 steps", 8, ""
+        c.train.checkpoint_every, c.train.async_checkpoints = "2 steps", False
+        return c
+
+    full = train_and_evaluate(cfg(False), tmp_path / "full", show_progress=False)
+    part = train_and_evaluate(cfg(False), tmp_path / "run", stop_after_steps=4, show_progress=False)
+    assert not part["complete"]
+    resumed = train_and_evaluate(cfg(True), tmp_path / "run", show_progress=False)
+    assert resumed["complete"] and full["complete"]
+    history = (tmp_path / "run" / "config_history.jsonl").read_text()
+    assert "model.remat" in history
+    a, b = (Checkpointer(tmp_path / w).restore_raw() for w in ("full", "run"))
+    assert int(a["step"]) == int(b["step"]) == 6
+    for key in ("params", "batch_stats"):
+        jax.tree.map(lambda x, y: _close(x, y, key), a[key], b[key])
