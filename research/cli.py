@@ -14,7 +14,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from research import storage, tasks
-from research.config import explain_override_error
+from research.config import add_model_overrides, explain_override_error, split_model_overrides
 from research.configlib import ConfigError
 from research.experiments import commands as experiment_commands
 from research.experiments import summary as summary_lib
@@ -143,12 +143,20 @@ def parse_flags(argv: list[str]) -> list[str]:
             if not Path(path).is_file():
                 print(f"launch.py: config file '{path}' not found", file=sys.stderr)
                 raise SystemExit(2)
+    parsed_argv, model_args = split_model_overrides(argv)  # --config.model.<arg> the file does not set
+    saved = sys.argv
     try:
-        return flags.FLAGS(argv)
+        sys.argv = parsed_argv  # the config flag reads its overrides from sys.argv while parsing
+        rest = flags.FLAGS(parsed_argv)
+        if model_args and _CONFIG.value is not None:
+            add_model_overrides(_CONFIG.value, model_args)
+        return rest
     except flags.Error as e:  # absl wraps config-file load errors in IllegalFlagValueError
         _exit_parse_error(e)
     except (AttributeError, KeyError, ValueError, TypeError, FileNotFoundError) as e:
         _exit_parse_error(e)
+    finally:
+        sys.argv = saved
 
 
 def _exit_parse_error(e: BaseException) -> None:

@@ -47,6 +47,61 @@ def load_config_file(spec: str) -> ConfigDict:
     return module.get_config(arg or None)
 
 
+def split_model_overrides(argv: list[str], config: ConfigDict | None = None) -> tuple[list[str], dict]:
+    """Takes the ``--config.model.<arg>=<value>`` overrides of constructor arguments the experiment's
+    config does not set out of ``argv``: ``(the rest of argv, {arg: value})``.
+
+    ``config.model`` holds the model's constructor arguments, but an experiment file sets only the
+    ones it changes, and the locked config refuses a key it lacks. Any argument the model accepts
+    (``models.accepted_kwargs``: ``--config.model.norm=batch_biased``, ``--config.model.remat=True``)
+    is taken here and added to ``config.model`` after the flags are parsed
+    (:func:`add_model_overrides`); a key the model does not take stays in ``argv`` and is refused by
+    name. Values are Python literals (``True``, ``0.1``, ``(1, 2)``, ``None``), else strings.
+    """
+    import ast
+
+    spec, overrides = None, []
+    for a in argv:
+        if a.startswith("--config="):
+            spec = a.partition("=")[2]
+        elif a.startswith("--config."):
+            key, _, value = a[len("--config.") :].partition("=")
+            overrides.append((a, key, value))
+    if not any(key.startswith("model.") for _, key, _ in overrides):
+        return list(argv), {}
+    if config is None:
+        if spec is None:
+            return list(argv), {}
+        try:
+            config = load_config_file(spec)
+        except Exception:  # the config file's own error is reported by flag parsing
+            return list(argv), {}
+    if "model" not in config:
+        return list(argv), {}
+    name = {k: v for _, k, v in overrides}.get("model.name", config.model.get("name"))
+    taken, added = set(), {}
+    for a, key, value in overrides:
+        section, _, arg = key.partition(".")
+        if section != "model" or not arg or "." in arg or arg in config.model or arg == "name":
+            continue
+        if not isinstance(name, str) or model_kwarg_error(name, arg) is not None:
+            continue
+        try:
+            added[arg] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            added[arg] = value
+        taken.add(a)
+    return [a for a in argv if a not in taken], added
+
+
+def add_model_overrides(config: ConfigDict, added: dict) -> None:
+    """Sets the constructor arguments :func:`split_model_overrides` took into ``config.model``."""
+    if added:
+        with config.unlocked():
+            for k, v in added.items():
+                config.model[k] = v
+
+
 def explain_override_error(argv: list[str], config: ConfigDict | None = None) -> ConfigError | None:
     """The one-line error for a ``--config.<key>=<value>`` override the config has no key for.
 
@@ -97,6 +152,7 @@ __all__ = [
     "base_config",
     "check_split",
     "check_values",
+    "add_model_overrides",
     "explain_override_error",
     "flatten",
     "load_config_file",
@@ -104,6 +160,7 @@ __all__ = [
     "model_kwarg_error",
     "parse_arg",
     "parse_duration",
+    "split_model_overrides",
     "to_dict",
     "validate_config",
     "with_model",

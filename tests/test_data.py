@@ -81,7 +81,26 @@ def test_digits_builder_splits_and_values(digits_dir):
     expected = set(np.unique(np.round(d.images * 255 / 16)).astype(int).tolist())
     got = set(np.unique(images).tolist())
     assert got <= expected
-    assert 'tensorflow' not in sys.modules
+
+
+def test_building_and_reading_digits_never_imports_tensorflow(tmp_path):
+    """The embedded dataset needs no TensorFlow. Checked in a fresh interpreter: in the suite, another
+    test of the same worker (a TFDS-by-name builder) may have imported it already."""
+    import subprocess
+
+    code = (
+        'import sys, research.data as rd\n'
+        'c = rd.data_config_defaults(); c.data_dir = sys.argv[1]\n'
+        'b = rd.get_builder(c); src = b.as_data_source("train"); src.__getitems__([0, 1])\n'
+        'print(len(src), "tensorflow" in sys.modules)\n'
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, 'PYTHONPATH': str(root), 'JAX_PLATFORMS': 'cpu'}
+    out = subprocess.run(
+        [sys.executable, '-c', code, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[-1].split() == ['1437', 'False'], out.stdout[-2000:]
 
 
 def test_digits_reused_not_rebuilt(digits_dir, monkeypatch):

@@ -222,14 +222,17 @@ def parse_launch(args: list[str]):
     from absl import flags
     from ml_collections import config_flags
 
+    from research.config import add_model_overrides, split_model_overrides
+
     cli = _launch_flag_template()
     fv = flags.FlagValues()
-    argv = ['launch.py', *args]
+    argv, model_args = split_model_overrides(['launch.py', *args])  # as cli.parse_flags does
     config_flags.DEFINE_config_file('config', None, 'config', flag_values=fv, lock_config=True, sys_argv=argv)
     for name in cli.KEY_FLAGS:
         if name != 'config':
             fv[name] = copy.deepcopy(flags.FLAGS[name])
     fv(argv)
+    add_model_overrides(fv['config'].value, model_args)
     return fv
 
 

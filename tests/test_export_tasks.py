@@ -93,7 +93,7 @@ MODELS = {
     "speedrun": {"airbench94_cifar": dict(widths=(4, 8, 8))},
 }  # fmt: skip
 #: Tasks that take train.precision (the others run in float32 only).
-PRECISION_TASKS = ("classification", "segmentation", "detection")
+PRECISION_TASKS = ("classification", "segmentation", "detection", "speedrun")
 #: The FSDP case: a big model, train.model_parallel = 4 on 8 devices.
 FSDP_CASE = ("segmentation", "deeplabv3_resnet50", dict(head_features=64, output_stride=8, aux=False))
 FSDP_MP = 4

@@ -236,3 +236,18 @@ def test_registry_register_and_overwrite():
     finally:
         registry._REGISTRY.pop('_test_model', None)
     assert registry.get_constructor('resnet20') is resnet_cifar.ResNet20
+
+
+def test_catalog_lists_the_package_models_not_run_time_registrations():
+    """A model a user (or a test module) registers at run time is not part of docs/models.md: the
+    catalog test failed in CI when another test module of the same worker had registered one."""
+    from research.models import catalog
+
+    before = catalog.names()
+    registry.register('_test_runtime_model', models.LeNet5)
+    try:
+        assert '_test_runtime_model' in registry.list_models()
+        assert catalog.names() == before
+        assert len(before) == len(set(before)) and before == sorted(before) and 'resnet20' in before
+    finally:
+        registry._REGISTRY.pop('_test_runtime_model', None)

@@ -79,8 +79,11 @@ def paper(name: str) -> str:
 
 
 def names(only: str | None = None) -> list[str]:
-    """The registered models the catalog lists (``only``: a regex on the name)."""
-    return [n for n in models.list_models() if not only or re.search(only, n)]
+    """The models the catalog lists: the package's own (each family's ``REGISTRY_ENTRIES``), sorted;
+    ``only``: a regex on the name. A model registered at run time (a user's, a test's) is not part of
+    the catalog."""
+    builtin = sorted(n for family in models._FAMILIES for n in family.REGISTRY_ENTRIES)
+    return [n for n in builtin if not only or re.search(only, n)]
 
 
 def cheap_row(name: str) -> dict:

@@ -118,6 +118,12 @@ class UNet(nn.Module):
                 extra = overlap_tile_input_size(n, self.depth) - n
                 pads.append((extra // 2, extra - extra // 2))
             h = jnp.pad(h, ((0, 0), *pads, (0, 0)), mode='reflect')
+        if self.padding == 'valid':  # refuse a size up front: an empty map has no valid conv to trace
+            for n in h.shape[1:3]:
+                try:
+                    unet_valid_output_size(n, self.depth)
+                except ValueError as e:
+                    raise ValueError(f'U-Net: input {tuple(x.shape[1:3])}: {e}; see the docstring') from None
         skips = []
         for level in range(self.depth):
             h = double(h, self.base_features * 2**level, f'down{level + 1}')
