@@ -388,22 +388,30 @@ def test_a_model_without_the_knob_refuses_it_by_name():
         models.create("alexnet", remat=True)
 
 
+def _launch_config(*args: str):
+    """The config ``launch.py`` builds from these arguments (``research.cli.parse_flags``'s parsing)."""
+    from tests.test_docs import parse_launch
+
+    return parse_launch(list(args))["config"].value
+
+
 def test_experiment_configs_reach_the_knob():
-    from research.config import explain_override_error, load_config_file
+    from research.config import load_config_file
 
     spec = "experiments/classification/resnet_imagenet.py:model=resnet50"
-    assert load_config_file(spec).model.remat is False  # so --config.model.remat=True overrides it
-    assert explain_override_error(["launch.py", f"--config={spec}", "--config.model.remat=True"]) is None
+    assert "remat" not in load_config_file(spec).model  # configs without the argument are as before
     assert load_config_file(spec + ",remat").model.remat is True
-    assert (
-        load_config_file("experiments/classification/imagenet_classic.py:model=vgg16_bn").model.remat is False
-    )
-    assert (
-        "remat" not in load_config_file("experiments/classification/imagenet_classic.py:model=alexnet").model
-    )
+    assert _launch_config(f"--config={spec}", "--config.model.remat=True").model.remat is True
+    classic = "experiments/classification/imagenet_classic.py"
+    assert load_config_file(f"{classic}:model=vgg16_bn,remat").model.remat is True
+    with pytest.raises(ConfigError, match=r"^model.remat=True: model 'alexnet' takes no argument 'remat'"):
+        from research.tasks.checks import check_values
+
+        check_values(load_config_file(f"{classic}:model=alexnet,remat"))
     for spec in (
         "experiments/classification/mobilenet.py:model=v3_large,remat",
         "experiments/classification/efficientnet.py:variant=b3,remat",
+        "experiments/classification/shufflenet.py:version=1,groups=3,remat",
         "experiments/classification/shufflenet.py:version=2,scale=1.0,remat",
     ):
         c = load_config_file(spec)

@@ -53,7 +53,7 @@ def get_config(arg=None):
         drop_path_rate=0.2,
         norm_eps=1e-3,
         norm_momentum=0.99,
-        remat=args["remat"],
+        **({"remat": True} if args["remat"] else {}),
     )
     if args["quick"]:
         c.data.name = "image_folder"

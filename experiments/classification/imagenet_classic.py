@@ -56,7 +56,6 @@ docs/models-guide.md).
 
 from experiments.paths import CIFAR10_FOLDER
 from research.config import base_config, parse_arg, with_model
-from research.models import accepted_kwargs
 
 ARGS = {
     "model": "alexnet",
@@ -130,8 +129,8 @@ def get_config(arg=None):
     r = _recipe(family)
     c = base_config()
     model = {"aux_logits": False} if name in ("googlenet", "googlenet_paper", "inception_v3") else {}
-    if args["remat"] or "remat" in accepted_kwargs(name):  # AlexNet refuses `remat` by name
-        model["remat"] = args["remat"]
+    if args["remat"]:  # AlexNet refuses `remat` by name
+        model["remat"] = True
     for k, v in r["opt"].items():
         setattr(c.optimizer, k, v)
     for k, v in r["sched"].items():

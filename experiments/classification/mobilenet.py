@@ -79,7 +79,9 @@ def get_config(arg=None):
         args["model"]
     ]
     c = base_config()
-    with_model(c, name, **{width_key: args["width"]}, **extra, remat=args["remat"])
+    if args["remat"]:
+        extra = {**extra, "remat": True}
+    with_model(c, name, **{width_key: args["width"]}, **extra)
     if args["quick"]:
         c.data.name = "image_folder"
         c.data.path = args["path"]

@@ -53,7 +53,6 @@ Arguments (comma-separated after the colon):
 
 from experiments.paths import CIFAR10_FOLDER
 from research.config import base_config, parse_arg, with_model
-from research.models import accepted_kwargs
 
 ARGS = {
     "model": "resnet50",
@@ -76,8 +75,8 @@ def get_config(arg=None):
         raise ValueError(f"schedule={args['schedule']!r}: expected step or cosine")
     c = base_config()
     model = {"zero_init_residual": True} if args["zero_init"] else {}
-    if args["remat"] or "remat" in accepted_kwargs(args["model"]):  # a model without it refuses `remat`
-        model["remat"] = args["remat"]
+    if args["remat"]:  # a model without the knob refuses it by name (research/tasks/checks.py)
+        model["remat"] = True
     with_model(c, args["model"], **model)
     # The recipe's input pipeline (docs/imagenet.md).
     c.data.augment.random_resized_crop = True

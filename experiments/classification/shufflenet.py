@@ -61,12 +61,13 @@ def get_config(arg=None):
         },
     )
     c = base_config()
+    remat = {"remat": True} if args["remat"] else {}
     if args["version"] == 1:
-        with_model(c, "shufflenet_v1", groups=args["groups"], scale=args["scale"], remat=args["remat"])
+        with_model(c, "shufflenet_v1", groups=args["groups"], scale=args["scale"], **remat)
     elif args["version"] == 2:
         if args["scale"] not in V2_MODELS:
             raise ValueError(f"ShuffleNet v2 scale must be one of {sorted(V2_MODELS)}; got {args['scale']}")
-        with_model(c, V2_MODELS[args["scale"]], remat=args["remat"])
+        with_model(c, V2_MODELS[args["scale"]], **remat)
     else:
         raise ValueError(f"version must be 1 or 2; got {args['version']}")
     if args["folder"]:
