@@ -71,6 +71,7 @@ TREE_CASES = {
     "DPN": ("dpn68", 64, 22),  # 3 + 4 + 12 + 3 blocks
     "DeepLabV3": ("deeplabv3_resnet50", 64, 16),  # ResNet-50: 3 + 4 + 6 + 3
     "DeepLabV3Plus": ("deeplabv3plus_resnet50", 64, 16),  # ResNet-50
+    "DeepLabV3MobileNet": ("deeplabv3_mobilenet_v3_large", 64, 15),  # 15 bneck rows of MobileNetV3-Large
     "DenseNet": ("densenet121", 64, 61),  # 6 + 12 + 24 + 16 dense layers + 3 transitions
     "EfficientNet": ("efficientnet_b0", 64, 16),  # 16 MBConv blocks
     "FasterRCNN": ("fasterrcnn_resnet18_fpn", 64, 8),  # ResNet-18: 2 + 2 + 2 + 2

@@ -234,7 +234,8 @@ class DeepLabV3MobileNet(nn.Module):
     (12, 24, 36), 3x3 conv 256, 1x1 classifier) on a dilated MobileNetV3-Large (last stage rate 2,
     output stride 16: its last conv, 960 channels), an auxiliary ``FCNHead`` on the stride-8 features
     (40 channels -> 10; ``aux``, torchvision's ``aux_loss``), bilinear upsampling to the input.
-    11,029,328 parameters with the aux head at 21 classes (= torchvision; 11,025,477 without)."""
+    11,029,328 parameters with the aux head at 21 classes (= torchvision; 11,025,477 without).
+    ``remat``: each backbone block under ``nn.remat`` (``MobileNetV3.remat``)."""
 
     num_classes: int = 21
     arch: str = 'large'
@@ -245,6 +246,7 @@ class DeepLabV3MobileNet(nn.Module):
     aux: bool = True
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = BatchNorm
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -258,6 +260,7 @@ class DeepLabV3MobileNet(nn.Module):
             conv=self.conv,
             norm=self.norm,
             dtype=self.dtype,
+            remat=self.remat,
             name='backbone',
         )(x, train)
         stages = _v3_stages(self.arch, self.width_mult)
