@@ -2,13 +2,16 @@
 
 - the parameter tree (every collection: names, shapes, dtypes) is identical with and without remat, for one
   model of every registered class that has the knob (all registered names: the slow test);
-- forward values, BatchNorm statistics and gradients are equal on small float32 instances of every family,
-  in train mode with dropout / drop-path rngs, jitted (so the CPU lowering of the kernels runs);
+- forward values, BatchNorm statistics and gradients are equal on small float32 instances of every family
+  (5 by default, the others slow), in train mode with dropout / drop-path rngs, jitted (so the CPU lowering
+  of the kernels runs);
 - the traced step really rematerialises: one remat equation per block (an exact count per model), none
   without the knob; the CPU backend's custom derivatives (shift-add first conv, tiled max pool) run inside
   them; XLA's compiled step needs less temporary memory;
 - configs: ``--config.model.remat`` reaches the model, a model without the field refuses it by name, and a
-  run may be resumed with the knob switched (same parameters and checkpoints).
+  run may be resumed with the knob switched (the relaunch check; end to end through the loop: slow).
+
+Slow tests: ``pytest -m slow tests/test_remat.py`` (about 6 min of value cases, ~10 CPU-min of trees).
 """
 
 from __future__ import annotations
@@ -116,7 +119,7 @@ def test_parameter_tree_is_identical_with_remat(cls):
 
 @pytest.mark.slow
 def test_parameter_tree_is_identical_with_remat_for_every_registered_name():
-    """All registered models with the knob (151 names; shape-only, ~10 CPU-min):
+    """All registered models with the knob (152 names; shape-only, ~10 CPU-min):
     ``pytest -m slow tests/test_remat.py -k every_registered``."""
     sizes = {name: size for name, size, _ in TREE_CASES.values()}
     for names in _classes_with_remat().values():
@@ -161,7 +164,7 @@ def S(*case):
 
 #: (registry name, small-instance kwargs, input size, channels, blocks = remat equations expected). The
 #: default suite runs 5 cases (4-10 s each on 2 shared cores: XLA:CPU's compile time); the ``slow`` ones cover
-#: the other families: ``pytest -m slow tests/test_remat.py -k values_and`` (about 3 min on 2 shared cores).
+#: the other families: ``pytest -m slow tests/test_remat.py -k values_and`` (about 6 min on 2 shared cores).
 SMALL = [
     ("resnet_cifar", dict(depth=8, width=4, shortcut="B"), 16, 3, 3),
     S("resnet", dict(layers=(1, 1, 1, 1), width=4, stem_width=8), 32, 3, 4),  # resnet_cifar's BasicBlock
@@ -432,10 +435,12 @@ def test_a_run_may_resume_with_the_knob_switched():
         records.check_config_change({"model.depth": (20, 56)}, workdir="w")
 
 
+@pytest.mark.slow
 def test_a_run_resumes_with_the_knob_switched(tmp_path):
     """End to end through the one loop: a ResNet-8 run stopped at step 4 without remat resumes with
     ``model.remat=True`` (same checkpoint, recorded as a config change) and ends where an uninterrupted run
-    without remat ends, up to float rounding (synthetic data: the same batch every step)."""
+    without remat ends, up to float rounding (synthetic data: the same batch every step). 16-26 s on 2 shared
+    cores, most of it the loop's first start: ``pytest -m slow tests/test_remat.py -k resumes``."""
     from research.config import base_config, with_model
     from research.tasks import train_and_evaluate
     from research.train.checkpoint import Checkpointer
