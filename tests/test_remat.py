@@ -11,7 +11,7 @@
 - configs: ``--config.model.remat`` reaches the model, a model without the field refuses it by name, and a
   run may be resumed with the knob switched (the relaunch check; end to end through the loop: slow).
 
-Slow tests: ``pytest -m slow tests/test_remat.py`` (about 6 min of value cases, ~10 CPU-min of trees).
+Slow tests: ``pytest -m slow tests/test_remat.py`` (about 6 min of value cases, 4.6 min of trees).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def test_parameter_tree_is_identical_with_remat(cls):
 
 @pytest.mark.slow
 def test_parameter_tree_is_identical_with_remat_for_every_registered_name():
-    """All registered models with the knob (152 names; shape-only, ~10 CPU-min):
+    """All registered models with the knob (152 names; shape-only, 4.6 min on 2 shared cores):
     ``pytest -m slow tests/test_remat.py -k every_registered``."""
     sizes = {name: size for name, size, _ in TREE_CASES.values()}
     for names in _classes_with_remat().values():
