@@ -13,7 +13,9 @@ Arguments: ``variant=b0..b7`` picks width/depth/dropout (``research.models.effic
 and the input resolution of that variant (224 / 240 / 260 / 300 / 380 / 456 / 528 / 600, the
 paper's; torchvision's B2 weights use 288: pass ``resolution=288``); ``resolution=`` overrides it;
 ``batch=``; ``epochs=``; ``folder=<ImageNet-style class folder or .tgz>`` instead of TFDS
-'imagenet2012'; ``quick``: a CPU smoke run of the variant on the CIFAR-10 folder at 32 px.
+'imagenet2012'; ``quick``: a CPU smoke run of the variant on the CIFAR-10 folder at 32 px; ``remat``:
+each MBConv block under ``nn.remat`` (``model.remat``, less activation memory for about one more
+forward pass, e.g. for B5-B7 at 456-600 px; docs/models-guide.md).
 
   python launch.py --config=experiments/classification/efficientnet.py:variant=b0
   python launch.py --config=experiments/classification/efficientnet.py:variant=b3,folder=/data/imagenet,batch=512
@@ -32,6 +34,7 @@ ARGS = {
     "epochs": 0,
     "folder": "",
     "quick": False,
+    "remat": False,
     "path": CIFAR10_FOLDER,
 }
 PAPER_BATCH, PAPER_LR, EPOCHS, WARMUP = 4096, 0.256, 350, 5
@@ -50,6 +53,7 @@ def get_config(arg=None):
         drop_path_rate=0.2,
         norm_eps=1e-3,
         norm_momentum=0.99,
+        **({"remat": True} if args["remat"] else {}),
     )
     if args["quick"]:
         c.data.name = "image_folder"

@@ -44,7 +44,10 @@ quick (a CPU smoke run of the same pipeline: the offline CIFAR-10 folder, random
 upsampled to 75 px -- the smallest input Inception v3/v4 accept -- eval resize 86 / crop 75, 10
 classes, the first 5,000 training images, batch 32, ``epochs`` epochs with the recipe's schedule
 shape compressed to them; it checks that the model trains end to end, not ImageNet accuracy),
-epochs (for quick, default 1), workers (``data.num_workers``, decoding processes; default 0).
+epochs (for quick, default 1), workers (``data.num_workers``, decoding processes; default 0), remat
+(``model.remat``: VGG's conv stages, GoogLeNet's / Inception's modules and SqueezeNet's fire modules
+under ``nn.remat``, less activation memory for about one more forward pass; AlexNet has no such knob;
+docs/models-guide.md).
 
   python launch.py --config=experiments/classification/imagenet_classic.py:model=squeezenet1_1,quick
   python launch.py --config=experiments/classification/imagenet_classic.py:model=vgg16_bn
@@ -61,6 +64,7 @@ ARGS = {
     "quick": False,
     "epochs": 1,
     "workers": 0,
+    "remat": False,
     "path": CIFAR10_FOLDER,
 }
 
@@ -125,6 +129,8 @@ def get_config(arg=None):
     r = _recipe(family)
     c = base_config()
     model = {"aux_logits": False} if name in ("googlenet", "googlenet_paper", "inception_v3") else {}
+    if args["remat"]:  # AlexNet refuses `remat` by name
+        model["remat"] = True
     for k, v in r["opt"].items():
         setattr(c.optimizer, k, v)
     for k, v in r["sched"].items():

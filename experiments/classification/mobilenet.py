@@ -29,7 +29,9 @@ Arguments: ``model=v1|v2|v3_large|v3_small|mnasnet|mnasnet_a1``; ``width=`` the 
 (v1 alpha 1.0/0.75/0.5/0.25, v2/v3 width_mult, MnasNet alpha 0.5/0.75/1.0/1.3); ``resolution=``
 (v1's rho: 224/192/160/128); ``batch=``; ``epochs=``; ``folder=<ImageNet-style class folder or
 .tgz>`` instead of TFDS 'imagenet2012'; ``quick``: a CPU smoke run on the CIFAR-10 folder at 32
-px (``epochs``, default 2) checking that the pipeline trains (loss falls), not paper accuracy.
+px (``epochs``, default 2) checking that the pipeline trains (loss falls), not paper accuracy;
+``remat``: each block under ``nn.remat`` (``model.remat``, less activation memory for about one
+more forward pass; docs/models-guide.md).
 
   python launch.py --config=experiments/classification/mobilenet.py:model=v1,width=0.5,resolution=160
   python launch.py --config=experiments/classification/mobilenet.py:model=v3_large,folder=/data/imagenet
@@ -47,6 +49,7 @@ ARGS = {
     "epochs": 0,
     "folder": "",
     "quick": False,
+    "remat": False,
     "path": CIFAR10_FOLDER,
 }
 
@@ -76,6 +79,8 @@ def get_config(arg=None):
         args["model"]
     ]
     c = base_config()
+    if args["remat"]:
+        extra = {**extra, "remat": True}
     with_model(c, name, **{width_key: args["width"]}, **extra)
     if args["quick"]:
         c.data.name = "image_folder"

@@ -18,7 +18,8 @@ few points above the papers'.
 Arguments (after the colon, comma-separated): version=1|2, groups=g (v1: 1, 2, 3, 4, 8),
 scale=s (v1: 0.25 .. 2; v2: 0.5, 1.0, 1.5, 2.0), batch (1024), zoom (0.2), folder (the offline
 CIFAR-10 folder ($RESEARCH_DATA_DIR/cifar10-jpg.tgz) at its native 32x32 instead of ImageNet), quick (``steps``
-steps, 300 by default, batch 128: a CPU smoke run, use with folder).
+steps, 300 by default, batch 128: a CPU smoke run, use with folder), remat (``model.remat``: each
+unit under ``nn.remat``, less activation memory for about one more forward pass).
 
   python launch.py --config=experiments/classification/shufflenet.py:version=1,groups=3
   python launch.py --config=experiments/classification/shufflenet.py:version=2,scale=1.0
@@ -55,16 +56,18 @@ def get_config(arg=None):
             "folder": False,
             "quick": False,
             "steps": 300,
+            "remat": False,
             "path": CIFAR10_FOLDER,
         },
     )
     c = base_config()
+    remat = {"remat": True} if args["remat"] else {}
     if args["version"] == 1:
-        with_model(c, "shufflenet_v1", groups=args["groups"], scale=args["scale"])
+        with_model(c, "shufflenet_v1", groups=args["groups"], scale=args["scale"], **remat)
     elif args["version"] == 2:
         if args["scale"] not in V2_MODELS:
             raise ValueError(f"ShuffleNet v2 scale must be one of {sorted(V2_MODELS)}; got {args['scale']}")
-        with_model(c, V2_MODELS[args["scale"]])
+        with_model(c, V2_MODELS[args["scale"]], **remat)
     else:
         raise ValueError(f"version must be 1 or 2; got {args['version']}")
     if args["folder"]:

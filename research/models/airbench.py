@@ -30,6 +30,7 @@ import numpy as np
 
 from research.layers.common import BatchNorm, FlaxConv, conv_general_dilated
 from research.layers.pooling import max_pool
+from research.layers.remat import remat_call
 
 #: PyTorch's default Conv2d / Linear weight init: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)).
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
@@ -160,6 +161,7 @@ class AirbenchNet(nn.Module):
     logit_scale: float = 1.0 / 9.0
     bn_momentum: float = 0.6
     bn_epsilon: float = 1e-12
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -168,7 +170,10 @@ class AirbenchNet(nn.Module):
         x = nn.gelu(x, approximate=False)
         feats = {'whiten': x}
         for i, width in enumerate(self.widths, start=1):
-            x = ConvGroup(width, self.bn_momentum, self.bn_epsilon, self.dtype, name=f'block{i}')(x, train)
+            unit = functools.partial(
+                ConvGroup, width, self.bn_momentum, self.bn_epsilon, self.dtype, name=f'block{i}'
+            )
+            x = remat_call(self.remat, self, lambda h: unit()(h, train), x)
             feats[f'block{i}'] = x
         x = jnp.max(x, axis=(1, 2))
         x = nn.Dense(

@@ -65,6 +65,7 @@ def ResNetBackbone(  # noqa: N802 (used like the module class it returns)
     conv: ModuleDef = Conv,
     norm: str | ModuleDef | None = BatchNorm,
     dtype: Any = jnp.float32,
+    remat: bool = False,
     name: str | None = None,
 ) -> ResNet:
     """``research.models.resnet.ResNet`` without pool and fc (``include_top=False``; same module names:
@@ -72,7 +73,8 @@ def ResNetBackbone(  # noqa: N802 (used like the module class it returns)
     before dilation). ``output_stride`` 8 / 16 / 32 sets torchvision's ``replace_stride_with_dilation``;
     ``multi_grid`` (one multiplier per layer4 block, DeepLabv3 Sec. 3.2) multiplies layer4's dilation
     per block. ``block`` ('basic' / 'bottleneck'), ``width`` and ``stem_width``: ResNet's knobs (small
-    backbones for CPU runs: ``block='basic', layers=(2, 2, 2, 2), width=16``)."""
+    backbones for CPU runs: ``block='basic', layers=(2, 2, 2, 2), width=16``). ``remat``: each residual
+    block under ``nn.remat`` (``ResNet.remat``)."""
     return ResNet(
         layers=tuple(layers),
         block=block,
@@ -84,6 +86,7 @@ def ResNetBackbone(  # noqa: N802 (used like the module class it returns)
         conv=conv,
         norm=norm,
         dtype=dtype,
+        remat=remat,
         name=name,
     )
 
@@ -136,7 +139,7 @@ class DeepLabHead(nn.Module):
 
 def backbone_of(model) -> ResNet:
     """The dilated ResNet backbone of a segmentation model with the fields layers, output_stride,
-    block, width, stem_width (and optionally multi_grid), conv, norm, dtype."""
+    block, width, stem_width (and optionally multi_grid and remat), conv, norm, dtype."""
     return ResNetBackbone(
         model.layers,
         output_stride=model.output_stride,
@@ -147,6 +150,7 @@ def backbone_of(model) -> ResNet:
         conv=model.conv,
         norm=model.norm,
         dtype=model.dtype,
+        remat=getattr(model, 'remat', False),
         name='backbone',
     )
 
@@ -167,7 +171,8 @@ class DeepLabV3(nn.Module):
     (8 as torchvision, 16 as the paper's training default, 32 = no atrous conv: Table 1); multi_grid
     (e.g. (1, 2, 4), Table 3; None = torchvision); rates (None = the output stride's default);
     aspp_dropout (0.5); head_features (ASPP and head width, 256); aux (auxiliary FCNHead on layer3, as
-    torchvision's ``aux_loss=True``); block / width / stem_width (the backbone's, see ``ResNetBackbone``).
+    torchvision's ``aux_loss=True``); block / width / stem_width (the backbone's, see ``ResNetBackbone``);
+    remat (each backbone block under ``nn.remat``: same parameters and values, less activation memory).
     """
 
     num_classes: int = 21
@@ -183,6 +188,7 @@ class DeepLabV3(nn.Module):
     aux: bool = True
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = BatchNorm
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -228,7 +234,8 @@ class DeepLabV3MobileNet(nn.Module):
     (12, 24, 36), 3x3 conv 256, 1x1 classifier) on a dilated MobileNetV3-Large (last stage rate 2,
     output stride 16: its last conv, 960 channels), an auxiliary ``FCNHead`` on the stride-8 features
     (40 channels -> 10; ``aux``, torchvision's ``aux_loss``), bilinear upsampling to the input.
-    11,029,328 parameters with the aux head at 21 classes (= torchvision; 11,025,477 without)."""
+    11,029,328 parameters with the aux head at 21 classes (= torchvision; 11,025,477 without).
+    ``remat``: each backbone block under ``nn.remat`` (``MobileNetV3.remat``)."""
 
     num_classes: int = 21
     arch: str = 'large'
@@ -239,6 +246,7 @@ class DeepLabV3MobileNet(nn.Module):
     aux: bool = True
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = BatchNorm
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -252,6 +260,7 @@ class DeepLabV3MobileNet(nn.Module):
             conv=self.conv,
             norm=self.norm,
             dtype=self.dtype,
+            remat=self.remat,
             name='backbone',
         )(x, train)
         stages = _v3_stages(self.arch, self.width_mult)
@@ -274,7 +283,8 @@ class DeepLabV3Plus(nn.Module):
     default) and a decoder: ASPP output (256) upsampled to the stride-4 low-level features (ResNet
     stage2), those reduced by a 1x1 conv to ``low_level_features`` (48, Table 1), concatenated, two 3x3
     conv-BN-ReLU (256, Table 2), a 1x1 classifier and bilinear upsampling x4. ResNet instead of the
-    paper's modified Xception (its ResNet-101 rows of Table 3); plain (not separable) convs."""
+    paper's modified Xception (its ResNet-101 rows of Table 3); plain (not separable) convs. ``remat``:
+    each backbone block under ``nn.remat`` (as ``DeepLabV3``)."""
 
     num_classes: int = 21
     layers: Sequence[int] = (3, 4, 6, 3)
@@ -290,6 +300,7 @@ class DeepLabV3Plus(nn.Module):
     aspp_dropout: float = 0.1
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = BatchNorm
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -326,7 +337,8 @@ class DeepLabV3Plus(nn.Module):
 
 class LRASPP(nn.Module):
     """Lite R-ASPP (Howard et al. 2019, Fig. 10) on a dilated MobileNetV3-Large, torchvision layout:
-    low = features4 (stride 8, 40 ch), high = features16 (stride 16, 960 ch); ``inter_features`` 128."""
+    low = features4 (stride 8, 40 ch), high = features16 (stride 16, 960 ch); ``inter_features`` 128.
+    ``remat``: each backbone block under ``nn.remat`` (``MobileNetV3.remat``)."""
 
     num_classes: int = 21
     inter_features: int = 128
@@ -334,6 +346,7 @@ class LRASPP(nn.Module):
     width_mult: float = 1.0
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = BatchNorm
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -351,6 +364,7 @@ class LRASPP(nn.Module):
             conv=self.conv,
             norm=self.norm,
             dtype=self.dtype,
+            remat=self.remat,
             name='backbone',
         )(x, train)
         stages = _v3_stages(self.arch, self.width_mult)  # torchvision's C1..C4 '_is_cn'

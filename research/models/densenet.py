@@ -25,10 +25,36 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.layers.blocks import DenseBlock, Transition
+from research.layers.blocks import DenseBlock, DenseLayer, Transition
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
 from research.layers.heads import classifier_head
+from research.layers.remat import remat_call
 from research.layers.stems import imagenet_stem
+
+
+class RematDenseBlock(DenseBlock):
+    """``research.layers.blocks.DenseBlock`` with each dense layer under ``nn.remat`` (the models'
+    ``remat=True``): same submodules (layer1, layer2, ...) and values. The backward pass recomputes a
+    layer's BN-ReLU-conv activations from its input (the concatenation so far, which is kept), as
+    the memory-efficient DenseNet (Pleiss et al. 2017) recomputes its concatenation and BN."""
+
+    @nn.compact
+    def __call__(self, x, train: bool | None = None):
+        for i in range(self.num_layers):
+            layer = functools.partial(
+                DenseLayer,
+                growth_rate=self.growth_rate,
+                bottleneck=self.bottleneck,
+                bn_size=self.bn_size,
+                dropout_rate=self.dropout_rate,
+                conv=self.conv,
+                norm=self.norm,
+                activation=self.activation,
+                dtype=self.dtype,
+                name=f'layer{i + 1}',
+            )
+            x = remat_call(True, self, lambda h: layer()(h, train), x)
+        return x
 
 
 class DenseNet(nn.Module):
@@ -43,6 +69,8 @@ class DenseNet(nn.Module):
       compression: theta of the transitions (0.5: the "C" of DenseNet-BC; 1 = none).
       dropout_rate: dropout after each dense layer's 3x3 conv (torchvision's ``drop_rate``; 0).
       conv, norm, activation, dtype: ablation knobs (see ``research.layers.common``).
+      remat: each dense layer and transition under ``nn.remat`` (``RematDenseBlock``; same
+        parameters and values, less activation memory for about one more forward pass).
 
     Submodule names follow torchvision with ``features.`` dropped and ``denselayerN`` -> ``layerN``:
     conv0, norm0, denseblock1..4 (layer1..), transition1..3 (norm, conv), norm5, classifier.
@@ -62,6 +90,7 @@ class DenseNet(nn.Module):
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = BatchNorm
     activation: str | Callable = nn.relu
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -76,15 +105,17 @@ class DenseNet(nn.Module):
         )
         for i, num_layers in enumerate(self.block_config):
             if i > 0:
-                x = Transition(
+                unit = functools.partial(
+                    Transition,
                     compression=self.compression,
                     conv=self.conv,
                     norm=norm,
                     activation=act,
                     dtype=self.dtype,
                     name=f'transition{i}',
-                )(x)
-            x = DenseBlock(
+                )
+                x = remat_call(self.remat, self, lambda h: unit()(h), x)
+            x = (RematDenseBlock if self.remat else DenseBlock)(
                 num_layers=num_layers,
                 growth_rate=self.growth_rate,
                 bottleneck=self.bottleneck,
@@ -128,6 +159,7 @@ class CifarDenseNet(nn.Module):
         layer's convs and after each transition. The authors' code drops before the transition's
         average pool; here after it (the same in expectation).
       conv, norm, activation, dtype: ablation knobs.
+      remat: each dense layer and transition under ``nn.remat`` (as ``DenseNet``).
 
     Submodule names: conv0, denseblock1..3 (layer1..: norm1, conv1, norm2, conv2), transition1..2
     (norm, conv), norm_final, classifier. ``return_features=True`` also returns {'stem', 'stage1',
@@ -145,6 +177,7 @@ class CifarDenseNet(nn.Module):
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = BatchNorm
     activation: str | Callable = nn.relu
+    remat: bool = False
     dtype: Any = jnp.float32
 
     def __post_init__(self):
@@ -176,16 +209,18 @@ class CifarDenseNet(nn.Module):
         )(x)
         for i in range(3):
             if i > 0:
-                x = Transition(
+                unit = functools.partial(
+                    Transition,
                     compression=self.compression,
                     conv=self.conv,
                     norm=norm,
                     activation=act,
                     dtype=self.dtype,
                     name=f'transition{i}',
-                )(x)
+                )
+                x = remat_call(self.remat, self, lambda h: unit()(h), x)
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-            x = DenseBlock(
+            x = (RematDenseBlock if self.remat else DenseBlock)(
                 num_layers=self.layers_per_block,
                 growth_rate=self.growth_rate,
                 bottleneck=self.bottleneck,

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from research.layers.blocks import DualPathBlock
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
 from research.layers.heads import classifier_head
+from research.layers.remat import remat_call
 from research.layers.stems import imagenet_stem
 
 #: BatchNorm with MXNet's epsilon (1e-3), as the authors' code and timm.
@@ -69,6 +70,7 @@ class DPN(nn.Module):
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = DPNBatchNorm
     activation: str | Callable = nn.relu
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -91,7 +93,8 @@ class DPN(nn.Module):
             bw = 64 * 2**s * bw_factor
             r = (self.k_r * bw) // (64 * bw_factor)
             for i in range(blocks):
-                x = DualPathBlock(
+                unit = functools.partial(
+                    DualPathBlock,
                     features=bw,
                     bottleneck_width=r,
                     increment=inc,
@@ -103,7 +106,8 @@ class DPN(nn.Module):
                     activation=act,
                     dtype=self.dtype,
                     name=f'conv{s + 2}_{i + 1}',
-                )(x)
+                )
+                x = remat_call(self.remat, self, lambda h: unit()(h), x)
             x = jnp.concatenate(x, axis=-1)
             if s < len(self.k_sec) - 1:
                 feats[f'stage{s + 2}'] = x

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 from research.layers.blocks import MBConv, conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
 from research.layers.heads import classifier_head
+from research.layers.remat import remat_call
 from research.models.mobilenet import make_divisible, norm_with, stage_features
 
 __all__ = ['B0_SETTING', 'VARIANTS', 'EfficientNet', 'compound_scaling']
@@ -114,6 +115,7 @@ class EfficientNet(nn.Module):
     norm_eps: float | None = 1e-5
     norm_momentum: float | None = 0.9
     activation: str | Callable = nn.silu
+    remat: bool = False
     dtype: Any = jnp.float32
 
     def stages(self) -> list[tuple[int, int, int, int, int, int]]:
@@ -143,7 +145,8 @@ class EfficientNet(nn.Module):
             for j in range(n):
                 c_in = x.shape[-1]
                 stride *= s if j == 0 else 1
-                x = MBConv(
+                unit = functools.partial(
+                    MBConv,
                     o,
                     strides=s if j == 0 else 1,
                     expansion=e,
@@ -156,7 +159,8 @@ class EfficientNet(nn.Module):
                     activation=act,
                     dtype=self.dtype,
                     name=f'block{si}_{j}',
-                )(x, train=train)
+                )
+                x = remat_call(self.remat, self, lambda h: unit()(h, train=train), x)
                 block_id += 1
             maps.append((stride, x))
         x = conv_norm_act(x, conv, norm, act, 4 * stages[-1][4], 1, name='head_conv', norm_name='head_bn')

@@ -117,6 +117,8 @@ class FasterRCNN(nn.Module):
     box_*: RoI minibatch (512, 25%, IoU 0.5) and the detection post-processing (score 0.05, NMS 0.5,
       100 per image; ``box_pre_nms_top_k`` (box, class) pairs go to NMS).
     *_weight: loss weights (1 in the papers).
+    remat: each backbone block under ``nn.remat`` (``ResNet.remat``: same parameters and values, less
+      activation memory for about one more backbone forward).
     """
 
     needs_masks: ClassVar[bool] = False
@@ -164,6 +166,7 @@ class FasterRCNN(nn.Module):
     mask_dilation: int = 1
     mask_dim_reduced: int = 256
     mask_loss_weight: float = 1.0
+    remat: bool = False
     dtype: Any = jnp.float32
 
     def _anchor_sizes(self):
@@ -176,7 +179,7 @@ class FasterRCNN(nn.Module):
         layers = tuple(self.layers) if self.fpn else tuple(self.layers[:3]) + (0,)
         body = ResNet(
             layers=layers, block=self.block, width=self.width, stem_width=self.stem_width, include_top=False,
-            dtype=self.dtype, name='backbone',
+            dtype=self.dtype, remat=self.remat, name='backbone',
         )  # fmt: skip
         c = body(images, train=train and not self.freeze_bn)
         if not self.fpn:

@@ -121,7 +121,8 @@ class FCN(nn.Module):
 
 class TorchvisionFCN(nn.Module):
     """torchvision's ``fcn_resnet50/101``: dilated ResNet (output stride 8), FCNHead on layer4, optional
-    auxiliary FCNHead on layer3 (``aux``), bilinear upsampling (align_corners False) to the input."""
+    auxiliary FCNHead on layer3 (``aux``), bilinear upsampling (align_corners False) to the input.
+    ``remat``: each backbone block under ``nn.remat`` (``ResNet.remat``)."""
 
     num_classes: int = 21
     layers: Sequence[int] = (3, 4, 6, 3)
@@ -132,6 +133,7 @@ class TorchvisionFCN(nn.Module):
     aux: bool = True
     conv: ModuleDef = Conv
     norm: Any = BatchNorm
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact

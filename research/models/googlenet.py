@@ -35,6 +35,7 @@ from research.layers.blocks import InceptionModule, _norm, conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
 from research.layers.heads import classifier_head
 from research.layers.pooling import adaptive_avg_pool, max_pool
+from research.layers.remat import remat_call
 from research.layers.stems import imagenet_stem
 from research.models.alexnet import local_response_norm
 
@@ -124,6 +125,8 @@ class GoogLeNet(nn.Module):
       transform_input: see the module docstring. dropout_rate: before the classifier (0.2
         torchvision, 0.4 paper). aux_dropout_rate: 0.7.
       conv, norm (default BN eps 1e-3; None = conv + bias), activation, dtype: ablation knobs.
+      remat: each inception module under ``nn.remat`` (same parameters and values, less activation
+        memory for about one more forward pass; ``research.layers.remat``).
     """
 
     num_classes: int = 1000
@@ -136,6 +139,7 @@ class GoogLeNet(nn.Module):
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = BatchNormEps3
     activation: str | Callable = nn.relu
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -149,7 +153,8 @@ class GoogLeNet(nn.Module):
         feats = {}
 
         def inception(h, key):
-            return InceptionModule(
+            unit = functools.partial(
+                InceptionModule,
                 *INCEPTION_V1_TABLE[key],
                 branch3_kernel=self.branch3_kernel,
                 conv=self.conv,
@@ -157,7 +162,8 @@ class GoogLeNet(nn.Module):
                 activation=act,
                 dtype=self.dtype,
                 name=f'inception{key}',
-            )(h)
+            )
+            return remat_call(self.remat, self, lambda y: unit()(y), h)
 
         def aux(h, name):
             y = GoogLeNetAux(self.num_classes, self.aux_dropout_rate, conv_block=basic, name=name)(h, train)

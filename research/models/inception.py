@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from research.layers.common import Conv, ModuleDef, bind_norm, resolve_activation
 from research.layers.heads import classifier_head
 from research.layers.pooling import avg_pool, max_pool
+from research.layers.remat import remat_call
 from research.models.googlenet import BasicConv2d, BatchNormEps3, transform_input
 
 
@@ -168,6 +169,7 @@ class InceptionV3(nn.Module):
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = BatchNormEps3
     activation: str | Callable = nn.relu
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -187,11 +189,11 @@ class InceptionV3(nn.Module):
         x = feats['stage2'] = cb(192, 3, name='Conv2d_4a_3x3')(x)
         x = max_pool(x, 3, 2)
         for name, pf in (('Mixed_5b', 32), ('Mixed_5c', 64), ('Mixed_5d', 64)):
-            x = InceptionA(cb, pool_features=pf, name=name)(x)
+            x = remat_call(self.remat, self, lambda h: InceptionA(cb, pool_features=pf, name=name)(h), x)
         feats['stage3'] = x
-        x = InceptionB(cb, name='Mixed_6a')(x)
+        x = remat_call(self.remat, self, lambda h: InceptionB(cb, name='Mixed_6a')(h), x)
         for name, c7 in (('Mixed_6b', 128), ('Mixed_6c', 160), ('Mixed_6d', 160), ('Mixed_6e', 192)):
-            x = InceptionC(cb, channels_7x7=c7, name=name)(x)
+            x = remat_call(self.remat, self, lambda h: InceptionC(cb, channels_7x7=c7, name=name)(h), x)
         feats['stage4'] = x
         if self.aux_logits:
             aux = InceptionAux(cb, num_classes=self.num_classes, name='AuxLogits')
@@ -200,9 +202,9 @@ class InceptionV3(nn.Module):
                 if train:
                     self.sow('intermediates', 'aux_logits', y)
                     feats['aux'] = y
-        x = InceptionD(cb, name='Mixed_7a')(x)
-        x = InceptionE(cb, name='Mixed_7b')(x)
-        x = feats['stage5'] = InceptionE(cb, name='Mixed_7c')(x)
+        x = remat_call(self.remat, self, lambda h: InceptionD(cb, name='Mixed_7a')(h), x)
+        x = remat_call(self.remat, self, lambda h: InceptionE(cb, name='Mixed_7b')(h), x)
+        x = feats['stage5'] = remat_call(self.remat, self, lambda h: InceptionE(cb, name='Mixed_7c')(h), x)
         logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'fc')
         return (logits, feats) if return_features else logits
 
@@ -334,6 +336,7 @@ class InceptionV4(nn.Module):
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = BatchNormEps3
     activation: str | Callable = nn.relu
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -346,19 +349,19 @@ class InceptionV4(nn.Module):
         x = cb(32, 3, 2, name='stem_conv1')(x)
         x = cb(32, 3, name='stem_conv2')(x)
         x = feats['stage1'] = cb(64, 3, padding=1, name='stem_conv3')(x)
-        x = Mixed3a(cb, name='mixed_3a')(x)
-        x = feats['stage2'] = Mixed4a(cb, name='mixed_4a')(x)
-        x = Mixed5a(cb, name='mixed_5a')(x)
+        x = remat_call(self.remat, self, lambda h: Mixed3a(cb, name='mixed_3a')(h), x)
+        x = feats['stage2'] = remat_call(self.remat, self, lambda h: Mixed4a(cb, name='mixed_4a')(h), x)
+        x = remat_call(self.remat, self, lambda h: Mixed5a(cb, name='mixed_5a')(h), x)
         for i in range(4):
-            x = InceptionV4A(cb, name=f'inception_a{i + 1}')(x)
+            x = remat_call(self.remat, self, lambda h: InceptionV4A(cb, name=f'inception_a{i + 1}')(h), x)
         feats['stage3'] = x
-        x = ReductionV4A(cb, name='reduction_a')(x)
+        x = remat_call(self.remat, self, lambda h: ReductionV4A(cb, name='reduction_a')(h), x)
         for i in range(7):
-            x = InceptionV4B(cb, name=f'inception_b{i + 1}')(x)
+            x = remat_call(self.remat, self, lambda h: InceptionV4B(cb, name=f'inception_b{i + 1}')(h), x)
         feats['stage4'] = x
-        x = ReductionV4B(cb, name='reduction_b')(x)
+        x = remat_call(self.remat, self, lambda h: ReductionV4B(cb, name='reduction_b')(h), x)
         for i in range(3):
-            x = InceptionV4C(cb, name=f'inception_c{i + 1}')(x)
+            x = remat_call(self.remat, self, lambda h: InceptionV4C(cb, name=f'inception_c{i + 1}')(h), x)
         feats['stage5'] = x
         logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'fc')
         return (logits, feats) if return_features else logits

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from research.layers.blocks import InvertedResidual, conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
 from research.layers.heads import classifier_head
+from research.layers.remat import remat_call
 from research.models.mobilenet import norm_with, stage_features
 
 __all__ = ['ARCHS', 'MnasNet', 'round_to_multiple_of']
@@ -82,6 +83,7 @@ class MnasNet(nn.Module):
     norm_eps: float | None = 1e-5
     norm_momentum: float | None = 0.9997
     activation: str | Callable = nn.relu
+    remat: bool = False
     dtype: Any = jnp.float32
 
     def __post_init__(self):
@@ -110,7 +112,8 @@ class MnasNet(nn.Module):
         for k, (o, ks, s, e, r, se) in enumerate(ARCHS[self.arch], start=1):
             for j in range(r):
                 stride *= s if j == 0 else 1
-                x = InvertedResidual(
+                unit = functools.partial(
+                    InvertedResidual,
                     ch(o),
                     strides=s if j == 0 else 1,
                     expansion=e,
@@ -122,7 +125,8 @@ class MnasNet(nn.Module):
                     activation=act,
                     dtype=self.dtype,
                     name=f'stack{k}_block{j}',
-                )(x)
+                )
+                x = remat_call(self.remat, self, lambda h: unit()(h), x)
             maps.append((stride, x))
         x = conv_norm_act(x, conv, norm, act, self.last_channel, 1, name='head_conv', norm_name='head_bn')
         maps.append((stride, x))

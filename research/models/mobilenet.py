@@ -37,6 +37,7 @@ from research.layers.common import (
     resolve_norm,
 )
 from research.layers.heads import classifier_head
+from research.layers.remat import remat_call
 
 __all__ = [
     'MobileNetV1',
@@ -135,6 +136,7 @@ class MobileNetV1(nn.Module):
     norm_eps: float | None = None
     norm_momentum: float | None = None
     activation: str | Callable = nn.relu
+    remat: bool = False
     dtype: Any = jnp.float32
 
     def channels(self, c: int) -> int:
@@ -151,33 +153,10 @@ class MobileNetV1(nn.Module):
         )
         stride = 2
         maps = [(stride, x)]
-        for i, (s, c) in enumerate(V1_LAYERS, start=1):
-            stride *= s
-            if self.separable:
-                x = conv_norm_act(
-                    x,
-                    conv,
-                    norm,
-                    act,
-                    x.shape[-1],
-                    3,
-                    strides=s,
-                    groups=x.shape[-1],
-                    name=f'layer{i}_dw_conv',
-                    norm_name=f'layer{i}_dw_bn',
-                )
-                x = conv_norm_act(
-                    x,
-                    conv,
-                    norm,
-                    act,
-                    self.channels(c),
-                    1,
-                    name=f'layer{i}_pw_conv',
-                    norm_name=f'layer{i}_pw_bn',
-                )
-            else:
-                x = conv_norm_act(
+
+        def layer(x, i, s, c):
+            if not self.separable:
+                return conv_norm_act(
                     x,
                     conv,
                     norm,
@@ -188,6 +167,25 @@ class MobileNetV1(nn.Module):
                     name=f'layer{i}_conv',
                     norm_name=f'layer{i}_bn',
                 )
+            x = conv_norm_act(
+                x,
+                conv,
+                norm,
+                act,
+                x.shape[-1],
+                3,
+                strides=s,
+                groups=x.shape[-1],
+                name=f'layer{i}_dw_conv',
+                norm_name=f'layer{i}_dw_bn',
+            )
+            return conv_norm_act(
+                x, conv, norm, act, self.channels(c), 1, name=f'layer{i}_pw_conv', norm_name=f'layer{i}_pw_bn'
+            )
+
+        for i, (s, c) in enumerate(V1_LAYERS, start=1):
+            stride *= s
+            x = remat_call(self.remat, self, lambda h: layer(h, i, s, c), x)
             maps.append((stride, x))
         feats = stage_features({}, maps)
         logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'classifier')
@@ -232,6 +230,7 @@ class MobileNetV2(nn.Module):
     norm_eps: float | None = 1e-5
     norm_momentum: float | None = 0.9
     activation: str | Callable = nn.relu6
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -252,7 +251,8 @@ class MobileNetV2(nn.Module):
             out = make_divisible(c * self.width_mult, self.round_nearest)
             for j in range(n):
                 stride *= s if j == 0 else 1
-                x = InvertedResidual(
+                unit = functools.partial(
+                    InvertedResidual,
                     out,
                     strides=s if j == 0 else 1,
                     expansion=t,
@@ -262,7 +262,8 @@ class MobileNetV2(nn.Module):
                     activation=act,
                     dtype=self.dtype,
                     name=f'block{i}',
-                )(x)
+                )
+                x = remat_call(self.remat, self, lambda h: unit()(h), x)
                 maps.append((stride, x))
                 feats[f'features{i}'] = x
                 i += 1
@@ -367,6 +368,7 @@ class MobileNetV3(nn.Module):
     norm_momentum: float | None = 0.99
     activation: str | Callable = nn.hard_swish
     include_top: bool = True
+    remat: bool = False
     dtype: Any = jnp.float32
 
     def __post_init__(self):
@@ -388,7 +390,8 @@ class MobileNetV3(nn.Module):
         feats['features0'] = x
         for i, (k, _, e, o, se, a, s, d) in enumerate(rows, start=1):
             stride *= s
-            x = InvertedResidual(
+            unit = functools.partial(
+                InvertedResidual,
                 o,
                 strides=1 if d > 1 else s,
                 kernel_size=k,
@@ -402,7 +405,8 @@ class MobileNetV3(nn.Module):
                 activation=hs if a == 'HS' else nn.relu,
                 dtype=self.dtype,
                 name=f'block{i}',
-            )(x)
+            )
+            x = remat_call(self.remat, self, lambda h: unit()(h), x)
             maps.append((stride, x))
             feats[f'features{i}'] = x
         x = conv_norm_act(x, conv, norm, hs, 6 * rows[-1][3], 1, name='head_conv', norm_name='head_bn')

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from research.layers.blocks import PREACT_ORDERINGS, SHORTCUTS, PreActBlock, conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
 from research.layers.heads import classifier_head
+from research.layers.remat import remat_call
 from research.layers.stems import imagenet_stem
 
 
@@ -82,6 +83,7 @@ class PreActResNetCifar(nn.Module):
     norm: str | ModuleDef | None = BatchNorm
     activation: str | Callable = nn.relu
     dropout_rate: float = 0.0
+    remat: bool = False
     dtype: Any = jnp.float32
 
     def __post_init__(self):
@@ -117,7 +119,8 @@ class PreActResNetCifar(nn.Module):
         expansion = 4 if self.bottleneck else 1
         for stage in range(3):
             for i in range(self.blocks_per_stage):
-                x = PreActBlock(
+                unit = functools.partial(
+                    PreActBlock,
                     features=self.width * expansion * 2**stage,
                     strides=2 if stage > 0 and i == 0 else 1,
                     ordering=o,
@@ -129,7 +132,8 @@ class PreActResNetCifar(nn.Module):
                     activation=act,
                     dtype=self.dtype,
                     name=f'stage{stage + 1}_block{i + 1}',
-                )(x)
+                )
+                x = remat_call(self.remat, self, lambda h: unit()(h), x)
             if stage == 2:
                 x = _head_norm(x, o, norm, act)
             feats[f'stage{stage + 1}'] = x
@@ -157,6 +161,7 @@ class PreActResNet(nn.Module):
     norm: str | ModuleDef | None = BatchNorm
     activation: str | Callable = nn.relu
     dropout_rate: float = 0.0
+    remat: bool = False
     dtype: Any = jnp.float32
 
     def __post_init__(self):
@@ -176,7 +181,8 @@ class PreActResNet(nn.Module):
         expansion = 4 if self.bottleneck else 1
         for stage, n in enumerate(self.layers):
             for i in range(n):
-                x = PreActBlock(
+                unit = functools.partial(
+                    PreActBlock,
                     features=64 * expansion * 2**stage,
                     strides=2 if stage > 0 and i == 0 else 1,
                     ordering=self.ordering,
@@ -188,7 +194,8 @@ class PreActResNet(nn.Module):
                     activation=act,
                     dtype=self.dtype,
                     name=f'layer{stage + 1}_block{i}',
-                )(x)
+                )
+                x = remat_call(self.remat, self, lambda h: unit()(h), x)
             if stage == 3:
                 x = _head_norm(x, self.ordering, norm, act)
             feats[f'stage{stage + 2}'] = x

@@ -26,7 +26,8 @@ from research.models.deeplab import _resize, backbone_of
 class PSPNet(nn.Module):
     """PSPNet (see the module docstring). Fields: bins ((1, 2, 3, 6); () = the dilated-FCN baseline),
     pooling ('avg' / 'max', Table 1), bin_features (None = C/len(bins)), block / width / stem_width (backbone),
-    head_features (512), aux_features (256), aux, dropout_rate (0.1), output_stride (8), layers."""
+    head_features (512), aux_features (256), aux, dropout_rate (0.1), output_stride (8), layers, remat (each
+    backbone block under ``nn.remat``, ``ResNet.remat``)."""
 
     num_classes: int = 21
     layers: Sequence[int] = (3, 4, 6, 3)
@@ -44,6 +45,7 @@ class PSPNet(nn.Module):
     align_corners: bool = True
     conv: ModuleDef = Conv
     norm: Any = BatchNorm
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 from research.layers.blocks import BasicBlock, Bottleneck
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
 from research.layers.heads import classifier_head
+from research.layers.remat import remat_call
 from research.layers.stems import imagenet_stem
 
 _BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
@@ -87,6 +88,9 @@ class ResNet(nn.Module):
       conv, norm, activation, dtype, num_classes, dropout_rate (before the fc; 0 in the paper).
       include_top: False drops the global pool and fc; ``__call__`` then returns the features dict
         (a backbone: the segmentation models use it, with torchvision's module names).
+      remat: rematerialise each residual block (``nn.remat``: the backward pass recomputes the
+        block's activations from its input; same parameters and values, less activation memory
+        for about one more forward pass; ``research.layers.remat``).
     """
 
     layers: Sequence[int] = (2, 2, 2, 2)
@@ -106,6 +110,7 @@ class ResNet(nn.Module):
     activation: str | Callable = nn.relu
     dropout_rate: float = 0.0
     include_top: bool = True
+    remat: bool = False
     dtype: Any = jnp.float32
 
     def __post_init__(self):
@@ -148,7 +153,8 @@ class ResNet(nn.Module):
                     kwargs = dict(
                         groups=self.groups, base_width=self.width_per_group, stride_on_1x1=self.stride_on_1x1
                     )
-                x = block(
+                unit = functools.partial(
+                    block,
                     features=self.width * 2**stage,
                     strides=strides if i == 0 else 1,
                     dilation=d,
@@ -161,7 +167,8 @@ class ResNet(nn.Module):
                     dtype=self.dtype,
                     name=f'layer{stage + 1}_block{i}',
                     **kwargs,
-                )(x)
+                )
+                x = remat_call(self.remat, self, lambda h: unit()(h), x)
             feats[f'stage{stage + 2}'] = x
         if not self.include_top:
             return feats

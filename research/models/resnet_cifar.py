@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from research.layers.blocks import SHORTCUTS, BasicBlock, conv_norm_act, shortcut_a  # noqa: F401 (re-exported)
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
 from research.layers.heads import classifier_head
+from research.layers.remat import remat_call
 
 
 class CifarResNet(nn.Module):
@@ -38,6 +39,8 @@ class CifarResNet(nn.Module):
         zero_init_last, dtype, name -- see ``research.layers.blocks.BasicBlock``.
       zero_init_residual: zero-init the last norm scale of each block (off in the paper).
       dropout_rate: dropout before the classifier (0 in the paper; rng 'dropout').
+      remat: rematerialise each block (``nn.remat``; same parameters and values, less activation
+        memory for about one more forward pass; ``research.layers.remat``).
 
     ``__call__(x, train=False, return_features=False)``; features: 'stem', 'stage1',
     'stage2', 'stage3' (NHWC maps, 32, 16, 8 spatial on 32x32 inputs).
@@ -54,6 +57,7 @@ class CifarResNet(nn.Module):
     activation: str | Callable = nn.relu
     zero_init_residual: bool = False
     dropout_rate: float = 0.0
+    remat: bool = False
     dtype: Any = jnp.float32
 
     def __post_init__(self):
@@ -83,7 +87,8 @@ class CifarResNet(nn.Module):
         for stage in range(3):
             for i in range(self.blocks_per_stage):
                 strides = 2 if stage > 0 and i == 0 else 1
-                x = self.block(
+                unit = functools.partial(
+                    self.block,
                     features=self.width * 2**stage,
                     strides=strides,
                     shortcut=None if self.plain else self.shortcut,
@@ -93,7 +98,8 @@ class CifarResNet(nn.Module):
                     zero_init_last=self.zero_init_residual,
                     dtype=self.dtype,
                     name=f'stage{stage + 1}_block{i + 1}',
-                )(x)
+                )
+                x = remat_call(self.remat, self, lambda h: unit()(h), x)
             feats[f'stage{stage + 1}'] = x
         logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'head')
         return (logits, feats) if return_features else logits

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from research.layers.blocks import ResNeXtBlock, conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
 from research.layers.heads import classifier_head
+from research.layers.remat import remat_call
 
 
 class CifarResNeXt(nn.Module):
@@ -44,6 +45,7 @@ class CifarResNeXt(nn.Module):
     norm: str | ModuleDef | None = BatchNorm
     activation: str | Callable = nn.relu
     dropout_rate: float = 0.0
+    remat: bool = False
     dtype: Any = jnp.float32
 
     def __post_init__(self):
@@ -68,7 +70,8 @@ class CifarResNeXt(nn.Module):
         for stage in range(3):
             for i in range(self.blocks_per_stage):
                 # Bottleneck width = int(features * base_width / 64) * groups = C * d * 2^s.
-                x = ResNeXtBlock(
+                unit = functools.partial(
+                    ResNeXtBlock,
                     features=64 * 2**stage,
                     strides=2 if stage > 0 and i == 0 else 1,
                     groups=self.cardinality,
@@ -81,7 +84,8 @@ class CifarResNeXt(nn.Module):
                     activation=act,
                     dtype=self.dtype,
                     name=f'stage{stage + 1}_block{i + 1}',
-                )(x)
+                )
+                x = remat_call(self.remat, self, lambda h: unit()(h), x)
             feats[f'stage{stage + 1}'] = x
         logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'head')
         return (logits, feats) if return_features else logits

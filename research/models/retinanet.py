@@ -153,7 +153,7 @@ class RetinaNet(nn.Module):
     p6_from ('p5' torchvision v1 | 'c5' paper), anchor_sizes (one tuple per level), aspect_ratios,
     fg_iou / bg_iou / allow_low_quality_matches, focal_alpha / focal_gamma, box_loss ('l1' | 'smooth_l1'),
     smooth_l1_beta, prior_prob, cls_loss_weight / box_loss_weight, score_thresh, nms_thresh,
-    detections_per_img, topk_candidates.
+    detections_per_img, topk_candidates, remat (each backbone block under ``nn.remat``, ``ResNet.remat``).
     """
 
     num_classes: int = 91
@@ -184,6 +184,7 @@ class RetinaNet(nn.Module):
     nms_thresh: float = 0.5
     detections_per_img: int = 300
     topk_candidates: int = 1000
+    remat: bool = False
     dtype: Any = jnp.float32
 
     needs_masks: ClassVar[bool] = False
@@ -214,7 +215,8 @@ class RetinaNet(nn.Module):
         torchvision's order), ``anchors`` [N, 4] (numpy) and ``level_sizes`` (anchors per level)."""
         feats = ResNet(
             layers=self.layers, block=self.block, width=self.width, stem_width=self.stem_width,
-            norm=_backbone_norm(self.backbone_norm), include_top=False, dtype=self.dtype, name='backbone',
+            norm=_backbone_norm(self.backbone_norm), include_top=False, dtype=self.dtype, remat=self.remat,
+            name='backbone',
         )(images, train=train)  # fmt: skip
         c = [feats[f'stage{lvl}'] for lvl in range(self.min_level, 6)]
         p = FeaturePyramidNetwork(self.fpn_width, self.min_level, extra=None, dtype=self.dtype, name='fpn')(c)

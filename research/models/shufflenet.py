@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from research.layers.blocks import ShuffleUnitV1, ShuffleUnitV2, conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
 from research.layers.heads import classifier_head
+from research.layers.remat import remat_call
 from research.layers.stems import imagenet_stem
 
 #: Table 1: output channels of Stage 2 at 1x, per number of groups g (Stages 3/4 double them).
@@ -72,6 +73,7 @@ class ShuffleNetV1(nn.Module):
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = BatchNorm
     activation: str | Callable = nn.relu
+    remat: bool = False
     dtype: Any = jnp.float32
 
     def __post_init__(self):
@@ -102,7 +104,8 @@ class ShuffleNetV1(nn.Module):
         feats['stage2'] = x
         for s, (repeats, features) in enumerate(zip(self.stage_repeats, stages)):
             for i in range(repeats):
-                x = ShuffleUnitV1(
+                unit = functools.partial(
+                    ShuffleUnitV1,
                     features=features,
                     groups=self.groups,
                     strides=2 if i == 0 else 1,
@@ -112,7 +115,8 @@ class ShuffleNetV1(nn.Module):
                     activation=act,
                     dtype=self.dtype,
                     name=f'stage{s + 2}_unit{i}',
-                )(x)
+                )
+                x = remat_call(self.remat, self, lambda h: unit()(h), x)
             feats[f'stage{s + 3}'] = x
         logits = classifier_head(x, self.num_classes, self.dropout_rate, train, self.dtype, 'fc')
         return (logits, feats) if return_features else logits
@@ -146,6 +150,7 @@ class ShuffleNetV2(nn.Module):
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = BatchNorm
     activation: str | Callable = nn.relu
+    remat: bool = False
     dtype: Any = jnp.float32
 
     def __post_init__(self):
@@ -168,7 +173,8 @@ class ShuffleNetV2(nn.Module):
         feats['stage2'] = x
         for s, (repeats, features) in enumerate(zip(self.stages_repeats, stages)):
             for i in range(repeats):
-                x = ShuffleUnitV2(
+                unit = functools.partial(
+                    ShuffleUnitV2,
                     features=features,
                     strides=2 if i == 0 else 1,
                     conv=self.conv,
@@ -176,7 +182,8 @@ class ShuffleNetV2(nn.Module):
                     activation=act,
                     dtype=self.dtype,
                     name=f'stage{s + 2}_unit{i}',
-                )(x)
+                )
+                x = remat_call(self.remat, self, lambda h: unit()(h), x)
             if s + 1 < len(self.stages_repeats):
                 feats[f'stage{s + 3}'] = x
         x = conv_norm_act(x, conv, norm, act, last, 1, padding='VALID', name='conv5', norm_name='conv5_bn')

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from research.layers.common import Conv, ModuleDef, bind_norm, resolve_activation
 from research.layers.blocks import _norm, conv_norm_act
 from research.layers.pooling import max_pool
+from research.layers.remat import remat_call
 from research.layers.stems import imagenet_stem
 
 BYPASSES = ('none', 'simple', 'complex')
@@ -114,6 +115,7 @@ class SqueezeNet(nn.Module):
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = None
     activation: str | Callable = nn.relu
+    remat: bool = False
     dtype: Any = jnp.float32
 
     def __post_init__(self):
@@ -151,9 +153,17 @@ class SqueezeNet(nn.Module):
             bypass = None
             if self.bypass == 'simple' and i % 2 == 1 or self.bypass == 'complex':
                 bypass = 'simple' if i % 2 == 1 else 'complex'
-            x = Fire(
-                *ch, bypass=bypass, conv=self.conv, norm=norm, activation=act, dtype=self.dtype, name=name
-            )(x)
+            unit = functools.partial(
+                Fire,
+                *ch,
+                bypass=bypass,
+                conv=self.conv,
+                norm=norm,
+                activation=act,
+                dtype=self.dtype,
+                name=name,
+            )
+            x = remat_call(self.remat, self, lambda h: unit()(h), x)
             if name in spec['pool_after']:
                 feats[f'stage{stage}'] = x
                 stage += 1

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from research.layers.blocks import conv_norm_act
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
 from research.layers.pooling import adaptive_avg_pool, max_pool
+from research.layers.remat import remat_call
 from research.models.alexnet import local_response_norm
 
 M = 'M'
@@ -61,6 +62,22 @@ def layer_names(cfg: Sequence) -> list[tuple[str, Any]]:
     return out
 
 
+def conv_stages(cfg: Sequence) -> list[tuple[tuple[tuple[str | None, Any], ...], bool]]:
+    """``cfg`` split at its max pools: per stage ((Flax name or None for 'LRN', cfg entry), ...) and
+    whether a max pool ends it (the units of ``remat``)."""
+    names = iter(layer_names(cfg))
+    stages, layers = [], []
+    for v in cfg:
+        if v == M:
+            stages.append((tuple(layers), True))
+            layers = []
+        else:
+            layers.append((None, v) if v == 'LRN' else next(names))
+    if layers:
+        stages.append((tuple(layers), False))
+    return stages
+
+
 class VGG(nn.Module):
     """VGG (Simonyan & Zisserman 2015, Table 1), torchvision layout; see the module docstring.
 
@@ -72,6 +89,9 @@ class VGG(nn.Module):
       dropout_rate: after fc6 and fc7 (0.5, Sec. 3.1; rng 'dropout').
       conv_bias: convs keep their bias even before BN (True, as torchvision's ``vgg*_bn``).
       conv, activation, dtype: ablation knobs.
+      remat: each conv stage (its convs up to and including its max pool) under ``nn.remat``; VGG
+        has no blocks, so its stages are the units (same parameters and values, less activation
+        memory for about one more forward pass; ``research.layers.remat``).
     """
 
     cfg: tuple = CFGS['D']
@@ -84,6 +104,7 @@ class VGG(nn.Module):
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = None
     activation: str | Callable = nn.relu
+    remat: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -94,23 +115,27 @@ class VGG(nn.Module):
         conv = functools.partial(self.conv, dtype=self.dtype)
         x = jnp.asarray(x, self.dtype)
         feats = {}
-        names = iter(layer_names(self.cfg))
-        pools = 0
-        for v in self.cfg:
-            if v == M:
-                if pools:
-                    feats[f'stage{pools}'] = x
-                pools += 1
-                x = max_pool(x, 2, 2)
-            elif v == 'LRN':
-                x = local_response_norm(x)
-            else:
-                name, _ = next(names)
+
+        def stage(h, layers, pool):
+            """One conv stage: its convs (and LRN), then its max pool; (the map before the pool, after)."""
+            for name, v in layers:
+                if v == 'LRN':
+                    h = local_response_norm(h)
+                    continue
                 c, k = _conv_spec(v)
                 bias = self.conv_bias or norm is None
-                x = conv_norm_act(
-                    x, conv, norm, act, c, k, use_bias=bias, name=name, norm_name=name.replace('conv', 'bn')
+                h = conv_norm_act(
+                    h, conv, norm, act, c, k, use_bias=bias, name=name, norm_name=name.replace('conv', 'bn')
                 )
+            return (h, max_pool(h, 2, 2)) if pool else (h, h)
+
+        pools = 0
+        for layers, pool in conv_stages(self.cfg):
+            before, x = remat_call(self.remat, self, lambda h: stage(h, layers, pool), x)
+            if pool:
+                if pools:
+                    feats[f'stage{pools}'] = before
+                pools += 1
         feats[f'stage{pools}'] = x
         x = adaptive_avg_pool(x, self.pool_size)
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's (C, H, W) flatten

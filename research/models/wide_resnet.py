@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from research.layers.blocks import PreActBlock
 from research.layers.common import BatchNorm, Conv, ModuleDef, bind_norm, resolve_activation
 from research.layers.heads import classifier_head
+from research.layers.remat import remat_call
 
 
 class WideResNet(nn.Module):
@@ -45,6 +46,7 @@ class WideResNet(nn.Module):
     conv: ModuleDef = Conv
     norm: str | ModuleDef | None = BatchNorm
     activation: str | Callable = nn.relu
+    remat: bool = False
     dtype: Any = jnp.float32
 
     def __post_init__(self):
@@ -69,7 +71,8 @@ class WideResNet(nn.Module):
         )(x)
         for stage in range(3):
             for i in range(self.blocks_per_stage):
-                x = PreActBlock(
+                unit = functools.partial(
+                    PreActBlock,
                     features=16 * self.widen_factor * 2**stage,
                     strides=2 if stage > 0 and i == 0 else 1,
                     ordering='e',
@@ -81,7 +84,8 @@ class WideResNet(nn.Module):
                     activation=act,
                     dtype=self.dtype,
                     name=f'stage{stage + 1}_block{i + 1}',
-                )(x, train=train)
+                )
+                x = remat_call(self.remat, self, lambda h: unit()(h, train=train), x)
             if stage == 2:
                 if norm is not None:
                     x = norm(name='final_bn')(x)

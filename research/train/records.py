@@ -49,6 +49,7 @@ RESUMABLE_KEYS = (
     "train.async_checkpoints",
     "train.cpu_conv",  # which kernels run the convolutions: equal up to float rounding
     "train.model_parallel",  # how parameters are laid out over the devices, not their values
+    "model.remat",  # recompute activations in the backward pass: same parameters, values and checkpoints
     "data.num_threads",
     "data.num_workers",
     "data.data_dir",  # where the same prepared dataset lives (its content is fingerprinted, issue 24)
