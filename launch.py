@@ -13,7 +13,7 @@ Documentation: README.md and docs/ (mkdocs serve). --helpfull lists every flag (
 
 import sys
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     from research.hugepages import reexec_with_hugepages
     from research.xla_flags import apply as apply_xla_flags
 
@@ -33,5 +33,5 @@ def main(argv):
     sys.exit(cli.main(argv))
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     app.run(main, flags_parser=cli.parse_flags)

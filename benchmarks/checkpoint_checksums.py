@@ -31,17 +31,17 @@ from research.train.state import create_train_state  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="resnet20")
-    ap.add_argument("--optimizer", default="momentum")
-    ap.add_argument("--image", default="32,32,3")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument('--model', default='resnet20')
+    ap.add_argument('--optimizer', default='momentum')
+    ap.add_argument('--image', default='32,32,3')
+    ap.add_argument('--repeats', type=int, default=5)
     args = ap.parse_args()
 
     c = base_config()
     c.optimizer.name = args.optimizer
     model = models.create(args.model, num_classes=10)
     tx = make_optimizer(c.optimizer, make_schedule(c.schedule, 0.1, 1000, 100))
-    shape = tuple(int(d) for d in args.image.split(","))
+    shape = tuple(int(d) for d in args.image.split(','))
     state = jax.jit(lambda r: create_train_state(model, tx, r, jnp.zeros((1, *shape))))(
         jax.random.key_data(jax.random.key(0))
     )
@@ -49,12 +49,12 @@ def main() -> None:
     nbytes = sum(x.nbytes for x in jax.tree.leaves(arrays))
     n_params = models.count_params(state.params, collection=None)
     abstract = ckpt_lib.abstract_like(arrays)
-    times: dict[str, list[float]] = {"save": [], "record": [], "verify": [], "restore": []}
+    times: dict[str, list[float]] = {'save': [], 'record': [], 'verify': [], 'restore': []}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = ckpt_lib.Checkpointer(tmp, keep=2, async_save=False)
         for i in range(args.repeats + 1):
             t0 = time.perf_counter()
-            ckpt.save(i, arrays, {"position": i}, {"step": i})
+            ckpt.save(i, arrays, {'position': i}, {'step': i})
             t1 = time.perf_counter()
             ckpt_lib.file_digests(ckpt.step_dir(i))
             t2 = time.perf_counter()
@@ -69,12 +69,12 @@ def main() -> None:
         on_disk = sum(size for size, _ in files.values())
         ckpt.close()
     print(
-        f"{args.model} + {args.optimizer}: {n_params:,} params, state {nbytes / 1e6:.2f} MB in memory, "
-        f"{len(files)} files / {on_disk / 1e6:.2f} MB on disk; median of {args.repeats} (ms):"
+        f'{args.model} + {args.optimizer}: {n_params:,} params, state {nbytes / 1e6:.2f} MB in memory, '
+        f'{len(files)} files / {on_disk / 1e6:.2f} MB on disk; median of {args.repeats} (ms):'
     )
     for k, v in times.items():
-        print(f"  {k:8s} {statistics.median(v):8.1f}   (min {min(v):.1f}, max {max(v):.1f})")
+        print(f'  {k:8s} {statistics.median(v):8.1f}   (min {min(v):.1f}, max {max(v):.1f})')
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     main()

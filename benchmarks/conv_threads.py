@@ -69,7 +69,7 @@ def run(code: str, cores: set[int], *args) -> dict:
         os.sched_setaffinity(0, cores)
 
     r = subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)],
+        [sys.executable, '-c', code, *map(str, args)],
         capture_output=True,
         text=True,
         preexec_fn=pin,
@@ -82,26 +82,31 @@ def run(code: str, cores: set[int], *args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument('--batch', type=int, default=128)
+    p.add_argument('--iters', type=int, default=10)
     args = p.parse_args()
     all_cores = os.sched_getaffinity(0)
     one = {min(all_cores)}
     print(
-        f"batch {args.batch}, 3x3 conv, stride 1, NHWC / channels_last; ms per call; {len(all_cores)} cores vs 1"
+        f'batch {args.batch}, 3x3 conv, stride 1, NHWC / channels_last; ms per call; {len(all_cores)} cores vs 1'
     )
-    print(f"{'shape':<10}{'':>6}{'JAX fwd':>9}{'JAX dx':>8}{'JAX dw':>8}{'JAX sum':>9}"
-          f"{'torch fwd':>11}{'torch bwd':>11}{'torch sum':>11}{'torch/JAX':>11}")  # fmt: skip
+    print(
+        f'{"shape":<10}{"":>6}{"JAX fwd":>9}{"JAX dx":>8}{"JAX dw":>8}{"JAX sum":>9}'
+        f'{"torch fwd":>11}{"torch bwd":>11}{"torch sum":>11}{"torch/JAX":>11}'
+    )
     for hw, c in SHAPES:
-        for label, cores in ((f"{len(all_cores)} cores", all_cores), ("1 core", one)):
+        for label, cores in ((f'{len(all_cores)} cores', all_cores), ('1 core', one)):
             j = run(_JAX, cores, args.batch, hw, c, args.iters)
             t = run(_TORCH, cores, args.batch, hw, c, args.iters)
-            js, ts = j["fwd"] + j["dx"] + j["dw"], t["fwd"] + t["bwd"]
-            print(f"{f'{hw}x{hw}x{c}':<10}{label:>8}{j['fwd']:>7.1f}{j['dx']:>8.1f}{j['dw']:>8.1f}{js:>9.1f}"
-                  f"{t['fwd']:>11.1f}{t['bwd']:>11.1f}{ts:>11.1f}{ts / js:>11.2f}", flush=True)  # fmt: skip
+            js, ts = j['fwd'] + j['dx'] + j['dw'], t['fwd'] + t['bwd']
+            print(
+                f'{f"{hw}x{hw}x{c}":<10}{label:>8}{j["fwd"]:>7.1f}{j["dx"]:>8.1f}{j["dw"]:>8.1f}{js:>9.1f}'
+                f'{t["fwd"]:>11.1f}{t["bwd"]:>11.1f}{ts:>11.1f}{ts / js:>11.2f}',
+                flush=True,
+            )
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     from research import xla_flags
 
     xla_flags.apply()  # the project's XLA flags before JAX starts, as launch.py

@@ -203,9 +203,11 @@ def main(argv=None):
     }
     rng = np.random.default_rng(0)
     inputs = {k: jnp.asarray(rng.standard_normal(s).astype(np.float32)) for k, s in shapes.items()}
-    print(f'jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__ if torch else "-"}'
-          f' ({torch.get_num_threads() if torch else 0} threads), cpus {os.cpu_count()},'
-          f' JAX convolutions: {"oneDNN" if cpu_conv == "onednn" else "XLA"}')  # fmt: skip
+    print(
+        f'jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__ if torch else "-"}'
+        f' ({torch.get_num_threads() if torch else 0} threads), cpus {os.cpu_count()},'
+        f' JAX convolutions: {"oneDNN" if cpu_conv == "onednn" else "XLA"}'
+    )
     print(
         f'2d input {shapes["2d"]} NHWC, 3d input {shapes["3d"]}; forward+backward, median of {args.iters}\n'
     )

@@ -29,12 +29,12 @@ import time
 
 #: name -> (image size, channels, classes, default batch)
 MODELS = {
-    "resnet20": (32, 3, 10, 128),
-    "resnet56": (32, 3, 10, 128),
-    "resnet110": (32, 3, 10, 128),
-    "resnet50": (224, 3, 1000, 32),
-    "densenet_bc_100_12": (32, 3, 10, 64),
-    "efficientnet_b0": (224, 3, 1000, 32),
+    'resnet20': (32, 3, 10, 128),
+    'resnet56': (32, 3, 10, 128),
+    'resnet110': (32, 3, 10, 128),
+    'resnet50': (224, 3, 1000, 32),
+    'densenet_bc_100_12': (32, 3, 10, 64),
+    'efficientnet_b0': (224, 3, 1000, 32),
 }
 
 
@@ -57,19 +57,19 @@ def measure(name: str, remat: bool, batch: int) -> dict:
     state = init(jax.random.key_data(jax.random.key(0)))
     rng = np.random.default_rng(0)
     data = {
-        "image": jnp.asarray(rng.standard_normal((batch, size, size, ch), np.float32)),
-        "label": jnp.asarray(rng.integers(0, classes, batch).astype(np.int32)),
+        'image': jnp.asarray(rng.standard_normal((batch, size, size, ch), np.float32)),
+        'label': jnp.asarray(rng.integers(0, classes, batch).astype(np.int32)),
     }
     t0 = time.perf_counter()
     compiled = jax.jit(train_step, donate_argnums=0).lower(state, data).compile()
     out = {
-        "compile_s": time.perf_counter() - t0,
-        "tree": jax.tree.map(lambda a: (a.shape, a.dtype), state.params),
+        'compile_s': time.perf_counter() - t0,
+        'tree': jax.tree.map(lambda a: (a.shape, a.dtype), state.params),
     }
     mem = compiled.memory_analysis()
-    out["temp"] = mem.temp_size_in_bytes
-    out["args"] = mem.argument_size_in_bytes
-    out["run"] = {"step": compiled, "state": state, "data": data}
+    out['temp'] = mem.temp_size_in_bytes
+    out['args'] = mem.argument_size_in_bytes
+    out['run'] = {'step': compiled, 'state': state, 'data': data}
     return out
 
 
@@ -79,7 +79,7 @@ def time_steps(run: dict, steps: int) -> float:
 
     t0 = time.perf_counter()
     for _ in range(steps):
-        run["state"], m = run["step"](run["state"], run["data"])
+        run['state'], m = run['step'](run['state'], run['data'])
     jax.block_until_ready(m)
     return (time.perf_counter() - t0) / steps
 
@@ -89,52 +89,52 @@ def step_times(a: dict, b: dict, steps: int, rounds: int) -> tuple[float, float,
     alternate, ``steps`` steps each per round, so a machine shared with other jobs slows both alike."""
     import statistics
 
-    for run in (a["run"], b["run"]):
+    for run in (a['run'], b['run']):
         time_steps(run, 2)  # warm-up
     ta, tb = [], []
     for _ in range(rounds):
-        ta.append(time_steps(a["run"], steps))
-        tb.append(time_steps(b["run"], steps))
+        ta.append(time_steps(a['run'], steps))
+        tb.append(time_steps(b['run'], steps))
     return statistics.median(ta), statistics.median(tb), [y / x for x, y in zip(ta, tb)]
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="resnet56", help=f"comma-separated, from {', '.join(MODELS)}")
-    p.add_argument("--batch", type=int, default=0, help="0 = the model's default (see MODELS)")
-    p.add_argument("--steps", type=int, default=0, help="time this many steps per round (0 = memory only)")
-    p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (with --steps)")
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--models', default='resnet56', help=f'comma-separated, from {", ".join(MODELS)}')
+    p.add_argument('--batch', type=int, default=0, help="0 = the model's default (see MODELS)")
+    p.add_argument('--steps', type=int, default=0, help='time this many steps per round (0 = memory only)')
+    p.add_argument('--rounds', type=int, default=5, help='alternating timing rounds (with --steps)')
     args = p.parse_args(argv)
     import jax
 
-    flag = "cse_barrier_expander" in os.environ.get("XLA_FLAGS", "")
+    flag = 'cse_barrier_expander' in os.environ.get('XLA_FLAGS', '')
     print(
-        f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}; "
-        f"research.xla_flags in effect: {'yes' if flag else 'no'}"
+        f'backend {jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}; '
+        f'research.xla_flags in effect: {"yes" if flag else "no"}'
     )
     mib = 2.0**20
-    for name in args.models.split(","):
+    for name in args.models.split(','):
         if name not in MODELS:
-            raise SystemExit(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+            raise SystemExit(f'unknown model {name!r}; known: {", ".join(MODELS)}')
         batch = args.batch or MODELS[name][3]
         a, b = measure(name, False, batch), measure(name, True, batch)
-        assert a["tree"] == b["tree"], "parameter trees differ"
+        assert a['tree'] == b['tree'], 'parameter trees differ'
         print(
-            f"{name} batch {batch} at {MODELS[name][0]} px: XLA temp {a['temp'] / mib:,.1f} MiB -> "
-            f"{b['temp'] / mib:,.1f} MiB with remat ({b['temp'] / a['temp']:.2f}x); "
-            f"state + batch {a['args'] / mib:,.1f} MiB; compile {a['compile_s']:.1f} s -> {b['compile_s']:.1f} s"
+            f'{name} batch {batch} at {MODELS[name][0]} px: XLA temp {a["temp"] / mib:,.1f} MiB -> '
+            f'{b["temp"] / mib:,.1f} MiB with remat ({b["temp"] / a["temp"]:.2f}x); '
+            f'state + batch {a["args"] / mib:,.1f} MiB; compile {a["compile_s"]:.1f} s -> {b["compile_s"]:.1f} s'
         )
         if args.steps:
             ta, tb, ratios = step_times(a, b, args.steps, args.rounds)
             print(
-                f"{'':<4}step {ta * 1e3:,.0f} ms -> {tb * 1e3:,.0f} ms with remat (median of {args.rounds} "
-                f"alternating rounds of {args.steps} steps; ratio per round "
-                f"{', '.join(f'{r:.2f}' for r in sorted(ratios))})"
+                f'{"":<4}step {ta * 1e3:,.0f} ms -> {tb * 1e3:,.0f} ms with remat (median of {args.rounds} '
+                f'alternating rounds of {args.steps} steps; ratio per round '
+                f'{", ".join(f"{r:.2f}" for r in sorted(ratios))})'
             )
         del a, b
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     from research import xla_flags
 
     xla_flags.apply()  # the project's XLA flags before JAX starts, as launch.py

@@ -36,16 +36,16 @@ import numpy as np
 
 #: name -> (image size, channels, classes)
 MODELS = {
-    "lenet5_modern": (32, 1, 10),
-    "resnet20": (32, 3, 10),
-    "resnet56": (32, 3, 10),
-    "resnet50": (224, 3, 1000),
-    "airbench94_cifar": (32, 3, 10),  # the speed run's net (Jordan 2024); batch 1024 in its recipe
+    'lenet5_modern': (32, 1, 10),
+    'resnet20': (32, 3, 10),
+    'resnet56': (32, 3, 10),
+    'resnet50': (224, 3, 1000),
+    'airbench94_cifar': (32, 3, 10),  # the speed run's net (Jordan 2024); batch 1024 in its recipe
 }
 
 
 def jax_step_time(
-    name: str, batch: int, steps: int, cpu_devices: int = 1, cpu_conv: str = "xla", precision: str = "float32"
+    name: str, batch: int, steps: int, cpu_devices: int = 1, cpu_conv: str = 'xla', precision: str = 'float32'
 ) -> tuple[float, float]:
     """Seconds per training step and compile seconds; ``cpu_devices`` > 1: data parallel over that many
     CPU devices (must be set before JAX starts: see :func:`jax_step_time_subprocess`); ``cpu_conv``:
@@ -59,10 +59,10 @@ def jax_step_time(
     from research.train.mesh import batch_sharding, make_mesh, replicate
     from research.train.state import create_train_state, train_step
 
-    onednn.set_enabled(cpu_conv == "onednn")
+    onednn.set_enabled(cpu_conv == 'onednn')
     size, ch, classes = MODELS[name]
     model = models.create(
-        name, num_classes=classes, **({"dtype": jnp.bfloat16} if precision == "bfloat16" else {})
+        name, num_classes=classes, **({'dtype': jnp.bfloat16} if precision == 'bfloat16' else {})
     )
     tx = optax.sgd(0.1, momentum=0.9)
     init = jax.jit(
@@ -71,8 +71,8 @@ def jax_step_time(
     state = init(jax.random.key_data(jax.random.key(0)))
     rng = np.random.default_rng(0)
     data = {
-        "image": rng.standard_normal((batch, size, size, ch), np.float32),
-        "label": rng.integers(0, classes, batch).astype(np.int32),
+        'image': rng.standard_normal((batch, size, size, ch), np.float32),
+        'label': rng.integers(0, classes, batch).astype(np.int32),
     }
     if cpu_devices > 1:  # the trainer's path: batch split on 'data', state replicated, global-batch BN
         assert jax.device_count() == cpu_devices, (jax.devices(), cpu_devices)
@@ -101,28 +101,28 @@ def jax_step_time_subprocess(
     steps: int,
     cpu_devices: int,
     research_xla_flags: bool = True,
-    cpu_conv: str = "xla",
-    precision: str = "float32",
+    cpu_conv: str = 'xla',
+    precision: str = 'float32',
 ) -> float:
     """``jax_step_time`` in a fresh process whose CPU is split into ``cpu_devices`` devices;
     ``research_xla_flags=False``: without the flags ``research.xla_flags`` sets (RESEARCH_XLA_FLAGS=0)."""
     code = (
-        "import sys; from research import xla_flags; xla_flags.apply();"
-        "from research.train.distributed import set_cpu_devices; set_cpu_devices(int(sys.argv[1]));"
-        "sys.path.insert(0, sys.argv[2]); from train_step import jax_step_time;"
-        f"print(jax_step_time({name!r}, {batch}, {steps}, int(sys.argv[1]), {cpu_conv!r}, {precision!r})[0])"
+        'import sys; from research import xla_flags; xla_flags.apply();'
+        'from research.train.distributed import set_cpu_devices; set_cpu_devices(int(sys.argv[1]));'
+        'sys.path.insert(0, sys.argv[2]); from train_step import jax_step_time;'
+        f'print(jax_step_time({name!r}, {batch}, {steps}, int(sys.argv[1]), {cpu_conv!r}, {precision!r})[0])'
     )
     here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, **({} if research_xla_flags else {"RESEARCH_XLA_FLAGS": "0"}))
+    env = dict(os.environ, **({} if research_xla_flags else {'RESEARCH_XLA_FLAGS': '0'}))
     r = subprocess.run(
-        [sys.executable, "-c", code, str(cpu_devices), here],
+        [sys.executable, '-c', code, str(cpu_devices), here],
         capture_output=True,
         text=True,
         check=False,
         env=env,
     )
     if r.returncode:
-        raise RuntimeError(f"jax step with {cpu_devices} CPU devices failed:\n{r.stderr[-3000:]}")
+        raise RuntimeError(f'jax step with {cpu_devices} CPU devices failed:\n{r.stderr[-3000:]}')
     return float(r.stdout.strip().splitlines()[-1])
 
 
@@ -131,32 +131,53 @@ def torch_model(name: str):
     import torch.nn.functional as F
     from torch import nn
 
-    if name == "resnet50":
+    if name == 'resnet50':
         import torchvision
 
         return torchvision.models.resnet50()
-    if name == "airbench94_cifar":  # airbench94.py's layers: BN weight frozen at 1, exact GELU
+    if name == 'airbench94_cifar':  # airbench94.py's layers: BN weight frozen at 1, exact GELU
 
         def group(cin, cout):
             bn1, bn2 = nn.BatchNorm2d(cout, eps=1e-12), nn.BatchNorm2d(cout, eps=1e-12)
             for bn in (bn1, bn2):
                 bn.weight.requires_grad = False
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2), bn1, nn.GELU(),
-                nn.Conv2d(cout, cout, 3, padding=1, bias=False), bn2, nn.GELU(),
-            )  # fmt: skip
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.MaxPool2d(2),
+                bn1,
+                nn.GELU(),
+                nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+                bn2,
+                nn.GELU(),
+            )
 
         whiten = nn.Conv2d(3, 24, 2)
         whiten.weight.requires_grad = False
         return nn.Sequential(
-            whiten, nn.GELU(), group(24, 64), group(64, 256), group(256, 256),
-            nn.MaxPool2d(3), nn.Flatten(), nn.Linear(256, 10, bias=False),
-        )  # fmt: skip
-    if name == "lenet5_modern":
+            whiten,
+            nn.GELU(),
+            group(24, 64),
+            group(64, 256),
+            group(256, 256),
+            nn.MaxPool2d(3),
+            nn.Flatten(),
+            nn.Linear(256, 10, bias=False),
+        )
+    if name == 'lenet5_modern':
         return nn.Sequential(
-            nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
-        )  # fmt: skip
+            nn.Conv2d(1, 6, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(400, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, 10),
+        )
 
     class Block(nn.Module):  # He et al. 2015 CIFAR basic block, option-A shortcut
         def __init__(self, cin, cout, stride):
@@ -177,7 +198,7 @@ def torch_model(name: str):
             return F.relu(y + r)
 
     layers, cin = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()], 16
-    n = (int(name.removeprefix("resnet")) - 2) // 6  # resnet20, resnet56: 6n + 2
+    n = (int(name.removeprefix('resnet')) - 2) // 6  # resnet20, resnet56: 6n + 2
     for i, cout in enumerate((16, 32, 64)):
         for j in range(n):
             layers.append(Block(cin, cout, 2 if (i > 0 and j == 0) else 1))
@@ -192,8 +213,8 @@ def torch_step_time(
     steps: int,
     channels_last: bool,
     compile_: bool,
-    precision: str = "float32",
-    device: str = "cpu",
+    precision: str = 'float32',
+    device: str = 'cpu',
 ) -> float:
     import contextlib
 
@@ -204,11 +225,11 @@ def torch_step_time(
     x = torch.randn(batch, ch, size, size, device=device)
     y = torch.randint(0, classes, (batch,), device=device)
     amp = (
-        (lambda: torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16))
-        if precision == "bfloat16"
+        (lambda: torch.autocast(device_type=device.split(':')[0], dtype=torch.bfloat16))
+        if precision == 'bfloat16'
         else contextlib.nullcontext
     )
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -237,18 +258,18 @@ def torch_step_time(
 
 def compile_times(name: str, batch: int) -> tuple[float, float]:
     """Cold compile, then a second process with the persistent cache warm."""
-    cache = tempfile.mkdtemp(prefix="jax_cache_")
+    cache = tempfile.mkdtemp(prefix='jax_cache_')
     code = (
         "import jax, sys; jax.config.update('jax_compilation_cache_dir', sys.argv[1]);"
         "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0);"
-        "sys.path.insert(0, sys.argv[2]); from train_step import jax_step_time;"
-        f"print(jax_step_time({name!r}, {batch}, 1)[1])"
+        'sys.path.insert(0, sys.argv[2]); from train_step import jax_step_time;'
+        f'print(jax_step_time({name!r}, {batch}, 1)[1])'
     )
     here = os.path.dirname(os.path.abspath(__file__))
     out = []
     for _ in range(2):
         r = subprocess.run(
-            [sys.executable, "-c", code, cache, here], capture_output=True, text=True, check=True
+            [sys.executable, '-c', code, cache, here], capture_output=True, text=True, check=True
         )
         out.append(float(r.stdout.strip().splitlines()[-1]))
     return out[0], out[1]
@@ -256,35 +277,48 @@ def compile_times(name: str, batch: int) -> tuple[float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="lenet5_modern,resnet20")
-    p.add_argument("--batch", type=int, default=128, help="global batch (resnet50: --resnet50_batch)")
-    p.add_argument("--resnet50_batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument('--models', default='lenet5_modern,resnet20')
+    p.add_argument('--batch', type=int, default=128, help='global batch (resnet50: --resnet50_batch)')
+    p.add_argument('--resnet50_batch', type=int, default=32)
+    p.add_argument('--steps', type=int, default=10)
     p.add_argument(
-        "--cpu_devices", type=int, default=-1,
-        help="also time JAX data parallel over this many CPU devices (-1: one per core; 0/1: skip)",
-    )  # fmt: skip
-    p.add_argument("--torch_compile", action="store_true", help="also time torch.compile")
-    p.add_argument("--no_compile_times", action="store_true", help="skip the cold/cached compile timing")
+        '--cpu_devices',
+        type=int,
+        default=-1,
+        help='also time JAX data parallel over this many CPU devices (-1: one per core; 0/1: skip)',
+    )
+    p.add_argument('--torch_compile', action='store_true', help='also time torch.compile')
+    p.add_argument('--no_compile_times', action='store_true', help='skip the cold/cached compile timing')
     p.add_argument(
-        "--without_research_xla_flags", action="store_true",
-        help="also time JAX on 1 device without research.xla_flags (RESEARCH_XLA_FLAGS=0)",
-    )  # fmt: skip
+        '--without_research_xla_flags',
+        action='store_true',
+        help='also time JAX on 1 device without research.xla_flags (RESEARCH_XLA_FLAGS=0)',
+    )
     p.add_argument(
-        "--onednn", action=argparse.BooleanOptionalAction, default=True,
-        help="also time JAX on 1 device with oneDNN convolutions (research.kernels.onednn), if installed",
-    )  # fmt: skip
+        '--onednn',
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='also time JAX on 1 device with oneDNN convolutions (research.kernels.onednn), if installed',
+    )
     p.add_argument(
-        "--repeats", type=int, default=1,
-        help="N > 1: also N alternating rounds of JAX+oneDNN and torch channels_last; median ratio and range",
-    )  # fmt: skip
+        '--repeats',
+        type=int,
+        default=1,
+        help='N > 1: also N alternating rounds of JAX+oneDNN and torch channels_last; median ratio and range',
+    )
     p.add_argument(
-        "--hugepages", action=argparse.BooleanOptionalAction, default=True,
+        '--hugepages',
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="restart with glibc malloc's huge pages (research/hugepages.py; JAX and torch both run with them)",
-    )  # fmt: skip
-    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                   help="bfloat16: JAX model dtype bfloat16 (float32 params), torch AMP autocast")  # fmt: skip
-    p.add_argument("--torch_device", default="", help="torch device ('' = cuda if available, else cpu)")
+    )
+    p.add_argument(
+        '--precision',
+        choices=('float32', 'bfloat16'),
+        default='float32',
+        help='bfloat16: JAX model dtype bfloat16 (float32 params), torch AMP autocast',
+    )
+    p.add_argument('--torch_device', default='', help="torch device ('' = cuda if available, else cpu)")
     args = p.parse_args()
     if args.hugepages:
         from research.hugepages import reexec_with_hugepages
@@ -294,74 +328,81 @@ def main() -> None:
 
     from research.kernels import onednn
 
-    tdev = args.torch_device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tdev = args.torch_device or ('cuda' if torch.cuda.is_available() else 'cpu')
     jax_platform = subprocess.run(  # in a child: importing JAX here would take the GPU's memory
-        [sys.executable, "-c", "import jax; print(jax.default_backend())"],
+        [sys.executable, '-c', 'import jax; print(jax.default_backend())'],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()[-1]
-    if jax_platform != "cpu":  # oneDNN convolutions and one device per core are CPU rows
+    if jax_platform != 'cpu':  # oneDNN convolutions and one device per core are CPU rows
         args.onednn, args.cpu_devices = False, 0
     prec = args.precision
     tstep = functools.partial(torch_step_time, precision=prec, device=tdev)
     jstep = functools.partial(jax_step_time_subprocess, precision=prec)
     if args.onednn and not onednn.available():
-        print(f"oneDNN convolutions skipped: {onednn.unavailable_reason()}")
+        print(f'oneDNN convolutions skipped: {onednn.unavailable_reason()}')
         args.onednn = False
 
     ndev = len(os.sched_getaffinity(0)) if args.cpu_devices == -1 else args.cpu_devices
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    print(f"GLIBC_TUNABLES={tunables!r}; torch {torch.__version__} on {tdev} threads={torch.get_num_threads()}; "
-          f"JAX on {jax_platform}; batch {args.batch} (resnet50 {args.resnet50_batch}); precision {prec}; "
-          f"JAX on 1 device and on {ndev} CPU devices (data parallel)")  # fmt: skip
-    print(f"{'model':<15}{'jax img/s':>11}{f'jax {ndev}dev':>11}{'torch img/s':>13}{'torch CL':>10}"
-          f"{'jax/torch':>11}{f'{ndev}dev/torch':>12}{'compile cold s':>16}{'cached s':>10}")  # fmt: skip
-    for name in args.models.split(","):
-        batch = args.resnet50_batch if name == "resnet50" else args.batch
+    tunables = os.environ.get('GLIBC_TUNABLES', '')
+    print(
+        f'GLIBC_TUNABLES={tunables!r}; torch {torch.__version__} on {tdev} threads={torch.get_num_threads()}; '
+        f'JAX on {jax_platform}; batch {args.batch} (resnet50 {args.resnet50_batch}); precision {prec}; '
+        f'JAX on 1 device and on {ndev} CPU devices (data parallel)'
+    )
+    print(
+        f'{"model":<15}{"jax img/s":>11}{f"jax {ndev}dev":>11}{"torch img/s":>13}{"torch CL":>10}'
+        f'{"jax/torch":>11}{f"{ndev}dev/torch":>12}{"compile cold s":>16}{"cached s":>10}'
+    )
+    for name in args.models.split(','):
+        batch = args.resnet50_batch if name == 'resnet50' else args.batch
         jt = jstep(name, batch, args.steps, 1)
-        jn = jstep(name, batch, args.steps, ndev) if ndev > 1 else float("nan")
+        jn = jstep(name, batch, args.steps, ndev) if ndev > 1 else float('nan')
         tt = tstep(name, batch, args.steps, channels_last=False, compile_=False)
         tcl = tstep(name, batch, args.steps, channels_last=True, compile_=False)
         best = min(tt, tcl)
-        cold, warm = (float("nan"),) * 2 if args.no_compile_times else compile_times(name, batch)
-        f = ".1f" if batch / tt < 100 else ".0f"
-        print(f"{name:<15}{batch / jt:>11{f}}{batch / jn:>11{f}}{batch / tt:>13{f}}{batch / tcl:>10{f}}"
-              f"{best / jt:>11.2f}{best / jn:>12.2f}{cold:>16.2f}{warm:>10.2f}", flush=True)  # fmt: skip
+        cold, warm = (float('nan'),) * 2 if args.no_compile_times else compile_times(name, batch)
+        f = '.1f' if batch / tt < 100 else '.0f'
+        print(
+            f'{name:<15}{batch / jt:>11{f}}{batch / jn:>11{f}}{batch / tt:>13{f}}{batch / tcl:>10{f}}'
+            f'{best / jt:>11.2f}{best / jn:>12.2f}{cold:>16.2f}{warm:>10.2f}',
+            flush=True,
+        )
         if args.without_research_xla_flags:
             jo = jstep(name, batch, args.steps, 1, research_xla_flags=False)
             print(
-                f"{'':<15}without research.xla_flags: jax {batch / jo:{f}} img/s, jax/torch {best / jo:.2f}"
+                f'{"":<15}without research.xla_flags: jax {batch / jo:{f}} img/s, jax/torch {best / jo:.2f}'
             )
         if args.onednn:
-            jd = jstep(name, batch, args.steps, 1, cpu_conv="onednn")
-            print(f"{'':<15}with oneDNN convolutions: jax {batch / jd:{f}} img/s, jax/torch {best / jd:.2f}")
+            jd = jstep(name, batch, args.steps, 1, cpu_conv='onednn')
+            print(f'{"":<15}with oneDNN convolutions: jax {batch / jd:{f}} img/s, jax/torch {best / jd:.2f}')
             if args.repeats > 1:  # alternate the two, one ratio per round: robust to shared-core drift
                 rounds = [(jd, tcl)]
                 for _ in range(args.repeats - 1):
                     rounds.append(
                         (
-                            jstep(name, batch, args.steps, 1, cpu_conv="onednn"),
+                            jstep(name, batch, args.steps, 1, cpu_conv='onednn'),
                             tstep(name, batch, args.steps, channels_last=True, compile_=False),
                         )
                     )
                 ratios = sorted(t / j for j, t in rounds)
                 print(
-                    f"{'':<15}oneDNN vs torch channels_last, {len(rounds)} alternating rounds: jax "
-                    f"{np.median([batch / j for j, _ in rounds]):{f}} img/s, torch "
-                    f"{np.median([batch / t for _, t in rounds]):{f}} img/s (medians); jax/torch median "
-                    f"{np.median(ratios):.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f}",
+                    f'{"":<15}oneDNN vs torch channels_last, {len(rounds)} alternating rounds: jax '
+                    f'{np.median([batch / j for j, _ in rounds]):{f}} img/s, torch '
+                    f'{np.median([batch / t for _, t in rounds]):{f}} img/s (medians); jax/torch median '
+                    f'{np.median(ratios):.2f}, range {ratios[0]:.2f}-{ratios[-1]:.2f}',
                     flush=True,
                 )
         if args.torch_compile:
             tc = tstep(name, batch, args.steps, channels_last=True, compile_=True)
             print(
-                f"{'':<15}torch.compile channels_last: {batch / tc:.0f} img/s, jax/torch {tc / jt:.2f}, "
-                f"{ndev}dev/torch {tc / jn:.2f}"
+                f'{"":<15}torch.compile channels_last: {batch / tc:.0f} img/s, jax/torch {tc / jt:.2f}, '
+                f'{ndev}dev/torch {tc / jn:.2f}'
             )
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     from research import xla_flags
 
     xla_flags.apply()  # the project's XLA flags before JAX starts, as launch.py

@@ -22,10 +22,10 @@ from absl import app, flags
 
 from research.experiments.vmap_seeds import SeedPrograms, seed_key
 
-_SEEDS = flags.DEFINE_integer("seeds", 8, "Number of seeds S.")
-_STEPS = flags.DEFINE_integer("steps", 100, "Train steps per seed.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size per seed.")
-_CONFIG = flags.DEFINE_string("config", "lenet5_digits", "lenet5_digits (modern LeNet-5 on digits).")
+_SEEDS = flags.DEFINE_integer('seeds', 8, 'Number of seeds S.')
+_STEPS = flags.DEFINE_integer('steps', 100, 'Train steps per seed.')
+_BATCH = flags.DEFINE_integer('batch_size', 32, 'Batch size per seed.')
+_CONFIG = flags.DEFINE_string('config', 'lenet5_digits', 'lenet5_digits (modern LeNet-5 on digits).')
 
 
 def main(argv):
@@ -35,7 +35,7 @@ def main(argv):
     config = lenet5_digits.get_config()
     config.train.batch_size = _BATCH.value
     S, N = _SEEDS.value, _STEPS.value
-    config.train.duration = f"{N} steps"
+    config.train.duration = f'{N} steps'
     progs = SeedPrograms(config)
     seeds = list(range(S))
 
@@ -73,16 +73,16 @@ def main(argv):
     images = S * N * config.train.batch_size
     dev = jax.devices()[0]
     print(
-        f"{config.model.name} on {config.data.name}, batch {config.train.batch_size}, {S} seeds x {N} steps, "
-        f"{jax.device_count()} {dev.platform} device(s) ({dev.device_kind})"
+        f'{config.model.name} on {config.data.name}, batch {config.train.batch_size}, {S} seeds x {N} steps, '
+        f'{jax.device_count()} {dev.platform} device(s) ({dev.device_kind})'
     )
-    print(f"  compile: single step {compile_one:.1f} s, vmapped step {compile_many:.1f} s")
-    print(f"  sequential: {sequential:7.2f} s  {images / sequential:8.0f} img/s")
-    print(f"  vmapped:    {vmapped:7.2f} s  {images / vmapped:8.0f} img/s")
-    print(f"  speed-up: {sequential / vmapped:.2f}x")
+    print(f'  compile: single step {compile_one:.1f} s, vmapped step {compile_many:.1f} s')
+    print(f'  sequential: {sequential:7.2f} s  {images / sequential:8.0f} img/s')
+    print(f'  vmapped:    {vmapped:7.2f} s  {images / vmapped:8.0f} img/s')
+    print(f'  speed-up: {sequential / vmapped:.2f}x')
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     from research import xla_flags
 
     xla_flags.apply()  # the project's XLA flags before JAX starts, as launch.py

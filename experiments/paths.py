@@ -13,4 +13,4 @@ from research.data.roots import CIFAR10_FOLDER, DATA_ROOT_ENV, MNIST10K_FOLDER
 
 REPO = Path(__file__).resolve().parents[1]
 
-__all__ = ["CIFAR10_FOLDER", "DATA_ROOT_ENV", "MNIST10K_FOLDER", "REPO"]
+__all__ = ['CIFAR10_FOLDER', 'DATA_ROOT_ENV', 'MNIST10K_FOLDER', 'REPO']

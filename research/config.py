@@ -34,14 +34,15 @@ from research.configlib import (
 from research.tasks import base_config, validate_config
 from research.tasks.checks import check_split, check_values, model_kwarg_error
 
+
 def load_config_file(spec: str) -> ConfigDict:
     """``get_config(arg)`` of ``path/to/file.py[:arg]`` (what ``--config`` loads), without overrides."""
     import importlib.util
 
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_research_config_file", path)
+    path, _, arg = spec.partition(':')
+    module_spec = importlib.util.spec_from_file_location('_research_config_file', path)
     if module_spec is None or module_spec.loader is None:
-        raise ConfigError(f"--config={spec!r}: not a Python file")
+        raise ConfigError(f'--config={spec!r}: not a Python file')
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module.get_config(arg or None)
@@ -62,12 +63,12 @@ def split_model_overrides(argv: list[str], config: ConfigDict | None = None) -> 
 
     spec, overrides = None, []
     for a in argv:
-        if a.startswith("--config="):
-            spec = a.partition("=")[2]
-        elif a.startswith("--config."):
-            key, _, value = a[len("--config.") :].partition("=")
+        if a.startswith('--config='):
+            spec = a.partition('=')[2]
+        elif a.startswith('--config.'):
+            key, _, value = a[len('--config.') :].partition('=')
             overrides.append((a, key, value))
-    if not any(key.startswith("model.") for _, key, _ in overrides):
+    if not any(key.startswith('model.') for _, key, _ in overrides):
         return list(argv), {}
     if config is None:
         if spec is None:
@@ -76,13 +77,13 @@ def split_model_overrides(argv: list[str], config: ConfigDict | None = None) -> 
             config = load_config_file(spec)
         except Exception:  # the config file's own error is reported by flag parsing
             return list(argv), {}
-    if "model" not in config:
+    if 'model' not in config:
         return list(argv), {}
-    name = {k: v for _, k, v in overrides}.get("model.name", config.model.get("name"))
+    name = {k: v for _, k, v in overrides}.get('model.name', config.model.get('name'))
     taken, added = set(), {}
     for a, key, value in overrides:
-        section, _, arg = key.partition(".")
-        if section != "model" or not arg or "." in arg or arg in config.model or arg == "name":
+        section, _, arg = key.partition('.')
+        if section != 'model' or not arg or '.' in arg or arg in config.model or arg == 'name':
             continue
         if not isinstance(name, str) or model_kwarg_error(name, arg) is not None:
             continue
@@ -113,10 +114,10 @@ def explain_override_error(argv: list[str], config: ConfigDict | None = None) ->
     overrides = []
     spec = None
     for a in argv:
-        if a.startswith("--config="):
-            spec = a.partition("=")[2]
-        elif a.startswith("--config."):
-            key, _, value = a[len("--config.") :].partition("=")
+        if a.startswith('--config='):
+            spec = a.partition('=')[2]
+        elif a.startswith('--config.'):
+            key, _, value = a[len('--config.') :].partition('=')
             overrides.append((key, value))
     if config is None:
         if spec is None:
@@ -126,12 +127,12 @@ def explain_override_error(argv: list[str], config: ConfigDict | None = None) ->
         except Exception:  # the config file's own error is reported by the caller
             return None
     flat = flatten(config)
-    model_name = dict(overrides).get("model.name", config.model.get("name") if "model" in config else None)
+    model_name = dict(overrides).get('model.name', config.model.get('name') if 'model' in config else None)
     for key, value in overrides:
-        if key in flat or any(k.startswith(key + ".") for k in flat):
+        if key in flat or any(k.startswith(key + '.') for k in flat):
             continue
-        section, _, rest = key.partition(".")
-        if section == "model" and rest and "." not in rest and isinstance(model_name, str):
+        section, _, rest = key.partition('.')
+        if section == 'model' and rest and '.' not in rest and isinstance(model_name, str):
             err = model_kwarg_error(model_name, rest, value)
             if err is not None:
                 return err
@@ -140,28 +141,28 @@ def explain_override_error(argv: list[str], config: ConfigDict | None = None) ->
                 f"set it in the experiment file (model '{model_name}' accepts it)"
             )
         close = difflib.get_close_matches(key, list(flat), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
+        hint = f"; did you mean '{close[0]}'?" if close else ''
         return ConfigError(f"--config.{key}={value}: unknown config key '{key}'{hint}")
     return None
 
 
 __all__ = [
-    "FREE_FORM_SECTIONS",
-    "ConfigDict",
-    "ConfigError",
-    "base_config",
-    "check_split",
-    "check_values",
-    "add_model_overrides",
-    "explain_override_error",
-    "flatten",
-    "load_config_file",
-    "ml_collections",
-    "model_kwarg_error",
-    "parse_arg",
-    "parse_duration",
-    "split_model_overrides",
-    "to_dict",
-    "validate_config",
-    "with_model",
+    'FREE_FORM_SECTIONS',
+    'ConfigDict',
+    'ConfigError',
+    'base_config',
+    'check_split',
+    'check_values',
+    'add_model_overrides',
+    'explain_override_error',
+    'flatten',
+    'load_config_file',
+    'ml_collections',
+    'model_kwarg_error',
+    'parse_arg',
+    'parse_duration',
+    'split_model_overrides',
+    'to_dict',
+    'validate_config',
+    'with_model',
 ]

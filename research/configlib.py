@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 from ml_collections import ConfigDict
 
 #: Sections whose keys are free-form (checked elsewhere, e.g. model kwargs against the constructor).
-FREE_FORM_SECTIONS = ("model",)
+FREE_FORM_SECTIONS = ('model',)
 
 
 class ConfigError(ValueError):
@@ -22,45 +22,45 @@ class ConfigError(ValueError):
 
 def with_model(config: ConfigDict, name: str, **kwargs: Any) -> ConfigDict:
     """Sets ``config.model`` to ``name`` plus constructor arguments."""
-    config.model = ConfigDict({"name": name, **kwargs})
+    config.model = ConfigDict({'name': name, **kwargs})
     return config
 
 
-def walk(d: Mapping, prefix: str = ""):
+def walk(d: Mapping, prefix: str = ''):
     """``(dotted path, value)`` of every key of a nested config, sections included."""
     for k, v in d.items():
-        path = f"{prefix}{k}"
+        path = f'{prefix}{k}'
         yield path, v
         if isinstance(v, (ConfigDict, dict)):
-            yield from walk(v, path + ".")
+            yield from walk(v, path + '.')
 
 
 def check_keys(config: ConfigDict, schema: ConfigDict) -> None:
     """Raises ``KeyError`` naming any key of ``config`` that ``schema`` does not know (with a suggestion)."""
     known = dict(walk(schema))
     for path, _ in walk(config):
-        if path.split(".")[0] in FREE_FORM_SECTIONS and "." in path:
+        if path.split('.')[0] in FREE_FORM_SECTIONS and '.' in path:
             continue
         if path not in known:
             close = difflib.get_close_matches(path, list(known), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = f"; did you mean '{close[0]}'?" if close else ''
             raise KeyError(f"unknown config key '{path}'{hint}")
 
 
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(epochs?|ep|steps?|st)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r'^\s*([0-9]*\.?[0-9]+)\s*(epochs?|ep|steps?|st)?\s*$', re.IGNORECASE)
 
 
-def parse_duration(value: Any, steps_per_epoch: int, *, name: str = "duration") -> int:
+def parse_duration(value: Any, steps_per_epoch: int, *, name: str = 'duration') -> int:
     """Resolves ``'30 epochs'`` / ``'1000 steps'`` / ``1000`` to a number of steps."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value < 0:
-            raise ConfigError(f"{name}={value!r} is negative")
+            raise ConfigError(f'{name}={value!r} is negative')
         return int(value)
     m = _DURATION.match(str(value))
     if not m:
         raise ConfigError(f"cannot parse {name}={value!r}: use e.g. '30 epochs' or '1000 steps'")
-    amount, unit = float(m.group(1)), (m.group(2) or "steps").lower()
-    if unit.startswith("ep"):
+    amount, unit = float(m.group(1)), (m.group(2) or 'steps').lower()
+    if unit.startswith('ep'):
         return int(round(amount * steps_per_epoch))
     return int(amount)
 
@@ -74,11 +74,11 @@ def parse_arg(arg: str | None, defaults: dict[str, Any]) -> dict[str, Any]:
     out = dict(defaults)
     if not arg:
         return out
-    for token in filter(None, (t.strip() for t in arg.split(","))):
-        key, sep, value = token.partition("=")
+    for token in filter(None, (t.strip() for t in arg.split(','))):
+        key, sep, value = token.partition('=')
         if key not in defaults:
             close = difflib.get_close_matches(key, list(defaults), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = f"; did you mean '{close[0]}'?" if close else ''
             raise ValueError(f"unknown config argument '{key}' (accepted: {', '.join(defaults)}){hint}")
         default = defaults[key]
         if not sep:
@@ -86,7 +86,7 @@ def parse_arg(arg: str | None, defaults: dict[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"config argument '{key}' needs a value, e.g. {key}={default}")
             out[key] = True
         elif isinstance(default, bool):
-            out[key] = value.lower() in ("1", "true", "yes", "on")
+            out[key] = value.lower() in ('1', 'true', 'yes', 'on')
         elif isinstance(default, int):
             out[key] = int(value)
         elif isinstance(default, float):
@@ -109,13 +109,13 @@ def to_dict(config: ConfigDict | Mapping) -> dict[str, Any]:
     return conv(config)
 
 
-def flatten(config: ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+def flatten(config: ConfigDict | dict, prefix: str = '') -> dict[str, Any]:
     """``{'train.batch_size': 128, ...}``."""
     out = {}
     items: Iterable = config.items()
     for k, v in items:
         if isinstance(v, (ConfigDict, dict)):
-            out.update(flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f'{prefix}{k}.'))
         else:
-            out[f"{prefix}{k}"] = v
+            out[f'{prefix}{k}'] = v
     return out

@@ -36,7 +36,7 @@ AnyPath = Union[pathlib.Path, epath.Path]
 
 def is_remote(path: Any) -> bool:
     """Whether ``path`` names an object store (``scheme://...``) rather than the local filesystem."""
-    return "://" in os.fspath(path)
+    return '://' in os.fspath(path)
 
 
 def as_path(path: Any) -> AnyPath:
@@ -58,20 +58,20 @@ def walk(top: Any) -> Iterator[tuple[epath.Path, list[str], list[str]]]:
     fsspec backend yields remote roots without their ``scheme://``)."""
     top = epath.Path(top)
     text = os.fspath(top)
-    scheme = text.split("://", 1)[0] if is_remote(text) else None
+    scheme = text.split('://', 1)[0] if is_remote(text) else None
     for root, dirs, files in top.walk():
         r = os.fspath(root)
         if scheme and not is_remote(r):
-            root = epath.Path(f"{scheme}://{r.lstrip('/')}")
+            root = epath.Path(f'{scheme}://{r.lstrip("/")}')
         yield epath.Path(root), dirs, files
 
 
 def _local_atomic_write(path: str, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(
-        dir=os.path.dirname(path) or ".", prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+        dir=os.path.dirname(path) or '.', prefix=f'.{os.path.basename(path)}.', suffix='.tmp'
     )
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, 'wb') as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
@@ -95,7 +95,7 @@ def write_bytes(path: Any, data: bytes, *, atomic: bool = False, parents: bool =
 
 def write_text(path: Any, text: str, *, atomic: bool = False, parents: bool = True) -> AnyPath:
     """:func:`write_bytes` of ``text`` in UTF-8."""
-    return write_bytes(path, text.encode("utf-8"), atomic=atomic, parents=parents)
+    return write_bytes(path, text.encode('utf-8'), atomic=atomic, parents=parents)
 
 
 def read_text(path: Any, default: str | None = None) -> str | None:
@@ -111,10 +111,10 @@ def append_text(path: Any, text: str) -> None:
     read and written again whole (fine for logs of a few MB; each write replaces it atomically)."""
     p = as_path(path)
     if not is_remote(p):
-        with open(os.fspath(p), "a") as f:
+        with open(os.fspath(p), 'a') as f:
             f.write(text)
         return
-    p.write_text((read_text(p, "") or "") + text)
+    p.write_text((read_text(p, '') or '') + text)
 
 
 def _format_for(path: Any, fmt: str | None) -> str | None:
@@ -136,7 +136,7 @@ def save_image(
         ext = os.path.splitext(os.fspath(path))[1].lower()
         fmt = Image.registered_extensions().get(ext)
         if fmt is None:
-            raise ValueError(f"cannot tell the image format of {os.fspath(path)!r} from its suffix")
+            raise ValueError(f'cannot tell the image format of {os.fspath(path)!r} from its suffix')
     buf = io.BytesIO()
     image.save(buf, format=fmt, **params)
     return write_bytes(path, buf.getvalue(), parents=parents)
@@ -145,7 +145,7 @@ def save_image(
 def save_figure(fig: Any, path: Any, *, parents: bool = True, **params) -> AnyPath:
     """``fig.savefig`` (format from the suffix) into memory, then written to ``path``."""
     buf = io.BytesIO()
-    fig.savefig(buf, format=_format_for(path, params.pop("format", None)), **params)
+    fig.savefig(buf, format=_format_for(path, params.pop('format', None)), **params)
     return write_bytes(path, buf.getvalue(), parents=parents)
 
 
@@ -164,13 +164,13 @@ def configure_remote() -> None:
     import fsspec.config
 
     conf = fsspec.config.conf
-    if not any("use_listings_cache" in conf.get(p, {}) for p in ("gs", "gcs")):
-        conf.setdefault("gs", {})["use_listings_cache"] = False
+    if not any('use_listings_cache' in conf.get(p, {}) for p in ('gs', 'gcs')):
+        conf.setdefault('gs', {})['use_listings_cache'] = False
 
 
 def lock_dir() -> str:
     """Where :func:`locked` keeps the lock files of remote paths (this host only)."""
-    return os.path.join(tempfile.gettempdir(), f"research-locks-{os.getuid()}")
+    return os.path.join(tempfile.gettempdir(), f'research-locks-{os.getuid()}')
 
 
 @contextlib.contextmanager
@@ -181,11 +181,11 @@ def locked(path: Any) -> Iterator[None]:
     text = os.fspath(path)
     if is_remote(text):
         os.makedirs(lock_dir(), exist_ok=True)
-        lock_path = os.path.join(lock_dir(), hashlib.sha256(text.encode()).hexdigest()[:32] + ".lock")
+        lock_path = os.path.join(lock_dir(), hashlib.sha256(text.encode()).hexdigest()[:32] + '.lock')
     else:
         os.makedirs(os.path.dirname(os.path.abspath(text)), exist_ok=True)
-        lock_path = text + ".lock"
-    with open(lock_path, "a") as lock:
+        lock_path = text + '.lock'
+    with open(lock_path, 'a') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

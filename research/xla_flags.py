@@ -16,13 +16,13 @@ import importlib.util
 import logging
 import os
 
-PASS = "cse_barrier_expander"
+PASS = 'cse_barrier_expander'
 _ACCELERATOR_PLUGINS = (
-    "jax_cuda12_plugin",
-    "jax_cuda13_plugin",
-    "jax_rocm60_plugin",
-    "jax_rocm7_plugin",
-    "libtpu",
+    'jax_cuda12_plugin',
+    'jax_cuda13_plugin',
+    'jax_rocm60_plugin',
+    'jax_rocm7_plugin',
+    'libtpu',
 )
 
 
@@ -34,12 +34,12 @@ def with_disabled_pass(flags: str, name: str = PASS) -> str:
     """``flags`` (an XLA_FLAGS string) with pass ``name`` added to ``--xla_disable_hlo_passes``."""
     parts = flags.split()
     for i, p in enumerate(parts):
-        if p.startswith("--xla_disable_hlo_passes="):
-            passes = [q for q in p.split("=", 1)[1].split(",") if q]
+        if p.startswith('--xla_disable_hlo_passes='):
+            passes = [q for q in p.split('=', 1)[1].split(',') if q]
             if name not in passes:
-                parts[i] = "--xla_disable_hlo_passes=" + ",".join(passes + [name])
-            return " ".join(parts)
-    return " ".join(parts + [f"--xla_disable_hlo_passes={name}"])
+                parts[i] = '--xla_disable_hlo_passes=' + ','.join(passes + [name])
+            return ' '.join(parts)
+    return ' '.join(parts + [f'--xla_disable_hlo_passes={name}'])
 
 
 def backend_started() -> bool:
@@ -55,24 +55,24 @@ def backend_started() -> bool:
 
 def _cpu_forced() -> bool:
     """``JAX_PLATFORMS`` names the CPU only: the process runs on the CPU whatever plugin is installed."""
-    platforms = [p.strip() for p in os.environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
-    return platforms == ["cpu"]
+    platforms = [p.strip() for p in os.environ.get('JAX_PLATFORMS', '').split(',') if p.strip()]
+    return platforms == ['cpu']
 
 
 def apply() -> bool:
     """Adds the project's flags to ``XLA_FLAGS``; returns whether they are in effect for this process."""
-    if os.environ.get("RESEARCH_XLA_FLAGS", "1") == "0" or (_accelerator_installed() and not _cpu_forced()):
+    if os.environ.get('RESEARCH_XLA_FLAGS', '1') == '0' or (_accelerator_installed() and not _cpu_forced()):
         return False
-    flags = os.environ.get("XLA_FLAGS", "")
+    flags = os.environ.get('XLA_FLAGS', '')
     new = with_disabled_pass(flags)
     if new == flags:
         return True
     if backend_started():
         logging.getLogger(__name__).warning(
-            "a JAX backend started before `import research`: XLA flag --xla_disable_hlo_passes=%s not "
-            "applied, deep residual nets train slower on CPU (import research first)",
+            'a JAX backend started before `import research`: XLA flag --xla_disable_hlo_passes=%s not '
+            'applied, deep residual nets train slower on CPU (import research first)',
             PASS,
         )
         return False
-    os.environ["XLA_FLAGS"] = new
+    os.environ['XLA_FLAGS'] = new
     return True

@@ -25,29 +25,29 @@ import fsspec
 from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-ROOT_ENV = "FAKE_GCS_ROOT"
+ROOT_ENV = 'FAKE_GCS_ROOT'
 
 
 def local_path(url: str) -> str:
     """Where ``gs://bucket/key`` lives on the local disk."""
     url = os.fspath(url)
-    if not url.startswith("gs://"):
-        raise ValueError(f"not a gs:// path: {url!r}")
-    return os.path.join(os.environ[ROOT_ENV], url[len("gs://") :])
+    if not url.startswith('gs://'):
+        raise ValueError(f'not a gs:// path: {url!r}')
+    return os.path.join(os.environ[ROOT_ENV], url[len('gs://') :])
 
 
 class FakeGCSFileSystem(DirFileSystem):
     """fsspec ``gs://`` over a local folder (``$FAKE_GCS_ROOT``), without append."""
 
-    protocol = ("gs", "gcs")
+    protocol = ('gs', 'gcs')
 
     def __init__(self, *args, **kwargs):
-        kwargs.pop("finalize_on_close", None)  # epath passes gcsfs's option
+        kwargs.pop('finalize_on_close', None)  # epath passes gcsfs's option
         super().__init__(path=os.environ[ROOT_ENV], fs=LocalFileSystem(auto_mkdir=True))
 
     def _join(self, path):
-        if isinstance(path, str) and not self._strip_protocol(path).strip("/"):
-            raise ValueError(f"{path!r} names no bucket")  # gs:// alone is no path (gcsfs lists buckets)
+        if isinstance(path, str) and not self._strip_protocol(path).strip('/'):
+            raise ValueError(f'{path!r} names no bucket')  # gs:// alone is no path (gcsfs lists buckets)
         return super()._join(path)
 
     # Like gcsfs: folders are name prefixes, made by writing an object under them; creating one is a
@@ -58,10 +58,10 @@ class FakeGCSFileSystem(DirFileSystem):
     def makedirs(self, path, exist_ok=False):
         pass
 
-    def open(self, path, mode="rb", *args, **kwargs):
-        if "a" in mode or "+" in mode:
+    def open(self, path, mode='rb', *args, **kwargs):
+        if 'a' in mode or '+' in mode:
             raise NotImplementedError(
-                f"GCS objects cannot be appended to or updated in place: {path} ({mode=})"
+                f'GCS objects cannot be appended to or updated in place: {path} ({mode=})'
             )
         return super().open(path, mode, *args, **kwargs)
 
@@ -69,14 +69,14 @@ class FakeGCSFileSystem(DirFileSystem):
 def install(root: str) -> None:
     """Routes ``gs://`` to ``root`` in this process (see the module docstring)."""
     os.environ[ROOT_ENV] = os.path.abspath(root)
-    os.environ["EPATH_USE_TF"] = "false"
-    fsspec.register_implementation("gs", FakeGCSFileSystem, clobber=True)
-    fsspec.register_implementation("gcs", FakeGCSFileSystem, clobber=True)
+    os.environ['EPATH_USE_TF'] = 'false'
+    fsspec.register_implementation('gs', FakeGCSFileSystem, clobber=True)
+    fsspec.register_implementation('gcs', FakeGCSFileSystem, clobber=True)
 
     from orbax.checkpoint._src.path import gcs_utils
 
     def kvstore_for_gcs(ckpt_path: str) -> dict:
-        return {"driver": "file", "path": local_path(ckpt_path)}
+        return {'driver': 'file', 'path': local_path(ckpt_path)}
 
     gcs_utils.get_kvstore_for_gcs = kvstore_for_gcs
     gcs_utils.is_hierarchical_namespace_enabled = lambda path: False
@@ -87,7 +87,7 @@ def install(root: str) -> None:
         class Mapped(cls):
             def __init__(self, path, *args, **kwargs):
                 path = os.fspath(path)
-                if path.startswith("gs://"):
+                if path.startswith('gs://'):
                     path = local_path(path)
                     if writer:  # an object store needs no folder before an object is written
                         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -19,8 +19,10 @@ from torchvision.transforms import InterpolationMode
 @pytest.fixture(scope='module')
 def images():
     photos = cifar_photos(3)
-    rgb = [Image.open(io.BytesIO(large_jpeg(p, s, seed=i))).convert('RGB')
-           for i, (p, s) in enumerate(zip(photos, [(224, 224), (180, 120), (97, 131)]))]  # fmt: skip
+    rgb = [
+        Image.open(io.BytesIO(large_jpeg(p, s, seed=i))).convert('RGB')
+        for i, (p, s) in enumerate(zip(photos, [(224, 224), (180, 120), (97, 131)]))
+    ]
     return rgb + [rgb[1].convert('L')]
 
 

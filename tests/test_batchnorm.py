@@ -113,8 +113,12 @@ def test_biased_knob_keeps_flax_rule_bit_for_bit():
     v = flax_bn.init(jax.random.key(0), x)
     want = flax_bn.apply(v, x, mutable=['batch_stats'])
     for ours in (BatchNorm(unbiased_running_var=False), bind_norm('batch_biased', True)()):
-        got = ours.apply(v, x, use_running_average=None if ours.use_running_average is not None else False,
-                         mutable=['batch_stats'])  # fmt: skip
+        got = ours.apply(
+            v,
+            x,
+            use_running_average=None if ours.use_running_average is not None else False,
+            mutable=['batch_stats'],
+        )
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
             np.testing.assert_array_equal(a, b)
     # and the default differs from it by the factor n/(n-1) = 36/35 on the update
@@ -239,8 +243,11 @@ def test_global_batch_ghost_groups_and_axis_name_on_8_devices(tmp_path):
     script.write_text(_EIGHT)
     r = subprocess.run(
         [sys.executable, str(script), str(REPO), json.dumps(v), json.dumps(x.tolist())],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     whole = copy.deepcopy(tbn).train()

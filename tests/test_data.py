@@ -553,7 +553,7 @@ def test_unknown_split(digits_dir):
     assert "'validation'" in str(e.value)
     assert "'test'" in str(e.value) and "'train'" in str(e.value)
     cfg.train_split = 'bogus'
-    with pytest.raises(ValueError, match="bogus"):
+    with pytest.raises(ValueError, match='bogus'):
         rd.get_dataset_info(cfg)
 
 
@@ -709,11 +709,21 @@ def test_launch_with_a_bad_split_prints_one_line(tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run(
-        [sys.executable, 'launch.py', '--config=experiments/classification/lenet5_digits.py',
-         "--config.data.train_split=train[:200%]", f'--config.data.data_dir={tmp_path / "tfds"}',
-         f'--workdir={tmp_path / "run"}', '--progress=false'],
-        cwd=repo, capture_output=True, text=True, timeout=300, env={**os.environ, 'PYTHONPATH': str(repo)},
-    )  # fmt: skip
+        [
+            sys.executable,
+            'launch.py',
+            '--config=experiments/classification/lenet5_digits.py',
+            '--config.data.train_split=train[:200%]',
+            f'--config.data.data_dir={tmp_path / "tfds"}',
+            f'--workdir={tmp_path / "run"}',
+            '--progress=false',
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, 'PYTHONPATH': str(repo)},
+    )
     assert out.returncode != 0 and 'Traceback' not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert "data.train_split='train[:200%]'" in last and 'percent slice boundaries' in last

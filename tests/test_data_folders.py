@@ -81,10 +81,20 @@ def test_missing_folder_is_one_line_naming_the_key_the_variable_and_the_command(
 def test_launch_with_a_missing_folder_prints_one_line(tmp_path):
     env = {**os.environ, 'RESEARCH_DATA_DIR': str(tmp_path / 'nothing_here'), 'PYTHONPATH': str(REPO)}
     out = subprocess.run(
-        [sys.executable, 'launch.py', '--config=experiments/classification/resnet_cifar.py:depth=20,folder',
-         f'--workdir={tmp_path / "run"}', f'--config.data.data_dir={tmp_path / "tfds"}', '--progress=false'],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            'launch.py',
+            '--config=experiments/classification/resnet_cifar.py:depth=20,folder',
+            f'--workdir={tmp_path / "run"}',
+            f'--config.data.data_dir={tmp_path / "tfds"}',
+            '--progress=false',
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 1 and 'Traceback' not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("launch.py: FileNotFoundError: data.path='$RESEARCH_DATA_DIR/cifar10-jpg.tgz'")

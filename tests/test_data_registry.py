@@ -47,8 +47,16 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
 def test_generic_data_modules_import_no_task_package():
     """research/data/** imports neither research.segmentation / research.detection nor any higher layer,
     at module or function level (the datasets <-> segmentation/detection cycle of issue 22 is gone)."""
-    upward = ('research.segmentation', 'research.detection', 'research.train', 'research.tasks',
-              'research.generative', 'research.cli', 'research.experiments', 'research.models')  # fmt: skip
+    upward = (
+        'research.segmentation',
+        'research.detection',
+        'research.train',
+        'research.tasks',
+        'research.generative',
+        'research.cli',
+        'research.experiments',
+        'research.models',
+    )
     found = []
     for path in sorted((REPO / 'research' / 'data').rglob('*.py')):
         for module, _ in _imports(path):
@@ -58,10 +66,18 @@ def test_generic_data_modules_import_no_task_package():
 
 
 def test_importing_the_data_package_registers_every_builder_in_a_fresh_process():
-    code = 'import research.data.datasets as d; print(",".join(d.OFFLINE_BUILDERS)); import sys; ' \
-           'print(sorted(m for m in sys.modules if m.startswith(("research.segmentation", "research.detection"))))'  # fmt: skip
-    out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, check=True,
-                         env={**os.environ, 'PYTHONPATH': str(REPO)}).stdout.split('\n')  # fmt: skip
+    code = (
+        'import research.data.datasets as d; print(",".join(d.OFFLINE_BUILDERS)); import sys; '
+        'print(sorted(m for m in sys.modules if m.startswith(("research.segmentation", "research.detection"))))'
+    )
+    out = subprocess.run(
+        [sys.executable, '-c', code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, 'PYTHONPATH': str(REPO)},
+    ).stdout.split('\n')
     assert out[0] == 'digits,image_folder,mnist_seg,shapes_seg,mnist_det,voc_seg'
     assert out[1] == '[]'  # no task package loaded by the generic data module
 

@@ -10,12 +10,21 @@ from research.config import validate_config
 from research.experiments.sweep import load_config_module
 
 CASES = [
-    ('retinanet_mnist', 'quick'), ('retinanet_mnist', ''), ('retinanet_mnist', 'quick,sweep=anchors'),
-    ('faster_rcnn_mnist', 'quick'), ('faster_rcnn_mnist', 'quick,mask'), ('faster_rcnn_mnist', 'quick,fpn=false'),
-    ('ssd_mnist', 'quick'), ('ssd_mnist', ''), ('yolo_mnist', 'quick'),
-    ('rcnn_mnist', 'quick,model=rcnn'), ('rcnn_mnist', 'quick,model=sppnet'), ('rcnn_mnist', 'quick'),
-    ('compare_mnist', 'quick'), ('compare_mnist', 'quick,sweep=stages'),
-]  # fmt: skip
+    ('retinanet_mnist', 'quick'),
+    ('retinanet_mnist', ''),
+    ('retinanet_mnist', 'quick,sweep=anchors'),
+    ('faster_rcnn_mnist', 'quick'),
+    ('faster_rcnn_mnist', 'quick,mask'),
+    ('faster_rcnn_mnist', 'quick,fpn=false'),
+    ('ssd_mnist', 'quick'),
+    ('ssd_mnist', ''),
+    ('yolo_mnist', 'quick'),
+    ('rcnn_mnist', 'quick,model=rcnn'),
+    ('rcnn_mnist', 'quick,model=sppnet'),
+    ('rcnn_mnist', 'quick'),
+    ('compare_mnist', 'quick'),
+    ('compare_mnist', 'quick,sweep=stages'),
+]
 
 
 def _init_shapes(c):

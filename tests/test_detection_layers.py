@@ -32,8 +32,12 @@ def test_sigmoid_focal_loss_matches_torchvision(alpha, gamma):
     ref = tv_ops.sigmoid_focal_loss(
         torch.tensor(logits), torch.tensor(targets), alpha, gamma, reduction='none'
     )
-    np.testing.assert_allclose(sigmoid_focal_loss(jnp.asarray(logits), jnp.asarray(targets), alpha, gamma),
-                               ref.numpy(), rtol=1e-5, atol=1e-7)  # fmt: skip
+    np.testing.assert_allclose(
+        sigmoid_focal_loss(jnp.asarray(logits), jnp.asarray(targets), alpha, gamma),
+        ref.numpy(),
+        rtol=1e-5,
+        atol=1e-7,
+    )
     # Hand check: p = sigmoid(0) = 0.5 on a positive, alpha 0.25, gamma 2: 0.25 * 0.25 * log 2.
     assert float(sigmoid_focal_loss(jnp.zeros(1), jnp.ones(1))[0]) == pytest.approx(0.25 * 0.25 * np.log(2))
 
@@ -79,8 +83,10 @@ def test_fpn_matches_torchvision(extra, source):
     for p in tfpn.parameters():
         torch.nn.init.normal_(p, std=0.1)
     sizes = [(17, 21), (9, 11), (5, 6)]  # odd sizes: nearest upsampling to the lateral's size
-    xs = [np.random.default_rng(i).normal(size=(2, h, w, c)).astype(np.float32) for i, ((h, w), c) in
-          enumerate(zip(sizes, chans))]  # fmt: skip
+    xs = [
+        np.random.default_rng(i).normal(size=(2, h, w, c)).astype(np.float32)
+        for i, ((h, w), c) in enumerate(zip(sizes, chans))
+    ]
     with torch.no_grad():
         ref = tfpn({str(i): torch.tensor(x).permute(0, 3, 1, 2) for i, x in enumerate(xs)})
     model = FeaturePyramidNetwork(out, min_level=3, extra=extra, p6p7_from=source)
@@ -91,8 +97,10 @@ def test_fpn_matches_torchvision(extra, source):
     names.update({'p6': 'extra_blocks.p6', 'p7': 'extra_blocks.p7'})
     for ours, theirs in names.items():
         if f'{theirs}.weight' in sd:
-            params[ours] = {'kernel': jnp.asarray(sd[f'{theirs}.weight'].permute(2, 3, 1, 0).numpy()),
-                            'bias': jnp.asarray(sd[f'{theirs}.bias'].numpy())}  # fmt: skip
+            params[ours] = {
+                'kernel': jnp.asarray(sd[f'{theirs}.weight'].permute(2, 3, 1, 0).numpy()),
+                'bias': jnp.asarray(sd[f'{theirs}.bias'].numpy()),
+            }
     abstract = jax.eval_shape(model.init, jax.random.key(0), xs)
     assert jax.tree.map(jnp.shape, abstract['params']) == jax.tree.map(jnp.shape, params)
     got = model.apply({'params': params}, xs)
@@ -112,8 +120,14 @@ def test_select_detections_matches_torchvision_postprocess():
     wh = rng.uniform(5, 40, size=(n, 2))
     boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
     scores = rng.uniform(size=(n, k)).astype(np.float32)
-    out = select_detections(jnp.asarray(boxes), jnp.asarray(scores), image_size=(100, 90), score_threshold=0.3,
-                            iou_threshold=0.5, max_detections=25)  # fmt: skip
+    out = select_detections(
+        jnp.asarray(boxes),
+        jnp.asarray(scores),
+        image_size=(100, 90),
+        score_threshold=0.3,
+        iou_threshold=0.5,
+        max_detections=25,
+    )
     tb = torch.tensor(boxes)
     tb = torch.stack(
         [tb[:, 0].clamp(0, 90), tb[:, 1].clamp(0, 100), tb[:, 2].clamp(0, 90), tb[:, 3].clamp(0, 100)], 1

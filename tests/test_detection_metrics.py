@@ -42,10 +42,13 @@ def test_perfect_predictions_score_one():
 
 def test_one_false_positive_at_rank_two():
     gt = [_gt()[0]]
-    pred = [{
-        'boxes': np.array([[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 40, 40]], np.float32),
-        'scores': np.array([0.9, 0.8, 0.7]), 'labels': np.array([1, 1, 1]),
-    }]  # fmt: skip
+    pred = [
+        {
+            'boxes': np.array([[0, 0, 10, 10], [50, 50, 60, 60], [20, 20, 40, 40]], np.float32),
+            'scores': np.array([0.9, 0.8, 0.7]),
+            'labels': np.array([1, 1, 1]),
+        }
+    ]
     assert voc_evaluate(pred, gt)['map'] == pytest.approx(0.5 + 0.5 * 2 / 3)
     assert voc_evaluate(pred, gt, use_07_metric=True)['map'] == pytest.approx((6 + 5 * 2 / 3) / 11)
     # COCO: 101 recall points, 51 (r <= 0.5) at precision 1, 50 at 2/3; exact boxes -> every IoU threshold.
@@ -60,10 +63,13 @@ def test_one_false_positive_at_rank_two():
 def test_localisation_duplicates_difficult_and_classes():
     gt = _gt()
     pred = [
-        {'boxes': np.array([[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 40, 34]], np.float32),
-         'scores': np.array([0.9, 0.8, 0.7]), 'labels': np.array([1, 1, 1])},  # duplicate; IoU 0.7 box
+        {
+            'boxes': np.array([[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 40, 34]], np.float32),
+            'scores': np.array([0.9, 0.8, 0.7]),
+            'labels': np.array([1, 1, 1]),
+        },  # duplicate; IoU 0.7 box
         {'boxes': np.array([[5, 5, 25, 30]], np.float32), 'scores': np.array([0.6]), 'labels': np.array([3])},
-    ]  # fmt: skip
+    ]
     m = voc_evaluate(pred, gt)
     assert m['ap/1'] == pytest.approx(0.5 + 0.5 * 2 / 3)  # TP, FP (duplicate), TP
     assert m['ap/2'] == 0.0 and np.isnan(m['ap/3'])  # class 2 missed; class 3 has no ground truth
@@ -166,8 +172,18 @@ def test_evaluator_masks_skip_padding_and_are_rle():
     pred_masks[1, 0] = False  # example 1: the right box, a wrong mask (IoU 0)
     pred_masks[1, 0, 0:5, 0:5] = True
     gt_masks[2, 0] = 0  # example 2 (padding): would be a mask false positive and a miss, if it counted
-    ev.add(boxes, scores, labels, valid, boxes, labels, valid, np.array([True, True, False]),
-           pred_masks=pred_masks, gt_masks=gt_masks)  # fmt: skip
+    ev.add(
+        boxes,
+        scores,
+        labels,
+        valid,
+        boxes,
+        labels,
+        valid,
+        np.array([True, True, False]),
+        pred_masks=pred_masks,
+        gt_masks=gt_masks,
+    )
     assert ev.has_masks and len(ev.predictions) == len(ev.ground_truth) == 2
     assert all(isinstance(r, dict) and 'counts' in r for p in ev.predictions for r in p['masks'])
     assert [len(p['masks']) for p in ev.predictions] == [1, 1]  # valid detections only
@@ -178,7 +194,16 @@ def test_evaluator_masks_skip_padding_and_are_rle():
     with pytest.raises(ValueError, match='masks'):  # masks in every batch once given
         ev.add(boxes, scores, labels, valid, boxes, labels, valid)
     with pytest.raises(TypeError, match='threshold'):
-        DetectionEvaluator().add(boxes, scores, labels, valid, boxes, labels, valid,
-                                 pred_masks=pred_masks.astype(np.float32), gt_masks=gt_masks)  # fmt: skip
+        DetectionEvaluator().add(
+            boxes,
+            scores,
+            labels,
+            valid,
+            boxes,
+            labels,
+            valid,
+            pred_masks=pred_masks.astype(np.float32),
+            gt_masks=gt_masks,
+        )
     with pytest.raises(ValueError, match='segm'):
         DetectionEvaluator().coco(iou_type='segm')

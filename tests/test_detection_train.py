@@ -91,8 +91,19 @@ def _task_config(tmp_path, model='toy_detector'):
     c.data.name = 'mnist_det'
     c.data.data_dir = str(tmp_path / 'tfds')
     c.data.path = str(_write_digit_folder(tmp_path / 'digits'))
-    c.det.update(canvas_size=32, num_train=8, num_test=7, min_objects=1, max_objects=3, min_scale=0.5,
-                 max_scale=0.8, latency_images=2, viz_examples=3, max_proposals=5, proposals='sliding_window')  # fmt: skip
+    c.det.update(
+        canvas_size=32,
+        num_train=8,
+        num_test=7,
+        min_objects=1,
+        max_objects=3,
+        min_scale=0.5,
+        max_scale=0.8,
+        latency_images=2,
+        viz_examples=3,
+        max_proposals=5,
+        proposals='sliding_window',
+    )
     c.model.name = model
     c.optimizer.name = 'adam'
     c.optimizer.lr = 1e-2
@@ -191,9 +202,16 @@ def test_detection_proposals_plumbing(tmp_path, toy_registered, monkeypatch):
         boxes = np.arange(n, dtype=np.float32)[:, None, None] + np.zeros((n, max_proposals, 4), np.float32)
         return boxes, np.ones((n, max_proposals), bool)
 
-    monkeypatch.setattr(det_task.Detection, '_get_proposals',
-                        lambda self, split: fake(self.builder, split, method=str(self.config.det.proposals),
-                                                 max_proposals=int(self.config.det.max_proposals)))  # fmt: skip
+    monkeypatch.setattr(
+        det_task.Detection,
+        '_get_proposals',
+        lambda self, split: fake(
+            self.builder,
+            split,
+            method=str(self.config.det.proposals),
+            max_proposals=int(self.config.det.max_proposals),
+        ),
+    )
     c = _task_config(tmp_path, 'toy_proposal_detector')
     tr = tasks.trainer(c)
     assert sorted(calls) == [('test', 'sliding_window', 5), ('train', 'sliding_window', 5)]
@@ -224,8 +242,16 @@ def test_detection_bad_inputs(tmp_path, toy_registered):
 def test_ledger_detection_metrics(tmp_path):
     from research.experiments import ledger
 
-    final = {'map50': 0.5, 'map50_11pt': 0.48, 'coco_ap': 0.3, 'coco_ap50': 0.55, 'latency_ms': 12.5,
-             'eval_images_per_sec': 80.0, 'mask_ap': 0.25, 'mask_ap50': 0.5}  # fmt: skip
+    final = {
+        'map50': 0.5,
+        'map50_11pt': 0.48,
+        'coco_ap': 0.3,
+        'coco_ap50': 0.55,
+        'latency_ms': 12.5,
+        'eval_images_per_sec': 80.0,
+        'mask_ap': 0.25,
+        'mask_ap50': 0.5,
+    }
     (tmp_path / 'summary.json').write_text(json.dumps({'task': 'detection', 'final': {'test': final}}))
     rows = [
         {'split': 'train', 'step': 1, 'loss': 1.5, 'loss_cls': 1.0, 'loss_box': 0.5},
@@ -332,5 +358,5 @@ def test_detection_on_a_tfds_dataset_by_name(tmp_path, toy_registered):
     assert summary['complete'] and summary['dataset'] == 'fake_voc_det'
     assert summary['final']['test']['count'] == 6
     c.data.name = 'no_such_detection_set'
-    with pytest.raises(ValueError, match="no_such_detection_set"):
+    with pytest.raises(ValueError, match='no_such_detection_set'):
         det_data.get_det_builder(c.data, c.det)

@@ -77,9 +77,26 @@ def links(path: Path) -> list[str]:
 
 def test_the_docs_exist_and_the_readme_is_short():
     names = {_rel(p) for p in doc_files()}
-    for page in ('getting-started', 'configs', 'pipeline', 'models', 'models-guide', 'torchvision', 'layers',
-                 'training', 'multi-device', 'sweeps', 'segmentation', 'detection', 'generative',
-                 'visual-tools', 'performance', 'results', 'contributing', 'index'):  # fmt: skip
+    for page in (
+        'getting-started',
+        'configs',
+        'pipeline',
+        'models',
+        'models-guide',
+        'torchvision',
+        'layers',
+        'training',
+        'multi-device',
+        'sweeps',
+        'segmentation',
+        'detection',
+        'generative',
+        'visual-tools',
+        'performance',
+        'results',
+        'contributing',
+        'index',
+    ):
         assert f'docs/{page}.md' in names, page
     assert len((ROOT / 'README.md').read_text().splitlines()) <= 250
     assert (ROOT / 'LICENSE').read_text().count('Apache License') >= 1
@@ -90,8 +107,10 @@ def test_readme_set_up_commands_are_the_main_job_and_ci_s_test_command():
     ci = (ROOT / '.ci' / 'run').read_text().splitlines()
     test_line = next(line for line in ci if 'pytest' in line and not line.startswith('#'))
     assert f'```bash\n{test_line}\n```' in readme
-    main_job = ('python3 -m venv .venv && . .venv/bin/activate && pip install -e . && '
-                'python launch.py --config=experiments/classification/lenet5_digits.py')  # fmt: skip
+    main_job = (
+        'python3 -m venv .venv && . .venv/bin/activate && pip install -e . && '
+        'python launch.py --config=experiments/classification/lenet5_digits.py'
+    )
     assert f'```bash\n{main_job}\n```' in readme
     assert 'mkdocs build --strict' in (ROOT / '.ci' / 'run').read_text()
 
@@ -191,7 +210,11 @@ def _split_shell(line: str) -> list[str]:
             quote = None if ch == quote else quote
         elif ch in '\'"':
             quote = ch
-        elif line.startswith('&&', i) or (ch == ';' and (i == 0 or line[i - 1] != '\\')) or line.startswith(' & ', i):
+        elif (
+            line.startswith('&&', i)
+            or (ch == ';' and (i == 0 or line[i - 1] != '\\'))
+            or line.startswith(' & ', i)
+        ):
             parts.append(''.join(cur))
             cur = []
             i += 2 if line.startswith('&&', i) else (3 if line.startswith(' & ', i) else 1)
@@ -310,12 +333,17 @@ def test_a_broken_command_is_caught(tmp_path, monkeypatch):
     with pytest.raises(Exception, match='detph'):
         check_launch_command(tokens, tmp_path)
     tokens = _tokens(
-        "python launch.py --config=experiments/classification/lenet5_digits.py --config.model.depht=3"
+        'python launch.py --config=experiments/classification/lenet5_digits.py --config.model.depht=3'
     )
     with pytest.raises(Exception):
         check_launch_command(tokens, tmp_path)
-    assert check_launch_command(_tokens('python launch.py --config=experiments/ablations/resnet_degradation.py:quick '
-                                        '--dry_run --sweep_only=model.depth=20'), tmp_path).startswith('sweep of ')  # fmt: skip
+    assert check_launch_command(
+        _tokens(
+            'python launch.py --config=experiments/ablations/resnet_degradation.py:quick '
+            '--dry_run --sweep_only=model.depth=20'
+        ),
+        tmp_path,
+    ).startswith('sweep of ')
 
 
 # ---------------------------------------------------------------------------------------------------------

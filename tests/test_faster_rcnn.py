@@ -65,17 +65,28 @@ def _targets(b=2):
 
 
 _SMALL = dict(
-    width=8, stem_width=8, fpn_channels=16, representation_size=32, rpn_pre_nms_top_n_train=64,
-    rpn_pre_nms_top_n_test=32, rpn_post_nms_top_n_train=64, rpn_post_nms_top_n_test=32,
-    box_batch_size_per_image=32, box_detections_per_img=10, box_pre_nms_top_k=64,
-)  # fmt: skip
+    width=8,
+    stem_width=8,
+    fpn_channels=16,
+    representation_size=32,
+    rpn_pre_nms_top_n_train=64,
+    rpn_pre_nms_top_n_test=32,
+    rpn_post_nms_top_n_train=64,
+    rpn_post_nms_top_n_test=32,
+    box_batch_size_per_image=32,
+    box_detections_per_img=10,
+    box_pre_nms_top_k=64,
+)
 
 
-@pytest.mark.parametrize('name, kw', [
-    ('fasterrcnn_resnet18_fpn', {}),
-    ('fasterrcnn_resnet18_fpn', dict(fpn=False, anchor_sizes=((32, 64, 96),))),
-    ('maskrcnn_resnet18_fpn', dict(mask_layers=(16, 16), mask_dim_reduced=16)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    'name, kw',
+    [
+        ('fasterrcnn_resnet18_fpn', {}),
+        ('fasterrcnn_resnet18_fpn', dict(fpn=False, anchor_sizes=((32, 64, 96),))),
+        ('maskrcnn_resnet18_fpn', dict(mask_layers=(16, 16), mask_dim_reduced=16)),
+    ],
+)
 def test_train_and_eval_contract(name, kw):
     model = models.create(name, **{**_SMALL, **kw})
     b, s = 2, 64
@@ -112,9 +123,16 @@ def test_train_and_eval_contract(name, kw):
 def _tv_rpn(pre, post, batch=256, frac=0.5):
     gen = AnchorGenerator(((16,), (32,), (64,)), ((0.5, 1.0, 2.0),) * 3)
     return RegionProposalNetwork(
-        gen, RPNHead(4, 3), 0.7, 0.3, batch, frac, dict(training=pre, testing=pre),
-        dict(training=post, testing=post), 0.7,
-    ).eval()  # fmt: skip
+        gen,
+        RPNHead(4, 3),
+        0.7,
+        0.3,
+        batch,
+        frac,
+        dict(training=pre, testing=pre),
+        dict(training=post, testing=post),
+        0.7,
+    ).eval()
 
 
 def test_generate_proposals_matches_torchvision_filter_proposals():
@@ -138,8 +156,11 @@ def test_generate_proposals_matches_torchvision_filter_proposals():
     out = rpn_lib.generate_proposals(
         [jnp.asarray(o) for o in np.split(obj, split, 1)],
         [jnp.asarray(d) for d in np.split(deltas, split, 1)],
-        [jnp.asarray(a) for a in anchors], img, pre_nms_top_n=150, post_nms_top_n=60,
-    )  # fmt: skip
+        [jnp.asarray(a) for a in anchors],
+        img,
+        pre_nms_top_n=150,
+        post_nms_top_n=60,
+    )
     for i in range(2):
         n = int(out['valid'][i].sum())
         assert n == len(ref_scores[i]) > 20
@@ -169,9 +190,15 @@ def test_rpn_loss_matches_torchvision_when_everything_is_sampled():
         torch.from_numpy(obj.reshape(-1, 1)), torch.from_numpy(deltas.reshape(-1, 4)), labels, reg_t
     )
     jo, jb = rpn_lib.rpn_loss(
-        jax.random.PRNGKey(0), jnp.asarray(obj), jnp.asarray(deltas), jnp.asarray(anchors), jnp.asarray(gt),
-        jnp.asarray(gv), batch_size_per_image=10 * n, positive_fraction=1.0,
-    )  # fmt: skip
+        jax.random.PRNGKey(0),
+        jnp.asarray(obj),
+        jnp.asarray(deltas),
+        jnp.asarray(anchors),
+        jnp.asarray(gt),
+        jnp.asarray(gv),
+        batch_size_per_image=10 * n,
+        positive_fraction=1.0,
+    )
     np.testing.assert_allclose(float(jo), lo.item(), rtol=1e-5)
     np.testing.assert_allclose(float(jb), lb.item(), rtol=1e-5)
     assert lb.item() > 0
@@ -193,10 +220,16 @@ def test_paste_masks_matches_torchvision():
     rng = np.random.default_rng(3)
     masks = rng.uniform(size=(6, 28, 28)).astype(np.float32)
     boxes = np.array(
-        [[3.3, 4.7, 40.2, 30.9], [-5, -3, 20, 25], [50, 40, 90, 70], [10, 10, 10.4, 11], [0, 0, 80, 60],
-         [30.5, 2, 33, 59]],
+        [
+            [3.3, 4.7, 40.2, 30.9],
+            [-5, -3, 20, 25],
+            [50, 40, 90, 70],
+            [10, 10, 10.4, 11],
+            [0, 0, 80, 60],
+            [30.5, 2, 33, 59],
+        ],
         np.float32,
-    )  # fmt: skip
+    )
     ref = tv_roi_heads.paste_masks_in_image(
         torch.from_numpy(masks[:, None]), torch.from_numpy(boxes), (60, 80), 1
     )

@@ -20,7 +20,7 @@ from research.viz.images import make_grid
 
 def _key(seed):
     """RBG keys: XLA's RngBitGenerator compiles far faster on CPU than threefry (init dominates here)."""
-    return jax.random.key(seed, impl="rbg")
+    return jax.random.key(seed, impl='rbg')
 
 
 # --------------------------------------------------------------------------- losses
@@ -84,13 +84,13 @@ def test_generator_and_discriminator_shapes_and_range():
     x = jax.jit(dcgan.generate)(state, z)
     assert x.shape == (5, 28, 28, 1)
     assert float(jnp.max(jnp.abs(x))) <= 1.0
-    logits = jax.jit(state.discriminator.apply)({"params": state.d_params, "batch_stats": state.d_stats}, x)
+    logits = jax.jit(state.discriminator.apply)({'params': state.d_params, 'batch_stats': state.d_stats}, x)
     assert logits.shape == (5,)
     # 32x32 RGB as the paper's nets: base 4, three x2 stages (shapes only).
     g = dcgan.Generator(image_size=32, channels=3, base_size=4, width=4)
     out = jax.eval_shape(lambda z: g.apply(g.init(_key(0), z), z), jnp.zeros((2, 8)))
     assert out.shape == (2, 32, 32, 3)
-    with pytest.raises(ValueError, match="power of two"):
+    with pytest.raises(ValueError, match='power of two'):
         jax.eval_shape(lambda: dcgan.Generator(image_size=30, base_size=7).init(_key(0), jnp.zeros((1, 8))))
 
 
@@ -106,8 +106,8 @@ def test_jitted_gan_step_updates_both_nets_with_finite_losses():
     gs0, ds0 = jax.device_get(state.g_stats), jax.device_get(state.d_stats)
     real = jax.random.uniform(_key(4), (6, 28, 28, 1), minval=-1, maxval=1)
     step = jax.jit(dcgan.gan_train_step, donate_argnums=0)
-    state, metrics = step(state, {"image": real}, _key(5))
-    for k in ("d_loss", "g_loss", "d_real", "d_fake"):
+    state, metrics = step(state, {'image': real}, _key(5))
+    for k in ('d_loss', 'g_loss', 'd_real', 'd_fake'):
         assert np.isfinite(float(metrics[k])), k
     assert not _leaves_equal(g0, state.g_params)
     assert not _leaves_equal(d0, state.d_params)
@@ -144,19 +144,19 @@ def test_d_step_leaves_g_unchanged_and_g_step_leaves_d_unchanged():
         return dcgan.bce_real(logits), dcgan.bce_real(rl) + dcgan.bce_fake(fl)
 
     g_loss, d_loss = by_hand(state, after_d)
-    np.testing.assert_allclose(float(m2["g_loss"]), float(g_loss), rtol=1e-5)
-    np.testing.assert_allclose(float(m["d_loss"]), float(d_loss), rtol=1e-5)
+    np.testing.assert_allclose(float(m2['g_loss']), float(g_loss), rtol=1e-5)
+    np.testing.assert_allclose(float(m['d_loss']), float(d_loss), rtol=1e-5)
 
 
 def test_classifier_scores_extremes():
     uniform = np.full((100, 10), 0.1)
     s = dcgan.classifier_scores(uniform)
-    assert s["score"] == pytest.approx(1.0) and s["confidence"] == pytest.approx(0.1)
+    assert s['score'] == pytest.approx(1.0) and s['confidence'] == pytest.approx(0.1)
     onehot = np.eye(10)[np.arange(100) % 10]
     s = dcgan.classifier_scores(onehot)
-    assert s["score"] == pytest.approx(10.0, rel=1e-6) and s["confidence"] == pytest.approx(1.0)
+    assert s['score'] == pytest.approx(10.0, rel=1e-6) and s['confidence'] == pytest.approx(1.0)
     collapsed = np.eye(10)[np.zeros(100, int)]  # mode collapse: confident but one class only
-    assert dcgan.classifier_scores(collapsed)["score"] == pytest.approx(1.0, rel=1e-6)
+    assert dcgan.classifier_scores(collapsed)['score'] == pytest.approx(1.0, rel=1e-6)
 
 
 # --------------------------------------------------------------------------- style transfer
@@ -164,7 +164,7 @@ def test_classifier_scores_extremes():
 
 def _tiny_vgg():
     """A VGG-like stand-in: the registry's generic VGG with a 2-block conv stack."""
-    model = models.create("vgg", cfg=(4, "M", 8, 8, "M"), num_classes=3, classifier_width=8, pool_size=1)
+    model = models.create('vgg', cfg=(4, 'M', 8, 8, 'M'), num_classes=3, classifier_width=8, pool_size=1)
     variables = jax.jit(model.init)(_key(0), jnp.zeros((1, 16, 16, 3)))
     return model, variables
 
@@ -172,39 +172,39 @@ def _tiny_vgg():
 def test_layer_outputs_by_module_path_and_pruned_variables():
     model, variables = _tiny_vgg()
     x = jax.random.uniform(_key(1), (1, 16, 16, 3))
-    out = fm.layer_outputs(model, variables, x, ["conv1_1", "conv2_2"])
-    assert out["conv1_1"].shape == (1, 16, 16, 4) and out["conv2_2"].shape == (1, 8, 8, 8)
-    assert fm.list_layers(model, variables, (1, 16, 16, 3)) == ["conv1_1", "conv2_1", "conv2_2"]
-    pruned = fm.used_variables(model, variables, (1, 16, 16, 3), ["conv2_1"])
-    assert set(pruned["params"]) == {"conv1_1", "conv2_1"}  # no conv2_2, no classifier
-    again = fm.layer_outputs(model, pruned, x, ["conv2_1"])  # stops before the missing layers
-    ref = fm.layer_outputs(model, variables, x, ["conv2_1"], stop_early=False)
-    np.testing.assert_allclose(np.asarray(again["conv2_1"]), np.asarray(ref["conv2_1"]), rtol=1e-6)
-    with pytest.raises(ValueError, match="conv9_9"):
-        fm.used_variables(model, variables, (1, 16, 16, 3), ["conv9_9"])
+    out = fm.layer_outputs(model, variables, x, ['conv1_1', 'conv2_2'])
+    assert out['conv1_1'].shape == (1, 16, 16, 4) and out['conv2_2'].shape == (1, 8, 8, 8)
+    assert fm.list_layers(model, variables, (1, 16, 16, 3)) == ['conv1_1', 'conv2_1', 'conv2_2']
+    pruned = fm.used_variables(model, variables, (1, 16, 16, 3), ['conv2_1'])
+    assert set(pruned['params']) == {'conv1_1', 'conv2_1'}  # no conv2_2, no classifier
+    again = fm.layer_outputs(model, pruned, x, ['conv2_1'])  # stops before the missing layers
+    ref = fm.layer_outputs(model, variables, x, ['conv2_1'], stop_early=False)
+    np.testing.assert_allclose(np.asarray(again['conv2_1']), np.asarray(ref['conv2_1']), rtol=1e-6)
+    with pytest.raises(ValueError, match='conv9_9'):
+        fm.used_variables(model, variables, (1, 16, 16, 3), ['conv9_9'])
 
 
 def test_style_transfer_optimisation_lowers_total_loss():
     model, variables = _tiny_vgg()
-    net = st.LossNetwork(model, variables, ("conv2_1",), ("conv1_1", "conv2_1"))
+    net = st.LossNetwork(model, variables, ('conv2_1',), ('conv1_1', 'conv2_1'))
     content = jax.random.uniform(_key(2), (16, 16, 3))
     style = jnp.tile(jnp.asarray([[0.9, 0.1, 0.1], [0.1, 0.1, 0.9]])[None], (16, 8, 1))  # stripes
     img, hist = st.stylize(net, content, style, weights=st.StyleWeights(1.0, 100.0), steps=15, lr=0.05)
     assert img.shape == (16, 16, 3) and img.min() >= 0.0 and img.max() <= 1.0
-    assert hist[0]["content"] == 0.0  # starts at the content image
-    assert hist[-1]["total"] < 0.7 * hist[0]["total"]
-    assert hist[-1]["style"] < hist[0]["style"]
+    assert hist[0]['content'] == 0.0  # starts at the content image
+    assert hist[-1]['total'] < 0.7 * hist[0]['total']
+    assert hist[-1]['style'] < hist[0]['style']
 
 
 def test_transformer_net_shape_range_and_fast_style_step():
     model, variables = _tiny_vgg()
-    net = st.LossNetwork(model, variables, ("conv2_1",), ("conv1_1", "conv2_1"))
+    net = st.LossNetwork(model, variables, ('conv2_1',), ('conv1_1', 'conv2_1'))
     t = st.TransformerNet(width=2, blocks=1)
     x = jax.random.uniform(_key(3), (1, 8, 8, 3))
-    params = jax.jit(t.init)(_key(0), x)["params"]
-    y = t.apply({"params": params}, x)
+    params = jax.jit(t.init)(_key(0), x)['params']
+    y = t.apply({'params': params}, x)
     assert y.shape == x.shape and float(y.min()) >= 0.0 and float(y.max()) <= 1.0
-    t2 = st.TransformerNet(width=4, blocks=1, upsample="transpose")
+    t2 = st.TransformerNet(width=4, blocks=1, upsample='transpose')
     assert jax.eval_shape(lambda: t2.apply(t2.init(_key(0), x), x)).shape == x.shape
     import optax
 
@@ -219,7 +219,7 @@ def test_transformer_net_shape_range_and_fast_style_step():
     losses = []
     for _ in range(8):
         params, opt, parts = step(params, opt, x)
-        losses.append(float(parts["total"]))
+        losses.append(float(parts['total']))
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
 
 
@@ -231,15 +231,15 @@ class _TinyGapNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = nn.relu(nn.Conv(3, (3, 3), name="conv1")(x))
-        x = nn.relu(nn.Conv(5, (3, 3), strides=2, name="conv2")(x))
-        return nn.Dense(4, name="head")(x.mean(axis=(1, 2)))
+        x = nn.relu(nn.Conv(3, (3, 3), name='conv1')(x))
+        x = nn.relu(nn.Conv(5, (3, 3), strides=2, name='conv2')(x))
+        return nn.Dense(4, name='head')(x.mean(axis=(1, 2)))
 
 
 def test_filter_grid_and_first_conv_kernel():
     model, variables = _tiny_vgg()
     path, kernel = filt.first_conv_kernel(model, variables, (1, 16, 16, 3))
-    assert path == "conv1_1" and kernel.shape == (3, 3, 3, 4)
+    assert path == 'conv1_1' and kernel.shape == (3, 3, 3, 4)
     imgs = filt.filter_images(kernel)
     assert imgs.shape == (4, 3, 3, 3) and imgs.min() == 0.0 and imgs.max() == 1.0
     grid = filt.filter_grid(kernel, padding=1)
@@ -251,7 +251,7 @@ def test_filter_grid_and_first_conv_kernel():
 def test_feature_map_grid_shape():
     model, variables = _tiny_vgg()
     x = jax.random.uniform(_key(1), (1, 16, 16, 3))
-    f = fm.layer_outputs(model, variables, x, ["conv2_2"])["conv2_2"]
+    f = fm.layer_outputs(model, variables, x, ['conv2_2'])['conv2_2']
     grid = fm.feature_map_grid(f, padding=1)
     assert grid.shape == (3 * 9 + 1, 3 * 9 + 1, 1)  # 8 maps of 8x8 on a 3x3 grid
     assert make_grid(np.zeros((5, 2, 2, 1)), nrow=5, padding=0).shape == (2, 10, 1)
@@ -262,28 +262,28 @@ def test_cam_equals_hand_computation():
     x = jax.random.normal(_key(0), (2, 9, 9, 2))
     variables = model.init(_key(1), x)
     res = cam_lib.class_activation_maps(model, variables, x)
-    p = variables["params"]
-    h1 = jax.nn.relu(nn.Conv(3, (3, 3)).apply({"params": p["conv1"]}, x))
-    f = np.asarray(jax.nn.relu(nn.Conv(5, (3, 3), strides=2).apply({"params": p["conv2"]}, h1)))
+    p = variables['params']
+    h1 = jax.nn.relu(nn.Conv(3, (3, 3)).apply({'params': p['conv1']}, x))
+    f = np.asarray(jax.nn.relu(nn.Conv(5, (3, 3), strides=2).apply({'params': p['conv2']}, h1)))
     logits = np.asarray(model.apply(variables, x))
     pred = logits.argmax(-1)
-    w = np.asarray(p["head"]["kernel"])
-    hand = np.stack([np.einsum("hwk,k->hw", f[i], w[:, pred[i]]) for i in range(2)])
-    assert res["layer"] == "conv2" and res["cam"].shape == (2, 5, 5)
-    np.testing.assert_allclose(res["cam"], hand, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(res["classes"], pred)
+    w = np.asarray(p['head']['kernel'])
+    hand = np.stack([np.einsum('hwk,k->hw', f[i], w[:, pred[i]]) for i in range(2)])
+    assert res['layer'] == 'conv2' and res['cam'].shape == (2, 5, 5)
+    np.testing.assert_allclose(res['cam'], hand, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(res['classes'], pred)
     # Zhou et al. Eq. 2: the class score is the CAM's mean plus the bias.
-    b = np.asarray(p["head"]["bias"])
-    np.testing.assert_allclose(res["cam"].mean(axis=(1, 2)) + b[pred], logits[np.arange(2), pred], rtol=1e-5)
-    assert cam_lib.upsample_cam(res["cam"], (9, 9)).shape == (2, 9, 9)
+    b = np.asarray(p['head']['bias'])
+    np.testing.assert_allclose(res['cam'].mean(axis=(1, 2)) + b[pred], logits[np.arange(2), pred], rtol=1e-5)
+    assert cam_lib.upsample_cam(res['cam'], (9, 9)).shape == (2, 9, 9)
     assert cam_lib.overlay(np.zeros((9, 9, 1)), np.zeros((9, 9))).shape == (9, 9, 3)
 
 
 def test_cam_rejects_models_without_gap_head():
-    model = models.create("vgg", cfg=(4, "M", 8, "M"), num_classes=3, classifier_width=6, pool_size=2)
+    model = models.create('vgg', cfg=(4, 'M', 8, 'M'), num_classes=3, classifier_width=6, pool_size=2)
     x = jax.random.uniform(_key(0), (1, 16, 16, 3))
     variables = model.init(_key(0), x)  # adaptive pool 2x2 -> flatten -> fc layers: no CAM
-    with pytest.raises(ValueError, match="global average"):
+    with pytest.raises(ValueError, match='global average'):
         cam_lib.class_activation_maps(model, variables, x)
 
 
@@ -314,16 +314,16 @@ def test_experiment_configs_validate_and_name_their_task():
     from research.config import validate_config
 
     for module, arg, task in (
-        (dcgan_mnist, "quick", "gan"),
-        (style_transfer, "size=64,steps=5", "style_transfer"),
-        (fast_style, "quick", "fast_style"),
+        (dcgan_mnist, 'quick', 'gan'),
+        (style_transfer, 'size=64,steps=5', 'style_transfer'),
+        (fast_style, 'quick', 'fast_style'),
     ):
         c = module.get_config(arg)
         validate_config(c)
         assert c.task == task
-    assert dcgan_mnist.get_config("quick").gan.g_width == 32
-    with pytest.raises(ValueError, match="unknown config argument"):
-        style_transfer.get_config("stlye=x.jpg")
+    assert dcgan_mnist.get_config('quick').gan.g_width == 32
+    with pytest.raises(ValueError, match='unknown config argument'):
+        style_transfer.get_config('stlye=x.jpg')
 
 
 def test_unknown_task_is_refused_by_name():
@@ -331,12 +331,12 @@ def test_unknown_task_is_refused_by_name():
     from research.config import base_config
 
     c = base_config()
-    c.task = "diffusion"
+    c.task = 'diffusion'
     with pytest.raises(KeyError, match="unknown task 'diffusion'"):
         tasks.create(c)
 
 
-@pytest.mark.parametrize("task", ["speedrun", "segmentation", "detection", "gan"])
+@pytest.mark.parametrize('task', ['speedrun', 'segmentation', 'detection', 'gan'])
 def test_tasks_refuse_synthetic_data(task):
     """data.synthetic is the classification task's; the other tasks refuse it rather than ignore it."""
     from research import tasks

@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _help(flag: str) -> str:
     env = {'RESEARCH_HUGEPAGES': '0', 'PATH': '/usr/bin:/bin', 'PYTHONPATH': str(ROOT)}
-    r = subprocess.run([sys.executable, 'launch.py', flag], cwd=ROOT, capture_output=True, text=True, env=env,
-                       timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, 'launch.py', flag], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300
+    )
     return r.stdout + r.stderr
 
 

@@ -119,12 +119,36 @@ def test_evaluate_on_a_tiny_folder_equals_torch(env, tmp_path, capsys):
     # the pipeline reads the split in the builder's order: compare the (label, prediction) pairs
     assert sorted(zip(r['labels'].tolist(), r['predictions'].tolist())) == sorted(zip(labels, want.tolist()))
     assert r['top1'] == pytest.approx(100 * 4 / 6)
-    assert hub.main(['--evaluate', 'resnet18.IMAGENET1K_V1', '--data', str(tmp_path / 'folder'),
-                     '--data_dir', str(tmp_path / 'tfds'), '--batch_size', '4']) == 0  # fmt: skip
+    assert (
+        hub.main(
+            [
+                '--evaluate',
+                'resnet18.IMAGENET1K_V1',
+                '--data',
+                str(tmp_path / 'folder'),
+                '--data_dir',
+                str(tmp_path / 'tfds'),
+                '--batch_size',
+                '4',
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    assert f"resnet18.IMAGENET1K_V1 on {tmp_path / 'folder'} (val, 6 images): top-1 66.67% top-5 " in out
+    assert f'resnet18.IMAGENET1K_V1 on {tmp_path / "folder"} (val, 6 images): top-1 66.67% top-5 ' in out
     (tmp_path / 'folder' / 'val' / 'not_a_class').mkdir()
     Image.open(io.BytesIO(blobs[0])).save(tmp_path / 'folder' / 'val' / 'not_a_class' / 'x.png')
-    assert hub.main(['--evaluate', 'resnet18', '--data', str(tmp_path / 'folder'),
-                     '--data_dir', str(tmp_path / 'tfds2')]) == 2  # fmt: skip
+    assert (
+        hub.main(
+            [
+                '--evaluate',
+                'resnet18',
+                '--data',
+                str(tmp_path / 'folder'),
+                '--data_dir',
+                str(tmp_path / 'tfds2'),
+            ]
+        )
+        == 2
+    )
     assert "class folder 'not_a_class' is neither" in capsys.readouterr().err

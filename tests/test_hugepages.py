@@ -32,19 +32,19 @@ print(__import__('json').dumps([__import__('os').environ.get('GLIBC_TUNABLES', '
 
 
 def test_wanted_respects_opt_out_and_existing_tunable(monkeypatch):
-    monkeypatch.setenv("RESEARCH_HUGEPAGES", "0")
+    monkeypatch.setenv('RESEARCH_HUGEPAGES', '0')
     assert not hugepages.wanted()
-    monkeypatch.delenv("RESEARCH_HUGEPAGES")
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    monkeypatch.delenv('RESEARCH_HUGEPAGES')
+    monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.hugetlb=1')
     assert not hugepages.wanted()  # already restarted (or set by the user): no second restart
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
-    assert hugepages.environment()["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.arena_max=2')
+    assert hugepages.environment()['GLIBC_TUNABLES'] == 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1'
 
 
 def _faults(env_extra):
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "RESEARCH_HUGEPAGES")}
+    env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', 'RESEARCH_HUGEPAGES')}
     r = subprocess.run(
-        [sys.executable, "-c", _FAULTS], capture_output=True, text=True, env={**env, **env_extra}, cwd=REPO
+        [sys.executable, '-c', _FAULTS], capture_output=True, text=True, env={**env, **env_extra}, cwd=REPO
     )
     assert r.returncode == 0, r.stderr[-2000:]
     tunables, faults = json.loads(r.stdout.strip().splitlines()[-1])
@@ -53,9 +53,9 @@ def _faults(env_extra):
 
 def test_restart_sets_tunable_and_removes_page_faults():
     if not hugepages.wanted():
-        pytest.skip("transparent huge pages not in madvise mode / glibc < 2.35 here: nothing to restart for")
-    off_tunables, off = _faults({"RESEARCH_HUGEPAGES": "0"})
+        pytest.skip('transparent huge pages not in madvise mode / glibc < 2.35 here: nothing to restart for')
+    off_tunables, off = _faults({'RESEARCH_HUGEPAGES': '0'})
     on_tunables, on = _faults({})
-    assert "hugetlb" not in off_tunables and on_tunables == "glibc.malloc.hugetlb=1"
+    assert 'hugetlb' not in off_tunables and on_tunables == 'glibc.malloc.hugetlb=1'
     assert off > 10_000  # ~2 x 64 MB of fresh 4 KB pages per call
     assert on < off / 10, (on, off)

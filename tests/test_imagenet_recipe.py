@@ -277,8 +277,11 @@ def test_worker_processes_give_the_same_stream_and_resume_exactly(jpeg_tree):
     # Eval with workers: every example once, in order, as without.
     cfg = _folder_cfg(jpeg_tree, eval_resize=256, normalize='imagenet')
     plain = list(rd.make_eval_iterator(cfg, 'val', global_batch_size=4))
-    ev = rd.make_eval_iterator(_folder_cfg(jpeg_tree, eval_resize=256, normalize='imagenet', num_workers=2),
-                               'val', global_batch_size=4)  # fmt: skip
+    ev = rd.make_eval_iterator(
+        _folder_cfg(jpeg_tree, eval_resize=256, normalize='imagenet', num_workers=2),
+        'val',
+        global_batch_size=4,
+    )
     try:
         _assert_streams_equal(list(ev), plain)
     finally:

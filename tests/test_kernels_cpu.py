@@ -29,9 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _step_text(model, platforms, shape=(4, 16, 16, 3), onednn_on=False):
-    init = functools.partial(create_train_state, model, optax.sgd(0.1, 0.9), sample_input=jnp.zeros((1, *shape[1:])))
+    init = functools.partial(
+        create_train_state, model, optax.sgd(0.1, 0.9), sample_input=jnp.zeros((1, *shape[1:]))
+    )
     state = jax.eval_shape(init, jax.ShapeDtypeStruct((2,), jnp.uint32))
-    batch = {"image": jax.ShapeDtypeStruct(shape, jnp.float32), "label": jax.ShapeDtypeStruct(shape[:1], jnp.int32)}
+    batch = {
+        'image': jax.ShapeDtypeStruct(shape, jnp.float32),
+        'label': jax.ShapeDtypeStruct(shape[:1], jnp.int32),
+    }
     # oneDNN's FFI targets are this project's, with no serialization guarantee: allowed explicitly
     checks = [export.DisabledSafetyCheck.custom_call(name) for name, _ in onednn.TARGETS.values()]
     with onednn.use_onednn(onednn_on):
@@ -41,36 +46,36 @@ def _step_text(model, platforms, shape=(4, 16, 16, 3), onednn_on=False):
 
 def test_layers_read_no_backend():
     out = subprocess.run(
-        ["grep", "-rnE", r"default_backend|_on_cpu|platform ?==", str(REPO / "research" / "layers")],
+        ['grep', '-rnE', r'default_backend|_on_cpu|platform ?==', str(REPO / 'research' / 'layers')],
         capture_output=True,
         text=True,
     )
-    assert out.stdout == "", out.stdout
+    assert out.stdout == '', out.stdout
 
 
 def test_resnet_step_for_cuda_and_tpu_has_no_cpu_forms_and_cpu_keeps_them():
-    model = models.create("resnet_cifar", depth=8, width=4, num_classes=10)
-    accel = _step_text(model, ("cuda", "tpu"))
-    host = _step_text(model, ("cpu",))
-    assert "optimization_barrier" not in accel
-    assert "optimization_barrier" in host  # the residual stream on CPU
+    model = models.create('resnet_cifar', depth=8, width=4, num_classes=10)
+    accel = _step_text(model, ('cuda', 'tpu'))
+    host = _step_text(model, ('cpu',))
+    assert 'optimization_barrier' not in accel
+    assert 'optimization_barrier' in host  # the residual stream on CPU
     # every conv of the accelerator program is a convolution op, the first layer included: 7 convs
     # forward (3 per stage pair... counted from the model) and their two gradients each
-    n_conv = len(re.findall(r"stablehlo.convolution", accel))
-    n_host = len(re.findall(r"stablehlo.convolution", host))
+    n_conv = len(re.findall(r'stablehlo.convolution', accel))
+    n_host = len(re.findall(r'stablehlo.convolution', host))
     assert n_conv > n_host  # on CPU the first layer's forward is shift-and-add slices, not a conv
-    assert "custom_call" not in accel
+    assert 'custom_call' not in accel
 
 
-@pytest.mark.skipif(not onednn.available(), reason="the onednn extra is not installed")
+@pytest.mark.skipif(not onednn.available(), reason='the onednn extra is not installed')
 def test_onednn_calls_only_in_the_cpu_program():
-    model = models.create("resnet_cifar", depth=8, width=4, num_classes=10)
-    host = _step_text(model, ("cpu",), onednn_on=True)
-    accel = _step_text(model, ("cuda", "tpu"), onednn_on=True)
-    assert "research_onednn_conv_fwd" in host and "research_onednn_conv_bwd_weights" in host
-    assert "research_onednn" not in accel
-    both = _step_text(model, ("cpu", "cuda"), onednn_on=True)  # one program for two platforms
-    assert "research_onednn_conv_fwd" in both and "stablehlo.case" in both
+    model = models.create('resnet_cifar', depth=8, width=4, num_classes=10)
+    host = _step_text(model, ('cpu',), onednn_on=True)
+    accel = _step_text(model, ('cuda', 'tpu'), onednn_on=True)
+    assert 'research_onednn_conv_fwd' in host and 'research_onednn_conv_bwd_weights' in host
+    assert 'research_onednn' not in accel
+    both = _step_text(model, ('cpu', 'cuda'), onednn_on=True)  # one program for two platforms
+    assert 'research_onednn_conv_fwd' in both and 'stablehlo.case' in both
 
 
 def _jaxpr_ops(f, *args):
@@ -78,13 +83,13 @@ def _jaxpr_ops(f, *args):
 
 
 @pytest.mark.parametrize(
-    "name, fn, args",
+    'name, fn, args',
     [
-        ("pointwise", lambda x, w: conv_lib.conv_nd(x, w), ((2, 8, 8, 6), (1, 1, 6, 4))),
-        ("grouped", lambda x, w: conv_lib.conv_nd(x, w, groups=3), ((2, 8, 8, 6), (3, 3, 2, 6))),
-        ("depthwise", lambda x, w: conv_lib.depthwise_conv(x, w, padding=1), ((2, 8, 8, 6), (3, 3, 1, 6))),
-        ("transposed", lambda x, w: conv_lib.conv_transpose(x, w, 2, 1), ((2, 5, 5, 4), (4, 4, 3, 4))),
-        ("max_pool", lambda x: pooling.max_pool(x, 2), ((2, 8, 8, 3),)),
+        ('pointwise', lambda x, w: conv_lib.conv_nd(x, w), ((2, 8, 8, 6), (1, 1, 6, 4))),
+        ('grouped', lambda x, w: conv_lib.conv_nd(x, w, groups=3), ((2, 8, 8, 6), (3, 3, 2, 6))),
+        ('depthwise', lambda x, w: conv_lib.depthwise_conv(x, w, padding=1), ((2, 8, 8, 6), (3, 3, 1, 6))),
+        ('transposed', lambda x, w: conv_lib.conv_transpose(x, w, 2, 1), ((2, 5, 5, 4), (4, 4, 3, 4))),
+        ('max_pool', lambda x: pooling.max_pool(x, 2), ((2, 8, 8, 3),)),
     ],
 )
 def test_auto_forms_equal_the_plain_ops_in_value_gradient_and_jvp(name, fn, args):
@@ -92,7 +97,7 @@ def test_auto_forms_equal_the_plain_ops_in_value_gradient_and_jvp(name, fn, args
     form (what GPU/TPU run, computed here under native_convolutions) in value, gradient and JVP."""
     rng = np.random.default_rng(0)
     xs = [jnp.asarray(rng.standard_normal(s), jnp.float32) for s in args]
-    assert "platform_index" in _jaxpr_ops(fn, *xs) or "cond" in _jaxpr_ops(fn, *xs)
+    assert 'platform_index' in _jaxpr_ops(fn, *xs) or 'cond' in _jaxpr_ops(fn, *xs)
     loss = lambda *a: jnp.sum(jnp.sin(fn(*a)))  # noqa: E731
     with cpu.native_convolutions():
         want = jax.jit(fn)(*xs)
@@ -110,7 +115,7 @@ def test_auto_forms_equal_the_plain_ops_in_value_gradient_and_jvp(name, fn, args
 def test_jacfwd_through_a_model_with_max_pool():
     """The CPU max-pool derivative is a custom JVP: jax.jacfwd works through LeNet-5 (it did not with
     the custom VJP) and equals jax.jacrev."""
-    model = models.create("lenet5_modern", num_classes=10)
+    model = models.create('lenet5_modern', num_classes=10)
     x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 32, 32, 1)), jnp.float32)
     v = jax.jit(model.init)(jax.random.key(0), x)
     f = lambda x: model.apply(v, x, train=False)[0, :3]  # noqa: E731

@@ -453,8 +453,9 @@ def test_tiled_max_pool_matches_reduce_window_values_and_gradients(shape, window
     zero = ((0, 0),) * len(window)
 
     def ref(x):
-        return pooling._reduce_pool(x, np.float32(-np.inf), lax.max, window, window, (1,) * len(window), zero,
-                                    (0,) * len(window))  # fmt: skip
+        return pooling._reduce_pool(
+            x, np.float32(-np.inf), lax.max, window, window, (1,) * len(window), zero, (0,) * len(window)
+        )
 
     y, vjp = jax.vjp(lambda x: L.max_pool(x, window), x)
     y_ref, vjp_ref = jax.vjp(ref, x)
@@ -852,9 +853,12 @@ def test_torchvision_roi_align_and_pool(sr, aligned, scale):
 
 @pytest.mark.parametrize(
     'shape,kernel,strides,padding',
-    [((2, 12, 12, 1), (5, 5, 1, 6), (1, 1), 'VALID'), ((2, 9, 9, 3), (3, 3, 3, 4), (2, 2), ((1, 0), (2, 1))),
-     ((2, 8, 8, 3), (3, 3, 3, 5), (1, 1), 'SAME')],
-)  # fmt: skip
+    [
+        ((2, 12, 12, 1), (5, 5, 1, 6), (1, 1), 'VALID'),
+        ((2, 9, 9, 3), (3, 3, 3, 4), (2, 2), ((1, 0), (2, 1))),
+        ((2, 8, 8, 3), (3, 3, 3, 5), (1, 1), 'SAME'),
+    ],
+)
 def test_first_layer_conv_formulation_equals_xla(shape, kernel, strides, padding):
     """common.conv_general_dilated (flax nn.Conv's conv in ``Conv``): on CPU a few-channel input takes the
     shift-and-add forward (no convolution op in the forward jaxpr) with XLA's gradients; values and
@@ -876,8 +880,10 @@ def test_first_layer_conv_formulation_equals_xla(shape, kernel, strides, padding
     assert 'stablehlo.convolution' not in fwd.lower(x, w).as_text()
     cuda = jax.export.export(fwd, platforms=('cuda',))(x, w).mlir_module()
     assert 'stablehlo.convolution' in cuda
-    _close(conv_general_dilated(x, w, strides, padding, dimension_numbers=dn),
-           lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn))  # fmt: skip
+    _close(
+        conv_general_dilated(x, w, strides, padding, dimension_numbers=dn),
+        lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn),
+    )
     for a, b in zip(
         jax.grad(f(conv_general_dilated), (0, 1))(x, w), jax.grad(f(lax.conv_general_dilated), (0, 1))(x, w)
     ):

@@ -41,9 +41,9 @@ BF16_UPDATE_RTOL = 0.15
 SHARDED_ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
+    return str(tmp_path_factory.mktemp('tfds'))
 
 
 def _run(args, *, env=None, timeout=300):
@@ -177,13 +177,13 @@ print(json.dumps(res))
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def eight(data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("eight")
-    script = out / "run.py"
+    out = tmp_path_factory.mktemp('eight')
+    script = out / 'run.py'
     script.write_text(_EIGHT)
     r = _run([str(script), str(REPO), data_dir, str(out)])
-    return json.loads(r.stdout.strip().splitlines()[-1]), np.load(out / "arrays.npz")
+    return json.loads(r.stdout.strip().splitlines()[-1]), np.load(out / 'arrays.npz')
 
 
 def _ghost_bn_numpy(x, g, momentum=0.9, eps=1e-5):
@@ -204,49 +204,49 @@ def test_ghost_bn_equals_per_group_numpy_on_8_devices(eight):
     On 8 devices with G=4 (the per-device batch, each device's own BN) and G=2 (2 groups per device),
     and identical on 1 device."""
     _, a = eight
-    x = a["x"]
+    x = a['x']
     for g in (2, 4):
         y, ra_mean, ra_var = _ghost_bn_numpy(x, g)
         for n in (1, 8):
-            np.testing.assert_allclose(a[f"y_{n}_{g}"], y, atol=1e-4, err_msg=f"{n} devices, G={g}")
-            np.testing.assert_allclose(a[f"mean_{n}_{g}"], ra_mean, atol=1e-6)
-            np.testing.assert_allclose(a[f"var_{n}_{g}"], ra_var, atol=1e-5)
+            np.testing.assert_allclose(a[f'y_{n}_{g}'], y, atol=1e-4, err_msg=f'{n} devices, G={g}')
+            np.testing.assert_allclose(a[f'mean_{n}_{g}'], ra_mean, atol=1e-6)
+            np.testing.assert_allclose(a[f'var_{n}_{g}'], ra_var, atol=1e-5)
     # the ghost statistics really differ from the global batch's
-    assert np.max(np.abs(a["y_8_4"] - (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5))) > 1e-2
+    assert np.max(np.abs(a['y_8_4'] - (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5))) > 1e-2
 
 
 def test_ghost_bn_train_steps_8_devices_equal_1_device(eight):
     res, _ = eight
-    g = res["ghost_train"]
-    print(f"ghost BN, 8 devices vs 1: {g}")
-    assert g["loss_diff"] < SHARDED_ATOL and g["param_diff"] < SHARDED_ATOL, g
-    assert g["global_vs_ghost"] > 1e-4, g  # the knob changes the training
-    assert g["whole_batch_vs_global"] < SHARDED_ATOL, g  # G = whole batch on 1 device is global BN
+    g = res['ghost_train']
+    print(f'ghost BN, 8 devices vs 1: {g}')
+    assert g['loss_diff'] < SHARDED_ATOL and g['param_diff'] < SHARDED_ATOL, g
+    assert g['global_vs_ghost'] > 1e-4, g  # the knob changes the training
+    assert g['whole_batch_vs_global'] < SHARDED_ATOL, g  # G = whole batch on 1 device is global BN
 
 
 def test_bn_group_size_resolution(eight):
     res, _ = eight
-    assert res["per_device_group"] == 4  # -1 = 32 / 8 devices
-    assert "bn_group_size=3" in res["bad_group"] and "per-device batch 4" in res["bad_group"]
+    assert res['per_device_group'] == 4  # -1 = 32 / 8 devices
+    assert 'bn_group_size=3' in res['bad_group'] and 'per-device batch 4' in res['bad_group']
 
 
 def test_fsdp_sharded_step_equals_replicated(eight):
     """model_parallel=4 on 8 devices: fc1's kernel (400x120) is sharded on its 400-row axis; the
     losses, parameters, optimizer state and evaluation equal the replicated 1-device run."""
     res, _ = eight
-    f = res["fsdp"]
-    print(f"FSDP 2x4 vs 1 device: loss {f['loss_diff']:.2e} params {f['param_diff']:.2e}")
-    assert f["mesh"] == {"data": 2, "model": 4}
+    f = res['fsdp']
+    print(f'FSDP 2x4 vs 1 device: loss {f["loss_diff"]:.2e} params {f["param_diff"]:.2e}')
+    assert f['mesh'] == {'data': 2, 'model': 4}
     P = jax.sharding.PartitionSpec
-    assert f["fc1_specs"]["kernel"] == str(P("model")) and f["fc1_specs"]["bias"] == str(P())
-    assert f["loss_diff"] < SHARDED_ATOL and f["param_diff"] < SHARDED_ATOL, f
-    (a, b) = f["eval"]
-    assert a["count"] == b["count"] == 360 and abs(a["loss"] - b["loss"]) < SHARDED_ATOL
+    assert f['fc1_specs']['kernel'] == str(P('model')) and f['fc1_specs']['bias'] == str(P())
+    assert f['loss_diff'] < SHARDED_ATOL and f['param_diff'] < SHARDED_ATOL, f
+    (a, b) = f['eval']
+    assert a['count'] == b['count'] == 360 and abs(a['loss'] - b['loss']) < SHARDED_ATOL
 
 
 def test_param_spec_rules():
-    assert mesh_lib.param_spec((400, 120), 4) == jax.sharding.PartitionSpec("model")
-    assert mesh_lib.param_spec((5, 5, 16, 256), 4) == jax.sharding.PartitionSpec(None, None, None, "model")
+    assert mesh_lib.param_spec((400, 120), 4) == jax.sharding.PartitionSpec('model')
+    assert mesh_lib.param_spec((5, 5, 16, 256), 4) == jax.sharding.PartitionSpec(None, None, None, 'model')
     assert mesh_lib.param_spec((120,), 4) == jax.sharding.PartitionSpec()  # small: replicated
     assert mesh_lib.param_spec((4099, 3), 2) == jax.sharding.PartitionSpec()  # no divisible dim
     assert mesh_lib.param_spec((400, 120), 1) == jax.sharding.PartitionSpec()
@@ -257,22 +257,22 @@ def test_bfloat16_matches_float32_and_keeps_float32_state(data_dir):
     """precision='bfloat16': same float32 init, loss within BF16_LOSS_ATOL of float32, float32 params,
     optimizer state and logits; one train step runs and stays finite."""
     out = {}
-    for precision in ("float32", "bfloat16"):
+    for precision in ('float32', 'bfloat16'):
         c = digits_config(data_dir, steps=2)
         c.train.precision = precision
         tr = Trainer(c, show_progress=False)
-        assert tr.model.dtype == (jnp.bfloat16 if precision == "bfloat16" else jnp.float32)
+        assert tr.model.dtype == (jnp.bfloat16 if precision == 'bfloat16' else jnp.float32)
         state = tr.init_state()
         it = data_lib.make_train_iterator(c.data, seed=c.seed, global_batch_size=tr.batch_size)
         batch = mesh_lib.to_global(next(it), mesh_lib.batch_sharding(tr.mesh))
-        logits = tr.model.apply(state.variables(), batch["image"], train=False)
+        logits = tr.model.apply(state.variables(), batch['image'], train=False)
         assert logits.dtype == jnp.float32
         params0 = jax.device_get(state.params)
         state, metrics = tr.train_step(state, batch)
-        out[precision] = (params0, float(metrics["loss"]), state)
-    (p32, l32, s32), (p16, l16, s16) = out["float32"], out["bfloat16"]
+        out[precision] = (params0, float(metrics['loss']), state)
+    (p32, l32, s32), (p16, l16, s16) = out['float32'], out['bfloat16']
     jax.tree.map(np.testing.assert_array_equal, p32, p16)  # same float32 initialisation
-    print(f"bf16 vs f32 loss: {l16:.6f} vs {l32:.6f} (|diff| {abs(l16 - l32):.2e})")
+    print(f'bf16 vs f32 loss: {l16:.6f} vs {l32:.6f} (|diff| {abs(l16 - l32):.2e})')
     assert abs(l16 - l32) < BF16_LOSS_ATOL
     assert np.isfinite(l16)
     for leaf in jax.tree.leaves((s16.params, s16.opt_state)):
@@ -282,7 +282,7 @@ def test_bfloat16_matches_float32_and_keeps_float32_state(data_dir):
     d16 = jax.tree.map(lambda a, b: np.asarray(b) - a, p16, jax.device_get(s16.params))
     num = sum(float(np.sum((a - b) ** 2)) for a, b in zip(jax.tree.leaves(d32), jax.tree.leaves(d16)))
     den = sum(float(np.sum(a**2)) for a in jax.tree.leaves(d32))
-    print(f"bf16 vs f32 first update: relative L2 difference {np.sqrt(num / den):.3f}")
+    print(f'bf16 vs f32 first update: relative L2 difference {np.sqrt(num / den):.3f}')
     assert np.sqrt(num / den) < BF16_UPDATE_RTOL
 
 
@@ -296,22 +296,22 @@ def test_bfloat16_batchnorm_statistics_stay_float32():
 
     x = jax.random.normal(jax.random.key(0), (16, 3)) * 5 + 2
     v = Net().init(jax.random.key(1), x)
-    y, new = Net().apply(v, x, train=True, mutable=["batch_stats"])
+    y, new = Net().apply(v, x, train=True, mutable=['batch_stats'])
     assert y.dtype == jnp.bfloat16
-    stats = new["batch_stats"]["BatchNorm_0"]
-    assert stats["mean"].dtype == stats["var"].dtype == jnp.float32
-    assert v["params"]["BatchNorm_0"]["scale"].dtype == jnp.float32
-    np.testing.assert_allclose(stats["mean"], 0.1 * np.asarray(x).mean(0), rtol=1e-5)
+    stats = new['batch_stats']['BatchNorm_0']
+    assert stats['mean'].dtype == stats['var'].dtype == jnp.float32
+    assert v['params']['BatchNorm_0']['scale'].dtype == jnp.float32
+    np.testing.assert_allclose(stats['mean'], 0.1 * np.asarray(x).mean(0), rtol=1e-5)
 
 
 def test_precision_knob_errors(data_dir):
     c = digits_config(data_dir, steps=1)
-    c.train.precision = "float16"
+    c.train.precision = 'float16'
     with pytest.raises(ValueError, match="unknown train.precision 'float16'"):
         Trainer(c, show_progress=False)
-    c = digits_config(data_dir, steps=1, dtype="float32")
-    c.train.precision = "bfloat16"
-    with pytest.raises(ValueError, match="set only one"):
+    c = digits_config(data_dir, steps=1, dtype='float32')
+    c.train.precision = 'bfloat16'
+    with pytest.raises(ValueError, match='set only one'):
         Trainer(c, show_progress=False)
 
 
@@ -344,12 +344,12 @@ t3 = time.perf_counter()
 print(json.dumps(dict(multi=multi, processes=jax.process_count(), devices=jax.device_count(),
                       index=jax.process_index(), final=full["final"]["test"], part_step=part and part["step"],
                       seconds=[round(t1 - t0, 1), round(t2 - t1, 1), round(t3 - t2, 1)])))
-""".replace("STEPS", "4")
+""".replace('STEPS', '4')
 
 
 def _free_port() -> int:
     with socket.socket() as s:
-        s.bind(("localhost", 0))
+        s.bind(('localhost', 0))
         return s.getsockname()[1]
 
 
@@ -358,19 +358,19 @@ def test_two_processes_equal_one_process(data_dir, tmp_path):
     step 2 and resuming from the checkpoint (written once, restored by both), and match a 1-device run
     of the same 4 steps: final params within SHARDED_ATOL, same evaluation with every test example
     counted once."""
-    script = tmp_path / "host.py"
+    script = tmp_path / 'host.py'
     script.write_text(_HOST)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    env["TFDS_DATA_DIR"] = data_dir
+    env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_')}
+    env['TFDS_DATA_DIR'] = data_dir
     data_lib.get_dataset_info(digits_config(data_dir).data)  # build the dataset once, before both hosts
     port = _free_port()
     procs = []
     for i in range(2):
-        e = dict(env, NDEV="2", JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2")
-        e["JAX_PROCESS_ID"] = str(i)
+        e = dict(env, NDEV='2', JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2')
+        e['JAX_PROCESS_ID'] = str(i)
         procs.append(
             subprocess.Popen(
-                [sys.executable, str(script), str(REPO), data_dir, str(tmp_path / "multi"), "1"],
+                [sys.executable, str(script), str(REPO), data_dir, str(tmp_path / 'multi'), '1'],
                 cwd=REPO,
                 env=e,
                 stdout=subprocess.PIPE,
@@ -378,21 +378,23 @@ def test_two_processes_equal_one_process(data_dir, tmp_path):
                 text=True,
             )
         )
-    single = _run([str(script), str(REPO), data_dir, str(tmp_path / "single"), "0"], env=dict(env, NDEV="1"))
+    single = _run([str(script), str(REPO), data_dir, str(tmp_path / 'single'), '0'], env=dict(env, NDEV='1'))
     outs = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=300)
         assert p.returncode == 0, stderr[-4000:]
         outs.append(json.loads(stdout.strip().splitlines()[-1]))
     ref = json.loads(single.stdout.strip().splitlines()[-1])
-    assert not ref["multi"] and ref["processes"] == 1
-    assert [o["index"] for o in outs] == [0, 1]
-    print("seconds (start, part, resumed) per process:", [o["seconds"] for o in outs], "single:", ref["seconds"])
-    assert all(o["multi"] and o["processes"] == 2 and o["devices"] == 4 and o["part_step"] == 2 for o in outs)
+    assert not ref['multi'] and ref['processes'] == 1
+    assert [o['index'] for o in outs] == [0, 1]
+    print(
+        'seconds (start, part, resumed) per process:', [o['seconds'] for o in outs], 'single:', ref['seconds']
+    )
+    assert all(o['multi'] and o['processes'] == 2 and o['devices'] == 4 and o['part_step'] == 2 for o in outs)
     for o in outs:  # every process sees the same global evaluation, each example counted once
-        assert o["final"]["count"] == ref["final"]["count"] == 360
-        assert abs(o["final"]["loss"] - ref["final"]["loss"]) < SHARDED_ATOL
-        assert abs(o["final"]["top1"] - ref["final"]["top1"]) < 1e-9
+        assert o['final']['count'] == ref['final']['count'] == 360
+        assert abs(o['final']['loss'] - ref['final']['loss']) < SHARDED_ATOL
+        assert abs(o['final']['top1'] - ref['final']['top1']) < 1e-9
     from research.train.checkpoint import Checkpointer
 
     def params(wd):
@@ -402,26 +404,42 @@ def test_two_processes_equal_one_process(data_dir, tmp_path):
         ck.close()
         return st, steps
 
-    (pm, sm), (ps, ss) = params(tmp_path / "multi"), params(tmp_path / "single")
+    (pm, sm), (ps, ss) = params(tmp_path / 'multi'), params(tmp_path / 'single')
     assert sorted(sm) == sorted(ss) == [2, 4]
     diff = max(
         float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
         for a, b in zip(
-            jax.tree.leaves((pm["params"], pm["opt_state"])), jax.tree.leaves((ps["params"], ps["opt_state"]))
+            jax.tree.leaves((pm['params'], pm['opt_state'])), jax.tree.leaves((ps['params'], ps['opt_state']))
         )
     )
-    print(f"2 processes x 2 devices vs 1 device: max |param diff| {diff:.2e}")
+    print(f'2 processes x 2 devices vs 1 device: max |param diff| {diff:.2e}')
     assert diff < SHARDED_ATOL
-    assert [r["step"] for r in read_metrics(tmp_path / "multi", "test")] == [4]  # once (process 0)
+    assert [r['step'] for r in read_metrics(tmp_path / 'multi', 'test')] == [4]  # once (process 0)
 
 
 _CLUSTER_VARS = (
-    "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "JAX_COORDINATOR_PORT",
-    "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID",
-    "OMPI_MCA_orte_hnp_uri", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
-    "KUBERNETES_SERVICE_HOST", "JOB_COMPLETION_INDEX", "TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID",
-    "TPU_PROCESS_ADDRESSES", "MEGASCALE_NUM_SLICES", "PMI_SIZE", "PMI_RANK",
-)  # fmt: skip
+    'JAX_COORDINATOR_ADDRESS',
+    'JAX_NUM_PROCESSES',
+    'JAX_PROCESS_ID',
+    'JAX_COORDINATOR_PORT',
+    'SLURM_JOB_ID',
+    'SLURM_STEP_NODELIST',
+    'SLURM_NTASKS',
+    'SLURM_PROCID',
+    'SLURM_LOCALID',
+    'OMPI_MCA_orte_hnp_uri',
+    'OMPI_COMM_WORLD_SIZE',
+    'OMPI_COMM_WORLD_RANK',
+    'OMPI_COMM_WORLD_LOCAL_RANK',
+    'KUBERNETES_SERVICE_HOST',
+    'JOB_COMPLETION_INDEX',
+    'TPU_WORKER_HOSTNAMES',
+    'TPU_WORKER_ID',
+    'TPU_PROCESS_ADDRESSES',
+    'MEGASCALE_NUM_SLICES',
+    'PMI_SIZE',
+    'PMI_RANK',
+)
 
 
 @pytest.fixture
@@ -430,7 +448,7 @@ def no_cluster(monkeypatch):
     for k in _CLUSTER_VARS:
         monkeypatch.delenv(k, raising=False)
     calls = []
-    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(jax.distributed, 'initialize', lambda *a, **k: calls.append((a, k)))
     return calls
 
 
@@ -438,16 +456,21 @@ def test_distributed_initialize_is_a_no_op_without_flags_or_env(no_cluster, monk
     assert distributed.detect_cluster() is None
     assert distributed.initialize() is False
     assert distributed.initialize(num_processes=1) is False
-    with pytest.raises(ValueError, match="num_processes must be >= 1"):
+    with pytest.raises(ValueError, match='num_processes must be >= 1'):
         distributed.initialize(num_processes=0)
-    monkeypatch.setenv("SLURM_NTASKS", "4")  # sbatch's variables without an srun step: not a JAX cluster
+    monkeypatch.setenv('SLURM_NTASKS', '4')  # sbatch's variables without an srun step: not a JAX cluster
     assert distributed.initialize() is False
     assert no_cluster == []
 
 
 def _slurm(monkeypatch, ntasks):
-    for k, v in dict(SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="gpu[017-018]", SLURM_NTASKS=str(ntasks),
-                     SLURM_PROCID="1", SLURM_LOCALID="1").items():  # fmt: skip
+    for k, v in dict(
+        SLURM_JOB_ID='4242',
+        SLURM_STEP_NODELIST='gpu[017-018]',
+        SLURM_NTASKS=str(ntasks),
+        SLURM_PROCID='1',
+        SLURM_LOCALID='1',
+    ).items():
         monkeypatch.setenv(k, v)
 
 
@@ -459,21 +482,25 @@ def test_slurm_and_open_mpi_jobs_start_jax_distributed(no_cluster, monkeypatch):
     _slurm(monkeypatch, 1)  # a one-task step is single-process
     assert distributed.detect_cluster() is None and distributed.initialize() is False
     _slurm(monkeypatch, 8)
-    assert distributed.detect_cluster() == ("slurm", 8)
+    assert distributed.detect_cluster() == ('slurm', 8)
     assert distributed.initialize() is True and no_cluster == [((), {})]
     assert (
-        SlurmCluster.get_coordinator_address(None, None) == f"gpu017:{4242 % 4096 + 61440}"
+        SlurmCluster.get_coordinator_address(None, None) == f'gpu017:{4242 % 4096 + 61440}'
     )  # what JAX uses
-    for k in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID"):
+    for k in ('SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID', 'SLURM_LOCALID'):
         monkeypatch.delenv(k)
-    for k, v in dict(OMPI_MCA_orte_hnp_uri="1531576320.0;tcp://10.0.0.1:34911", OMPI_COMM_WORLD_SIZE="4",
-                     OMPI_COMM_WORLD_RANK="2", OMPI_COMM_WORLD_LOCAL_RANK="0").items():  # fmt: skip
+    for k, v in dict(
+        OMPI_MCA_orte_hnp_uri='1531576320.0;tcp://10.0.0.1:34911',
+        OMPI_COMM_WORLD_SIZE='4',
+        OMPI_COMM_WORLD_RANK='2',
+        OMPI_COMM_WORLD_LOCAL_RANK='0',
+    ).items():
         monkeypatch.setenv(k, v)
-    assert distributed.detect_cluster() == ("ompi", 4)
+    assert distributed.detect_cluster() == ('ompi', 4)
     # explicit flags win over the cluster, and are passed through
     no_cluster.clear()
-    assert distributed.initialize("h:1234", 2, 0) is True
-    assert no_cluster == [((), dict(coordinator_address="h:1234", num_processes=2, process_id=0))]
+    assert distributed.initialize('h:1234', 2, 0) is True
+    assert no_cluster == [((), dict(coordinator_address='h:1234', num_processes=2, process_id=0))]
 
 
 def test_tpu_pod_and_kubernetes_jobs_are_detected(no_cluster, monkeypatch):
@@ -482,52 +509,52 @@ def test_tpu_pod_and_kubernetes_jobs_are_detected(no_cluster, monkeypatch):
     asking the Kubernetes API."""
     from jax._src.clusters import K8sCluster, cloud_tpu_cluster
 
-    monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
-    monkeypatch.setattr(cloud_tpu_cluster.GceTpuCluster, "is_env_present", classmethod(lambda cls: False))
+    monkeypatch.setattr(cloud_tpu_cluster, 'running_in_cloud_tpu_vm', True)
+    monkeypatch.setattr(cloud_tpu_cluster.GceTpuCluster, 'is_env_present', classmethod(lambda cls: False))
     monkeypatch.setattr(
-        cloud_tpu_cluster, "get_metadata", lambda key: pytest.fail(f"metadata server asked: {key}")
+        cloud_tpu_cluster, 'get_metadata', lambda key: pytest.fail(f'metadata server asked: {key}')
     )
-    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t1k-w-0,t1k-w-1,t1k-w-2,t1k-w-3")
-    monkeypatch.setenv("TPU_WORKER_ID", "3")
-    monkeypatch.setenv("MEGASCALE_NUM_SLICES", "1")  # GKE sets it; unset, JAX asks the metadata server
-    assert distributed.detect_cluster() == ("gketpu", 4)
-    monkeypatch.setenv("MEGASCALE_NUM_SLICES", "2")  # multislice: 2 slices x 4 hosts
-    assert distributed.detect_cluster() == ("gketpu", 8)
+    monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 't1k-w-0,t1k-w-1,t1k-w-2,t1k-w-3')
+    monkeypatch.setenv('TPU_WORKER_ID', '3')
+    monkeypatch.setenv('MEGASCALE_NUM_SLICES', '1')  # GKE sets it; unset, JAX asks the metadata server
+    assert distributed.detect_cluster() == ('gketpu', 4)
+    monkeypatch.setenv('MEGASCALE_NUM_SLICES', '2')  # multislice: 2 slices x 4 hosts
+    assert distributed.detect_cluster() == ('gketpu', 8)
     assert distributed.initialize() is True and no_cluster == [((), {})]
-    for k in ("TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID", "MEGASCALE_NUM_SLICES"):
+    for k in ('TPU_WORKER_HOSTNAMES', 'TPU_WORKER_ID', 'MEGASCALE_NUM_SLICES'):
         monkeypatch.delenv(k)
 
     asked = []
-    monkeypatch.setattr(K8sCluster, "is_env_present", classmethod(lambda cls: asked.append(1) or True))
-    monkeypatch.setattr(K8sCluster, "get_process_count", classmethod(lambda cls: 4))  # the Job's parallelism
-    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setattr(K8sCluster, 'is_env_present', classmethod(lambda cls: asked.append(1) or True))
+    monkeypatch.setattr(K8sCluster, 'get_process_count', classmethod(lambda cls: 4))  # the Job's parallelism
+    monkeypatch.setenv('KUBERNETES_SERVICE_HOST', '10.0.0.1')
     assert distributed.detect_cluster() is None and asked == []  # not an indexed Job
-    monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
-    assert distributed.detect_cluster() == ("K8sCluster", 4) and asked == [1]
+    monkeypatch.setenv('JOB_COMPLETION_INDEX', '0')
+    assert distributed.detect_cluster() == ('K8sCluster', 4) and asked == [1]
 
 
 def test_mpich_launch_needs_mpi4py(no_cluster, monkeypatch):
     import importlib.util
 
-    monkeypatch.setenv("PMI_SIZE", "1")
+    monkeypatch.setenv('PMI_SIZE', '1')
     assert distributed.detect_cluster() is None
-    monkeypatch.setenv("PMI_SIZE", "4")
-    monkeypatch.setenv("PMI_RANK", "1")
-    assert distributed.detect_cluster() == ("mpich", 4)
+    monkeypatch.setenv('PMI_SIZE', '4')
+    monkeypatch.setenv('PMI_RANK', '1')
+    assert distributed.detect_cluster() == ('mpich', 4)
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "mpi4py" else real(n, *a))
-    with pytest.raises(RuntimeError, match="PMI_SIZE=4 processes.*pip install mpi4py"):
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda n, *a: None if n == 'mpi4py' else real(n, *a))
+    with pytest.raises(RuntimeError, match='PMI_SIZE=4 processes.*pip install mpi4py'):
         distributed.initialize()
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "mpi4py" else real(n, *a))
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda n, *a: object() if n == 'mpi4py' else real(n, *a))
     assert distributed.initialize() is True
-    assert no_cluster == [((), dict(cluster_detection_method="mpi4py"))]
+    assert no_cluster == [((), dict(cluster_detection_method='mpi4py'))]
 
 
 def test_meshes_are_auto_typed_and_process_contiguous():
     from types import SimpleNamespace
 
     mesh = mesh_lib.make_mesh()
-    assert mesh.axis_names == ("data",) and mesh.axis_types == (jax.sharding.AxisType.Auto,)
+    assert mesh.axis_names == ('data',) and mesh.axis_types == (jax.sharding.AxisType.Auto,)
     assert list(mesh.devices.flat) == jax.devices()  # one CPU host: JAX's own order
     # 2 processes whose devices a topology-aware order interleaves: grouped by process, order kept
     devs = [
@@ -541,23 +568,30 @@ def test_cpu_devices_flag_runs_data_parallel(data_dir, tmp_path):
     the same test loss as the 1-device run (global-batch BN: only float32 reduction order differs)."""
     losses = {}
     for n in (0, 2):
-        wd = tmp_path / f"cpu{n}"
-        r = _run([
-            "launch.py", "--config=experiments/classification/lenet5_digits.py", f"--workdir={wd}",
-            f"--cpu_devices={n}", "--config.train.duration=12 steps", f"--config.data.data_dir={data_dir}",
-            "--config.train.eval_every=12 steps", "--noprogress",
-        ])  # fmt: skip
-        cfg = json.loads((wd / "config.json").read_text())
-        assert cfg["_resolved"]["devices"] == max(n, 1), r.stdout[-1000:]
-        losses[n] = [m["loss"] for m in read_metrics(wd) if m.get("split") == "test"][-1]
+        wd = tmp_path / f'cpu{n}'
+        r = _run(
+            [
+                'launch.py',
+                '--config=experiments/classification/lenet5_digits.py',
+                f'--workdir={wd}',
+                f'--cpu_devices={n}',
+                '--config.train.duration=12 steps',
+                f'--config.data.data_dir={data_dir}',
+                '--config.train.eval_every=12 steps',
+                '--noprogress',
+            ]
+        )
+        cfg = json.loads((wd / 'config.json').read_text())
+        assert cfg['_resolved']['devices'] == max(n, 1), r.stdout[-1000:]
+        losses[n] = [m['loss'] for m in read_metrics(wd) if m.get('split') == 'test'][-1]
     assert abs(losses[0] - losses[2]) < 1e-4, losses
 
 
 def test_cpu_devices_errors():
-    with pytest.raises(ValueError, match="got -3"):
+    with pytest.raises(ValueError, match='got -3'):
         distributed.set_cpu_devices(-3)
     assert distributed.set_cpu_devices(0) == 0
     jax.devices()  # the backend exists now: a different count can no longer be set
-    with pytest.raises(RuntimeError, match="already initialised"):
+    with pytest.raises(RuntimeError, match='already initialised'):
         distributed.set_cpu_devices(jax.local_device_count() + 1)
     assert distributed.set_cpu_devices(jax.local_device_count()) == jax.local_device_count()

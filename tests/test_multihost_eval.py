@@ -54,16 +54,21 @@ class InkDetector(nn.Module):
     def __call__(self, images, targets=None, train=False, proposals=None):
         from research.detection.postprocess import select_detections
 
-        sharp = self.param("sharpness", nn.initializers.constant(4.0), ())
+        sharp = self.param('sharpness', nn.initializers.constant(4.0), ())
         if train:
-            return {"loss_sharpness": jnp.square(sharp - 4.0)}
+            return {'loss_sharpness': jnp.square(sharp - 4.0)}
         b, h, w, _ = images.shape
         ink = images[..., 0] - images[..., 0].min(axis=(1, 2), keepdims=True)
         ii = jnp.pad(ink, ((0, 0), (1, 0), (1, 0))).cumsum(1).cumsum(2)  # integral image [B, H+1, W+1]
         boxes = np.asarray(
-            [(x, y, x + bw, y + bh) for bw, bh in self.sizes for y in range(0, h - bh + 1, self.stride)
-             for x in range(0, w - bw + 1, self.stride)], np.int32,
-        )  # fmt: skip
+            [
+                (x, y, x + bw, y + bh)
+                for bw, bh in self.sizes
+                for y in range(0, h - bh + 1, self.stride)
+                for x in range(0, w - bw + 1, self.stride)
+            ],
+            np.int32,
+        )
         x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
         inside = ii[:, y2, x2] - ii[:, y1, x2] - ii[:, y2, x1] + ii[:, y1, x1]  # ink in each box [B, N]
         density = inside / ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).astype(np.float32)
@@ -78,7 +83,7 @@ class InkDetector(nn.Module):
 def register_ink_detector() -> None:
     from research.models import registry
 
-    registry.register("test_ink_detector", InkDetector, overwrite=True)
+    registry.register('test_ink_detector', InkDetector, overwrite=True)
 
 
 def eval_config(task: str, tmp: str):
@@ -88,27 +93,44 @@ def eval_config(task: str, tmp: str):
 
     c = base_config()
     c.task = task
-    c.data.data_dir = os.path.join(tmp, "tfds")
-    c.train.update(batch_size=8, eval_batch_size=EVAL_BATCH, duration="1 steps", eval_every="",
-                   checkpoint_every="", async_checkpoints=False, cpu_conv="xla")  # fmt: skip
-    if task == "segmentation":
-        c.data.name = "shapes_seg"
+    c.data.data_dir = os.path.join(tmp, 'tfds')
+    c.train.update(
+        batch_size=8,
+        eval_batch_size=EVAL_BATCH,
+        duration='1 steps',
+        eval_every='',
+        checkpoint_every='',
+        async_checkpoints=False,
+        cpu_conv='xla',
+    )
+    if task == 'segmentation':
+        c.data.name = 'shapes_seg'
         c.seg.update(canvas_size=32, num_train=16, num_test=NUM_TEST, max_objects=3, viz_examples=3)
-        c.model.update(name="unet", depth=2, base_features=8, dropout_rate=0.0)
+        c.model.update(name='unet', depth=2, base_features=8, dropout_rate=0.0)
     else:
-        digits = Path(tmp) / "digits"  # written once, by the test (the processes only read it)
-        c.data.update(name="mnist_det", path=str(digits if digits.exists() else _write_digit_folder(digits)))
-        c.det.update(canvas_size=64, num_train=16, num_test=NUM_TEST, min_objects=1, max_objects=3,
-                     min_scale=0.8, max_scale=1.2, latency_images=2, viz_examples=3, coco_eval=True)  # fmt: skip
-        c.model.name = "test_ink_detector"
+        digits = Path(tmp) / 'digits'  # written once, by the test (the processes only read it)
+        c.data.update(name='mnist_det', path=str(digits if digits.exists() else _write_digit_folder(digits)))
+        c.det.update(
+            canvas_size=64,
+            num_train=16,
+            num_test=NUM_TEST,
+            min_objects=1,
+            max_objects=3,
+            min_scale=0.8,
+            max_scale=1.2,
+            latency_images=2,
+            viz_examples=3,
+            coco_eval=True,
+        )
+        c.model.name = 'test_ink_detector'
     return c
 
 
 #: XLA:CPU's optimisations off: the init and eval programs compile in ~1/8 of the CPU time (12.6 -> 1.6
 #: CPU-s for the U-Net's init); the same flags in every process, so the evaluations stay comparable.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 #: Entries that measure time (different in every run); every other entry is compared exactly.
-TIMINGS = ("eval_images_per_sec", "latency_ms", "proposal_ms", "total_ms")
+TIMINGS = ('eval_images_per_sec', 'latency_ms', 'proposal_ms', 'total_ms')
 
 _HOST = r"""
 import os, sys, json, time
@@ -134,12 +156,12 @@ for task in ("segmentation", "detection"):
     out[task + "_seconds"] = round(time.perf_counter() - t0, 1)
 out["seconds"] = round(time.perf_counter() - t0, 1)
 print(json.dumps(out))
-""".replace("FAST_COMPILE", repr(FAST_COMPILE))
+""".replace('FAST_COMPILE', repr(FAST_COMPILE))
 
 
 def _free_port() -> int:
     with socket.socket() as s:
-        s.bind(("localhost", 0))
+        s.bind(('localhost', 0))
         return s.getsockname()[1]
 
 
@@ -153,28 +175,32 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
     from research import tasks
 
     register_ink_detector()
-    for task in ("segmentation", "detection"):  # build the data sets once, before the processes start
+    for task in ('segmentation', 'detection'):  # build the data sets once, before the processes start
         tasks.create(eval_config(task, str(tmp_path))).setup()
-    script = tmp_path / "host.py"
+    script = tmp_path / 'host.py'
     script.write_text(_HOST)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env = {k: v for k, v in os.environ.items() if not k.startswith('JAX_')}
+    env['PYTHONPATH'] = os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')])
     port = _free_port()
     t0, before = time.perf_counter(), os.times()
     procs = []
     for name, ndev, extra in (
-        ("multi0", "2", dict(JAX_PROCESS_ID="0")),
-        ("multi1", "2", dict(JAX_PROCESS_ID="1")),
-        ("single", "1", {}),
+        ('multi0', '2', dict(JAX_PROCESS_ID='0')),
+        ('multi1', '2', dict(JAX_PROCESS_ID='1')),
+        ('single', '1', {}),
     ):
         e = dict(env, NDEV=ndev, **extra)
         if extra:
-            e.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2")
+            e.update(JAX_COORDINATOR_ADDRESS=f'localhost:{port}', JAX_NUM_PROCESSES='2')
         procs.append(
             subprocess.Popen(
-                [sys.executable, str(script), str(REPO), str(tmp_path), name], cwd=REPO, env=e,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
+                [sys.executable, str(script), str(REPO), str(tmp_path), name],
+                cwd=REPO,
+                env=e,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         )
     outs = []
     for p in procs:
@@ -183,31 +209,38 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
         outs.append(json.loads(stdout.strip().splitlines()[-1]))
     after = os.times()
     cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
-    print(f"3 processes: {time.perf_counter() - t0:.1f} s wall, {cpu:.1f} s CPU; each:", [(o["segmentation_seconds"], o["detection_seconds"], o["seconds"]) for o in outs])
+    print(
+        f'3 processes: {time.perf_counter() - t0:.1f} s wall, {cpu:.1f} s CPU; each:',
+        [(o['segmentation_seconds'], o['detection_seconds'], o['seconds']) for o in outs],
+    )
     *multi, single = outs
-    assert [o["index"] for o in multi] == [0, 1] and not single["multi"] and single["processes"] == 1
-    assert all(o["multi"] and o["processes"] == 2 and o["devices"] == 4 for o in multi)
-    seg, det = single["segmentation"], single["detection"]
+    assert [o['index'] for o in multi] == [0, 1] and not single['multi'] and single['processes'] == 1
+    assert all(o['multi'] and o['processes'] == 2 and o['devices'] == 4 for o in multi)
+    seg, det = single['segmentation'], single['detection']
     # the reference evaluation counts every test example once and is not degenerate
-    assert seg["count"] == det["count"] == NUM_TEST
-    assert seg["pixels"] == NUM_TEST * 32 * 32 and 0.0 < seg["miou"] < 1.0
-    assert det["map50"] > 0.05 and det["coco_ap50"] > 0.0, det
+    assert seg['count'] == det['count'] == NUM_TEST
+    assert seg['pixels'] == NUM_TEST * 32 * 32 and 0.0 < seg['miou'] < 1.0
+    assert det['map50'] > 0.05 and det['coco_ap50'] > 0.0, det
     for o in multi:  # every process reports the 1-process evaluation
-        for task, ref in (("segmentation", seg), ("detection", det)):
+        for task, ref in (('segmentation', seg), ('detection', det)):
             got = o[task]
             assert set(got) == set(ref), (task, set(got) ^ set(ref))
             diff = {
                 k: (got[k], ref[k])
                 for k in ref
-                if k not in TIMINGS and not _same(got[k], ref[k]) and not (k == "loss" and abs(got[k] - ref[k]) < 1e-5)
+                if k not in TIMINGS
+                and not _same(got[k], ref[k])
+                and not (k == 'loss' and abs(got[k] - ref[k]) < 1e-5)
             }  # exact but the loss: a float32 sum over the devices in another order (relative 2e-7)
-            assert not diff, (task, o["index"], diff)
-            assert all(got[k] > 0 for k in ("eval_images_per_sec", "latency_ms") if k in ref)
-    for o in outs:  # the abstract global batches (export, lowering) have the global batch size on every process
-        assert [b[0] for b in o["segmentation_batch"] + o["detection_batch"]] == [8, EVAL_BATCH] * 2
-    for name in ("multi0", "single"):
-        for task in ("segmentation", "detection"):
-            assert (tmp_path / f"{name}_{task}.png").stat().st_size > 0
+            assert not diff, (task, o['index'], diff)
+            assert all(got[k] > 0 for k in ('eval_images_per_sec', 'latency_ms') if k in ref)
+    for (
+        o
+    ) in outs:  # the abstract global batches (export, lowering) have the global batch size on every process
+        assert [b[0] for b in o['segmentation_batch'] + o['detection_batch']] == [8, EVAL_BATCH] * 2
+    for name in ('multi0', 'single'):
+        for task in ('segmentation', 'detection'):
+            assert (tmp_path / f'{name}_{task}.png').stat().st_size > 0
 
 
 def test_segmentation_eval_counts_pixels_exactly_past_2_24():
@@ -227,12 +260,14 @@ def test_segmentation_eval_counts_pixels_exactly_past_2_24():
     for ignored in (0, 1):
         label = np.zeros((1, side, side), np.int32)
         label[0, 0, :ignored] = 255
-        batches.append(dict(image=np.zeros((1, side, side, 1), np.float32), label=label, mask=np.ones(1, bool)))
+        batches.append(
+            dict(image=np.zeros((1, side, side, 1), np.float32), label=label, mask=np.ones(1, bool))
+        )
     totals = eval_totals(batches, run)
     want = 2 * side * side - 1
     assert want > 2**24 and int(np.float32(want)) != want
-    assert np.issubdtype(totals["pixels"].dtype, np.integer) and int(totals["pixels"]) == want
-    assert int(totals["confusion"].sum()) == want and int(totals["examples"]) == 2
+    assert np.issubdtype(totals['pixels'].dtype, np.integer) and int(totals['pixels']) == want
+    assert int(totals['confusion'].sum()) == want and int(totals['examples']) == 2
 
 
 def test_segmentation_eval_count_is_counted_and_checked(tmp_path):
@@ -247,18 +282,20 @@ def test_segmentation_eval_count_is_counted_and_checked(tmp_path):
     from research import tasks
     from research.tasks.segmentation import seg_eval_sums
 
-    c = eval_config("segmentation", str(tmp_path))
+    c = eval_config('segmentation', str(tmp_path))
     c.seg.viz_examples = 0
     task = tasks.create(c)
     task.setup()
     k = task.info.num_classes
-    state = SimpleNamespace(apply_fn=lambda v, x, train: jnp.tile(x[..., :1], (1, 1, 1, k)) * jnp.arange(k), variables=dict)
+    state = SimpleNamespace(
+        apply_fn=lambda v, x, train: jnp.tile(x[..., :1], (1, 1, 1, k)) * jnp.arange(k), variables=dict
+    )
     run = jax.jit(lambda batch: seg_eval_sums(state, batch, num_classes=k))
 
     def batches():
-        return task.eval_iterator("test", global_batch_size=EVAL_BATCH, process_index=0, process_count=1)
+        return task.eval_iterator('test', global_batch_size=EVAL_BATCH, process_index=0, process_count=1)
 
-    res, _ = task.evaluate(None, "test", batches(), run, final=False)
-    assert res["count"] == NUM_TEST and res["pixels"] == NUM_TEST * 32 * 32
-    with pytest.raises(RuntimeError, match=f"counted {EVAL_BATCH} examples, the split has {NUM_TEST}"):
-        task.evaluate(None, "test", itertools.islice(batches(), 1), run, final=False)
+    res, _ = task.evaluate(None, 'test', batches(), run, final=False)
+    assert res['count'] == NUM_TEST and res['pixels'] == NUM_TEST * 32 * 32
+    with pytest.raises(RuntimeError, match=f'counted {EVAL_BATCH} examples, the split has {NUM_TEST}'):
+        task.evaluate(None, 'test', itertools.islice(batches(), 1), run, final=False)

@@ -30,7 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _installed() -> bool:
     try:
-        importlib.metadata.version("onednn-cpu-gomp")
+        importlib.metadata.version('onednn-cpu-gomp')
     except importlib.metadata.PackageNotFoundError:
         return False
     return True
@@ -40,13 +40,13 @@ def test_builds_where_the_extra_is_installed():
     """Where the test extra installed oneDNN (x86-64 Linux) the kernels must build and load: the tests
     below are then run, not skipped."""
     if not _installed():
-        pytest.skip(f"onednn extra not installed here ({platform.machine()} {sys.platform})")
+        pytest.skip(f'onednn extra not installed here ({platform.machine()} {sys.platform})')
     assert onednn.unavailable_reason() is None
 
 
 needs_onednn = pytest.mark.skipif(not onednn.available(), reason=str(onednn.unavailable_reason()))
 
-DN = ("NHWC", "HWIO", "NHWC")
+DN = ('NHWC', 'HWIO', 'NHWC')
 
 
 def _lax(x, w, strides, pads, dilation):
@@ -66,7 +66,7 @@ CASES = [  # x shape, kernel (kh, kw, cin, cout), strides, pads, dilation
 
 
 @needs_onednn
-@pytest.mark.parametrize("xs, ws, strides, pads, dilation", CASES)
+@pytest.mark.parametrize('xs, ws, strides, pads, dilation', CASES)
 def test_conv2d_equals_xla_values_and_gradients(xs, ws, strides, pads, dilation):
     kx, kw, kg = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, xs)
@@ -98,13 +98,15 @@ def test_conv2d_under_vmap():
 
 def _uses_onednn(f, *args) -> bool:
     # a fresh function each time: jit's trace cache is keyed by the function, not by use_onednn
-    return "research_onednn_conv_fwd" in jax.jit(lambda *a: f(*a)).lower(*args).as_text()
+    return 'research_onednn_conv_fwd' in jax.jit(lambda *a: f(*a)).lower(*args).as_text()
 
 
 @needs_onednn
 def test_conv_general_dilated_routes_only_what_onednn_computes():
     x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
-    dense = functools.partial(conv_general_dilated, window_strides=(1, 1), padding="SAME", dimension_numbers=DN)
+    dense = functools.partial(
+        conv_general_dilated, window_strides=(1, 1), padding='SAME', dimension_numbers=DN
+    )
     assert not _uses_onednn(dense, x, w)  # off by default
     with onednn.use_onednn():
         assert _uses_onednn(dense, x, w)
@@ -112,14 +114,20 @@ def test_conv_general_dilated_routes_only_what_onednn_computes():
         grouped = functools.partial(dense, feature_group_count=2)
         assert not _uses_onednn(grouped, x, jnp.ones((3, 3, 2, 4)))
         assert not _uses_onednn(dense, x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
-        transposed = functools.partial(dense, lhs_dilation=(2, 2), padding=((1, 1), (1, 1)))  # transposed: XLA
+        transposed = functools.partial(
+            dense, lhs_dilation=(2, 2), padding=((1, 1), (1, 1))
+        )  # transposed: XLA
         assert not _uses_onednn(transposed, x, w)
-        nchw = functools.partial(conv_general_dilated, window_strides=(1, 1), padding="SAME")
+        nchw = functools.partial(conv_general_dilated, window_strides=(1, 1), padding='SAME')
         assert not _uses_onednn(nchw, jnp.ones((2, 4, 8, 8)), jnp.ones((4, 4, 3, 3)))
         x3d = jnp.ones((1, 4, 4, 4, 2))
         w3d = jnp.ones((3, 3, 3, 2, 2))
-        conv3d = functools.partial(conv_general_dilated, window_strides=(1, 1, 1), padding="SAME",
-                                   dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))  # fmt: skip
+        conv3d = functools.partial(
+            conv_general_dilated,
+            window_strides=(1, 1, 1),
+            padding='SAME',
+            dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
+        )
         assert not _uses_onednn(conv3d, x3d, w3d)
         assert not _uses_onednn(dense, jnp.ones((0, 8, 8, 4)), w)  # empty batch
     assert not onednn.enabled()
@@ -127,54 +135,58 @@ def test_conv_general_dilated_routes_only_what_onednn_computes():
 
 def test_resolve_cpu_conv():
     with pytest.raises(ValueError, match="'mkl'"):
-        onednn.resolve("mkl", 1)
-    assert onednn.resolve("xla", 1) == "xla"
-    assert onednn.resolve("auto", 2) == "xla"  # data parallel over CPU devices keeps XLA's convolutions
-    with pytest.raises(ValueError, match="--cpu_devices"):
-        onednn.resolve("onednn", 2)
-    assert onednn.resolve("auto", 1) == ("onednn" if onednn.available() else "xla")
+        onednn.resolve('mkl', 1)
+    assert onednn.resolve('xla', 1) == 'xla'
+    assert onednn.resolve('auto', 2) == 'xla'  # data parallel over CPU devices keeps XLA's convolutions
+    with pytest.raises(ValueError, match='--cpu_devices'):
+        onednn.resolve('onednn', 2)
+    assert onednn.resolve('auto', 1) == ('onednn' if onednn.available() else 'xla')
 
 
 def test_unavailable_onednn_names_where_it_looked(tmp_path):
     """Without oneDNN, 'auto' falls back to XLA and 'onednn' fails naming the prefix and the extra."""
     code = (
-        "from research.kernels import onednn\n"
+        'from research.kernels import onednn\n'
         "assert onednn.resolve('auto', 1) == 'xla'\n"
         "try:\n    onednn.resolve('onednn', 1)\nexcept onednn.OnednnUnavailable as e:\n    print(e)\n"
     )
-    env = dict(os.environ, RESEARCH_ONEDNN_ROOT=str(tmp_path / "nowhere"), RESEARCH_KERNEL_CACHE=str(tmp_path))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
+    env = dict(
+        os.environ, RESEARCH_ONEDNN_ROOT=str(tmp_path / 'nowhere'), RESEARCH_KERNEL_CACHE=str(tmp_path)
+    )
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert str(tmp_path / "nowhere") in r.stdout and "[onednn]" in r.stdout
+    assert str(tmp_path / 'nowhere') in r.stdout and '[onednn]' in r.stdout
 
 
 @needs_onednn
 def test_resnet_train_steps_equal_xla():
     """Three SGD steps of a CIFAR ResNet (BN, projection shortcuts, stride 2) with oneDNN's
     convolutions match XLA's: loss, parameters and BN statistics."""
-    model = models.create("resnet_cifar", depth=8, width=8, num_classes=10)
+    model = models.create('resnet_cifar', depth=8, width=8, num_classes=10)
     tx = optax.sgd(0.1, momentum=0.9)
     rng = np.random.default_rng(0)
     batch = {
-        "image": jnp.asarray(rng.standard_normal((16, 16, 16, 3)), jnp.float32),
-        "label": jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
+        'image': jnp.asarray(rng.standard_normal((16, 16, 16, 3)), jnp.float32),
+        'label': jnp.asarray(rng.integers(0, 10, 16), jnp.int32),
     }
 
     def run(on):
-        init = functools.partial(create_train_state, model, tx, sample_input=batch["image"][:1])
+        init = functools.partial(create_train_state, model, tx, sample_input=batch['image'][:1])
         state = onednn.scoped(jax.jit(init), on)(jax.random.key_data(jax.random.key(0)))
         step = onednn.scoped(jax.jit(train_step), on)
         hlo = step.lower(state, batch).as_text()
         losses = []
         for _ in range(3):
             state, m = step(state, batch)
-            losses.append(float(m["loss"]))
+            losses.append(float(m['loss']))
         return state, losses, hlo
 
     (s1, l1, hlo), (s0, l0, _) = run(True), run(False)
-    assert "research_onednn_conv_bwd_weights" in hlo  # the step really ran oneDNN's kernels
+    assert 'research_onednn_conv_bwd_weights' in hlo  # the step really ran oneDNN's kernels
     np.testing.assert_allclose(l1, l0, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves((s1.params, s1.batch_stats)), jax.tree.leaves((s0.params, s0.batch_stats))):
+    for a, b in zip(
+        jax.tree.leaves((s1.params, s1.batch_stats)), jax.tree.leaves((s0.params, s0.batch_stats))
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert not onednn.enabled()
 
@@ -184,23 +196,31 @@ def _missed_routes(jaxpr) -> list[str]:
     computed: convolutions that bypassed ``research.layers.common.conv_general_dilated``."""
     missed = []
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
+        if eqn.primitive.name == 'conv_general_dilated':
             lhs, rhs = (v.aval for v in eqn.invars)
             p = eqn.params
-            names = ("window_strides", "padding", "lhs_dilation", "rhs_dilation", "dimension_numbers",
-                     "feature_group_count", "batch_group_count", "preferred_element_type")  # fmt: skip
+            names = (
+                'window_strides',
+                'padding',
+                'lhs_dilation',
+                'rhs_dilation',
+                'dimension_numbers',
+                'feature_group_count',
+                'batch_group_count',
+                'preferred_element_type',
+            )
             if _onednn_pads(lhs, rhs, *(p[k] for k in names)) is not None:
-                missed.append(f"{lhs.str_short()} * {rhs.str_short()}")
+                missed.append(f'{lhs.str_short()} * {rhs.str_short()}')
         params = dict(eqn.params)
-        platforms = params.get("branches_platforms")
-        if eqn.primitive.name == "cond" and platforms:  # lax.platform_dependent: the CPU branch only
-            cpu = [i for i, ps in enumerate(platforms) if ps and "cpu" in ps]
+        platforms = params.get('branches_platforms')
+        if eqn.primitive.name == 'cond' and platforms:  # lax.platform_dependent: the CPU branch only
+            cpu = [i for i, ps in enumerate(platforms) if ps and 'cpu' in ps]
             keep = cpu or [i for i, ps in enumerate(platforms) if ps is None]
-            params["branches"] = tuple(params["branches"][i] for i in keep)
+            params['branches'] = tuple(params['branches'][i] for i in keep)
         for value in params.values():
             for sub in value if isinstance(value, (tuple, list)) else (value,):
-                sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
-                if hasattr(sub, "eqns"):
+                sub = getattr(sub, 'jaxpr', sub)  # ClosedJaxpr -> Jaxpr
+                if hasattr(sub, 'eqns'):
                     missed += _missed_routes(sub)
     return missed
 
@@ -215,14 +235,14 @@ def _one_name_per_class() -> list[str]:
         try:
             models.create(name)
         except ValueError as e:  # a generic entry without defaults: a named variant covers its class
-            assert "requires argument" in str(e), e
+            assert 'requires argument' in str(e), e
             continue
         seen[cls] = name
     return sorted(seen.values())
 
 
 @needs_onednn
-@pytest.mark.parametrize("name", _one_name_per_class())
+@pytest.mark.parametrize('name', _one_name_per_class())
 def test_every_model_routes_its_convolutions(name):
     """Every model family computes its dense float32 2D convolutions through the project's
     ``conv_general_dilated`` (so ``train.cpu_conv`` reaches them): with oneDNN on, no convolution

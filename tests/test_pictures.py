@@ -46,10 +46,24 @@ def test_segmentation_grid_has_column_titles(tmp_path):
 def _det(tmp_path, scores, **kw):
     ims = np.zeros((1, 32, 32, 1), np.float32)
     boxes = np.array([[[4.0, 4.0, 20.0, 20.0]]])
-    return np.asarray(Image.open(det_viz.save_detection_grid(
-        tmp_path / 'd.png', ims, boxes, np.array([[1]]), np.ones((1, 1), bool), boxes, np.array([scores]),
-        np.array([[1]]), np.ones((1, 1), bool), class_names=['bg', 'one'], score_threshold=0.3, **kw,
-    )).convert('RGB'))  # fmt: skip
+    return np.asarray(
+        Image.open(
+            det_viz.save_detection_grid(
+                tmp_path / 'd.png',
+                ims,
+                boxes,
+                np.array([[1]]),
+                np.ones((1, 1), bool),
+                boxes,
+                np.array([scores]),
+                np.array([[1]]),
+                np.ones((1, 1), bool),
+                class_names=['bg', 'one'],
+                score_threshold=0.3,
+                **kw,
+            )
+        ).convert('RGB')
+    )
 
 
 def _yellow(a):

@@ -62,8 +62,9 @@ def test_param_counts(name, count):
     assert count_params(v['params']) == count
     if name == 'fast_rcnn_vgg16':
         assert count == 134_690_729
-        assert set(v['params']['backbone']) == {f'conv{b}_{i}' for b, n in enumerate((2, 2, 3, 3, 3), 1)
-                                                 for i in range(1, n + 1)}  # fmt: skip
+        assert set(v['params']['backbone']) == {
+            f'conv{b}_{i}' for b, n in enumerate((2, 2, 3, 3, 3), 1) for i in range(1, n + 1)
+        }
 
 
 def test_feature_stride():
@@ -182,8 +183,13 @@ def test_overfit_canvases(canvases, name, min_map):
 
     x, targets, props = canvases
     model = models.create(name, rois_per_image=32)
-    params = model.init(KEYS, x[:2], jax.tree.map(lambda a: a[:2], targets), train=True,
-                        proposals=jax.tree.map(lambda a: a[:2], props))['params']  # fmt: skip
+    params = model.init(
+        KEYS,
+        x[:2],
+        jax.tree.map(lambda a: a[:2], targets),
+        train=True,
+        proposals=jax.tree.map(lambda a: a[:2], props),
+    )['params']
     tx = optax.adam(2e-3)
     opt = tx.init(params)
 
@@ -205,6 +211,13 @@ def test_overfit_canvases(canvases, name, min_map):
     assert float(sum(l.values())) < 0.3 * sum(first.values())
     out = jax.jit(lambda p: model.apply({'params': p}, x, train=False, proposals=props))(params)
     ev = DetectionEvaluator()
-    ev.add(out['boxes'], out['scores'], out['labels'], out['valid'], targets['boxes'], targets['labels'],
-           targets['box_mask'])  # fmt: skip
+    ev.add(
+        out['boxes'],
+        out['scores'],
+        out['labels'],
+        out['valid'],
+        targets['boxes'],
+        targets['labels'],
+        targets['box_mask'],
+    )
     assert ev.voc()['map'] >= min_map

@@ -83,9 +83,12 @@ def test_loss_matches_torchvision(tm, box_loss):
     }
     t = _targets()
     tt = [
-        {'boxes': torch.from_numpy(t['boxes'][i][t['box_mask'][i]]), 'labels': torch.from_numpy(t['labels'][i][t['box_mask'][i]]).long()}
+        {
+            'boxes': torch.from_numpy(t['boxes'][i][t['box_mask'][i]]),
+            'labels': torch.from_numpy(t['labels'][i][t['box_mask'][i]]).long(),
+        }
         for i in range(2)
-    ]  # fmt: skip
+    ]
     tm.head.regression_head._loss_type = box_loss
     try:
         ref = tm.compute_loss(tt, head, anchors)
@@ -94,8 +97,11 @@ def test_loss_matches_torchvision(tm, box_loss):
     model = models.create(
         'retinanet_resnet50_fpn', box_loss=box_loss, smooth_l1_beta=1.0
     )  # torchvision's beta
-    out = {'cls_logits': jnp.asarray(head['cls_logits'].numpy()), 'box_regression': jnp.asarray(head['bbox_regression'].numpy()),
-           'anchors': anchors[0].numpy()}  # fmt: skip
+    out = {
+        'cls_logits': jnp.asarray(head['cls_logits'].numpy()),
+        'box_regression': jnp.asarray(head['bbox_regression'].numpy()),
+        'anchors': anchors[0].numpy(),
+    }
     got = model.loss(out, t)
     np.testing.assert_allclose(float(got['loss_classifier']), float(ref['classification']), rtol=1e-5)
     np.testing.assert_allclose(float(got['loss_box_reg']), float(ref['bbox_regression']), rtol=1e-5)
@@ -104,8 +110,11 @@ def test_loss_matches_torchvision(tm, box_loss):
 def test_detector_contract_cpu_variant():
     model = models.create('retinanet_resnet18_fpn')
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 64, 1)), jnp.float32)
-    t = {'boxes': np.array([[[10, 10, 40, 60]], [[0, 0, 0, 0]]], np.float32),
-         'labels': np.array([[3], [10]], np.int32), 'box_mask': np.array([[True], [False]])}  # fmt: skip
+    t = {
+        'boxes': np.array([[[10, 10, 40, 60]], [[0, 0, 0, 0]]], np.float32),
+        'labels': np.array([[3], [10]], np.int32),
+        'box_mask': np.array([[True], [False]]),
+    }
     k = jax.random.key(0)
     v = model.init({'params': k, 'sample': k, 'dropout': k}, x, t, train=True)
     v_eval = jax.eval_shape(lambda: model.init(k, x))
@@ -119,8 +128,15 @@ def test_detector_contract_cpu_variant():
     assert out['labels'].dtype == jnp.int32 and out['valid'].dtype == jnp.bool_
     assert (np.asarray(out['labels'])[np.asarray(out['valid'])] >= 1).all()
     # Knobs: paper-style P3-P7 anchors with P6 from C5, and a focal-loss ablation setting.
-    m2 = models.create('retinanet_resnet18_fpn', max_level=7, p6_from='c5', focal_gamma=0.0, focal_alpha=0.75,
-                       anchor_sizes=((16,), (32,), (64,), (128,), (256,)), aspect_ratios=(1.0,))  # fmt: skip
+    m2 = models.create(
+        'retinanet_resnet18_fpn',
+        max_level=7,
+        p6_from='c5',
+        focal_gamma=0.0,
+        focal_alpha=0.75,
+        anchor_sizes=((16,), (32,), (64,), (128,), (256,)),
+        aspect_ratios=(1.0,),
+    )
     v2 = jax.eval_shape(lambda: m2.init(k, x))
     assert v2['params']['p6']['kernel'].shape == (3, 3, 128, 64)
     assert v2['params']['classification_head']['cls_logits']['kernel'].shape == (3, 3, 64, 11)
@@ -165,8 +181,14 @@ def overfit(model, batch, steps, lr=1e-3):
     @jax.jit
     def step(params, stats, opt, key):
         def f(p):
-            out, new = model.apply({'params': p, 'batch_stats': stats}, batch['image'], tg, train=True,
-                                   mutable=['batch_stats'], rngs={'dropout': key, 'sample': key})  # fmt: skip
+            out, new = model.apply(
+                {'params': p, 'batch_stats': stats},
+                batch['image'],
+                tg,
+                train=True,
+                mutable=['batch_stats'],
+                rngs={'dropout': key, 'sample': key},
+            )
             return sum(out.values()), new.get('batch_stats', {})
 
         (loss, st), g = jax.value_and_grad(f, has_aux=True)(params)

@@ -67,9 +67,11 @@ def test_fastrcnn_loss_matches_torchvision():
     )
     t = lambda a, i: torch.from_numpy(a[i][valid[i]])  # noqa: E731
     rc, rb = tv_roi_heads.fastrcnn_loss(
-        torch.cat([t(logits, 0), t(logits, 1)]), torch.cat([t(reg, 0), t(reg, 1)]),
-        [t(labels, 0).long(), t(labels, 1).long()], [t(targets, 0), t(targets, 1)],
-    )  # fmt: skip
+        torch.cat([t(logits, 0), t(logits, 1)]),
+        torch.cat([t(reg, 0), t(reg, 1)]),
+        [t(labels, 0).long(), t(labels, 1).long()],
+        [t(targets, 0), t(targets, 1)],
+    )
     np.testing.assert_allclose(float(cl), rc.item(), rtol=1e-5)
     np.testing.assert_allclose(float(bl), rb.item(), rtol=1e-5)
 
@@ -96,14 +98,18 @@ def test_roi_detections_matches_postprocess_detections():
     reg = (rng.standard_normal((r, 4 * k)) * 0.5).astype(np.float32)
     heads = tv_roi_heads.RoIHeads(
         None, None, None, 0.5, 0.5, 512, 0.25, (10.0, 10.0, 5.0, 5.0), 0.05, 0.5, 100
-    )  # fmt: skip
+    )
     boxes, scores, labels = heads.postprocess_detections(
         torch.from_numpy(logits), torch.from_numpy(reg), [torch.from_numpy(rois)], [hw]
     )
     out = rh.roi_detections(
-        jnp.asarray(logits), jnp.asarray(reg), jnp.asarray(rois), jnp.ones((r,), bool), hw,
+        jnp.asarray(logits),
+        jnp.asarray(reg),
+        jnp.asarray(rois),
+        jnp.ones((r,), bool),
+        hw,
         pre_nms_top_k=r * (k - 1),
-    )  # fmt: skip
+    )
     n = int(out['valid'].sum())
     assert n == len(scores[0]) > 5
     np.testing.assert_allclose(np.asarray(out['boxes'][:n]), boxes[0].numpy(), rtol=1e-5, atol=1e-4)
@@ -127,11 +133,17 @@ def test_sample_rois_labels_and_counts():
     pvalid = np.ones((200,), bool)
     pvalid[-20:] = False
     s = 64
-    out = jax.jit(lambda key: rh.sample_rois(
-        key, jnp.asarray(props), jnp.asarray(pvalid), jnp.asarray(gt), jnp.asarray(gt_labels),
-        jnp.asarray(gt_valid),
-        batch_size_per_image=s,
-    ))(jax.random.PRNGKey(0))  # fmt: skip
+    out = jax.jit(
+        lambda key: rh.sample_rois(
+            key,
+            jnp.asarray(props),
+            jnp.asarray(pvalid),
+            jnp.asarray(gt),
+            jnp.asarray(gt_labels),
+            jnp.asarray(gt_valid),
+            batch_size_per_image=s,
+        )
+    )(jax.random.PRNGKey(0))
     # torchvision's assignment of the same candidates (valid proposals + valid ground truth)
     cand = np.concatenate([props[pvalid], gt[gt_valid]], 0)
     matcher = det_utils.Matcher(0.5, 0.5, allow_low_quality_matches=False)
@@ -160,10 +172,14 @@ def test_sample_rois_labels_and_counts():
 def test_sample_rois_no_ground_truth_all_background_and_padding():
     props = _random_boxes(np.random.default_rng(4), 10, 100.0)
     out = rh.sample_rois(
-        jax.random.PRNGKey(1), jnp.asarray(props), jnp.ones((10,), bool), jnp.zeros((2, 4)),
+        jax.random.PRNGKey(1),
+        jnp.asarray(props),
+        jnp.ones((10,), bool),
+        jnp.zeros((2, 4)),
         jnp.zeros((2,), jnp.int32),
-        jnp.zeros((2,), bool), batch_size_per_image=16,
-    )  # fmt: skip
+        jnp.zeros((2,), bool),
+        batch_size_per_image=16,
+    )
     assert out['rois'].shape == (16, 4)
     assert int(out['valid'].sum()) == 10 and int((out['labels'] > 0).sum()) == 0
     assert np.isfinite(np.asarray(out['box_targets'])).all()

@@ -411,7 +411,7 @@ def test_segmentation_task_end_to_end_and_resume(tmp_path):
         tasks.train_and_evaluate(other, tmp_path / 'resumed', show_progress=False)
 
 
-SEG_SWEEP_CONFIG = '''
+SEG_SWEEP_CONFIG = """
 import os
 from pathlib import Path
 from pathlib import Path
@@ -428,7 +428,7 @@ def get_sweep(arg=None):
 
 def get_table(arg=None):
     return dict(name="tiny_width", rows="model.width", metric="test_miou", paper={6: 50.0})
-'''
+"""
 
 
 def test_segmentation_sweep_ledger_table_and_skip(tmp_path, monkeypatch, capsys):
@@ -455,7 +455,7 @@ def test_segmentation_sweep_ledger_table_and_skip(tmp_path, monkeypatch, capsys)
         assert m['best_test_miou'] >= m['test_miou'] - 1e-9 and m['best_step'] in (2, 4)
         assert row['num_params'] == summary['num_params'] and row['step'] == 4
     md = (root / 'tables' / 'tiny_width.md').read_text()
-    assert f"{rows[4]['metrics']['test_miou']:.2f}" in md and '50.00' in md
+    assert f'{rows[4]["metrics"]["test_miou"]:.2f}' in md and '50.00' in md
     assert (root / 'tables' / 'tiny_width.png').exists() and (
         root / 'tables' / 'tiny_width_curves.png'
     ).exists()
@@ -604,5 +604,5 @@ def test_segmentation_on_a_tfds_dataset_by_name(tmp_path, monkeypatch):
     summary = tasks.train_and_evaluate(c, tmp_path / 'run', show_progress=False)
     assert summary['complete'] and summary['final']['validation']['count'] == 5
     c.data.name = 'voc/2012'
-    with pytest.raises(ValueError, match="boxes only"):
+    with pytest.raises(ValueError, match='boxes only'):
         seg_data.get_seg_builder(c.data, c.seg)

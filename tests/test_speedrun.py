@@ -46,12 +46,19 @@ def test_airbench94_exact_parameter_count():
 def test_airbench95_exact_parameter_count():
     # airbench95.py: widths 128, 384, 384, otherwise airbench94's layers.
     expected = (
-        _conv(3, 24, 2) + 24
-        + _conv(24, 128) + 128 + _conv(128, 128) + 128
-        + _conv(128, 384) + 384 + _conv(384, 384) + 384
+        _conv(3, 24, 2)
+        + 24
+        + _conv(24, 128)
+        + 128
+        + _conv(128, 128)
+        + 128
+        + _conv(128, 384)
+        + 384
+        + _conv(384, 384)
+        + 384
         + 2 * (_conv(384, 384) + 384)
         + 384 * 10
-    )  # fmt: skip
+    )
     assert expected == 4_604_728
     v = models.abstract_variables(models.create('airbench95_cifar'), (1, 32, 32, 3))
     assert models.count_params(v) == expected
@@ -104,15 +111,25 @@ def test_airbench_matches_a_pytorch_airbench94_net():
 
     def group(cin, cout):
         return tnn.Sequential(
-            tnn.Conv2d(cin, cout, 3, padding='same', bias=False), tnn.MaxPool2d(2), bn(cout), tnn.GELU(),
-            tnn.Conv2d(cout, cout, 3, padding='same', bias=False), bn(cout), tnn.GELU(),
-        )  # fmt: skip
+            tnn.Conv2d(cin, cout, 3, padding='same', bias=False),
+            tnn.MaxPool2d(2),
+            bn(cout),
+            tnn.GELU(),
+            tnn.Conv2d(cout, cout, 3, padding='same', bias=False),
+            bn(cout),
+            tnn.GELU(),
+        )
 
     net = tnn.Sequential(
-        tnn.Conv2d(3, 24, 2, padding=0, bias=True), tnn.GELU(),
-        group(24, widths[0]), group(widths[0], widths[1]), group(widths[1], widths[2]),
-        tnn.MaxPool2d(3), tnn.Flatten(), tnn.Linear(widths[2], 10, bias=False),
-    )  # fmt: skip
+        tnn.Conv2d(3, 24, 2, padding=0, bias=True),
+        tnn.GELU(),
+        group(24, widths[0]),
+        group(widths[0], widths[1]),
+        group(widths[1], widths[2]),
+        tnn.MaxPool2d(3),
+        tnn.Flatten(),
+        tnn.Linear(widths[2], 10, bias=False),
+    )
     m = models.create('airbench94_cifar', widths=widths)
     x = np.random.default_rng(0).normal(size=(6, 32, 32, 3)).astype(np.float32)
     v = jax.jit(m.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
@@ -367,5 +384,5 @@ def test_airbench_config_validates_and_scales_lr():
     assert abs(v95.optimizer.weight_decay - 0.0153 / 10.0) < 1e-12
     assert v95.schedule.warmup == f'{0.23 * 15.0} epochs' and v95.train.label_smoothing == 0.2
     assert tuple(airbench_cifar.get_config('variant=95,width=8').model.widths) == (16, 48, 48)
-    with pytest.raises(ValueError, match="unknown airbench variant 96"):
+    with pytest.raises(ValueError, match='unknown airbench variant 96'):
         airbench_cifar.get_config('variant=96')

@@ -72,13 +72,21 @@ def test_loss_matches_torchvision(tm):
     )
     labels = np.array([[3, 17, 0], [90, 0, 0]], np.int32)
     t = {'boxes': boxes, 'labels': labels, 'box_mask': labels > 0}
-    tt = [{'boxes': torch.from_numpy(boxes[i][labels[i] > 0]), 'labels': torch.from_numpy(labels[i][labels[i] > 0]).long()}
-          for i in range(2)]  # fmt: skip
+    tt = [
+        {
+            'boxes': torch.from_numpy(boxes[i][labels[i] > 0]),
+            'labels': torch.from_numpy(labels[i][labels[i] > 0]).long(),
+        }
+        for i in range(2)
+    ]
     matched = [tm.proposal_matcher(torchvision.ops.box_iou(d['boxes'], a)) for d, a in zip(tt, anchors)]
     ref = tm.compute_loss(tt, head, anchors, matched)
     model = models.create('ssd300_vgg16')
-    out = {'cls_logits': jnp.asarray(head['cls_logits'].numpy()), 'box_regression': jnp.asarray(head['bbox_regression'].numpy()),
-           'anchors': anchors[0].numpy()}  # fmt: skip
+    out = {
+        'cls_logits': jnp.asarray(head['cls_logits'].numpy()),
+        'box_regression': jnp.asarray(head['bbox_regression'].numpy()),
+        'anchors': anchors[0].numpy(),
+    }
     got = model.loss(out, t)
     np.testing.assert_allclose(float(got['loss_classifier']), float(ref['classification']), rtol=1e-5)
     np.testing.assert_allclose(float(got['loss_box_reg']), float(ref['bbox_regression']), rtol=1e-5)
@@ -87,8 +95,11 @@ def test_loss_matches_torchvision(tm):
 def test_detector_contract_cpu_variant():
     model = models.create('ssd_mnist')
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 64, 1)), jnp.float32)
-    t = {'boxes': np.array([[[10, 10, 40, 60]], [[0, 0, 0, 0]]], np.float32),
-         'labels': np.array([[3], [0]], np.int32), 'box_mask': np.array([[True], [False]])}  # fmt: skip
+    t = {
+        'boxes': np.array([[[10, 10, 40, 60]], [[0, 0, 0, 0]]], np.float32),
+        'labels': np.array([[3], [0]], np.int32),
+        'box_mask': np.array([[True], [False]]),
+    }
     k = jax.random.key(0)
     v = jax.jit(lambda x, t: model.init({'params': k, 'sample': k, 'dropout': k}, x, t, train=True))(x, t)
     assert jax.tree.structure(v) == jax.tree.structure(jax.eval_shape(lambda: model.init(k, x)))

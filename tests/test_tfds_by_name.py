@@ -120,8 +120,8 @@ def test_prepare_then_train_classification(raw, tmp_path, name):
         'cifar100': (100, 3),
         'imagenet2012': (1000, 3),
     }[name]
-    assert got[0] == f"{counts['train']} {counts[eval_split]} {classes} (32, 32, {channels})"
-    assert got[1].startswith(f"({counts['train']}, 32, 32, {channels}) True")
+    assert got[0] == f'{counts["train"]} {counts[eval_split]} {classes} (32, 32, {channels})'
+    assert got[1].startswith(f'({counts["train"]}, 32, 32, {channels}) True')
     want_labels = {'mnist': [0, 1, 2, 3], 'cifar10': [0, 1, 2, 3], 'cifar100': [0, 1, 3, 5]}.get(name)
     if want_labels:  # the labels TFDS parsed from the raw records (cifar100's fine labels: 7 i mod 100)
         assert got[1].endswith(str(want_labels))
@@ -141,9 +141,15 @@ def test_prepare_then_train_detection(raw, tmp_path, name):
     flags, counts, classes = DETECTION[name]
     data_dir, wd = tmp_path / 'tfds', tmp_path / 'run'
     out = _launch(
-        raw, '--config=experiments/detection/yolo_mnist.py:quick', f'--config.data.name={name}', *flags,
-        *FEW_STEPS, '--config.train.eval_batch_size=4', f'--config.data.data_dir={data_dir}', f'--workdir={wd}',
-    )  # fmt: skip
+        raw,
+        '--config=experiments/detection/yolo_mnist.py:quick',
+        f'--config.data.name={name}',
+        *flags,
+        *FEW_STEPS,
+        '--config.train.eval_batch_size=4',
+        f'--config.data.data_dir={data_dir}',
+        f'--workdir={wd}',
+    )
     summary = _check_run(out, wd)
     split = flags[0].split('=')[1]
     final = summary['final'][split]
@@ -179,12 +185,21 @@ def test_prepare_then_train_detection(raw, tmp_path, name):
         np.testing.assert_allclose(sorted(got['boxes']), sorted(want), atol=0.01)
         assert sorted(got['labels']) == sorted(tfds_fakes.VOC_CLASSES.index(c) + 1 for c, _ in objs)
     else:  # image 1 of COCO: 2 boxes (the json's xywh), no crowd box among them
-        ann = json.loads(zipfile.ZipFile(raw / 'annotations_trainval2017.zip').read(
-            'annotations/instances_train2017.json'))  # fmt: skip
+        ann = json.loads(
+            zipfile.ZipFile(raw / 'annotations_trainval2017.zip').read('annotations/instances_train2017.json')
+        )
         img = ann['images'][0]
-        want = [[x / img['width'] * 128, y / img['height'] * 128, (x + bw) / img['width'] * 128,
-                 (y + bh) / img['height'] * 128] for x, y, bw, bh in
-                (a['bbox'] for a in ann['annotations'] if a['image_id'] == 1 and not a['iscrowd'])]  # fmt: skip
+        want = [
+            [
+                x / img['width'] * 128,
+                y / img['height'] * 128,
+                (x + bw) / img['width'] * 128,
+                (y + bh) / img['height'] * 128,
+            ]
+            for x, y, bw, bh in (
+                a['bbox'] for a in ann['annotations'] if a['image_id'] == 1 and not a['iscrowd']
+            )
+        ]
         assert got['n'] == len(want) == 2
         np.testing.assert_allclose(got['boxes'], want, atol=1e-3)
 
@@ -195,11 +210,17 @@ def test_prepare_then_train_voc_segmentation(raw, tmp_path):
     and evaluates; its labels are the PNG's class indices (255 border kept as ignore)."""
     data_dir, wd = tmp_path / 'tfds', tmp_path / 'run'
     out = _launch(
-        raw, '--config=experiments/segmentation/fcn_mnist.py:quick', '--config.data.name=voc_seg/2007',
-        '--config.data.eval_split=validation', '--config.seg.canvas_size=32', *FEW_STEPS,
-        '--config.train.eval_batch_size=2', f'--config.data.data_dir={data_dir}', f'--workdir={wd}',
+        raw,
+        '--config=experiments/segmentation/fcn_mnist.py:quick',
+        '--config.data.name=voc_seg/2007',
+        '--config.data.eval_split=validation',
+        '--config.seg.canvas_size=32',
+        *FEW_STEPS,
+        '--config.train.eval_batch_size=2',
+        f'--config.data.data_dir={data_dir}',
+        f'--workdir={wd}',
         tensorflow=False,
-    )  # fmt: skip
+    )
     summary = _check_run(out, wd)
     final = summary['final']['validation']
     assert final['count'] == 3 and len([k for k in final if k.startswith('iou/')]) == 21
@@ -227,9 +248,13 @@ def test_without_tensorflow_preparing_stops_before_any_download(raw, tmp_path):
     data_dir = tmp_path / 'tfds'
     before = _downloads(raw)
     out = _launch(
-        raw, '--config=experiments/classification/resnet_cifar.py:depth=20', *FEW_STEPS,
-        f'--config.data.data_dir={data_dir}', f'--workdir={tmp_path / "run"}', tensorflow=False,
-    )  # fmt: skip
+        raw,
+        '--config=experiments/classification/resnet_cifar.py:depth=20',
+        *FEW_STEPS,
+        f'--config.data.data_dir={data_dir}',
+        f'--workdir={tmp_path / "run"}',
+        tensorflow=False,
+    )
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("launch.py: PrepareError: preparing TFDS dataset 'cifar10' needs TensorFlow")
@@ -240,9 +265,13 @@ def test_without_tensorflow_preparing_stops_before_any_download(raw, tmp_path):
 def test_imagenet_without_its_manual_download_says_where_to_put_it(raw, tmp_path):
     data_dir = tmp_path / 'tfds'
     out = _launch(
-        raw, f'--config={LENET}', '--config.data.name=imagenet2012', *FEW_STEPS,
-        f'--config.data.data_dir={data_dir}', f'--workdir={tmp_path / "run"}',
-    )  # fmt: skip
+        raw,
+        f'--config={LENET}',
+        '--config.data.name=imagenet2012',
+        *FEW_STEPS,
+        f'--config.data.data_dir={data_dir}',
+        f'--workdir={tmp_path / "run"}',
+    )
     assert out.returncode == 1 and 'Traceback' not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert (
@@ -258,8 +287,12 @@ def test_resnet_cifar_depth20_prepares_and_trains(raw, tmp_path):
     compilation makes it ~60 s of CPU: slow; run with ``pytest -m slow tests/test_tfds_by_name.py``)."""
     data_dir, wd = tmp_path / 'tfds', tmp_path / 'run'
     out = _launch(
-        raw, '--config=experiments/classification/resnet_cifar.py:depth=20', *FEW_STEPS,
-        '--config.train.eval_batch_size=10', f'--config.data.data_dir={data_dir}', f'--workdir={wd}',
-    )  # fmt: skip
+        raw,
+        '--config=experiments/classification/resnet_cifar.py:depth=20',
+        *FEW_STEPS,
+        '--config.train.eval_batch_size=10',
+        f'--config.data.data_dir={data_dir}',
+        f'--workdir={wd}',
+    )
     summary = _check_run(out, wd)
     assert summary['final']['test']['count'] == 20 and summary['dataset'] == 'cifar10'

@@ -39,8 +39,9 @@ ISSUE_CASES = [((10, 2), (1.0, 1.3)), ((2, 2), 1.3), ((3, 3), 1.2)]
 def test_bilinear_scale_factor_issue_cases(shape, s, recompute):
     """floor(I s) = I with s != 1: torch leaves the axis as it is (errors 0.32 / 0.57 / 0.59 before)."""
     x = _rand((2, *shape, 3))
-    want = F.interpolate(_t(x), scale_factor=s, mode='bilinear', align_corners=False,
-                         recompute_scale_factor=recompute)  # fmt: skip
+    want = F.interpolate(
+        _t(x), scale_factor=s, mode='bilinear', align_corners=False, recompute_scale_factor=recompute
+    )
     got = resample.upsample_bilinear(x, scale_factor=s, recompute_scale_factor=recompute)
     np.testing.assert_allclose(got, _nhwc(want), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(got, x)
@@ -82,10 +83,13 @@ def test_linear_axis_rule_sweep():
     assert not bad, f'{len(bad)} cases differ from torch, e.g. {bad[:6]}'
 
 
-SWEEP_2D = [((h, w), (sh, sw)) for (h, w), (sh, sw) in zip(
-    [(1, 2), (2, 3), (3, 2), (5, 3), (7, 2), (10, 3), (4, 4), (6, 5)],
-    [(1.3, 1.2), (1.5, 1.3), (0.7, 1.99), (1.2, 2.5), (1.1, 1.0), (1.0, 1.3), (0.9, 1.2), (1.7, 0.5)],
-)]  # fmt: skip
+SWEEP_2D = [
+    ((h, w), (sh, sw))
+    for (h, w), (sh, sw) in zip(
+        [(1, 2), (2, 3), (3, 2), (5, 3), (7, 2), (10, 3), (4, 4), (6, 5)],
+        [(1.3, 1.2), (1.5, 1.3), (0.7, 1.99), (1.2, 2.5), (1.1, 1.0), (1.0, 1.3), (0.9, 1.2), (1.7, 0.5)],
+    )
+]
 
 
 @pytest.mark.parametrize('shape,s', SWEEP_2D)

@@ -28,18 +28,20 @@ def test_importing_research_changes_no_process_state():
     points apply the project's flags themselves."""
     code = 'import os, research, research.cli, research.tasks; print(os.environ.get("XLA_FLAGS"))'
     env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == 'None'
 
 
 def test_with_disabled_pass_merges_into_existing_flag():
-    assert xla_flags.with_disabled_pass("") == "--xla_disable_hlo_passes=cse_barrier_expander"
+    assert xla_flags.with_disabled_pass('') == '--xla_disable_hlo_passes=cse_barrier_expander'
     assert (
-        xla_flags.with_disabled_pass("--xla_force_host_platform_device_count=8 --xla_disable_hlo_passes=foo")
-        == "--xla_force_host_platform_device_count=8 --xla_disable_hlo_passes=foo,cse_barrier_expander"
+        xla_flags.with_disabled_pass('--xla_force_host_platform_device_count=8 --xla_disable_hlo_passes=foo')
+        == '--xla_force_host_platform_device_count=8 --xla_disable_hlo_passes=foo,cse_barrier_expander'
     )
-    once = xla_flags.with_disabled_pass("--xla_disable_hlo_passes=cse_barrier_expander")
-    assert once == "--xla_disable_hlo_passes=cse_barrier_expander"
+    once = xla_flags.with_disabled_pass('--xla_disable_hlo_passes=cse_barrier_expander')
+    assert once == '--xla_disable_hlo_passes=cse_barrier_expander'
 
 
 def test_materialize_is_the_identity_in_value_and_gradient():
@@ -75,7 +77,9 @@ def residual_excess(depth: int = 20) -> float:
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the flag is set on CPU-only installs')
 def test_residual_step_costs_what_the_plain_step_costs():
-    assert 'cse_barrier_expander' in os.environ.get('XLA_FLAGS', ''), 'the XLA flag was not applied (conftest)'
+    assert 'cse_barrier_expander' in os.environ.get('XLA_FLAGS', ''), (
+        'the XLA flag was not applied (conftest)'
+    )
     assert abs(residual_excess()) < 1e-3
 
 

@@ -69,8 +69,11 @@ def test_decode_class_specific_confidence():
 def test_detector_contract_cpu_variant():
     model = models.create('yolov1_mnist')
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 128, 128, 1)), jnp.float32)
-    t = {'boxes': np.array([[[10, 10, 40, 60]], [[0, 0, 0, 0]]], np.float32),
-         'labels': np.array([[3], [0]], np.int32), 'box_mask': np.array([[True], [False]])}  # fmt: skip
+    t = {
+        'boxes': np.array([[[10, 10, 40, 60]], [[0, 0, 0, 0]]], np.float32),
+        'labels': np.array([[3], [0]], np.int32),
+        'box_mask': np.array([[True], [False]]),
+    }
     k = jax.random.key(0)
     v = jax.jit(lambda x, t: model.init({'params': k, 'sample': k, 'dropout': k}, x, t, train=True))(x, t)
     assert models.count_params(v) == 1_102_368

@@ -97,8 +97,17 @@ def test_paper_variant_structure():
 # --------------------------------------------------------------------------- MACs
 
 
-MAC_MODELS = ['alexnet', 'vgg11', 'vgg13', 'vgg16', 'vgg19', 'googlenet', 'inception_v3', 'squeezenet1_0',
-              'squeezenet1_1']  # fmt: skip
+MAC_MODELS = [
+    'alexnet',
+    'vgg11',
+    'vgg13',
+    'vgg16',
+    'vgg19',
+    'googlenet',
+    'inception_v3',
+    'squeezenet1_0',
+    'squeezenet1_1',
+]
 
 
 @pytest.mark.parametrize('name', MAC_MODELS)
@@ -266,12 +275,16 @@ def test_inception_v3_aux_only_in_train_mode():
     assert 'aux' not in feats
     (_, feats), _ = jax.eval_shape(
         lambda v, x: model.apply(
-            v, x, train=True, return_features=True, mutable=['batch_stats', 'intermediates'],
+            v,
+            x,
+            train=True,
+            return_features=True,
+            mutable=['batch_stats', 'intermediates'],
             rngs={'dropout': jax.random.key(0)},
         ),
         v,
         x,
-    )  # fmt: skip
+    )
     assert feats['aux'].shape == (2, 5)
 
 

@@ -248,8 +248,17 @@ def test_shufflenet_v2_unit_names_cover_torchvision_branches():
     _, variables = _abstract('shufflenet_v2_x0_5', 64)
     params = variables['params']
     assert set(params['stage2_unit0']) == {
-        'b1_dw', 'b1_bn1', 'b1_conv', 'b1_bn2', 'b2_conv1', 'b2_bn1', 'b2_dw', 'b2_bn2', 'b2_conv2', 'b2_bn3'
-    }  # fmt: skip
+        'b1_dw',
+        'b1_bn1',
+        'b1_conv',
+        'b1_bn2',
+        'b2_conv1',
+        'b2_bn1',
+        'b2_dw',
+        'b2_bn2',
+        'b2_conv2',
+        'b2_bn3',
+    }
     assert set(params['stage2_unit1']) == {'b2_conv1', 'b2_bn1', 'b2_dw', 'b2_bn2', 'b2_conv2', 'b2_bn3'}
     assert sum(k.startswith('stage3_unit') for k in params) == 8
 
@@ -345,9 +354,15 @@ def test_conversions_registered():
     from research.interop import tv_dense
 
     assert set(tv_dense.CONVERSIONS) == {
-        'densenet121', 'densenet161', 'densenet169', 'densenet201',
-        'shufflenet_v2_x0_5', 'shufflenet_v2_x1_0', 'shufflenet_v2_x1_5', 'shufflenet_v2_x2_0',
-    }  # fmt: skip
+        'densenet121',
+        'densenet161',
+        'densenet169',
+        'densenet201',
+        'shufflenet_v2_x0_5',
+        'shufflenet_v2_x1_0',
+        'shufflenet_v2_x1_5',
+        'shufflenet_v2_x2_0',
+    }
     heavy = {n for n, c in tv_dense.CONVERSIONS.items() if c.heavy}
     assert heavy == {'densenet161', 'densenet169', 'densenet201'}
     assert (

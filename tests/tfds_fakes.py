@@ -33,13 +33,34 @@ CIFAR_COUNTS = {'train': 50, 'test': 20}  # CIFAR-10's train is 5 batches of 10
 IMAGENET_SYNSETS = 3
 IMAGENET_PER_SYNSET = 6
 IMAGENET_VAL = 8
-VOC_IDS = {'train': ['000005', '000007', '000009', '000012'], 'val': ['000016', '000017', '000019'],
-           'test': ['000001', '000002', '000004']}  # fmt: skip
+VOC_IDS = {
+    'train': ['000005', '000007', '000009', '000012'],
+    'val': ['000016', '000017', '000019'],
+    'test': ['000001', '000002', '000004'],
+}
 COCO_COUNTS = {'train2017': 8, 'val2017': 4, 'test2017': 2}
 VOC_CLASSES = (
-    'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'diningtable',
-    'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor',
-)  # fmt: skip
+    'aeroplane',
+    'bicycle',
+    'bird',
+    'boat',
+    'bottle',
+    'bus',
+    'car',
+    'cat',
+    'chair',
+    'cow',
+    'diningtable',
+    'dog',
+    'horse',
+    'motorbike',
+    'person',
+    'pottedplant',
+    'sheep',
+    'sofa',
+    'train',
+    'tvmonitor',
+)
 
 
 def _rng(tag: str) -> np.random.Generator:
@@ -228,9 +249,17 @@ def write_coco2017(root: str) -> dict[str, str]:
                 for k in range(1 + next_image % 3):  # the third object of an image is a crowd box
                     x, y = float(rng.uniform(0, w / 2)), float(rng.uniform(0, h / 2))
                     bw, bh = float(rng.uniform(6, w / 2)), float(rng.uniform(6, h / 2))
-                    anns.append({'id': next_ann, 'image_id': next_image, 'bbox': [x, y, bw, bh],
-                                 'area': bw * bh, 'iscrowd': int(k == 2), 'segmentation': [],
-                                 'category_id': cats[(next_image * 7 + k) % 80]['id']})  # fmt: skip
+                    anns.append(
+                        {
+                            'id': next_ann,
+                            'image_id': next_image,
+                            'bbox': [x, y, bw, bh],
+                            'area': bw * bh,
+                            'iscrowd': int(k == 2),
+                            'segmentation': [],
+                            'category_id': cats[(next_image * 7 + k) % 80]['id'],
+                        }
+                    )
                     next_ann += 1
                 next_image += 1
         annotations[split] = {'images': images, 'annotations': anns, 'categories': cats}

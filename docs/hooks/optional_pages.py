@@ -12,18 +12,18 @@ import logging
 import re
 from pathlib import Path
 
-log = logging.getLogger("mkdocs.hooks.optional_pages")
+log = logging.getLogger('mkdocs.hooks.optional_pages')
 
 #: The pages the nav may name before they exist. Any other missing page is an error.
 OPTIONAL = {
-    "data.md",
-    "imagenet.md",
-    "parity.md",
-    "reliability.md",
-    "multi-host.md",
-    "accelerators.md",
-    "tasks.md",
-    "architecture.md",
+    'data.md',
+    'imagenet.md',
+    'parity.md',
+    'reliability.md',
+    'multi-host.md',
+    'accelerators.md',
+    'tasks.md',
+    'architecture.md',
 }
 
 
@@ -49,15 +49,15 @@ def _prune(items, docs: Path, dropped: list[str]):
 
 def on_config(config):
     dropped: list[str] = []
-    config["nav"] = _prune(config["nav"], Path(config["docs_dir"]), dropped)
+    config['nav'] = _prune(config['nav'], Path(config['docs_dir']), dropped)
     if dropped:
-        log.info("pages not written yet, left out of the nav: %s", ", ".join(dropped))
+        log.info('pages not written yet, left out of the nav: %s', ', '.join(dropped))
     return config
 
 
-_SPHINX_ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|obj|exc):(?=<code>)")
+_SPHINX_ROLE = re.compile(r':(?:class|func|meth|mod|data|attr|obj|exc):(?=<code>)')
 
 
 def on_page_content(html, **kwargs):
     """The docstrings' Sphinx roles (``:class:`X```) render as code without the role prefix."""
-    return _SPHINX_ROLE.sub("", html)
+    return _SPHINX_ROLE.sub('', html)

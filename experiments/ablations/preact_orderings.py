@@ -42,16 +42,16 @@ from research.experiments import paper
 from research.experiments.sweep import product
 
 ARGS = {
-    "depth": 110,
-    "quick": False,
-    "epochs": 2,
-    "seeds": 2,
-    "path": CIFAR10_FOLDER,
-    "train_images": 0,
-    "test_images": 0,
+    'depth': 110,
+    'quick': False,
+    'epochs': 2,
+    'seeds': 2,
+    'path': CIFAR10_FOLDER,
+    'train_images': 0,
+    'test_images': 0,
 }
 PAPER_DEPTHS = (110, 164)
-ORDERINGS = ("a", "b", "c", "d", "e")
+ORDERINGS = ('a', 'b', 'c', 'd', 'e')
 
 
 def _paper_depth(depth: int) -> int:
@@ -61,34 +61,34 @@ def _paper_depth(depth: int) -> int:
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
-    depth = args["depth"]
+    depth = args['depth']
     if depth not in PAPER_DEPTHS and (not isinstance(depth, int) or depth < 8 or (depth - 2) % 6):
         raise ValueError(
             f"depth must be 110 or 164 (the paper's) or a smaller 6n+2 (e.g. 20, 32), got {depth!r}"
         )
-    quick = f",quick,epochs={args['epochs']}" if args["quick"] else ""
+    quick = f',quick,epochs={args["epochs"]}' if args['quick'] else ''
     # depth >= 110: resnet_cifar's 400-step warm-up at lr 0.01 (He et al. 2015, Sec. 4.2)
     base = 110 if depth in PAPER_DEPTHS else depth
-    c = resnet_cifar.get_config(f"folder,path={args['path']},depth={base}{quick}")
-    with_model(c, "preact_resnet_cifar", depth=depth, ordering="e", bottleneck=depth == 164)
-    return first_images(c, args["train_images"], args["test_images"])
+    c = resnet_cifar.get_config(f'folder,path={args["path"]},depth={base}{quick}')
+    with_model(c, 'preact_resnet_cifar', depth=depth, ordering='e', bottleneck=depth == 164)
+    return first_images(c, args['train_images'], args['test_images'])
 
 
 def get_sweep(arg=None):
     args = parse_arg(arg, ARGS)
-    return product({"model.ordering": list(ORDERINGS)}, seed=range(args["seeds"]))
+    return product({'model.ordering': list(ORDERINGS)}, seed=range(args['seeds']))
 
 
 def get_table(arg=None):
     args = parse_arg(arg, ARGS)
-    ref = _paper_depth(args["depth"])
+    ref = _paper_depth(args['depth'])
     return dict(
-        name="preact_orderings",
-        title=f"CIFAR-10 test error (%), ResNet-{args['depth']} unit orderings (He et al. 2016, Table 2)",
-        rows="model.ordering",
+        name='preact_orderings',
+        title=f'CIFAR-10 test error (%), ResNet-{args["depth"]} unit orderings (He et al. 2016, Table 2)',
+        rows='model.ordering',
         row_values=list(ORDERINGS),
         row_labels=paper.PREACT_ORDERING_NAMES,
-        metric="test_error",
+        metric='test_error',
         paper={o: v[ref] for o, v in paper.PREACT_ORDERINGS.items()},
-        paper_label="paper (median of 5)" if ref == args["depth"] else f"paper ResNet-{ref} (median of 5)",
+        paper_label='paper (median of 5)' if ref == args['depth'] else f'paper ResNet-{ref} (median of 5)',
     )

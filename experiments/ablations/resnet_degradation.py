@@ -40,55 +40,55 @@ from research.experiments import paper
 from research.experiments.sweep import product
 
 ARGS = {
-    "quick": False,
-    "epochs": 3,
-    "seeds": 2,
-    "depths": "20+56",
-    "path": CIFAR10_FOLDER,
-    "train_images": 0,
-    "test_images": 0,
+    'quick': False,
+    'epochs': 3,
+    'seeds': 2,
+    'depths': '20+56',
+    'path': CIFAR10_FOLDER,
+    'train_images': 0,
+    'test_images': 0,
 }
 
 
 def _depths(args):
-    return [int(d) for d in args["depths"].split("+")]
+    return [int(d) for d in args['depths'].split('+')]
 
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
-    base_arg = f"folder,path={args['path']}" + (f",quick,epochs={args['epochs']}" if args["quick"] else "")
+    base_arg = f'folder,path={args["path"]}' + (f',quick,epochs={args["epochs"]}' if args['quick'] else '')
     c = resnet_cifar.get_config(base_arg)
     # One model name for all four nets, so that `plain` and `depth` are sweepable keys.
-    with_model(c, "resnet_cifar", depth=_depths(args)[0], shortcut="A", plain=False)
-    return first_images(c, args["train_images"], args["test_images"])
+    with_model(c, 'resnet_cifar', depth=_depths(args)[0], shortcut='A', plain=False)
+    return first_images(c, args['train_images'], args['test_images'])
 
 
 def get_sweep(arg=None):
     args = parse_arg(arg, ARGS)
-    return product({"model.plain": [True, False], "model.depth": _depths(args)}, seed=range(args["seeds"]))
+    return product({'model.plain': [True, False], 'model.depth': _depths(args)}, seed=range(args['seeds']))
 
 
 def get_table(arg=None):
     args = parse_arg(arg, ARGS)
     common = dict(
-        rows="model.depth",
-        cols="model.plain",
+        rows='model.depth',
+        cols='model.plain',
         col_values=[True, False],
-        col_labels={True: "plain", False: "ResNet"},
-        row_labels={d: f"{d} layers" for d in _depths(args)},
+        col_labels={True: 'plain', False: 'ResNet'},
+        row_labels={d: f'{d} layers' for d in _depths(args)},
     )
     return [
         dict(
-            name="resnet_degradation",
-            title="CIFAR-10 test error (%): plain vs residual (He et al. 2015, Table 6 / Fig. 6)",
-            metric="test_error",
+            name='resnet_degradation',
+            title='CIFAR-10 test error (%): plain vs residual (He et al. 2015, Table 6 / Fig. 6)',
+            metric='test_error',
             paper={(d, False): e for d, e in paper.RESNET_CIFAR10_TABLE6.items()},
             **common,
         ),
         dict(
-            name="resnet_degradation_train",
-            title="CIFAR-10 final training error (%), last logged window (Fig. 6: plain-56 > plain-20)",
-            metric="train_error",
+            name='resnet_degradation_train',
+            title='CIFAR-10 final training error (%), last logged window (Fig. 6: plain-56 > plain-20)',
+            metric='train_error',
             **common,
         ),
     ]

@@ -39,12 +39,12 @@ from research.experiments import paper
 from research.experiments.sweep import chain, product, zip_
 
 ARGS = {
-    "quick": False,
-    "epochs": 3,
-    "train_images": 10000,
-    "test_images": 0,
-    "seeds": 2,
-    "path": CIFAR10_FOLDER,
+    'quick': False,
+    'epochs': 3,
+    'train_images': 10000,
+    'test_images': 0,
+    'seeds': 2,
+    'path': CIFAR10_FOLDER,
 }
 
 # WRN (depth, k)
@@ -54,43 +54,43 @@ NETS = [(16, 1), (16, 2), (16, 4), (22, 2), (40, 1), (40, 2)]
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
     depth, k = NETS[0]
-    quick = f",quick,epochs={args['epochs']}" if args["quick"] else ""
-    c = wrn_cifar.get_config(f"folder,path={args['path']},depth={depth},k={k}{quick}")
-    return first_images(c, args["train_images"] if args["quick"] else 0, args["test_images"])
+    quick = f',quick,epochs={args["epochs"]}' if args['quick'] else ''
+    c = wrn_cifar.get_config(f'folder,path={args["path"]},depth={depth},k={k}{quick}')
+    return first_images(c, args['train_images'] if args['quick'] else 0, args['test_images'])
 
 
 def get_sweep(arg=None):
     args = parse_arg(arg, ARGS)
-    wide = product({"model.depth": [16], "model.widen_factor": [1, 2, 4]})
-    deep = zip_({"model.depth": [d for d, _ in NETS[3:]], "model.widen_factor": [k for _, k in NETS[3:]]})
-    return product(chain(wide, deep), seed=range(args["seeds"]))
+    wide = product({'model.depth': [16], 'model.widen_factor': [1, 2, 4]})
+    deep = zip_({'model.depth': [d for d, _ in NETS[3:]], 'model.widen_factor': [k for _, k in NETS[3:]]})
+    return product(chain(wide, deep), seed=range(args['seeds']))
 
 
 def get_table(arg=None):
     depths = sorted({d for d, _ in NETS})
     ks = sorted({k for _, k in NETS})
     common = dict(
-        rows="model.depth",
-        cols="model.widen_factor",
+        rows='model.depth',
+        cols='model.widen_factor',
         row_values=depths,
         col_values=ks,
-        row_labels={d: f"WRN-{d}" for d in depths},
-        col_labels={k: f"k={k}" for k in ks},
+        row_labels={d: f'WRN-{d}' for d in depths},
+        col_labels={k: f'k={k}' for k in ks},
     )
     return [
         dict(
-            name="wrn_depth_width",
-            title="CIFAR-10 test error (%), WRN depth vs width (Zagoruyko & Komodakis, Table 4)",
-            metric="test_error",
-            paper={(d, k): v["cifar10"] for (d, k, *rest), v in paper.WRN_TABLE4.items() if not rest},
+            name='wrn_depth_width',
+            title='CIFAR-10 test error (%), WRN depth vs width (Zagoruyko & Komodakis, Table 4)',
+            metric='test_error',
+            paper={(d, k): v['cifar10'] for (d, k, *rest), v in paper.WRN_TABLE4.items() if not rest},
             **common,
         ),
         dict(
-            name="wrn_params",
-            title="Parameters: ours vs WRN (hand count)",
-            metric="num_params",
-            fmt=",.0f",
-            paper_label="WRN",
+            name='wrn_params',
+            title='Parameters: ours vs WRN (hand count)',
+            metric='num_params',
+            fmt=',.0f',
+            paper_label='WRN',
             paper=dict(paper.WRN_PARAMS),
             plot=False,
             **common,

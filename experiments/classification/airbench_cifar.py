@@ -47,8 +47,8 @@ from research.config import base_config, parse_arg, with_model
 
 HYP_LR = 11.5  # airbench: learning rate per 1024 examples (summed loss, decoupled from momentum)
 VARIANTS = {  # variant -> (model, widths from the base width w, HYP_LR, epochs)
-    94: ("airbench94_cifar", lambda w: (w, 4 * w, 4 * w), HYP_LR, 9.9),
-    95: ("airbench95_cifar", lambda w: (2 * w, 6 * w, 6 * w), 10.0, 15.0),
+    94: ('airbench94_cifar', lambda w: (w, 4 * w, 4 * w), HYP_LR, 9.9),
+    95: ('airbench95_cifar', lambda w: (2 * w, 6 * w, 6 * w), 10.0, 15.0),
 }
 HYP_WD = 0.0153  # airbench: weight decay per 1024 examples (decoupled from the learning rate)
 MOMENTUM = 0.85
@@ -58,56 +58,56 @@ def get_config(arg=None):
     args = parse_arg(
         arg,
         {
-            "variant": 94,
-            "quick": False,
-            "epochs": 0.0,
-            "batch": 0,
-            "k": 0,
-            "tta": 2,
-            "width": 0,
-            "tfds": False,
-            "path": CIFAR10_FOLDER,
+            'variant': 94,
+            'quick': False,
+            'epochs': 0.0,
+            'batch': 0,
+            'k': 0,
+            'tta': 2,
+            'width': 0,
+            'tfds': False,
+            'path': CIFAR10_FOLDER,
         },
     )
-    if args["variant"] not in VARIANTS:
-        raise ValueError(f"unknown airbench variant {args['variant']!r}; expected one of {sorted(VARIANTS)}")
-    model, widths_of, hyp_lr, full_epochs = VARIANTS[args["variant"]]
-    quick = args["quick"]
-    epochs = args["epochs"] or (2.0 if quick else full_epochs)
-    batch = args["batch"] or (128 if quick else 1024)
-    widths = widths_of(args["width"] or 64)
+    if args['variant'] not in VARIANTS:
+        raise ValueError(f'unknown airbench variant {args["variant"]!r}; expected one of {sorted(VARIANTS)}')
+    model, widths_of, hyp_lr, full_epochs = VARIANTS[args['variant']]
+    quick = args['quick']
+    epochs = args['epochs'] or (2.0 if quick else full_epochs)
+    batch = args['batch'] or (128 if quick else 1024)
+    widths = widths_of(args['width'] or 64)
     c = base_config()
-    c.task = "speedrun"
+    c.task = 'speedrun'
     with_model(c, model, widths=widths)
-    if args["tfds"]:
-        c.data.name = "cifar10"
+    if args['tfds']:
+        c.data.name = 'cifar10'
     else:
-        c.data.name = "image_folder"
-        c.data.path = args["path"]
+        c.data.name = 'image_folder'
+        c.data.path = args['path']
     if quick:
-        c.data.train_split = "train[:2048]"
-        c.data.eval_split = "test[:1000]"
+        c.data.train_split = 'train[:2048]'
+        c.data.eval_split = 'test[:1000]'
     c.data.normalize = True
     # SGD Nesterov on the mean loss: airbench's summed-loss lr 11.5 / (1024 (1 + 1/(1-m))) times the batch;
     # its coupled decay wd / lr per summed loss becomes HYP_WD / HYP_LR per mean loss.
-    c.optimizer.name = "nesterov"
+    c.optimizer.name = 'nesterov'
     c.optimizer.momentum = MOMENTUM
     c.optimizer.lr = hyp_lr / (1 + 1 / (1 - MOMENTUM)) * batch / 1024
     c.optimizer.weight_decay = HYP_WD / hyp_lr
     c.optimizer.decay_all = True
     # airbench's triangle(total, start=0.2, end=0.07, peak=0.23)
-    c.schedule.name = "linear"
-    c.schedule.warmup = f"{0.23 * epochs} epochs"
+    c.schedule.name = 'linear'
+    c.schedule.warmup = f'{0.23 * epochs} epochs'
     c.schedule.warmup_init_factor = 0.2
     c.schedule.end_factor = 0.07
-    c.train.duration = f"{epochs} epochs"
+    c.train.duration = f'{epochs} epochs'
     c.train.batch_size = batch
     c.train.eval_batch_size = 200 if quick else 1000  # x 6 views at tta=2
     c.train.label_smoothing = 0.2
     c.train.log_every_steps = 4 if quick else 16
-    c.train.eval_every = ""
-    c.speedrun.steps_per_call = args["k"] or (4 if quick else 8)
-    c.speedrun.tta_level = args["tta"]
+    c.train.eval_every = ''
+    c.speedrun.steps_per_call = args['k'] or (4 if quick else 8)
+    c.speedrun.tta_level = args['tta']
     if quick:  # shorter lookahead / whitening-bias phases for the 2-epoch check
         c.speedrun.whiten_samples = 2048
         c.speedrun.whiten_bias_epochs = 1.0

@@ -14,17 +14,17 @@ from experiments.paths import CIFAR10_FOLDER
 def cifar_args(epochs=5):
     """The config arguments every CIFAR config accepts: folder (the offline CIFAR-10 folder at
     ``path`` instead of TFDS), quick (a CPU check of ``epochs`` epochs), epochs, path."""
-    return {"folder": False, "quick": False, "epochs": epochs, "path": CIFAR10_FOLDER}
+    return {'folder': False, 'quick': False, 'epochs': epochs, 'path': CIFAR10_FOLDER}
 
 
 def cifar_data(c, args, *, cifar100=False, augment=True):
     """``args["folder"]``: the offline CIFAR-10 folder at ``args["path"]``; else TFDS CIFAR-10
     (CIFAR-100 with ``cifar100``). ``augment``: 4-pixel pad + 32x32 crop + flip."""
-    if args["folder"]:
-        c.data.name = "image_folder"
-        c.data.path = args["path"]
+    if args['folder']:
+        c.data.name = 'image_folder'
+        c.data.path = args['path']
     else:
-        c.data.name = "cifar100" if cifar100 else "cifar10"
+        c.data.name = 'cifar100' if cifar100 else 'cifar10'
     if augment:
         c.data.augment.crop_padding = 4
         c.data.augment.flip = True
@@ -38,14 +38,14 @@ def cifar_recipe(
     weight_decay,
     duration,
     boundaries,
-    optimizer="sgd",
+    optimizer='sgd',
     lr=0.1,
     decay_factor=0.1,
     batch_size=128,
-    eval_every="1 epochs",
-    checkpoint_every="1 epochs",
+    eval_every='1 epochs',
+    checkpoint_every='1 epochs',
     quick_at=(0.5, 0.75),
-    epoch_format="g",
+    epoch_format='g',
     cifar100=False,
     augment=True,
 ):
@@ -62,20 +62,20 @@ def cifar_recipe(
     c.optimizer.name = optimizer
     c.optimizer.lr = lr
     c.optimizer.momentum = 0.9
-    if optimizer == "nesterov":
+    if optimizer == 'nesterov':
         c.optimizer.nesterov = True
     c.optimizer.weight_decay = weight_decay
-    c.schedule.name = "step"
+    c.schedule.name = 'step'
     c.schedule.decay_factor = decay_factor
     c.train.batch_size = batch_size
     c.train.eval_batch_size = 500
-    if args["quick"]:
-        e = args["epochs"]
-        c.train.duration = f"{e} epochs"
-        c.schedule.boundaries = tuple(f"{format(f * e, epoch_format)} epochs" for f in quick_at)
+    if args['quick']:
+        e = args['epochs']
+        c.train.duration = f'{e} epochs'
+        c.schedule.boundaries = tuple(f'{format(f * e, epoch_format)} epochs' for f in quick_at)
         c.train.log_every_steps = 20
-        c.train.eval_every = "1 epochs"
-        c.train.checkpoint_every = "1 epochs"
+        c.train.eval_every = '1 epochs'
+        c.train.checkpoint_every = '1 epochs'
     else:
         c.train.duration = duration
         c.schedule.boundaries = tuple(boundaries)
@@ -88,7 +88,7 @@ def cifar_recipe(
 def first_images(c, train_images=0, test_images=0):
     """Trains / evaluates on the first N images of each split (TFDS sub-splits; 0 = all)."""
     if train_images:
-        c.data.train_split = f"train[:{train_images}]"
+        c.data.train_split = f'train[:{train_images}]'
     if test_images:
-        c.data.eval_split = f"test[:{test_images}]"
+        c.data.eval_split = f'test[:{test_images}]'
     return c

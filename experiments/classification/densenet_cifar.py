@@ -35,32 +35,32 @@ def get_config(arg=None):
     args = parse_arg(
         arg,
         {
-            "depth": 0,
-            "k": 12,
-            "plain": False,
-            "dropout": 0.0,
-            "noaug": False,
-            "cifar100": False,
+            'depth': 0,
+            'k': 12,
+            'plain': False,
+            'dropout': 0.0,
+            'noaug': False,
+            'cifar100': False,
             **cifar_args(epochs=1),
         },
     )
-    if args["folder"] and args["cifar100"]:
+    if args['folder'] and args['cifar100']:
         raise ValueError("the offline folder holds CIFAR-10 only; drop 'folder' for CIFAR-100")
-    depth = args["depth"] or (40 if args["quick"] else 100)
+    depth = args['depth'] or (40 if args['quick'] else 100)
     c = base_config()
-    model = dict(depth=depth, growth_rate=args["k"], dropout_rate=args["dropout"])
-    if args["plain"]:
+    model = dict(depth=depth, growth_rate=args['k'], dropout_rate=args['dropout'])
+    if args['plain']:
         model.update(bottleneck=False, compression=1.0)
-    with_model(c, "densenet_cifar", **model)
+    with_model(c, 'densenet_cifar', **model)
     return cifar_recipe(
         c,
         args,
-        optimizer="nesterov",
+        optimizer='nesterov',
         weight_decay=1e-4,
         batch_size=64,
-        duration="300 epochs",
-        boundaries=("150.0 epochs", "225.0 epochs"),  # spelled as the runs started before common.py
-        epoch_format="",
-        cifar100=args["cifar100"],
-        augment=not args["noaug"],
+        duration='300 epochs',
+        boundaries=('150.0 epochs', '225.0 epochs'),  # spelled as the runs started before common.py
+        epoch_format='',
+        cifar100=args['cifar100'],
+        augment=not args['noaug'],
     )

@@ -28,68 +28,68 @@ from research.config import base_config, parse_arg, with_model
 from research.models.efficientnet import VARIANTS
 
 ARGS = {
-    "variant": "b0",
-    "resolution": 0,
-    "batch": 0,
-    "epochs": 0,
-    "folder": "",
-    "quick": False,
-    "remat": False,
-    "path": CIFAR10_FOLDER,
+    'variant': 'b0',
+    'resolution': 0,
+    'batch': 0,
+    'epochs': 0,
+    'folder': '',
+    'quick': False,
+    'remat': False,
+    'path': CIFAR10_FOLDER,
 }
 PAPER_BATCH, PAPER_LR, EPOCHS, WARMUP = 4096, 0.256, 350, 5
 
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
-    if args["variant"] not in VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got {args['variant']!r}")
-    _, _, resolution, dropout = VARIANTS[args["variant"]]
+    if args['variant'] not in VARIANTS:
+        raise ValueError(f'variant must be one of {", ".join(VARIANTS)}; got {args["variant"]!r}')
+    _, _, resolution, dropout = VARIANTS[args['variant']]
     c = base_config()
     with_model(
         c,
-        f"efficientnet_{args['variant']}",
+        f'efficientnet_{args["variant"]}',
         dropout_rate=dropout,
         drop_path_rate=0.2,
         norm_eps=1e-3,
         norm_momentum=0.99,
-        **({"remat": True} if args["remat"] else {}),
+        **({'remat': True} if args['remat'] else {}),
     )
-    if args["quick"]:
-        c.data.name = "image_folder"
-        c.data.path = args["path"]
+    if args['quick']:
+        c.data.name = 'image_folder'
+        c.data.path = args['path']
         c.data.image_size = 0
-        batch = args["batch"] or 64
-        epochs = args["epochs"] or 2
+        batch = args['batch'] or 64
+        epochs = args['epochs'] or 2
         c.train.log_every_steps = 20
     else:
-        if args["folder"]:
-            c.data.name = "image_folder"
-            c.data.path = args["folder"]
+        if args['folder']:
+            c.data.name = 'image_folder'
+            c.data.path = args['folder']
         else:
-            c.data.name = "imagenet2012"
-            c.data.eval_split = "validation"
-        c.data.image_size = args["resolution"] or resolution
-        batch = args["batch"] or PAPER_BATCH
-        epochs = args["epochs"] or EPOCHS
-        c.schedule.warmup = f"{WARMUP} epochs"
+            c.data.name = 'imagenet2012'
+            c.data.eval_split = 'validation'
+        c.data.image_size = args['resolution'] or resolution
+        batch = args['batch'] or PAPER_BATCH
+        epochs = args['epochs'] or EPOCHS
+        c.schedule.warmup = f'{WARMUP} epochs'
         c.schedule.warmup_init_factor = 0.0
         c.train.log_every_steps = 100
     c.data.augment.flip = True
     c.data.augment.scale = 0.25
-    c.optimizer.name = "rmsprop"
+    c.optimizer.name = 'rmsprop'
     c.optimizer.lr = PAPER_LR * batch / PAPER_BATCH
     c.optimizer.momentum = 0.9
     c.optimizer.b2 = 0.9  # RMSProp decay
     c.optimizer.eps = 1e-3
     c.optimizer.weight_decay = 1e-5
-    c.schedule.name = "step"
+    c.schedule.name = 'step'
     c.schedule.decay_factor = 0.97
     c.schedule.boundaries = exponential_boundaries(epochs, 2.4)
     c.train.label_smoothing = 0.1
     c.train.batch_size = batch
     c.train.eval_batch_size = max(batch, 250)
-    c.train.duration = f"{epochs} epochs"
-    c.train.eval_every = "1 epochs"
-    c.train.checkpoint_every = "1 epochs"
+    c.train.duration = f'{epochs} epochs'
+    c.train.eval_every = '1 epochs'
+    c.train.checkpoint_every = '1 epochs'
     return c

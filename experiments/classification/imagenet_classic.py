@@ -58,62 +58,62 @@ from experiments.paths import CIFAR10_FOLDER
 from research.config import base_config, parse_arg, with_model
 
 ARGS = {
-    "model": "alexnet",
-    "size": 0,
-    "folder": "",
-    "quick": False,
-    "epochs": 1,
-    "workers": 0,
-    "remat": False,
-    "path": CIFAR10_FOLDER,
+    'model': 'alexnet',
+    'size': 0,
+    'folder': '',
+    'quick': False,
+    'epochs': 1,
+    'workers': 0,
+    'remat': False,
+    'path': CIFAR10_FOLDER,
 }
 
 MODELS = {
-    "alexnet": "alexnet",
-    "alexnet_paper": "alexnet",
-    "googlenet": "googlenet",
-    "googlenet_paper": "googlenet",
-    "inception_v3": "inception",
-    "inception_v4": "inception",
-    "squeezenet1_0": "squeezenet",
-    "squeezenet1_1": "squeezenet",
-    **{f"vgg{d}{s}": "vgg" for d in (11, 13, 16, 19) for s in ("", "_bn")},
-    "vgg16_c": "vgg",
-    "vgg11_lrn": "vgg",
+    'alexnet': 'alexnet',
+    'alexnet_paper': 'alexnet',
+    'googlenet': 'googlenet',
+    'googlenet_paper': 'googlenet',
+    'inception_v3': 'inception',
+    'inception_v4': 'inception',
+    'squeezenet1_0': 'squeezenet',
+    'squeezenet1_1': 'squeezenet',
+    **{f'vgg{d}{s}': 'vgg' for d in (11, 13, 16, 19) for s in ('', '_bn')},
+    'vgg16_c': 'vgg',
+    'vgg11_lrn': 'vgg',
 }
 
 
 def _recipe(family: str) -> dict:
     """(optimizer, schedule, train) settings of each paper; epochs as numbers."""
-    if family in ("alexnet", "vgg"):
-        vgg = family == "vgg"
+    if family in ('alexnet', 'vgg'):
+        vgg = family == 'vgg'
         return dict(
-            opt=dict(name="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4),
-            sched=dict(name="step", decay_factor=0.1),
+            opt=dict(name='sgd', lr=0.01, momentum=0.9, weight_decay=5e-4),
+            sched=dict(name='step', decay_factor=0.1),
             steps=(30, 50, 65) if vgg else (30, 60, 80),
             epochs=74 if vgg else 90,
             batch=256 if vgg else 128,
         )
-    if family == "googlenet":
+    if family == 'googlenet':
         return dict(
-            opt=dict(name="sgd", lr=0.01, momentum=0.9, weight_decay=2e-4),
-            sched=dict(name="step", decay_factor=0.96),
+            opt=dict(name='sgd', lr=0.01, momentum=0.9, weight_decay=2e-4),
+            sched=dict(name='step', decay_factor=0.96),
             steps=tuple(range(8, 120, 8)),
             epochs=120,
             batch=256,
         )
-    if family == "inception":
+    if family == 'inception':
         return dict(
-            opt=dict(name="adam", lr=0.045, b1=0.9, b2=0.9, eps=1.0, grad_clip_norm=2.0),
-            sched=dict(name="step", decay_factor=0.94),
+            opt=dict(name='adam', lr=0.045, b1=0.9, b2=0.9, eps=1.0, grad_clip_norm=2.0),
+            sched=dict(name='step', decay_factor=0.94),
             steps=tuple(range(2, 100, 2)),
             epochs=100,
             batch=256,
             label_smoothing=0.1,
         )
     return dict(  # squeezenet
-        opt=dict(name="sgd", lr=0.04, momentum=0.9, weight_decay=2e-4),
-        sched=dict(name="linear", end_factor=0.0),
+        opt=dict(name='sgd', lr=0.04, momentum=0.9, weight_decay=2e-4),
+        sched=dict(name='linear', end_factor=0.0),
         steps=(),
         epochs=68,
         batch=512,
@@ -122,56 +122,56 @@ def _recipe(family: str) -> dict:
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
-    name = args["model"]
+    name = args['model']
     if name not in MODELS:
         raise ValueError(f"unknown model '{name}' for imagenet_classic (known: {', '.join(sorted(MODELS))})")
     family = MODELS[name]
     r = _recipe(family)
     c = base_config()
-    model = {"aux_logits": False} if name in ("googlenet", "googlenet_paper", "inception_v3") else {}
-    if args["remat"]:  # AlexNet refuses `remat` by name
-        model["remat"] = True
-    for k, v in r["opt"].items():
+    model = {'aux_logits': False} if name in ('googlenet', 'googlenet_paper', 'inception_v3') else {}
+    if args['remat']:  # AlexNet refuses `remat` by name
+        model['remat'] = True
+    for k, v in r['opt'].items():
         setattr(c.optimizer, k, v)
-    for k, v in r["sched"].items():
+    for k, v in r['sched'].items():
         setattr(c.schedule, k, v)
-    c.train.label_smoothing = r.get("label_smoothing", 0.0)
-    size = args["size"] or (299 if family == "inception" else 224)
+    c.train.label_smoothing = r.get('label_smoothing', 0.0)
+    size = args['size'] or (299 if family == 'inception' else 224)
     # torchvision's reference input pipeline (see the docstring).
     c.data.augment.random_resized_crop = True
     c.data.augment.flip = True
-    c.data.normalize = "imagenet"
-    c.data.num_workers = args["workers"]
-    if args["quick"]:
+    c.data.normalize = 'imagenet'
+    c.data.num_workers = args['workers']
+    if args['quick']:
         with_model(c, name, num_classes=10, **model)
-        c.data.name = "image_folder"
-        c.data.path = args["path"]
-        c.data.train_split = "train[:5000]"
-        c.data.image_size = args["size"] or 75
+        c.data.name = 'image_folder'
+        c.data.path = args['path']
+        c.data.train_split = 'train[:5000]'
+        c.data.image_size = args['size'] or 75
         c.data.eval_resize = round(c.data.image_size * 256 / 224)
         c.train.batch_size = 32
-        c.optimizer.lr = r["opt"]["lr"] * 32 / r["batch"]
-        e = args["epochs"]
-        c.train.duration = f"{e} epochs"
+        c.optimizer.lr = r['opt']['lr'] * 32 / r['batch']
+        e = args['epochs']
+        c.train.duration = f'{e} epochs'
         # The recipe's boundaries, compressed from its length to e epochs.
-        c.schedule.boundaries = tuple(f"{s * e / r['epochs']:g} epochs" for s in r["steps"])
+        c.schedule.boundaries = tuple(f'{s * e / r["epochs"]:g} epochs' for s in r['steps'])
         c.train.log_every_steps = 10
     else:
         with_model(c, name, **model)
-        if args["folder"]:
-            c.data.name = "image_folder"
-            c.data.path = args["folder"]
-            c.data.eval_split = "val"
+        if args['folder']:
+            c.data.name = 'image_folder'
+            c.data.path = args['folder']
+            c.data.eval_split = 'val'
         else:
-            c.data.name = "imagenet2012"
-            c.data.eval_split = "validation"
+            c.data.name = 'imagenet2012'
+            c.data.eval_split = 'validation'
         c.data.image_size = size
         c.data.eval_resize = round(size * 256 / 224)
-        c.train.batch_size = r["batch"]
-        c.train.duration = f"{r['epochs']} epochs"
-        c.schedule.boundaries = tuple(f"{s} epochs" for s in r["steps"])
+        c.train.batch_size = r['batch']
+        c.train.duration = f'{r["epochs"]} epochs'
+        c.schedule.boundaries = tuple(f'{s} epochs' for s in r['steps'])
         c.train.log_every_steps = 100
-    c.train.eval_every = "1 epochs"
+    c.train.eval_every = '1 epochs'
     c.train.eval_batch_size = 250
-    c.train.checkpoint_every = "1 epochs"
+    c.train.checkpoint_every = '1 epochs'
     return c

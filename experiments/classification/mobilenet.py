@@ -42,82 +42,82 @@ from experiments.paths import CIFAR10_FOLDER
 from research.config import base_config, parse_arg, with_model
 
 ARGS = {
-    "model": "v2",
-    "width": 1.0,
-    "resolution": 224,
-    "batch": 0,
-    "epochs": 0,
-    "folder": "",
-    "quick": False,
-    "remat": False,
-    "path": CIFAR10_FOLDER,
+    'model': 'v2',
+    'width': 1.0,
+    'resolution': 224,
+    'batch': 0,
+    'epochs': 0,
+    'folder': '',
+    'quick': False,
+    'remat': False,
+    'path': CIFAR10_FOLDER,
 }
 
 # model -> (registry name, width kwarg, paper batch, paper lr, decay per period, period in epochs,
 #           warm-up epochs, weight decay, epochs, label smoothing, extra model kwargs)
 RECIPES = {
-    "v1": ("mobilenet_v1", "width_multiplier", 96, 0.045, 0.98, 1.0, 0, 4e-5, 200, 0.0, {}),
-    "v2": ("mobilenet_v2", "width_mult", 96, 0.045, 0.98, 1.0, 0, 4e-5, 200, 0.0, {}),
-    "v3_large": ("mobilenet_v3_large", "width_mult", 4096, 0.1, 0.97, 2.4, 0, 1e-5, 350, 0.0, {}),
-    "v3_small": ("mobilenet_v3_small", "width_mult", 4096, 0.1, 0.97, 2.4, 0, 1e-5, 350, 0.0, {}),
-    "mnasnet": ("mnasnet1_0", "alpha", 4096, 0.256, 0.97, 2.4, 5, 1e-5, 350, 0.1, {"norm_momentum": 0.99}),
-    "mnasnet_a1": ("mnasnet_a1", "alpha", 4096, 0.256, 0.97, 2.4, 5, 1e-5, 350, 0.1, {"norm_momentum": 0.99}),
+    'v1': ('mobilenet_v1', 'width_multiplier', 96, 0.045, 0.98, 1.0, 0, 4e-5, 200, 0.0, {}),
+    'v2': ('mobilenet_v2', 'width_mult', 96, 0.045, 0.98, 1.0, 0, 4e-5, 200, 0.0, {}),
+    'v3_large': ('mobilenet_v3_large', 'width_mult', 4096, 0.1, 0.97, 2.4, 0, 1e-5, 350, 0.0, {}),
+    'v3_small': ('mobilenet_v3_small', 'width_mult', 4096, 0.1, 0.97, 2.4, 0, 1e-5, 350, 0.0, {}),
+    'mnasnet': ('mnasnet1_0', 'alpha', 4096, 0.256, 0.97, 2.4, 5, 1e-5, 350, 0.1, {'norm_momentum': 0.99}),
+    'mnasnet_a1': ('mnasnet_a1', 'alpha', 4096, 0.256, 0.97, 2.4, 5, 1e-5, 350, 0.1, {'norm_momentum': 0.99}),
 }
 
 
 def exponential_boundaries(epochs: float, period: float) -> tuple[str, ...]:
     """Staircase exponential decay as step boundaries: every ``period`` epochs up to ``epochs``."""
     n = int(epochs / period)
-    return tuple(f"{round(period * k, 4)} epochs" for k in range(1, n + 1) if period * k < epochs)
+    return tuple(f'{round(period * k, 4)} epochs' for k in range(1, n + 1) if period * k < epochs)
 
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
-    if args["model"] not in RECIPES:
-        raise ValueError(f"model must be one of {', '.join(RECIPES)}; got {args['model']!r}")
+    if args['model'] not in RECIPES:
+        raise ValueError(f'model must be one of {", ".join(RECIPES)}; got {args["model"]!r}')
     name, width_key, paper_batch, paper_lr, decay, period, warmup, wd, epochs, smooth, extra = RECIPES[
-        args["model"]
+        args['model']
     ]
     c = base_config()
-    if args["remat"]:
-        extra = {**extra, "remat": True}
-    with_model(c, name, **{width_key: args["width"]}, **extra)
-    if args["quick"]:
-        c.data.name = "image_folder"
-        c.data.path = args["path"]
+    if args['remat']:
+        extra = {**extra, 'remat': True}
+    with_model(c, name, **{width_key: args['width']}, **extra)
+    if args['quick']:
+        c.data.name = 'image_folder'
+        c.data.path = args['path']
         c.data.image_size = 0  # native 32 px: a smoke run, not a reproduction
-        batch = args["batch"] or 64
-        epochs = args["epochs"] or 2
+        batch = args['batch'] or 64
+        epochs = args['epochs'] or 2
         c.train.log_every_steps = 20
     else:
-        if args["folder"]:
-            c.data.name = "image_folder"
-            c.data.path = args["folder"]
+        if args['folder']:
+            c.data.name = 'image_folder'
+            c.data.path = args['folder']
         else:
-            c.data.name = "imagenet2012"
-            c.data.eval_split = "validation"
-        c.data.image_size = args["resolution"]
-        batch = args["batch"] or paper_batch
-        epochs = args["epochs"] or epochs
+            c.data.name = 'imagenet2012'
+            c.data.eval_split = 'validation'
+        c.data.image_size = args['resolution']
+        batch = args['batch'] or paper_batch
+        epochs = args['epochs'] or epochs
         c.train.log_every_steps = 100
     c.data.augment.flip = True
     c.data.augment.scale = 0.25
-    c.optimizer.name = "rmsprop"
+    c.optimizer.name = 'rmsprop'
     c.optimizer.lr = paper_lr * batch / paper_batch
     c.optimizer.momentum = 0.9
     c.optimizer.b2 = 0.9  # RMSProp decay
-    c.optimizer.eps = 1e-3 if args["model"].startswith(("v3", "mnasnet")) else 1.0
+    c.optimizer.eps = 1e-3 if args['model'].startswith(('v3', 'mnasnet')) else 1.0
     c.optimizer.weight_decay = wd
-    c.schedule.name = "step"
+    c.schedule.name = 'step'
     c.schedule.decay_factor = decay
     c.schedule.boundaries = exponential_boundaries(epochs, period)
-    if warmup and not args["quick"]:
-        c.schedule.warmup = f"{warmup} epochs"
+    if warmup and not args['quick']:
+        c.schedule.warmup = f'{warmup} epochs'
         c.schedule.warmup_init_factor = 0.0
     c.train.label_smoothing = smooth
     c.train.batch_size = batch
     c.train.eval_batch_size = max(batch, 250)
-    c.train.duration = f"{epochs} epochs"
-    c.train.eval_every = "1 epochs"
-    c.train.checkpoint_every = "1 epochs"
+    c.train.duration = f'{epochs} epochs'
+    c.train.eval_every = '1 epochs'
+    c.train.checkpoint_every = '1 epochs'
     return c

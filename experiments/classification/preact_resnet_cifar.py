@@ -22,13 +22,13 @@ from experiments.paths import CIFAR10_FOLDER
 from research.config import parse_arg, with_model
 
 ARGS = {
-    "depth": 164,
-    "ordering": "e",
-    "bottleneck": False,
-    "folder": False,
-    "quick": False,
-    "epochs": 5,
-    "path": CIFAR10_FOLDER,
+    'depth': 164,
+    'ordering': 'e',
+    'bottleneck': False,
+    'folder': False,
+    'quick': False,
+    'epochs': 5,
+    'path': CIFAR10_FOLDER,
 }
 
 
@@ -39,17 +39,17 @@ def uses_bottleneck(depth, bottleneck=False):
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
-    base = ["depth=110"]  # the 2015 recipe with its 400-step warm-up for deep nets
-    if args["folder"]:
-        base.append(f"folder,path={args['path']}")
-    if args["quick"]:
-        base.append(f"quick,epochs={args['epochs']}")
-    c = resnet_cifar.get_config(",".join(base))
+    base = ['depth=110']  # the 2015 recipe with its 400-step warm-up for deep nets
+    if args['folder']:
+        base.append(f'folder,path={args["path"]}')
+    if args['quick']:
+        base.append(f'quick,epochs={args["epochs"]}')
+    c = resnet_cifar.get_config(','.join(base))
     with_model(
         c,
-        "preact_resnet_cifar",
-        depth=args["depth"],
-        ordering=args["ordering"],
-        bottleneck=uses_bottleneck(args["depth"], args["bottleneck"]),
+        'preact_resnet_cifar',
+        depth=args['depth'],
+        ordering=args['ordering'],
+        bottleneck=uses_bottleneck(args['depth'], args['bottleneck']),
     )
     return c

@@ -29,26 +29,26 @@ def get_config(arg=None):
     args = parse_arg(
         arg,
         {
-            "depth": 20,
-            "shortcut": "A",
-            "plain": False,
+            'depth': 20,
+            'shortcut': 'A',
+            'plain': False,
             **cifar_args(epochs=5),
         },
     )
     c = base_config()
-    if args["plain"]:
-        with_model(c, "plain_cifar", depth=args["depth"])
+    if args['plain']:
+        with_model(c, 'plain_cifar', depth=args['depth'])
     else:
-        with_model(c, "resnet_cifar", depth=args["depth"], shortcut=args["shortcut"])
+        with_model(c, 'resnet_cifar', depth=args['depth'], shortcut=args['shortcut'])
     cifar_recipe(
         c,
         args,
         weight_decay=1e-4,
-        duration="64000 steps",
-        boundaries=("32000 steps", "48000 steps"),
-        epoch_format="",
+        duration='64000 steps',
+        boundaries=('32000 steps', '48000 steps'),
+        epoch_format='',
     )
-    if args["depth"] >= 110:
-        c.schedule.warmup = "400 steps"
+    if args['depth'] >= 110:
+        c.schedule.warmup = '400 steps'
         c.schedule.warmup_init_factor = 0.1
     return c

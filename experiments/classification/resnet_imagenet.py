@@ -55,74 +55,74 @@ from experiments.paths import CIFAR10_FOLDER
 from research.config import base_config, parse_arg, with_model
 
 ARGS = {
-    "model": "resnet50",
-    "zero_init": False,
-    "remat": False,
-    "size": 224,
-    "batch": 256,
-    "schedule": "step",
-    "workers": 0,
-    "folder": "",
-    "quick": False,
-    "epochs": 2,
-    "path": CIFAR10_FOLDER,
+    'model': 'resnet50',
+    'zero_init': False,
+    'remat': False,
+    'size': 224,
+    'batch': 256,
+    'schedule': 'step',
+    'workers': 0,
+    'folder': '',
+    'quick': False,
+    'epochs': 2,
+    'path': CIFAR10_FOLDER,
 }
 
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
-    if args["schedule"] not in ("step", "cosine"):
-        raise ValueError(f"schedule={args['schedule']!r}: expected step or cosine")
+    if args['schedule'] not in ('step', 'cosine'):
+        raise ValueError(f'schedule={args["schedule"]!r}: expected step or cosine')
     c = base_config()
-    model = {"zero_init_residual": True} if args["zero_init"] else {}
-    if args["remat"]:  # a model without the knob refuses it by name (research/tasks/checks.py)
-        model["remat"] = True
-    with_model(c, args["model"], **model)
+    model = {'zero_init_residual': True} if args['zero_init'] else {}
+    if args['remat']:  # a model without the knob refuses it by name (research/tasks/checks.py)
+        model['remat'] = True
+    with_model(c, args['model'], **model)
     # The recipe's input pipeline (docs/imagenet.md).
     c.data.augment.random_resized_crop = True
     c.data.augment.flip = True
-    c.data.normalize = "imagenet"
-    c.data.num_workers = args["workers"]
-    if args["quick"]:
-        c.data.name = "image_folder"
-        c.data.path = args["path"]
-        c.data.train_split = "train[:5000]"
+    c.data.normalize = 'imagenet'
+    c.data.num_workers = args['workers']
+    if args['quick']:
+        c.data.name = 'image_folder'
+        c.data.path = args['path']
+        c.data.train_split = 'train[:5000]'
         c.data.image_size = 64
         c.data.eval_resize = 73  # 64 / 0.875, as 224 / 256
-        batch, e = 64, args["epochs"]
-        c.train.duration = f"{e} epochs"
-        boundaries = (f"{e / 3:g} epochs", f"{2 * e / 3:g} epochs")
+        batch, e = 64, args['epochs']
+        c.train.duration = f'{e} epochs'
+        boundaries = (f'{e / 3:g} epochs', f'{2 * e / 3:g} epochs')
         c.train.log_every_steps = 10
     else:
-        if args["folder"]:
-            c.data.name = "image_folder"
-            c.data.path = args["folder"]
-            c.data.eval_split = "val"
+        if args['folder']:
+            c.data.name = 'image_folder'
+            c.data.path = args['folder']
+            c.data.eval_split = 'val'
         else:
-            c.data.name = "imagenet2012"
-            c.data.eval_split = "validation"
-        c.data.image_size = args["size"]
-        c.data.eval_resize = round(args["size"] * 256 / 224)
-        batch = args["batch"]
-        c.train.duration = "90 epochs"
-        boundaries = ("30 epochs", "60 epochs", "80 epochs")
+            c.data.name = 'imagenet2012'
+            c.data.eval_split = 'validation'
+        c.data.image_size = args['size']
+        c.data.eval_resize = round(args['size'] * 256 / 224)
+        batch = args['batch']
+        c.train.duration = '90 epochs'
+        boundaries = ('30 epochs', '60 epochs', '80 epochs')
         if batch > 256:  # Goyal et al.'s gradual warm-up for large batches
-            c.schedule.warmup = "5 epochs"
+            c.schedule.warmup = '5 epochs'
             c.schedule.warmup_init_factor = 256 / batch  # from 0.1 to 0.1 x batch / 256
         c.train.log_every_steps = 100
     c.train.batch_size = batch
-    c.optimizer.name = "sgd"
+    c.optimizer.name = 'sgd'
     c.optimizer.lr = 0.1 * batch / 256
     c.optimizer.momentum = 0.9
     c.optimizer.weight_decay = 1e-4
-    if args["schedule"] == "step":
-        c.schedule.name = "step"
+    if args['schedule'] == 'step':
+        c.schedule.name = 'step'
         c.schedule.boundaries = boundaries
         c.schedule.decay_factor = 0.1
     else:
-        c.schedule.name = "cosine"
+        c.schedule.name = 'cosine'
         c.schedule.end_factor = 0.0
-    c.train.eval_every = "1 epochs"
+    c.train.eval_every = '1 epochs'
     c.train.eval_batch_size = 250
-    c.train.checkpoint_every = "1 epochs"
+    c.train.checkpoint_every = '1 epochs'
     return c

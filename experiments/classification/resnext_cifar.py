@@ -18,9 +18,9 @@ from experiments.classification.common import cifar_args, cifar_recipe
 from research.config import base_config, parse_arg, with_model
 
 ARGS = {
-    "depth": 29,
-    "cardinality": 8,
-    "base_width": 64,
+    'depth': 29,
+    'cardinality': 8,
+    'base_width': 64,
     **cifar_args(epochs=5),
 }
 
@@ -30,16 +30,16 @@ def get_config(arg=None):
     c = base_config()
     with_model(
         c,
-        "resnext_cifar",
-        depth=args["depth"],
-        cardinality=args["cardinality"],
-        base_width=args["base_width"],
+        'resnext_cifar',
+        depth=args['depth'],
+        cardinality=args['cardinality'],
+        base_width=args['base_width'],
     )
     return cifar_recipe(
         c,
         args,
         weight_decay=5e-4,
-        duration="300 epochs",
-        boundaries=("150 epochs", "225 epochs"),
-        eval_every="5 epochs",
+        duration='300 epochs',
+        boundaries=('150 epochs', '225 epochs'),
+        eval_every='5 epochs',
     )

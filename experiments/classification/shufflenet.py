@@ -34,10 +34,10 @@ from experiments.paths import CIFAR10_FOLDER
 from research.config import base_config, parse_arg, with_model
 
 V2_MODELS = {
-    0.5: "shufflenet_v2_x0_5",
-    1.0: "shufflenet_v2_x1_0",
-    1.5: "shufflenet_v2_x1_5",
-    2.0: "shufflenet_v2_x2_0",
+    0.5: 'shufflenet_v2_x0_5',
+    1.0: 'shufflenet_v2_x1_0',
+    1.5: 'shufflenet_v2_x1_5',
+    2.0: 'shufflenet_v2_x2_0',
 }
 PAPER_ITERATIONS = 300_000
 PAPER_BATCH = 1024
@@ -48,55 +48,55 @@ def get_config(arg=None):
     args = parse_arg(
         arg,
         {
-            "version": 1,
-            "groups": 3,
-            "scale": 1.0,
-            "batch": PAPER_BATCH,
-            "zoom": 0.2,
-            "folder": False,
-            "quick": False,
-            "steps": 300,
-            "remat": False,
-            "path": CIFAR10_FOLDER,
+            'version': 1,
+            'groups': 3,
+            'scale': 1.0,
+            'batch': PAPER_BATCH,
+            'zoom': 0.2,
+            'folder': False,
+            'quick': False,
+            'steps': 300,
+            'remat': False,
+            'path': CIFAR10_FOLDER,
         },
     )
     c = base_config()
-    remat = {"remat": True} if args["remat"] else {}
-    if args["version"] == 1:
-        with_model(c, "shufflenet_v1", groups=args["groups"], scale=args["scale"], **remat)
-    elif args["version"] == 2:
-        if args["scale"] not in V2_MODELS:
-            raise ValueError(f"ShuffleNet v2 scale must be one of {sorted(V2_MODELS)}; got {args['scale']}")
-        with_model(c, V2_MODELS[args["scale"]], **remat)
+    remat = {'remat': True} if args['remat'] else {}
+    if args['version'] == 1:
+        with_model(c, 'shufflenet_v1', groups=args['groups'], scale=args['scale'], **remat)
+    elif args['version'] == 2:
+        if args['scale'] not in V2_MODELS:
+            raise ValueError(f'ShuffleNet v2 scale must be one of {sorted(V2_MODELS)}; got {args["scale"]}')
+        with_model(c, V2_MODELS[args['scale']], **remat)
     else:
-        raise ValueError(f"version must be 1 or 2; got {args['version']}")
-    if args["folder"]:
-        c.data.name = "image_folder"
-        c.data.path = args["path"]
+        raise ValueError(f'version must be 1 or 2; got {args["version"]}')
+    if args['folder']:
+        c.data.name = 'image_folder'
+        c.data.path = args['path']
     else:
-        c.data.name = "imagenet2012"
-        c.data.eval_split = "validation"
+        c.data.name = 'imagenet2012'
+        c.data.eval_split = 'validation'
         c.data.image_size = 224
     c.data.augment.flip = True
-    c.data.augment.scale = args["zoom"]
-    batch = 128 if args["quick"] else args["batch"]
-    c.optimizer.name = "sgd"
+    c.data.augment.scale = args['zoom']
+    batch = 128 if args['quick'] else args['batch']
+    c.optimizer.name = 'sgd'
     c.optimizer.lr = PAPER_LR * batch / PAPER_BATCH
     c.optimizer.momentum = 0.9
     c.optimizer.weight_decay = 4e-5
     c.optimizer.decay_all = False
-    c.schedule.name = "linear"
+    c.schedule.name = 'linear'
     c.schedule.end_factor = 0.0
     c.train.batch_size = batch
-    c.train.eval_batch_size = 500 if args["folder"] else 250
-    if args["quick"]:
-        c.train.duration = f"{args['steps']} steps"
+    c.train.eval_batch_size = 500 if args['folder'] else 250
+    if args['quick']:
+        c.train.duration = f'{args["steps"]} steps'
         c.train.log_every_steps = 20
-        c.train.eval_every = ""
-        c.train.checkpoint_every = ""
+        c.train.eval_every = ''
+        c.train.checkpoint_every = ''
     else:
-        c.train.duration = f"{PAPER_ITERATIONS * PAPER_BATCH // batch} steps"
+        c.train.duration = f'{PAPER_ITERATIONS * PAPER_BATCH // batch} steps'
         c.train.log_every_steps = 100
-        c.train.eval_every = "5 epochs"
-        c.train.checkpoint_every = "1 epochs"
+        c.train.eval_every = '5 epochs'
+        c.train.checkpoint_every = '1 epochs'
     return c

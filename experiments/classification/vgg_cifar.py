@@ -23,25 +23,25 @@ CIFAR-10 folder ($RESEARCH_DATA_DIR/cifar10-jpg.tgz, docs/data.md) instead of TF
 from experiments.classification.common import cifar_args, cifar_recipe
 from research.config import base_config, parse_arg, with_model
 
-DEPTHS = {11: "vgg11", 13: "vgg13", 16: "vgg16", 19: "vgg19"}
+DEPTHS = {11: 'vgg11', 13: 'vgg13', 16: 'vgg16', 19: 'vgg19'}
 
 
 def get_config(arg=None):
     args = parse_arg(
         arg,
-        {"depth": 16, "bn": True, **cifar_args(epochs=3)},
+        {'depth': 16, 'bn': True, **cifar_args(epochs=3)},
     )
-    if args["depth"] not in DEPTHS:
-        raise ValueError(f"vgg_cifar depth must be one of {sorted(DEPTHS)}, got {args['depth']}")
-    name = DEPTHS[args["depth"]] + ("_bn" if args["bn"] else "")
+    if args['depth'] not in DEPTHS:
+        raise ValueError(f'vgg_cifar depth must be one of {sorted(DEPTHS)}, got {args["depth"]}')
+    name = DEPTHS[args['depth']] + ('_bn' if args['bn'] else '')
     c = base_config()
     with_model(c, name, num_classes=10, classifier_width=512, pool_size=1, dropout_rate=0.5)
     return cifar_recipe(
         c,
         args,
-        lr=0.05 if args["bn"] else 0.01,
+        lr=0.05 if args['bn'] else 0.01,
         weight_decay=5e-4,
         decay_factor=0.5,
-        duration="300 epochs",
-        boundaries=[f"{30 * k} epochs" for k in range(1, 10)],
+        duration='300 epochs',
+        boundaries=[f'{30 * k} epochs' for k in range(1, 10)],
     )

@@ -19,10 +19,10 @@ from experiments.classification.common import cifar_args, cifar_recipe
 from research.config import base_config, parse_arg, with_model
 
 ARGS = {
-    "depth": 28,
-    "k": 10,
-    "dropout": 0.0,
-    "cifar100": False,
+    'depth': 28,
+    'k': 10,
+    'dropout': 0.0,
+    'cifar100': False,
     **cifar_args(epochs=5),
 }
 
@@ -30,17 +30,17 @@ ARGS = {
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
     c = base_config()
-    with_model(c, "wrn", depth=args["depth"], widen_factor=args["k"], dropout_rate=args["dropout"])
+    with_model(c, 'wrn', depth=args['depth'], widen_factor=args['k'], dropout_rate=args['dropout'])
     return cifar_recipe(
         c,
         args,
-        optimizer="nesterov",
+        optimizer='nesterov',
         weight_decay=5e-4,
         decay_factor=0.2,
-        duration="200 epochs",
-        boundaries=("60 epochs", "120 epochs", "160 epochs"),
-        eval_every="5 epochs",
-        checkpoint_every="5 epochs",
+        duration='200 epochs',
+        boundaries=('60 epochs', '120 epochs', '160 epochs'),
+        eval_every='5 epochs',
+        checkpoint_every='5 epochs',
         quick_at=(0.3, 0.6, 0.8),
-        cifar100=args["cifar100"],
+        cifar100=args['cifar100'],
     )

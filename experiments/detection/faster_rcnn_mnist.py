@@ -17,16 +17,16 @@ offline). Args: ``quick``, ``mask``, ``fpn`` (true/false), ``epochs``, ``train``
 from experiments.detection.common import COMMON_ARGS, mnist_det_config
 from research.config import parse_arg
 
-ARGS = {**COMMON_ARGS, "mask": False, "fpn": True}
+ARGS = {**COMMON_ARGS, 'mask': False, 'fpn': True}
 
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
     c = mnist_det_config(args, quick_epochs=8, lr=1e-3)
-    kind = "maskrcnn" if args["mask"] else "fasterrcnn"
-    c.model.name = f"{kind}_resnet18_fpn" if args["quick"] else f"{kind}_resnet50_fpn"
-    if not args["fpn"]:
+    kind = 'maskrcnn' if args['mask'] else 'fasterrcnn'
+    c.model.name = f'{kind}_resnet18_fpn' if args['quick'] else f'{kind}_resnet50_fpn'
+    if not args['fpn']:
         c.model.fpn = False
-        if args["quick"]:
+        if args['quick']:
             c.model.anchor_sizes = ((16, 32, 64),)
     return c

@@ -20,18 +20,18 @@ fast_rcnn), ``epochs``, ``train``, ``test``, ``path``.
 from experiments.detection.common import COMMON_ARGS, mnist_det_config
 from research.config import parse_arg
 
-ARGS = {**COMMON_ARGS, "model": "fast_rcnn"}
-MODELS = ("rcnn", "sppnet", "fast_rcnn")
+ARGS = {**COMMON_ARGS, 'model': 'fast_rcnn'}
+MODELS = ('rcnn', 'sppnet', 'fast_rcnn')
 
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
-    if args["model"] not in MODELS:
-        raise ValueError(f"model must be one of {MODELS}; got {args['model']!r}")
+    if args['model'] not in MODELS:
+        raise ValueError(f'model must be one of {MODELS}; got {args["model"]!r}')
     c = mnist_det_config(args, quick_epochs=8, lr=1e-3)
-    if args["quick"]:
-        c.model.name = f"{args['model']}_mnist"
+    if args['quick']:
+        c.model.name = f'{args["model"]}_mnist'
     else:
-        c.model.name = f"{args['model']}_vgg16"
+        c.model.name = f'{args["model"]}_vgg16'
         c.model.num_classes = 11
     return c

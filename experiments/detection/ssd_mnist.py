@@ -21,10 +21,10 @@ ARGS = dict(COMMON_ARGS)
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
     c = mnist_det_config(args, quick_epochs=8, lr=1e-3)
-    if args["quick"]:
-        c.model.name = "ssd_mnist"
+    if args['quick']:
+        c.model.name = 'ssd_mnist'
     else:
-        c.model.name = "ssd300_vgg16"
+        c.model.name = 'ssd300_vgg16'
         c.det.canvas_size = 300
         c.det.min_scale, c.det.max_scale = 1.5, 4.5
     return c

@@ -23,10 +23,10 @@ ARGS = dict(COMMON_ARGS)
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
     c = mnist_det_config(args, quick_epochs=8, lr=1e-3)
-    if args["quick"]:
-        c.model.name = "yolov1_mnist_conv"
+    if args['quick']:
+        c.model.name = 'yolov1_mnist_conv'
     else:
-        c.model.name = "yolov1"
+        c.model.name = 'yolov1'
         c.det.canvas_size = 448
         c.det.min_scale, c.det.max_scale = 2.5, 7.0
         c.train.batch_size = 64

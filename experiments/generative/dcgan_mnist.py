@@ -16,18 +16,18 @@ from research.config import base_config, parse_arg
 
 
 def get_config(arg=None):
-    args = parse_arg(arg, {"quick": False, "epochs": 0, "width": 0, "path": MNIST10K_FOLDER})
+    args = parse_arg(arg, {'quick': False, 'epochs': 0, 'width': 0, 'path': MNIST10K_FOLDER})
     c = base_config()
-    c.task = "gan"
-    c.data.name = "image_folder"
-    c.data.path = args["path"]
+    c.task = 'gan'
+    c.data.name = 'image_folder'
+    c.data.path = args['path']
     c.data.normalize = False  # images in [0, 1], mapped to [-1, 1] by the GAN step
     c.gan.base_size = 7
-    width = args["width"] or (32 if args["quick"] else 64)
+    width = args['width'] or (32 if args['quick'] else 64)
     c.gan.g_width = c.gan.d_width = width
-    epochs = args["epochs"] or (5 if args["quick"] else 20)
-    c.train.duration = f"{epochs} epochs"
+    epochs = args['epochs'] or (5 if args['quick'] else 20)
+    c.train.duration = f'{epochs} epochs'
     c.train.batch_size = 64
     c.train.log_every_steps = 25
-    c.train.checkpoint_every = "1 epochs"
+    c.train.checkpoint_every = '1 epochs'
     return c

@@ -21,33 +21,33 @@ def get_config(arg=None):
     args = parse_arg(
         arg,
         {
-            "quick": False,
-            "style": "sklearn:flower.jpg",
-            "content": "sklearn:china.jpg",
-            "steps": 0,
-            "size": 64,
-            "model": "vgg16",
-            "weights": "",
-            "path": CIFAR10_FOLDER,
+            'quick': False,
+            'style': 'sklearn:flower.jpg',
+            'content': 'sklearn:china.jpg',
+            'steps': 0,
+            'size': 64,
+            'model': 'vgg16',
+            'weights': '',
+            'path': CIFAR10_FOLDER,
         },
     )
     c = base_config()
-    c.task = "fast_style"
-    c.data.name = "image_folder"
-    c.data.path = args["path"]
-    c.data.image_size = args["size"]
+    c.task = 'fast_style'
+    c.data.name = 'image_folder'
+    c.data.path = args['path']
+    c.data.image_size = args['size']
     c.data.normalize = False
     s = c.style
-    s.model, s.weights = args["model"], args["weights"]
-    s.style, s.content = args["style"], args["content"]
-    s.content_layers = ("conv2_2",)
-    s.style_layers = ("conv1_2", "conv2_2", "conv3_3", "conv4_3")
+    s.model, s.weights = args['model'], args['weights']
+    s.style, s.content = args['style'], args['content']
+    s.content_layers = ('conv2_2',)
+    s.style_layers = ('conv1_2', 'conv2_2', 'conv3_3', 'conv4_3')
     s.image_size = 128  # the stylised content image after training
     s.style_weight = 1e4  # 1e5 (the image-optimisation default) washes the content out here
-    s.transformer_width = 16 if args["quick"] else 32
-    s.transformer_blocks = 3 if args["quick"] else 5
+    s.transformer_width = 16 if args['quick'] else 32
+    s.transformer_blocks = 3 if args['quick'] else 5
     c.optimizer.lr = 1e-3
     c.train.batch_size = 4
-    c.train.duration = f"{args['steps'] or (200 if args['quick'] else 4000)} steps"
+    c.train.duration = f'{args["steps"] or (200 if args["quick"] else 4000)} steps'
     c.train.log_every_steps = 20
     return c

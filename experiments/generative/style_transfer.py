@@ -22,27 +22,27 @@ def get_config(arg=None):
     args = parse_arg(
         arg,
         {
-            "content": "sklearn:china.jpg",
-            "style": "sklearn:flower.jpg",
-            "size": 128,
-            "steps": 200,
-            "model": "vgg19",
-            "weights": "",
-            "init": "content",
+            'content': 'sklearn:china.jpg',
+            'style': 'sklearn:flower.jpg',
+            'size': 128,
+            'steps': 200,
+            'model': 'vgg19',
+            'weights': '',
+            'init': 'content',
         },
     )
     c = base_config()
-    c.task = "style_transfer"
+    c.task = 'style_transfer'
     s = c.style
-    s.model, s.weights = args["model"], args["weights"]
-    s.content, s.style = args["content"], args["style"]
-    s.image_size, s.init = args["size"], args["init"]
+    s.model, s.weights = args['model'], args['weights']
+    s.content, s.style = args['content'], args['style']
+    s.image_size, s.init = args['size'], args['init']
     # The pixels are the parameters: Adam, lr 0.02 on pixels in [0, 1], one image per "batch".
-    c.optimizer.name, c.optimizer.lr = "adam", 0.02
-    c.schedule.name = "constant"
+    c.optimizer.name, c.optimizer.lr = 'adam', 0.02
+    c.schedule.name = 'constant'
     c.train.batch_size = 1
-    c.train.duration = f"{args['steps']} steps"
+    c.train.duration = f'{args["steps"]} steps'
     c.train.log_every_steps = 20
-    c.train.eval_every = ""  # the panel of the result at the end
-    c.train.checkpoint_every = ""
+    c.train.eval_every = ''  # the panel of the result at the end
+    c.train.checkpoint_every = ''
     return c

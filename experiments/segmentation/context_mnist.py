@@ -15,31 +15,31 @@ from experiments.segmentation.common import COMMON_ARGS, mnist_seg_config
 from research.config import parse_arg
 from research.experiments.sweep import product
 
-ARGS = {**COMMON_ARGS, "context": True, "width": 0}
+ARGS = {**COMMON_ARGS, 'context': True, 'width': 0}
 
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
-    quick = args["quick"]
+    quick = args['quick']
     c = mnist_seg_config(args, quick_epochs=6, lr=1e-3 if quick else 1e-4)
-    c.model.name = "dilated_vgg16"
-    c.model.context = args["context"]
-    c.model.base_features = args["width"] or (8 if quick else 64)
+    c.model.name = 'dilated_vgg16'
+    c.model.context = args['context']
+    c.model.base_features = args['width'] or (8 if quick else 64)
     c.model.fc_features = 128 if quick else 4096
     c.model.dropout_rate = 0.0 if quick else 0.5
     return c
 
 
 def get_sweep(arg=None):
-    return product({"model.context": [False, True]})
+    return product({'model.context': [False, True]})
 
 
 def get_table(arg=None):
     return dict(
-        name="context_module",
-        title="Dilated VGG front end on mnist_seg: test mIoU (%) without / with the basic context module",
-        rows="model.context",
-        row_labels={False: "front end", True: "front end + context"},
-        metric="test_miou",
-        fmt=".2f",
+        name='context_module',
+        title='Dilated VGG front end on mnist_seg: test mIoU (%) without / with the basic context module',
+        rows='model.context',
+        row_labels={False: 'front end', True: 'front end + context'},
+        metric='test_miou',
+        fmt='.2f',
     )

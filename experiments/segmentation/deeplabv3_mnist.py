@@ -28,18 +28,18 @@ from research.config import parse_arg
 from research.experiments import paper
 from research.experiments.sweep import product, zip_
 
-ARGS = {**COMMON_ARGS, "plus": False, "os": 0, "rates": "", "sweep": "os"}
+ARGS = {**COMMON_ARGS, 'plus': False, 'os': 0, 'rates': '', 'sweep': 'os'}
 #: ASPP rates per output stride for 64x64 canvases (quick).
 QUICK_RATES = {8: (2, 4, 6), 16: (1, 2, 3), 32: (1, 1, 1)}
 
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
-    quick = args["quick"]
+    quick = args['quick']
     c = mnist_seg_config(args, quick_epochs=20, lr=2e-3)
-    plus = args["plus"]
+    plus = args['plus']
     if quick:
-        c.model.name = "deeplabv3plus_resnet18" if plus else "deeplabv3_resnet18"
+        c.model.name = 'deeplabv3plus_resnet18' if plus else 'deeplabv3_resnet18'
         c.model.width = 16
         c.model.stem_width = 16
         c.model.head_features = 64
@@ -48,50 +48,50 @@ def get_config(arg=None):
             c.model.decoder_features = 64
         else:
             c.model.aux = False
-        c.model.output_stride = args["os"] or (16 if plus else 8)
-        c.model.rates = tuple_arg(args["rates"]) or QUICK_RATES[c.model.output_stride]
+        c.model.output_stride = args['os'] or (16 if plus else 8)
+        c.model.rates = tuple_arg(args['rates']) or QUICK_RATES[c.model.output_stride]
     else:
-        c.model.name = "deeplabv3plus_resnet50" if plus else "deeplabv3_resnet50"
-        c.model.output_stride = args["os"] or (16 if plus else 8)
-        c.model.rates = tuple_arg(args["rates"]) or None  # None: the paper's rates for the output stride
+        c.model.name = 'deeplabv3plus_resnet50' if plus else 'deeplabv3_resnet50'
+        c.model.output_stride = args['os'] or (16 if plus else 8)
+        c.model.rates = tuple_arg(args['rates']) or None  # None: the paper's rates for the output stride
         c.seg.aux_weight = 0.4
-        c.optimizer.name = "momentum"
+        c.optimizer.name = 'momentum'
         c.optimizer.lr = 0.01
         c.optimizer.weight_decay = 1e-4
-        c.schedule.name = "linear"  # torchvision uses poly(0.9); linear decay to 0 is close
+        c.schedule.name = 'linear'  # torchvision uses poly(0.9); linear decay to 0 is close
         c.train.batch_size = 16
     return c
 
 
 def get_sweep(arg=None):
     args = parse_arg(arg, ARGS)
-    if args["sweep"] == "os":
+    if args['sweep'] == 'os':
         strides = [8, 16, 32]
-        if args["quick"]:
-            return zip_({"model.output_stride": strides, "model.rates": [QUICK_RATES[s] for s in strides]})
-        return product({"model.output_stride": strides})
-    if args["sweep"] == "rates":
+        if args['quick']:
+            return zip_({'model.output_stride': strides, 'model.rates': [QUICK_RATES[s] for s in strides]})
+        return product({'model.output_stride': strides})
+    if args['sweep'] == 'rates':
         rates = [(1, 2, 3), (2, 4, 6), (6, 12, 18)]
-        return product({"model.output_stride": [16], "model.rates": rates})
+        return product({'model.output_stride': [16], 'model.rates': rates})
     raise ValueError(f"sweep must be 'os' or 'rates'; got {args['sweep']!r}")
 
 
 def get_table(arg=None):
     args = parse_arg(arg, ARGS)
-    common = dict(metric="test_miou", fmt=".2f")
-    if args["sweep"] == "os":
+    common = dict(metric='test_miou', fmt='.2f')
+    if args['sweep'] == 'os':
         return dict(
-            name="deeplab_output_stride",
-            title="DeepLabv3 on mnist_seg: test mIoU (%) vs output stride (paper: VOC12 val, Table 1)",
-            rows="model.output_stride",
-            row_labels={s: f"OS {s}" for s in (8, 16, 32)},
+            name='deeplab_output_stride',
+            title='DeepLabv3 on mnist_seg: test mIoU (%) vs output stride (paper: VOC12 val, Table 1)',
+            rows='model.output_stride',
+            row_labels={s: f'OS {s}' for s in (8, 16, 32)},
             paper=paper.DEEPLABV3_OUTPUT_STRIDE,
-            paper_label="paper (VOC)",
+            paper_label='paper (VOC)',
             **common,
         )
     return dict(
-        name="deeplab_aspp_rates",
-        title="DeepLabv3 on mnist_seg, output stride 16 (4x4 maps): test mIoU (%) vs ASPP rates",
-        rows="model.rates",
+        name='deeplab_aspp_rates',
+        title='DeepLabv3 on mnist_seg, output stride 16 (4x4 maps): test mIoU (%) vs ASPP rates',
+        rows='model.rates',
         **common,
     )

@@ -21,36 +21,36 @@ from research.config import parse_arg
 from research.experiments import paper
 from research.experiments.sweep import product
 
-ARGS = {**COMMON_ARGS, "stride": 8, "width": 0}
+ARGS = {**COMMON_ARGS, 'stride': 8, 'width': 0}
 
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
-    quick = args["quick"]
-    if quick and not args["train"]:
-        args["train"] = 1000
+    quick = args['quick']
+    if quick and not args['train']:
+        args['train'] = 1000
     c = mnist_seg_config(args, quick_epochs=4, lr=1e-3 if quick else 1e-4)
-    c.model.name = f"fcn{args['stride']}s"
-    c.model.base_features = args["width"] or (8 if quick else 64)
+    c.model.name = f'fcn{args["stride"]}s'
+    c.model.base_features = args['width'] or (8 if quick else 64)
     c.model.fc_features = 128 if quick else 4096
     c.model.dropout_rate = 0.0 if quick else 0.5
     return c
 
 
 def get_sweep(arg=None):
-    return product({"model.name": ["fcn32s", "fcn16s", "fcn8s"]})
+    return product({'model.name': ['fcn32s', 'fcn16s', 'fcn8s']})
 
 
 def get_table(arg=None):
-    names = {"fcn32s": 32, "fcn16s": 16, "fcn8s": 8}
+    names = {'fcn32s': 32, 'fcn16s': 16, 'fcn8s': 8}
     return dict(
-        name="fcn_strides",
-        title="FCN on mnist_seg: test mIoU (%) of FCN-32s / 16s / 8s (paper: VOC11 val mean IU, Table 2)",
-        rows="model.name",
+        name='fcn_strides',
+        title='FCN on mnist_seg: test mIoU (%) of FCN-32s / 16s / 8s (paper: VOC11 val mean IU, Table 2)',
+        rows='model.name',
         row_values=list(names),
-        row_labels={n: f"FCN-{s}s" for n, s in names.items()},
+        row_labels={n: f'FCN-{s}s' for n, s in names.items()},
         paper={n: paper.FCN_VOC11[s] for n, s in names.items()},
-        paper_label="paper (VOC11)",
-        metric="test_miou",
-        fmt=".2f",
+        paper_label='paper (VOC11)',
+        metric='test_miou',
+        fmt='.2f',
     )

@@ -13,13 +13,13 @@ the head gates 128 channels with a global-pool sigmoid and adds a classifier of 
 from experiments.segmentation.common import COMMON_ARGS, mnist_seg_config
 from research.config import parse_arg
 
-ARGS = {**COMMON_ARGS, "width": 0.0}
+ARGS = {**COMMON_ARGS, 'width': 0.0}
 
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
-    quick = args["quick"]
+    quick = args['quick']
     c = mnist_seg_config(args, quick_epochs=8, lr=2e-3 if quick else 1e-3)
-    c.model.name = "lraspp_mobilenet_v3_large"
-    c.model.width_mult = args["width"] or (0.5 if quick else 1.0)
+    c.model.name = 'lraspp_mobilenet_v3_large'
+    c.model.width_mult = args['width'] or (0.5 if quick else 1.0)
     return c

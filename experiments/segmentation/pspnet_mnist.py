@@ -19,48 +19,48 @@ from research.config import parse_arg
 from research.experiments import paper
 from research.experiments.sweep import chain, product
 
-ARGS = {**COMMON_ARGS, "bins": "1+2+3+6", "pooling": "avg"}
+ARGS = {**COMMON_ARGS, 'bins': '1+2+3+6', 'pooling': 'avg'}
 
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
     c = mnist_seg_config(args, quick_epochs=10, lr=2e-3)
-    c.model.bins = () if args["bins"] == "none" else tuple_arg(args["bins"])
-    c.model.pooling = args["pooling"]
-    if args["quick"]:
-        c.model.name = "pspnet_resnet18"
+    c.model.bins = () if args['bins'] == 'none' else tuple_arg(args['bins'])
+    c.model.pooling = args['pooling']
+    if args['quick']:
+        c.model.name = 'pspnet_resnet18'
         c.model.width = 16
         c.model.stem_width = 16
         c.model.head_features = 64
         c.model.aux = False
     else:
-        c.model.name = "pspnet_resnet50"
+        c.model.name = 'pspnet_resnet50'
         c.seg.aux_weight = 0.4
-        c.optimizer.name = "momentum"
+        c.optimizer.name = 'momentum'
         c.optimizer.lr = 0.01
         c.optimizer.weight_decay = 1e-4
-        c.schedule.name = "linear"
+        c.schedule.name = 'linear'
         c.train.batch_size = 16
     return c
 
 
 def get_sweep(arg=None):
     return chain(
-        product({"model.bins": [(), (1,), (1, 2, 3, 6)], "model.pooling": ["avg"]}),
-        product({"model.bins": [(1, 2, 3, 6)], "model.pooling": ["max"]}),
+        product({'model.bins': [(), (1,), (1, 2, 3, 6)], 'model.pooling': ['avg']}),
+        product({'model.bins': [(1, 2, 3, 6)], 'model.pooling': ['max']}),
     )
 
 
 def get_table(arg=None):
     return dict(
-        name="pspnet_bins",
-        title="PSPNet on mnist_seg: test mIoU (%) vs pyramid bins (paper: ADE20K val, Table 1)",
-        rows="model.bins",
-        cols="model.pooling",
-        col_values=["avg", "max"],
-        row_labels={(): "none (dilated FCN)", (1,): "1", (1, 2, 3, 6): "1, 2, 3, 6"},
-        paper={(b, "avg"): v for b, v in paper.PSPNET_BINS.items()},
-        paper_label="paper (ADE20K)",
-        metric="test_miou",
-        fmt=".2f",
+        name='pspnet_bins',
+        title='PSPNet on mnist_seg: test mIoU (%) vs pyramid bins (paper: ADE20K val, Table 1)',
+        rows='model.bins',
+        cols='model.pooling',
+        col_values=['avg', 'max'],
+        row_labels={(): 'none (dilated FCN)', (1,): '1', (1, 2, 3, 6): '1, 2, 3, 6'},
+        paper={(b, 'avg'): v for b, v in paper.PSPNET_BINS.items()},
+        paper_label='paper (ADE20K)',
+        metric='test_miou',
+        fmt='.2f',
     )

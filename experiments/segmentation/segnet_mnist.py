@@ -15,16 +15,16 @@ canvases, 6 epochs, Adam + cosine. Args: ``quick``, ``deconvnet``, ``width``, ``
 from experiments.segmentation.common import COMMON_ARGS, mnist_seg_config
 from research.config import parse_arg
 
-ARGS = {**COMMON_ARGS, "deconvnet": False, "width": 0}
+ARGS = {**COMMON_ARGS, 'deconvnet': False, 'width': 0}
 
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
-    quick = args["quick"]
+    quick = args['quick']
     c = mnist_seg_config(args, quick_epochs=6, lr=2e-3 if quick else 1e-3)
-    c.model.name = "deconvnet" if args["deconvnet"] else "segnet"
-    c.model.base_features = args["width"] or (8 if quick else 64)
-    if args["deconvnet"]:
+    c.model.name = 'deconvnet' if args['deconvnet'] else 'segnet'
+    c.model.base_features = args['width'] or (8 if quick else 64)
+    if args['deconvnet']:
         c.model.fc_features = 128 if quick else 4096
         c.model.fc_kernel = c.seg.canvas_size // 32
     return c

@@ -19,34 +19,34 @@ from experiments.segmentation.common import COMMON_ARGS, mnist_seg_config
 from research.config import parse_arg
 from research.experiments.sweep import product
 
-ARGS = {**COMMON_ARGS, "width": 0, "depth": 0, "dice": -1.0, "valid": False}
+ARGS = {**COMMON_ARGS, 'width': 0, 'depth': 0, 'dice': -1.0, 'valid': False}
 
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
-    quick = args["quick"]
+    quick = args['quick']
     c = mnist_seg_config(args, quick_epochs=4, lr=2e-3 if quick else 1e-3, balance=False)
-    c.seg.dice_weight = args["dice"] if args["dice"] >= 0 else (0.5 if quick else 0.0)
-    c.model.name = "unet"
-    if args["valid"]:  # the paper's unpadded convs, with its overlap-tile mirroring (Fig. 2)
-        c.model.name = "unet_valid"
+    c.seg.dice_weight = args['dice'] if args['dice'] >= 0 else (0.5 if quick else 0.0)
+    c.model.name = 'unet'
+    if args['valid']:  # the paper's unpadded convs, with its overlap-tile mirroring (Fig. 2)
+        c.model.name = 'unet_valid'
         c.model.overlap_tile = True
-    c.model.depth = args["depth"] or (3 if quick else 4)
-    c.model.base_features = args["width"] or (16 if quick else 32)
+    c.model.depth = args['depth'] or (3 if quick else 4)
+    c.model.base_features = args['width'] or (16 if quick else 32)
     c.model.dropout_rate = 0.0 if quick else 0.5
     return c
 
 
 def get_sweep(arg=None):
-    return product({"model.depth": [2, 3, 4]})
+    return product({'model.depth': [2, 3, 4]})
 
 
 def get_table(arg=None):
     return dict(
-        name="unet_depth",
-        title="U-Net on mnist_seg: test mIoU (%) vs depth (pooling levels)",
-        rows="model.depth",
-        row_labels={d: f"depth {d}" for d in (2, 3, 4)},
-        metric="test_miou",
-        fmt=".2f",
+        name='unet_depth',
+        title='U-Net on mnist_seg: test mIoU (%) vs depth (pooling levels)',
+        rows='model.depth',
+        row_labels={d: f'depth {d}' for d in (2, 3, 4)},
+        metric='test_miou',
+        fmt='.2f',
     )

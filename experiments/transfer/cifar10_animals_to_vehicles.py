@@ -25,63 +25,63 @@ from experiments.paths import CIFAR10_FOLDER, REPO
 from research.config import base_config, parse_arg, with_model
 from research.experiments.sweep import chain
 
-ANIMALS = ("bird", "cat", "deer", "dog", "frog", "horse")
-VEHICLES = ("airplane", "automobile", "ship", "truck")
+ANIMALS = ('bird', 'cat', 'deer', 'dog', 'frog', 'horse')
+VEHICLES = ('airplane', 'automobile', 'ship', 'truck')
 ARGS = {
-    "stage": "target",
-    "mode": "finetune",
-    "source": str(REPO / "runs" / "transfer_source"),
-    "source_epochs": 3,
-    "epochs": 6,
-    "fraction": 20,
-    "model": "resnet20",
-    "path": CIFAR10_FOLDER,
+    'stage': 'target',
+    'mode': 'finetune',
+    'source': str(REPO / 'runs' / 'transfer_source'),
+    'source_epochs': 3,
+    'epochs': 6,
+    'fraction': 20,
+    'model': 'resnet20',
+    'path': CIFAR10_FOLDER,
 }
-MODES = ("scratch", "features", "finetune")
+MODES = ('scratch', 'features', 'finetune')
 
 
 def _mode(mode: str, source: str) -> dict:
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-    if mode == "scratch":
+        raise ValueError(f'unknown mode {mode!r}; expected one of {MODES}')
+    if mode == 'scratch':
         return {
-            "init.checkpoint": "",
-            "init.exclude": "",
-            "optimizer.freeze": "",
-            "optimizer.lr_multipliers": (),
+            'init.checkpoint': '',
+            'init.exclude': '',
+            'optimizer.freeze': '',
+            'optimizer.lr_multipliers': (),
         }
-    common = {"init.checkpoint": source, "init.exclude": "^head/"}
-    if mode == "features":
-        return {**common, "optimizer.freeze": "pretrained", "optimizer.lr_multipliers": ()}
-    return {**common, "optimizer.freeze": "", "optimizer.lr_multipliers": ("^head/=1", ".*=0.1")}
+    common = {'init.checkpoint': source, 'init.exclude': '^head/'}
+    if mode == 'features':
+        return {**common, 'optimizer.freeze': 'pretrained', 'optimizer.lr_multipliers': ()}
+    return {**common, 'optimizer.freeze': '', 'optimizer.lr_multipliers': ('^head/=1', '.*=0.1')}
 
 
 def get_config(arg=None):
     args = parse_arg(arg, ARGS)
     c = base_config()
-    with_model(c, args["model"])
-    c.data.name = "image_folder"
-    c.data.path = args["path"]
+    with_model(c, args['model'])
+    c.data.name = 'image_folder'
+    c.data.path = args['path']
     c.data.augment.crop_padding = 4
     c.data.augment.flip = True
-    c.optimizer.name = "momentum"
+    c.optimizer.name = 'momentum'
     c.optimizer.lr = 0.1
     c.optimizer.weight_decay = 1e-4
-    c.schedule.name = "cosine"
+    c.schedule.name = 'cosine'
     c.train.batch_size = 128
     c.train.eval_batch_size = 500
     c.train.log_every_steps = 20
-    c.train.eval_every = "1 epochs"
-    c.train.checkpoint_every = "1 epochs"
-    if args["stage"] == "source":
+    c.train.eval_every = '1 epochs'
+    c.train.checkpoint_every = '1 epochs'
+    if args['stage'] == 'source':
         c.data.classes = ANIMALS
-        c.train.duration = f"{args['source_epochs']} epochs"
-    elif args["stage"] == "target":
+        c.train.duration = f'{args["source_epochs"]} epochs'
+    elif args['stage'] == 'target':
         c.data.classes = VEHICLES
-        c.data.train_split = f"train[:{args['fraction']}%]"
-        c.train.duration = f"{args['epochs']} epochs"
-        for k, v in _mode(args["mode"], args["source"]).items():
-            section, key = k.split(".")
+        c.data.train_split = f'train[:{args["fraction"]}%]'
+        c.train.duration = f'{args["epochs"]} epochs'
+        for k, v in _mode(args['mode'], args['source']).items():
+            section, key = k.split('.')
             c[section][key] = v
     else:
         raise ValueError(f"unknown stage {args['stage']!r}; expected 'source' or 'target'")
@@ -90,6 +90,6 @@ def get_config(arg=None):
 
 def get_sweep(arg=None):
     args = parse_arg(arg, ARGS)
-    if args["stage"] != "target":
+    if args['stage'] != 'target':
         return [{}]
-    return chain(*[[_mode(m, args["source"])] for m in MODES])
+    return chain(*[[_mode(m, args['source'])] for m in MODES])

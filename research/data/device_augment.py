@@ -56,8 +56,17 @@ def pad_crop_flip(images: jax.Array, offset_y, offset_x, flip, padding: int) -> 
     return jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
 
 
-def rotate_scale(images: jax.Array, angle_deg, zoom, *, offset_y=None, offset_x=None, flip=None,
-                 padding: int = 0, out_scale: float = 1.0) -> jax.Array:  # fmt: skip
+def rotate_scale(
+    images: jax.Array,
+    angle_deg,
+    zoom,
+    *,
+    offset_y=None,
+    offset_x=None,
+    flip=None,
+    padding: int = 0,
+    out_scale: float = 1.0,
+) -> jax.Array:
     """``augment.rotate_scale`` on the device (bilinear, zeros outside, crop and flip fused)."""
     b, h, w, c = images.shape
     cos, sin, inside, yy, xx = host_augment.warp_grid(
@@ -88,8 +97,9 @@ def augment(images: jax.Array, params: dict[str, jax.Array], aug: DeviceAugment)
     if aug.crop_padding or aug.flip:
         crop = dict(offset_y=params['offset_y'], offset_x=params['offset_x'], flip=params['flip'])
     if aug.rotation or aug.scale:
-        x = rotate_scale(x, params['angle'], params['zoom'], **crop, padding=aug.crop_padding,
-                         out_scale=1.0 / 255.0)  # fmt: skip
+        x = rotate_scale(
+            x, params['angle'], params['zoom'], **crop, padding=aug.crop_padding, out_scale=1.0 / 255.0
+        )
     else:
         if crop:
             x = pad_crop_flip(x, **crop, padding=aug.crop_padding)

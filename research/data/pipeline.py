@@ -256,7 +256,9 @@ class _FullResTrainBatch(_TrainBatch):
 
     def crop_boxes(self, step: int, sizes) -> list[tuple[int, int, int, int]]:
         """(top, left, height, width) of each example's crop, for full-size (height, width) ``sizes``."""
-        u = augment_lib.uniform_hash(self._seed ^ _CROP_TAG, self.positions(int(step)), transforms.RRC_UNIFORMS)
+        u = augment_lib.uniform_hash(
+            self._seed ^ _CROP_TAG, self.positions(int(step)), transforms.RRC_UNIFORMS
+        )
         return [transforms.rrc_box(h, w, u[k], **self._crop) for k, (h, w) in enumerate(sizes)]
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:

@@ -45,7 +45,7 @@ def expand(path: str | os.PathLike) -> str:
         if var == DATA_ROOT_ENV:
             return data_root()
         if var not in os.environ:
-            raise ValueError(f"data.path={os.fspath(path)!r}: environment variable ${var} is not set")
+            raise ValueError(f'data.path={os.fspath(path)!r}: environment variable ${var} is not set')
         return os.environ[var]
 
     return os.path.expanduser(_VAR.sub(sub, os.fspath(path)))

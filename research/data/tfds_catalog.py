@@ -84,7 +84,7 @@ def catalog_builder(name: str, data_dir: str):
         return tfds.builder(name, data_dir=data_dir, file_format='array_record')
     except tfds.core.registered.DatasetNotFoundError as e:
         raise ValueError(
-            f'unknown dataset data.name={name!r}: not one of this project\'s builders '
+            f"unknown dataset data.name={name!r}: not one of this project's builders "
             f'{list(registry.names())} and not a TFDS dataset ({str(e).splitlines()[0]})'
         ) from e
     except ModuleNotFoundError as e:  # a builder whose code needs TensorFlow just to describe itself

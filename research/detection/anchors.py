@@ -44,9 +44,12 @@ def num_anchors_per_location(sizes: Sequence[float], aspect_ratios: Sequence[flo
 
 
 def grid_anchors(
-    feature_size: tuple[int, int], image_size: tuple[int, int], sizes: Sequence[float],
-    aspect_ratios: Sequence[float], stride: tuple[int, int] | None = None,
-) -> np.ndarray:  # fmt: skip
+    feature_size: tuple[int, int],
+    image_size: tuple[int, int],
+    sizes: Sequence[float],
+    aspect_ratios: Sequence[float],
+    stride: tuple[int, int] | None = None,
+) -> np.ndarray:
     """``[H * W * k, 4]`` anchors of one level: ``base_anchors`` shifted to ``(x * stride_w, y * stride_h)``
     for every feature-map cell, with stride = image_size // feature_size unless given."""
     fh, fw = feature_size
@@ -60,10 +63,11 @@ def grid_anchors(
 
 
 def multilevel_anchors(
-    feature_sizes: Sequence[tuple[int, int]], image_size: tuple[int, int],
+    feature_sizes: Sequence[tuple[int, int]],
+    image_size: tuple[int, int],
     sizes: Sequence[Sequence[float]] = ((32,), (64,), (128,), (256,), (512,)),
     aspect_ratios: Sequence[Sequence[float]] = ((0.5, 1.0, 2.0),) * 5,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """Anchors of several levels (FPN P2-P6 by default: one size per level, three ratios) concatenated
     in level order, as torchvision's ``AnchorGenerator(sizes, aspect_ratios)`` for one image."""
     if not len(feature_sizes) == len(sizes) == len(aspect_ratios):
@@ -84,11 +88,15 @@ def ssd_scales(num_levels: int, min_ratio: float = 0.15, max_ratio: float = 0.9)
 
 
 def default_boxes(
-    feature_sizes: Sequence[tuple[int, int]], image_size: tuple[int, int],
-    aspect_ratios: Sequence[Sequence[float]], scales: Sequence[float] | None = None,
-    min_ratio: float = 0.15, max_ratio: float = 0.9, steps: Sequence[int] | None = None,
+    feature_sizes: Sequence[tuple[int, int]],
+    image_size: tuple[int, int],
+    aspect_ratios: Sequence[Sequence[float]],
+    scales: Sequence[float] | None = None,
+    min_ratio: float = 0.15,
+    max_ratio: float = 0.9,
+    steps: Sequence[int] | None = None,
     clip: bool = True,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """SSD default boxes (Liu et al. 2016, Sec. 2.2), xyxy pixels, as torchvision's ``DefaultBoxGenerator``.
 
     Per location: (s_k, s_k), (s'_k, s'_k) with s'_k = sqrt(s_k s_{k+1}), then for each ratio r the pair

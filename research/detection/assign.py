@@ -36,9 +36,12 @@ BETWEEN_THRESHOLDS = -2
 
 
 def match(
-    quality: jax.Array, high: float, low: float, allow_low_quality_matches: bool = False,
+    quality: jax.Array,
+    high: float,
+    low: float,
+    allow_low_quality_matches: bool = False,
     gt_valid: jax.Array | None = None,
-) -> jax.Array:  # fmt: skip
+) -> jax.Array:
     """int32 ``[N]`` matched ground-truth index (or -1 / -2) for a ``[M, N]`` quality (IoU) matrix.
 
     Equal to ``torchvision.models.detection._utils.Matcher(high, low, allow_low_quality_matches)`` on
@@ -69,9 +72,14 @@ def _targets(matches, references, gt_boxes, weights):
 
 
 def assign_anchors(
-    anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, fg_iou: float = 0.7, bg_iou: float = 0.3,
-    allow_low_quality_matches: bool = True, weights: Sequence[float] = RPN_WEIGHTS,
-) -> dict[str, jax.Array]:  # fmt: skip
+    anchors: jax.Array,
+    gt_boxes: jax.Array,
+    gt_valid: jax.Array,
+    fg_iou: float = 0.7,
+    bg_iou: float = 0.3,
+    allow_low_quality_matches: bool = True,
+    weights: Sequence[float] = RPN_WEIGHTS,
+) -> dict[str, jax.Array]:
     """RPN targets for ``anchors [N, 4]`` and ``gt_boxes [M, 4]`` (``gt_valid [M]``), as torchvision's
     ``RegionProposalNetwork.assign_targets_to_anchors``.
 
@@ -89,9 +97,14 @@ def assign_anchors(
 
 
 def assign_proposals(
-    proposals: jax.Array, gt_boxes: jax.Array, gt_labels: jax.Array, gt_valid: jax.Array,
-    fg_iou: float = 0.5, bg_iou: float = 0.5, weights: Sequence[float] = ROI_HEAD_WEIGHTS,
-) -> dict[str, jax.Array]:  # fmt: skip
+    proposals: jax.Array,
+    gt_boxes: jax.Array,
+    gt_labels: jax.Array,
+    gt_valid: jax.Array,
+    fg_iou: float = 0.5,
+    bg_iou: float = 0.5,
+    weights: Sequence[float] = ROI_HEAD_WEIGHTS,
+) -> dict[str, jax.Array]:
     """RoI-head targets (torchvision's ``RoIHeads.assign_targets_to_proposals``): ``labels`` int32 [N] =
     the matched box's class (>= 1), 0 background (IoU < ``bg_iou``), -1 ignored (in between), and
     ``box_targets`` with the (10, 10, 5, 5) weights. Append the ground truth to the proposals first

@@ -90,9 +90,11 @@ def encode_boxes(
 
 
 def decode_boxes(
-    deltas: jax.Array, references: jax.Array, weights: Sequence[float] = RPN_WEIGHTS,
+    deltas: jax.Array,
+    references: jax.Array,
+    weights: Sequence[float] = RPN_WEIGHTS,
     clip: float = BBOX_XFORM_CLIP,
-) -> jax.Array:  # fmt: skip
+) -> jax.Array:
     """Inverse of ``encode_boxes``: boxes (xyxy) from ``deltas`` applied to ``references``; dw, dh are
     clamped at ``clip`` (torchvision's ``BoxCoder.decode_single``)."""
     deltas, references = jnp.asarray(deltas), jnp.asarray(references).astype(jnp.asarray(deltas).dtype)

@@ -237,8 +237,12 @@ def _batch(data: DetSplit, idx: np.ndarray, valid_rows: np.ndarray, mean, std, f
     box_mask = (np.arange(boxes.shape[1])[None] < data.num_objects[safe][:, None]) & valid_rows[:, None]
     masks = data.masks[safe] if data.masks is not None else None
     if flip_rows is not None and flip_rows.any():
-        fi, fb, fm = hflip(images[flip_rows], boxes[flip_rows], box_mask[flip_rows],
-                           None if masks is None else masks[flip_rows])  # fmt: skip
+        fi, fb, fm = hflip(
+            images[flip_rows],
+            boxes[flip_rows],
+            box_mask[flip_rows],
+            None if masks is None else masks[flip_rows],
+        )
         images[flip_rows], boxes[flip_rows] = fi, fb
         if masks is not None:
             masks[flip_rows] = fm
@@ -257,9 +261,15 @@ def _batch(data: DetSplit, idx: np.ndarray, valid_rows: np.ndarray, mean, std, f
 
 
 def make_train_iterator(
-    data_cfg, det_cfg=None, *, seed: int, global_batch_size: int, process_index: int = 0,
-    process_count: int = 1, with_masks: bool = False,
-):  # fmt: skip
+    data_cfg,
+    det_cfg=None,
+    *,
+    seed: int,
+    global_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    with_masks: bool = False,
+):
     """Infinite shuffled batches {'image' float32 [L, S, S, 1], 'boxes' [L, M, 4], 'labels' int32 [L, M],
     'box_mask' bool [L, M], 'index' int32 [L] (the example's index in the split; -1 = padding)
     (+ 'masks' uint8 [L, M, S, S])}, horizontally flipped at random when
@@ -298,14 +308,24 @@ def make_train_iterator(
 
 
 def make_eval_iterator(
-    data_cfg, det_cfg=None, split: str = 'test', *, global_batch_size: int, process_index: int = 0,
-    process_count: int = 1, with_masks: bool = False,
-):  # fmt: skip
+    data_cfg,
+    det_cfg=None,
+    split: str = 'test',
+    *,
+    global_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    with_masks: bool = False,
+):
     """One ordered pass over ``split``: the train batch keys plus 'mask' bool [L]; the final batch is
     padded with zero images and no boxes (mask False), so metrics over the pass are exact."""
     local = global_batch_size // process_count
     data = get_split(
-        get_det_builder(data_cfg, det_cfg), str(split), with_masks, det_cfg, datasets_lib.split_key(data_cfg, str(split))
+        get_det_builder(data_cfg, det_cfg),
+        str(split),
+        with_masks,
+        det_cfg,
+        datasets_lib.split_key(data_cfg, str(split)),
     )
     mean, std = normalization(data_cfg, det_cfg)
     lo = process_index * local

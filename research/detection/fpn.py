@@ -42,9 +42,14 @@ class FeaturePyramidNetwork(nn.Module):
             raise ValueError(f"FPN extra must be None, 'maxpool' or 'p6p7'; got {self.extra!r}")
         feats = [jnp.asarray(f, self.dtype) for f in features]
         conv = lambda k, s, name: FlaxConv(  # noqa: E731
-            self.out_channels, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2, kernel_init=_FPN_INIT,
-            dtype=self.dtype, name=name,
-        )  # fmt: skip
+            self.out_channels,
+            (k, k),
+            (s, s),
+            padding=[(k // 2, k // 2)] * 2,
+            kernel_init=_FPN_INIT,
+            dtype=self.dtype,
+            name=name,
+        )
         n = len(feats)
         last = conv(1, 1, f'inner_blocks_{n - 1}')(feats[-1])
         outs = [conv(3, 1, f'layer_blocks_{n - 1}')(last)]

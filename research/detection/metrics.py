@@ -59,9 +59,12 @@ def _class_ids(predictions, ground_truth, class_ids):
 
 
 def voc_evaluate(
-    predictions: Sequence[dict], ground_truth: Sequence[dict], iou_threshold: float = 0.5,
-    use_07_metric: bool = False, class_ids: Sequence[int] | None = None,
-) -> dict[str, float]:  # fmt: skip
+    predictions: Sequence[dict],
+    ground_truth: Sequence[dict],
+    iou_threshold: float = 0.5,
+    use_07_metric: bool = False,
+    class_ids: Sequence[int] | None = None,
+) -> dict[str, float]:
     """VOC AP per class (``ap/<c>``) and ``map`` over the classes with ground truth.
 
     Detections of a class, over all images by decreasing score, are true positives when their best
@@ -147,9 +150,12 @@ _COCO_STATS = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100'
 
 
 def coco_evaluate(
-    predictions: Sequence[dict], ground_truth: Sequence[dict], class_ids: Sequence[int] | None = None,
-    max_dets: int = 100, iou_type: str = 'bbox',
-) -> dict[str, float]:  # fmt: skip
+    predictions: Sequence[dict],
+    ground_truth: Sequence[dict],
+    class_ids: Sequence[int] | None = None,
+    max_dets: int = 100,
+    iou_type: str = 'bbox',
+) -> dict[str, float]:
     """COCO metrics with ``pycocotools.cocoeval.COCOeval``: the 12 summary numbers (``AP`` =
     AP@[.5:.95], ``AP50``, ``AP75``, ``APs/m/l``, ``AR1/10/100``, ``ARs/m/l``; -1 where undefined)
     and ``ap/<c>`` (AP@[.5:.95] of class c, NaN without ground truth). ``max_dets`` replaces 100
@@ -183,8 +189,14 @@ def coco_evaluate(
             image.update(height=int(size[0]), width=int(size[1]))
         images.append(image)
         for j, (box, lab) in enumerate(zip(gboxes, glabels)):
-            ann = {'id': len(anns) + 1, 'image_id': i + 1, 'category_id': int(lab),
-                   'bbox': [float(v) for v in box], 'area': float(box[2] * box[3]), 'iscrowd': 0}  # fmt: skip
+            ann = {
+                'id': len(anns) + 1,
+                'image_id': i + 1,
+                'category_id': int(lab),
+                'bbox': [float(v) for v in box],
+                'area': float(box[2] * box[3]),
+                'iscrowd': 0,
+            }
             if segm:
                 ann.update(segmentation=grles[j], area=float(mask_utils.area(grles[j])))
             anns.append(ann)
@@ -233,8 +245,19 @@ class DetectionEvaluator:
         self.ground_truth: list[dict] = []
         self.has_masks: bool | None = None  # set by the first add
 
-    def add(self, pred_boxes, pred_scores, pred_labels, pred_valid, gt_boxes, gt_labels, gt_valid,
-            example_mask=None, pred_masks=None, gt_masks=None) -> None:  # fmt: skip
+    def add(
+        self,
+        pred_boxes,
+        pred_scores,
+        pred_labels,
+        pred_valid,
+        gt_boxes,
+        gt_labels,
+        gt_valid,
+        example_mask=None,
+        pred_masks=None,
+        gt_masks=None,
+    ) -> None:
         if (pred_masks is None) != (gt_masks is None):
             raise ValueError('pass both pred_masks and gt_masks, or neither')
         with_masks = pred_masks is not None

@@ -54,9 +54,13 @@ def _top_kept(keep: jax.Array, scores: jax.Array, max_output: int) -> tuple[jax.
 
 
 def nms(
-    boxes: jax.Array, scores: jax.Array, iou_threshold: float, max_output: int,
-    valid: jax.Array | None = None, score_threshold: float | None = None,
-) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+    boxes: jax.Array,
+    scores: jax.Array,
+    iou_threshold: float,
+    max_output: int,
+    valid: jax.Array | None = None,
+    score_threshold: float | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Greedy NMS: (int32 ``[max_output]`` kept indices by decreasing score, -1 padded; bool mask).
 
     ``boxes [N, 4]`` xyxy, ``scores [N]``; ``score_threshold`` drops boxes scoring below it first.
@@ -70,9 +74,14 @@ def nms(
 
 
 def batched_nms(
-    boxes: jax.Array, scores: jax.Array, class_ids: jax.Array, iou_threshold: float, max_output: int,
-    valid: jax.Array | None = None, score_threshold: float | None = None,
-) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+    boxes: jax.Array,
+    scores: jax.Array,
+    class_ids: jax.Array,
+    iou_threshold: float,
+    max_output: int,
+    valid: jax.Array | None = None,
+    score_threshold: float | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Class-aware NMS (boxes of different ``class_ids`` never suppress each other) by offsetting each
     class's boxes by ``class_id * (max coordinate + 1)``, as ``torchvision.ops.batched_nms``."""
     boxes = jnp.asarray(boxes)

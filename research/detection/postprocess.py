@@ -19,10 +19,17 @@ __all__ = ['select_detections']
 
 
 def select_detections(
-    boxes: jax.Array, scores: jax.Array, *, image_size: tuple[int, int], score_threshold: float = 0.05,
-    iou_threshold: float = 0.5, max_detections: int = 100, pre_nms_top_k: int = 1000,
-    min_size: float = 1e-2, valid: jax.Array | None = None,
-) -> dict[str, jax.Array]:  # fmt: skip
+    boxes: jax.Array,
+    scores: jax.Array,
+    *,
+    image_size: tuple[int, int],
+    score_threshold: float = 0.05,
+    iou_threshold: float = 0.5,
+    max_detections: int = 100,
+    pre_nms_top_k: int = 1000,
+    min_size: float = 1e-2,
+    valid: jax.Array | None = None,
+) -> dict[str, jax.Array]:
     """One image. ``scores`` [N, K]: probabilities of the K foreground classes (label = column + 1);
     ``boxes`` [N, 4] (shared by the classes) or [N, K, 4] (class-specific); ``valid`` [N] masks
     padded candidates. Boxes are clipped to ``image_size`` (h, w); candidates smaller than ``min_size``

@@ -60,10 +60,12 @@ SW_DEFAULTS = dict(sizes=(24, 36, 52, 76), aspect_ratios=(1.5,), stride_fraction
 
 
 def sliding_window_boxes(
-    image_size: tuple[int, int], *, sizes: Sequence[float] = SW_DEFAULTS['sizes'],
+    image_size: tuple[int, int],
+    *,
+    sizes: Sequence[float] = SW_DEFAULTS['sizes'],
     aspect_ratios: Sequence[float] = SW_DEFAULTS['aspect_ratios'],
     stride_fraction: float = SW_DEFAULTS['stride_fraction'],
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """float32 [P, 4] xyxy windows inside ``image_size`` (h, w): for each size s and aspect ratio a
     (height / width), windows of width ``s / sqrt(a)`` and height ``s sqrt(a)`` (clamped to the image)
     at stride ``stride_fraction`` x their side, from the top-left corner to the last position that
@@ -126,9 +128,16 @@ def _seed_c_rand(seed: int) -> None:
 
 
 def selective_search(
-    image: np.ndarray, *, mode: str = 'fast', scale: float = 2.0, base_k: int = 100, inc_k: int = 100,
-    sigma: float = 0.8, min_size: float = 4.0, max_proposals: int | None = 300,
-) -> np.ndarray:  # fmt: skip
+    image: np.ndarray,
+    *,
+    mode: str = 'fast',
+    scale: float = 2.0,
+    base_k: int = 100,
+    inc_k: int = 100,
+    sigma: float = 0.8,
+    min_size: float = 4.0,
+    max_proposals: int | None = 300,
+) -> np.ndarray:
     """float32 [n, 4] xyxy proposals (n <= ``max_proposals``) of one uint8 image [H, W] or [H, W, C]
     (1 channel is replicated to 3), in OpenCV's order (its hierarchical-grouping rank, seeded, so
     deterministic; Uijlings et al. 2013, Sec. 3.4): ``mode`` 'fast' (R-CNN's; k = base_k, base_k +
@@ -198,9 +207,14 @@ def _progress(tag: str, done: int, total: int, t0: float, stream) -> None:
 
 
 def compute_selective_search(
-    images: np.ndarray, settings: dict, *, num_workers: int | None = None, tag: str = 'selective search',
-    stream=sys.stderr, chunk: int = 32,
-) -> list[np.ndarray]:  # fmt: skip
+    images: np.ndarray,
+    settings: dict,
+    *,
+    num_workers: int | None = None,
+    tag: str = 'selective search',
+    stream=sys.stderr,
+    chunk: int = 32,
+) -> list[np.ndarray]:
     """``selective_search`` of every image (uint8 [N, H, W(, C)]) with a progress line (img/s, ETA),
     over ``num_workers`` spawned processes (default: the CPU count, at most 8, for >= 256 images; 1 = in
     process; a spawned worker takes ~10-20 s to start, it imports the package)."""
@@ -250,9 +264,14 @@ def cache_path(builder, split: str, resolved: dict) -> storage.AnyPath:
 
 
 def get_proposals(
-    builder, split: str, *, method: str = 'selective_search', max_proposals: int = 300,
-    num_workers: int | None = None, **settings,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    builder,
+    split: str,
+    *,
+    method: str = 'selective_search',
+    max_proposals: int = 300,
+    num_workers: int | None = None,
+    **settings,
+) -> tuple[np.ndarray, np.ndarray]:
     """Proposals of every example of ``split`` of a prepared ``mnist_det`` builder: ``(boxes float32
     [N, P, 4] xyxy pixels, valid bool [N, P])``, P = ``max_proposals``, row i = example i.
 
@@ -271,14 +290,18 @@ def get_proposals(
             boxes, valid = z['boxes'], z['valid']
         if boxes.shape == (n, max_proposals, 4):
             return boxes, valid
-        print(f'proposal cache {path} has shape {boxes.shape}, expected {(n, max_proposals, 4)}: recomputing',
-              file=sys.stderr)  # fmt: skip
+        print(
+            f'proposal cache {path} has shape {boxes.shape}, expected {(n, max_proposals, 4)}: recomputing',
+            file=sys.stderr,
+        )
     kw = {k: v for k, v in resolved.items() if k not in ('method', 'max_proposals')}
     if method == 'selective_search':
         lists = compute_selective_search(
-            data.images, {**kw, 'max_proposals': max_proposals}, num_workers=num_workers,
+            data.images,
+            {**kw, 'max_proposals': max_proposals},
+            num_workers=num_workers,
             tag=f'selective search ({split}, {n} images)',
-        )  # fmt: skip
+        )
     else:
         grid = sliding_window_boxes((h, w), **kw)
         if len(grid) > max_proposals:
@@ -301,8 +324,14 @@ def get_proposals(
 
 
 def time_per_image(
-    builder, split: str, *, method: str = 'selective_search', max_proposals: int = 300, n: int = 20, **settings
-) -> float:  # fmt: skip
+    builder,
+    split: str,
+    *,
+    method: str = 'selective_search',
+    max_proposals: int = 300,
+    n: int = 20,
+    **settings,
+) -> float:
     """Median wall time (ms) of computing one image's proposals in this process (the first ``n``
     images of ``split``): the host cost a proposal-based detector adds per image at test time
     (0 for the fixed sliding-window grid)."""
@@ -323,8 +352,10 @@ def default_method() -> str:
     """'selective_search' when OpenCV-contrib is importable, else 'sliding_window' (with a message)."""
     if has_selective_search():
         return 'selective_search'
-    print(f'opencv-contrib is not installed (pip install {OPENCV_PIP}): using sliding-window proposals',
-          file=sys.stderr)  # fmt: skip
+    print(
+        f'opencv-contrib is not installed (pip install {OPENCV_PIP}): using sliding-window proposals',
+        file=sys.stderr,
+    )
     return 'sliding_window'
 
 

@@ -85,10 +85,18 @@ class FastRCNNPredictor(nn.Module):
 
 
 def sample_rois(
-    key: jax.Array, proposals: jax.Array, proposal_valid: jax.Array, gt_boxes: jax.Array,
-    gt_labels: jax.Array, gt_valid: jax.Array, *, batch_size_per_image: int = 512,
-    positive_fraction: float = 0.25, fg_iou: float = 0.5, bg_iou: float = 0.5,
-) -> dict[str, jax.Array]:  # fmt: skip
+    key: jax.Array,
+    proposals: jax.Array,
+    proposal_valid: jax.Array,
+    gt_boxes: jax.Array,
+    gt_labels: jax.Array,
+    gt_valid: jax.Array,
+    *,
+    batch_size_per_image: int = 512,
+    positive_fraction: float = 0.25,
+    fg_iou: float = 0.5,
+    bg_iou: float = 0.5,
+) -> dict[str, jax.Array]:
     """RoI-head minibatch of ONE image (torchvision ``RoIHeads.select_training_samples``).
 
     ``proposals [P, 4]`` (``proposal_valid [P]``), ground truth ``gt_boxes [M, 4]``, ``gt_labels [M]``
@@ -128,9 +136,12 @@ def sample_rois(
 
 
 def fastrcnn_loss(
-    class_logits: jax.Array, box_regression: jax.Array, labels: jax.Array, box_targets: jax.Array,
+    class_logits: jax.Array,
+    box_regression: jax.Array,
+    labels: jax.Array,
+    box_targets: jax.Array,
     valid: jax.Array,
-) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+) -> tuple[jax.Array, jax.Array]:
     """(loss_classifier, loss_box_reg) as torchvision's ``fastrcnn_loss``: cross-entropy averaged over
     the sampled RoIs; smooth L1 (beta 1/9) of the true class's 4 deltas summed over the positives and
     divided by the number of sampled RoIs. Leading dims (images, slots) are flattened; ``valid``
@@ -151,10 +162,18 @@ def fastrcnn_loss(
 
 
 def roi_detections(
-    class_logits: jax.Array, box_regression: jax.Array, rois: jax.Array, rois_valid: jax.Array,
-    image_size: tuple[int, int], *, score_threshold: float = 0.05, iou_threshold: float = 0.5,
-    max_detections: int = 100, pre_nms_top_k: int = 1000, min_size: float = 1e-2,
-) -> dict[str, jax.Array]:  # fmt: skip
+    class_logits: jax.Array,
+    box_regression: jax.Array,
+    rois: jax.Array,
+    rois_valid: jax.Array,
+    image_size: tuple[int, int],
+    *,
+    score_threshold: float = 0.05,
+    iou_threshold: float = 0.5,
+    max_detections: int = 100,
+    pre_nms_top_k: int = 1000,
+    min_size: float = 1e-2,
+) -> dict[str, jax.Array]:
     """Detections of ONE image (torchvision ``RoIHeads.postprocess_detections``): softmax over
     ``class_logits [R, K]``, class-specific boxes decoded from ``box_regression [R, 4K]`` on ``rois``
     (weights 10, 10, 5, 5), background column dropped, then :func:`select_detections` (clip, score
@@ -166,10 +185,16 @@ def roi_detections(
         box_regression.reshape(r, k, 4).astype(jnp.float32), rois[:, None, :], ROI_HEAD_WEIGHTS
     )
     return select_detections(
-        boxes[:, 1:], scores[:, 1:], image_size=image_size, score_threshold=score_threshold,
-        iou_threshold=iou_threshold, max_detections=max_detections, pre_nms_top_k=pre_nms_top_k,
-        min_size=min_size, valid=rois_valid,
-    )  # fmt: skip
+        boxes[:, 1:],
+        scores[:, 1:],
+        image_size=image_size,
+        score_threshold=score_threshold,
+        iou_threshold=iou_threshold,
+        max_detections=max_detections,
+        pre_nms_top_k=pre_nms_top_k,
+        min_size=min_size,
+        valid=rois_valid,
+    )
 
 
 def infer_scale(feature_size: int, image_size: int) -> float:
@@ -178,9 +203,13 @@ def infer_scale(feature_size: int, image_size: int) -> float:
 
 
 def map_levels(
-    boxes: jax.Array, k_min: int, k_max: int, canonical_scale: float = 224.0, canonical_level: int = 4,
+    boxes: jax.Array,
+    k_min: int,
+    k_max: int,
+    canonical_scale: float = 224.0,
+    canonical_level: int = 4,
     eps: float = 1e-6,
-) -> jax.Array:  # fmt: skip
+) -> jax.Array:
     """FPN Eq. 1 (torchvision ``LevelMapper``): int32 index in ``[0, k_max - k_min]`` of the pyramid
     level of each box, ``clamp(floor(k0 + log2(sqrt(area) / 224) + eps), k_min, k_max) - k_min``."""
     s = jnp.sqrt(box_area(boxes))
@@ -189,9 +218,14 @@ def map_levels(
 
 
 def multiscale_roi_align(
-    features: Sequence[jax.Array], boxes: jax.Array, image_size: tuple[int, int], output_size: int = 7,
-    sampling_ratio: int = 2, canonical_scale: float = 224.0, canonical_level: int = 4,
-) -> jax.Array:  # fmt: skip
+    features: Sequence[jax.Array],
+    boxes: jax.Array,
+    image_size: tuple[int, int],
+    output_size: int = 7,
+    sampling_ratio: int = 2,
+    canonical_scale: float = 224.0,
+    canonical_level: int = 4,
+) -> jax.Array:
     """torchvision ``MultiScaleRoIAlign``: ``features`` NHWC maps finest first (FPN P2..P5), ``boxes
     [B, R, 4]`` per image (input pixels) -> ``[B, R, o, o, C]``. A single map is plain RoI align at
     its scale. Every level is pooled and the mapped one selected (static shapes; L x the work of one)."""

@@ -60,10 +60,17 @@ class RPNHead(nn.Module):
 
 
 def generate_proposals(
-    objectness: Sequence[jax.Array], deltas: Sequence[jax.Array], anchors: Sequence[jax.Array],
-    image_size: tuple[int, int], *, pre_nms_top_n: int = 1000, post_nms_top_n: int = 1000,
-    nms_thresh: float = 0.7, min_size: float = 1e-3, score_thresh: float = 0.0,
-) -> dict[str, jax.Array]:  # fmt: skip
+    objectness: Sequence[jax.Array],
+    deltas: Sequence[jax.Array],
+    anchors: Sequence[jax.Array],
+    image_size: tuple[int, int],
+    *,
+    pre_nms_top_n: int = 1000,
+    post_nms_top_n: int = 1000,
+    nms_thresh: float = 0.7,
+    min_size: float = 1e-3,
+    score_thresh: float = 0.0,
+) -> dict[str, jax.Array]:
     """Proposals of a batch: per level ``objectness [B, N_l]`` logits, ``deltas [B, N_l, 4]`` and
     ``anchors [N_l, 4]``. Returns ``boxes [B, P, 4]``, ``scores [B, P]`` (sigmoid objectness) and
     ``valid [B, P]``, P = ``post_nms_top_n``, sorted by decreasing score (torchvision
@@ -95,10 +102,18 @@ def generate_proposals(
 
 
 def rpn_loss(
-    key: jax.Array, objectness: jax.Array, deltas: jax.Array, anchors: jax.Array, gt_boxes: jax.Array,
-    gt_valid: jax.Array, *, fg_iou: float = 0.7, bg_iou: float = 0.3, batch_size_per_image: int = 256,
+    key: jax.Array,
+    objectness: jax.Array,
+    deltas: jax.Array,
+    anchors: jax.Array,
+    gt_boxes: jax.Array,
+    gt_valid: jax.Array,
+    *,
+    fg_iou: float = 0.7,
+    bg_iou: float = 0.3,
+    batch_size_per_image: int = 256,
     positive_fraction: float = 0.5,
-) -> tuple[jax.Array, jax.Array]:  # fmt: skip
+) -> tuple[jax.Array, jax.Array]:
     """(loss_objectness, loss_rpn_box_reg) of a batch, torchvision ``RegionProposalNetwork.compute_loss``:
     ``objectness [B, N]`` logits and ``deltas [B, N, 4]`` over all levels, ``anchors [N, 4]``,
     ``gt_boxes [B, M, 4]`` / ``gt_valid [B, M]``. Both losses are divided by the number of anchors

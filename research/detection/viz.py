@@ -18,9 +18,16 @@ _GT, _PRED = (40, 220, 60), (235, 50, 40)
 
 
 def draw_boxes(
-    image01: np.ndarray, boxes, labels, scores=None, *, class_names: Sequence[str] = (), colour=_PRED,
-    scale: int = 3, masks=None,
-) -> np.ndarray:  # fmt: skip
+    image01: np.ndarray,
+    boxes,
+    labels,
+    scores=None,
+    *,
+    class_names: Sequence[str] = (),
+    colour=_PRED,
+    scale: int = 3,
+    masks=None,
+) -> np.ndarray:
     """uint8 [H*scale, W*scale, 3]: ``image01`` ([H, W, C] in [0, 1]) upscaled, with ``boxes`` (xyxy
     pixels of the original image) outlined and labelled ``name`` or ``name score``; ``masks`` [N, H, W]
     in [0, 1] tint their pixels."""
@@ -55,16 +62,29 @@ def empty_note(tile: np.ndarray, text: str) -> np.ndarray:
     w, h = img.size
     font = fitted_font(draw, text, w - 6, max(min(w // 9, 16), 9))
     tw = draw.textlength(text, font=font)
-    draw.text(((w - tw) / 2, h / 2 - 6), text, fill=(255, 230, 0), font=font, stroke_width=1, stroke_fill=(0, 0, 0))
+    draw.text(
+        ((w - tw) / 2, h / 2 - 6), text, fill=(255, 230, 0), font=font, stroke_width=1, stroke_fill=(0, 0, 0)
+    )
     return np.asarray(img)
 
 
 def save_detection_grid(
     path: str | os.PathLike,
-    images01, gt_boxes, gt_labels, gt_valid, pred_boxes, pred_scores, pred_labels, pred_valid,
-    *, class_names: Sequence[str] = (), score_threshold: float = 0.3, pred_masks=None,
-    titles: Sequence[str] | None = None, show_titles: bool = True,
-) -> storage.AnyPath:  # fmt: skip
+    images01,
+    gt_boxes,
+    gt_labels,
+    gt_valid,
+    pred_boxes,
+    pred_scores,
+    pred_labels,
+    pred_valid,
+    *,
+    class_names: Sequence[str] = (),
+    score_threshold: float = 0.3,
+    pred_masks=None,
+    titles: Sequence[str] | None = None,
+    show_titles: bool = True,
+) -> storage.AnyPath:
     """One row per example: ground truth | predictions with score >= ``score_threshold``.
 
     The columns are titled ``titles`` (default: "ground truth", "predictions (score >= t)"; ``show_titles=False``:
@@ -73,11 +93,22 @@ def save_detection_grid(
     for i in range(len(images01)):
         gv = np.asarray(gt_valid[i], bool)
         pv = np.asarray(pred_valid[i], bool) & (np.asarray(pred_scores[i]) >= score_threshold)
-        left = draw_boxes(images01[i], np.asarray(gt_boxes[i])[gv], np.asarray(gt_labels[i])[gv],
-                          class_names=class_names, colour=_GT)  # fmt: skip
+        left = draw_boxes(
+            images01[i],
+            np.asarray(gt_boxes[i])[gv],
+            np.asarray(gt_labels[i])[gv],
+            class_names=class_names,
+            colour=_GT,
+        )
         masks = None if pred_masks is None else np.asarray(pred_masks[i])[pv]
-        right = draw_boxes(images01[i], np.asarray(pred_boxes[i])[pv], np.asarray(pred_labels[i])[pv],
-                           np.asarray(pred_scores[i])[pv], class_names=class_names, masks=masks)  # fmt: skip
+        right = draw_boxes(
+            images01[i],
+            np.asarray(pred_boxes[i])[pv],
+            np.asarray(pred_labels[i])[pv],
+            np.asarray(pred_scores[i])[pv],
+            class_names=class_names,
+            masks=masks,
+        )
         if not pv.any():
             right = empty_note(right, f'no detection >= {score_threshold:g}')
         gap = np.full((left.shape[0], 4, 3), 255, np.uint8)

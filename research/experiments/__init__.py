@@ -14,4 +14,4 @@ This package is imported by ``research.cli`` at start-up: keep its top level fre
 
 from research.experiments.sweep import chain, product, zip_
 
-__all__ = ["chain", "product", "zip_"]
+__all__ = ['chain', 'product', 'zip_']

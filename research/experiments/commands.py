@@ -33,8 +33,8 @@ def define_table_flag(flag_values: flags.FlagValues = flags.FLAGS):
     flag = flags.Flag(
         flags.ArgumentParser(),
         flags.ArgumentSerializer(),
-        "table",
-        "",
+        'table',
+        '',
         "Render the config's get_table() tables from the sweep's ledger into <workdir>/tables/ (or =name,...).",
         boolean=True,
     )
@@ -43,28 +43,28 @@ def define_table_flag(flag_values: flags.FlagValues = flags.FLAGS):
 
 def table_names(value: Any) -> list[str] | None:
     """``None`` = no table; ``[]`` = all; else the names asked for."""
-    v = "" if value is None else str(value).strip()
-    if v.lower() in ("", "false", "0", "no"):
+    v = '' if value is None else str(value).strip()
+    if v.lower() in ('', 'false', '0', 'no'):
         return None
-    if v.lower() in ("true", "1", "yes", "all"):
+    if v.lower() in ('true', '1', 'yes', 'all'):
         return []
-    return [n for n in v.split(",") if n]
+    return [n for n in v.split(',') if n]
 
 
 def sweep_name(config_arg: str) -> str:
-    path, _, arg = config_arg.partition(":")
-    return Path(path).stem + (f":{arg}" if arg else "")
+    path, _, arg = config_arg.partition(':')
+    return Path(path).stem + (f':{arg}' if arg else '')
 
 
 def get_runs(module, arg: str | None, config, workdir: os.PathLike) -> list[sweep_lib.Run]:
-    if not hasattr(module, "get_sweep"):
-        raise ValueError(f"config file {module.__file__} defines no get_sweep(arg=None)")
+    if not hasattr(module, 'get_sweep'):
+        raise ValueError(f'config file {module.__file__} defines no get_sweep(arg=None)')
     return sweep_lib.expand(config, module.get_sweep(arg or None), workdir)
 
 
 def get_table_specs(module, arg: str | None) -> list[dict[str, Any]]:
-    if not hasattr(module, "get_table"):
-        raise ValueError(f"config file {module.__file__} defines no get_table(arg=None)")
+    if not hasattr(module, 'get_table'):
+        raise ValueError(f'config file {module.__file__} defines no get_table(arg=None)')
     specs = module.get_table(arg or None)
     return [specs] if isinstance(specs, dict) else list(specs)
 
@@ -73,7 +73,7 @@ def preflight(runs: Sequence[sweep_lib.Run]) -> None:
     """Fails before any training if a run's model is not registered or gets unknown arguments."""
     seen = set()
     for run in runs:
-        kwargs = {k: v for k, v in run.flat_config.items() if k.startswith("model.") and k != "model.name"}
+        kwargs = {k: v for k, v in run.flat_config.items() if k.startswith('model.') and k != 'model.name'}
         name = run.config.model.name
         key = (name, tuple(sorted(kwargs)))
         if key in seen:
@@ -82,11 +82,11 @@ def preflight(runs: Sequence[sweep_lib.Run]) -> None:
         try:
             accepted = set(models.accepted_kwargs(name))
         except ValueError as e:
-            raise ValueError(f"run {run.id}: {e}") from None
-        unknown = sorted(k.partition(".")[2] for k in kwargs if k.partition(".")[2] not in accepted)
+            raise ValueError(f'run {run.id}: {e}') from None
+        unknown = sorted(k.partition('.')[2] for k in kwargs if k.partition('.')[2] not in accepted)
         if unknown:
             raise ValueError(
-                f"run {run.id}: model {name!r} does not accept {unknown}; accepted: {sorted(accepted)}"
+                f'run {run.id}: model {name!r} does not accept {unknown}; accepted: {sorted(accepted)}'
             )
 
 
@@ -94,41 +94,41 @@ def format_dry_run(runs: Sequence[sweep_lib.Run], name: str, workdir: os.PathLik
     statuses = [sweep_lib.run_status(r.workdir) for r in runs]
     width = max(len(r.id) for r in runs)
     lines = [
-        f"sweep {name}: {len(runs)} runs in {workdir} (ledger {workdir / 'ledger.jsonl'})",
-        f"{'status':8s} {'id':{width}s} overrides",
+        f'sweep {name}: {len(runs)} runs in {workdir} (ledger {workdir / "ledger.jsonl"})',
+        f'{"status":8s} {"id":{width}s} overrides',
     ]
     for run, st in zip(runs, statuses):
-        lines.append(f"{st:8s} {run.id:{width}s} {json.dumps(run.overrides, default=str)}")
-    counts = {s: statuses.count(s) for s in ("done", "partial", "new")}
-    lines.append(f"{len(runs)} runs: {counts['done']} done, {counts['partial']} partial, {counts['new']} new")
-    return "\n".join(lines)
+        lines.append(f'{st:8s} {run.id:{width}s} {json.dumps(run.overrides, default=str)}')
+    counts = {s: statuses.count(s) for s in ('done', 'partial', 'new')}
+    lines.append(f'{len(runs)} runs: {counts["done"]} done, {counts["partial"]} partial, {counts["new"]} new')
+    return '\n'.join(lines)
 
 
 def render_tables(module, arg, runs, workdir: os.PathLike, names: list[str]) -> list[os.PathLike]:
     workdir = storage.as_path(workdir)
     specs = get_table_specs(module, arg)
-    known = [s["name"] for s in specs]
+    known = [s['name'] for s in specs]
     if names:
         unknown = [n for n in names if n not in known]
         if unknown:
-            raise ValueError(f"unknown table {unknown[0]!r}; the config defines: {', '.join(known)}")
-        specs = [s for s in specs if s["name"] in names]
-    path = workdir / "ledger.jsonl"
-    ledger_rows = {r["id"]: r for r in ledger_lib.read(path)}
+            raise ValueError(f'unknown table {unknown[0]!r}; the config defines: {", ".join(known)}')
+        specs = [s for s in specs if s['name'] in names]
+    path = workdir / 'ledger.jsonl'
+    ledger_rows = {r['id']: r for r in ledger_lib.read(path)}
     for run in runs:  # rows re-read from the run directories, so a ledger from older code renders too
         row = ledger_rows.get(run.id)
         if row is not None and storage.as_path(run.workdir).is_dir():
             metrics = ledger_lib.row_metrics(run)
-            if metrics != row.get("metrics"):
-                ledger_lib.upsert(path, {**row, "metrics": metrics})
+            if metrics != row.get('metrics'):
+                ledger_lib.upsert(path, {**row, 'metrics': metrics})
     rows = ledger_lib.read(path)
     written = []
     for spec in specs:
         table = tables_lib.build_table(spec, rows, runs)
-        paths = tables_lib.write_table(table, workdir / "tables")
+        paths = tables_lib.write_table(table, workdir / 'tables')
         print(table.to_markdown())
         written.extend(paths)
-    print("wrote " + ", ".join(str(p) for p in written))
+    print('wrote ' + ', '.join(str(p) for p in written))
     return written
 
 
@@ -141,7 +141,7 @@ def main(
     dry_run: bool,
     table: Any,
     parallel: int = 1,
-    only: str = "",
+    only: str = '',
     show_progress: bool = True,
     argv: Sequence[str] | None = None,
 ) -> int:
@@ -150,7 +150,7 @@ def main(
         return _main(config, config_arg, workdir, sweep, dry_run, table, parallel, only, show_progress, argv)
     except (KeyError, ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"launch.py: {type(e).__name__}: {msg}", file=sys.stderr)
+        print(f'launch.py: {type(e).__name__}: {msg}', file=sys.stderr)
         return 1
 
 
@@ -161,12 +161,12 @@ def requested(sweep: bool, dry_run: bool, table: Any) -> bool:
 
 def _main(config, config_arg, workdir, sweep, dry_run, table, parallel, only, show_progress, argv) -> int:
     workdir = storage.as_path(workdir)
-    path, _, arg = config_arg.partition(":")
+    path, _, arg = config_arg.partition(':')
     module = sweep_lib.load_config_module(path)
     name = sweep_name(config_arg)
     names = table_names(table)
     runs = (
-        get_runs(module, arg, config, workdir) if (sweep or dry_run or hasattr(module, "get_sweep")) else None
+        get_runs(module, arg, config, workdir) if (sweep or dry_run or hasattr(module, 'get_sweep')) else None
     )
     chosen = sweep_lib.select(runs, only) if runs is not None else None
     if dry_run:
@@ -184,12 +184,12 @@ def _main(config, config_arg, workdir, sweep, dry_run, table, parallel, only, sh
             child_command=lambda run: sweep_lib.child_argv(argv, run),
             show_progress=show_progress,
         )
-        counts = {s: list(statuses.values()).count(s) for s in ("done", "partial", "failed")}
+        counts = {s: list(statuses.values()).count(s) for s in ('done', 'partial', 'failed')}
         print(
-            f"sweep {name}: {counts['done']} done, {counts['partial']} partial, {counts['failed']} failed "
-            f"of {len(statuses)}; ledger {workdir / 'ledger.jsonl'}"
+            f'sweep {name}: {counts["done"]} done, {counts["partial"]} partial, {counts["failed"]} failed '
+            f'of {len(statuses)}; ledger {workdir / "ledger.jsonl"}'
         )
-        rc = 1 if counts["failed"] else 0
+        rc = 1 if counts['failed'] else 0
     if names is not None:
         render_tables(module, arg, runs, workdir, names)
     return rc

@@ -53,7 +53,7 @@ def git_commit(repo: str | Path = REPO) -> str | None:
     """``git rev-parse HEAD`` of the code, or None outside a git checkout."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=False
+            ['git', 'rev-parse', 'HEAD'], cwd=repo, capture_output=True, text=True, timeout=10, check=False
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -68,11 +68,11 @@ def versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             return None
 
-    return {"python": platform.python_version(), "jax": v("jax"), "flax": v("flax"), "optax": v("optax")}
+    return {'python': platform.python_version(), 'jax': v('jax'), 'flax': v('flax'), 'optax': v('optax')}
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')
 
 
 def _read_json(path: storage.AnyPath) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def _write_json(path: storage.AnyPath, obj: Any) -> None:
 
 def start_run_meta(run, sweep_name: str) -> dict[str, Any]:
     """Writes ``<run>/run.json`` at a launch of ``run`` (kept across launches) and returns it."""
-    path = run.workdir / "run.json"
+    path = run.workdir / 'run.json'
     meta = _read_json(path)
     meta.update(
         id=run.id,
@@ -96,25 +96,25 @@ def start_run_meta(run, sweep_name: str) -> dict[str, Any]:
         overrides=run.overrides,
         git_commit=git_commit(),
         versions=versions(),
-        launches=meta.get("launches", 0) + 1,
+        launches=meta.get('launches', 0) + 1,
         last_launch=_now(),
     )
-    meta.setdefault("first_launch", meta["last_launch"])
-    meta.setdefault("wall_time_s", 0.0)
+    meta.setdefault('first_launch', meta['last_launch'])
+    meta.setdefault('wall_time_s', 0.0)
     _write_json(path, meta)
     return meta
 
 
 def finish_run_meta(run, meta: dict[str, Any], wall_s: float) -> None:
     """Adds this launch's wall time and the device kind to ``run.json``."""
-    meta["wall_time_s"] = float(meta.get("wall_time_s", 0.0)) + wall_s
+    meta['wall_time_s'] = float(meta.get('wall_time_s', 0.0)) + wall_s
     try:
         import jax
 
-        meta["device_kind"] = jax.devices()[0].device_kind
+        meta['device_kind'] = jax.devices()[0].device_kind
     except Exception:  # noqa: BLE001 - provenance only
         pass
-    _write_json(run.workdir / "run.json", meta)
+    _write_json(run.workdir / 'run.json', meta)
 
 
 # -- rows -----------------------------------------------------------------------------------------
@@ -128,10 +128,10 @@ def _err(top1: Any) -> float | None:
 
 def split_base(split: str) -> str:
     """The split a TFDS sub-split slices: ``test[:2000]`` -> ``test`` (a plain name is returned as is)."""
-    return str(split).split("[", 1)[0]
+    return str(split).split('[', 1)[0]
 
 
-def run_metrics(workdir: str | os.PathLike, eval_split: str = "test") -> dict[str, Any]:
+def run_metrics(workdir: str | os.PathLike, eval_split: str = 'test') -> dict[str, Any]:
     """Final and best metrics of a run directory (see the module docstring). A TFDS sub-split
     (``test[:2000]``, ``test[50%:]``) reports under its split's name (``test_error``), so tables of
     reduced-scale runs read the same keys as full ones (the ledger row's config keeps the slice)."""
@@ -144,37 +144,37 @@ def run_metrics(workdir: str | os.PathLike, eval_split: str = "test") -> dict[st
 
 def _run_metrics(workdir: str | os.PathLike, eval_split: str) -> dict[str, Any]:
     workdir = storage.as_path(workdir)
-    summary = _read_json(workdir / "summary.json")
+    summary = _read_json(workdir / 'summary.json')
     rows = _read_metrics(workdir)
     out: dict[str, Any] = {}
-    final = summary.get("final", {}).get(eval_split)
-    if summary.get("task") == "segmentation" or (final and "miou" in final):
+    final = summary.get('final', {}).get(eval_split)
+    if summary.get('task') == 'segmentation' or (final and 'miou' in final):
         return _segmentation_metrics(final, rows, eval_split)
-    if summary.get("task") == "detection" or (final and "map50" in final):
+    if summary.get('task') == 'detection' or (final and 'map50' in final):
         return _detection_metrics(final, rows, eval_split)
     if final:
         out.update(
             {
-                f"{eval_split}_error": _err(final["top1"]),
-                f"{eval_split}_top1": final["top1"],
-                f"{eval_split}_top5": final.get("top5"),
-                f"{eval_split}_loss": final.get("loss"),
+                f'{eval_split}_error': _err(final['top1']),
+                f'{eval_split}_top1': final['top1'],
+                f'{eval_split}_top5': final.get('top5'),
+                f'{eval_split}_loss': final.get('loss'),
             }
         )
-    evals = [r for r in rows if r["split"] == eval_split and isinstance(r.get("top1"), (int, float))]
+    evals = [r for r in rows if r['split'] == eval_split and isinstance(r.get('top1'), (int, float))]
     if evals:
-        best = max(evals, key=lambda r: r["top1"])
+        best = max(evals, key=lambda r: r['top1'])
         out.update(
             {
-                f"best_{eval_split}_error": _err(best["top1"]),
-                f"best_{eval_split}_top1": best["top1"],
-                "best_step": best["step"],
+                f'best_{eval_split}_error': _err(best['top1']),
+                f'best_{eval_split}_top1': best['top1'],
+                'best_step': best['step'],
             }
         )
-    train = [r for r in rows if r["split"] == "train" and isinstance(r.get("loss"), (int, float))]
+    train = [r for r in rows if r['split'] == 'train' and isinstance(r.get('loss'), (int, float))]
     if train:
-        out["train_loss"] = train[-1]["loss"]
-        out["train_error"] = _err(train[-1].get("top1"))
+        out['train_loss'] = train[-1]['loss']
+        out['train_error'] = _err(train[-1].get('top1'))
     return out
 
 
@@ -189,19 +189,19 @@ def _segmentation_metrics(final: dict | None, rows: list[dict[str, Any]], eval_s
     if final:
         out.update(
             {
-                f"{eval_split}_miou": _pct(final.get("miou")),
-                f"{eval_split}_pixel_acc": _pct(final.get("pixel_acc")),
-                f"{eval_split}_loss": final.get("loss"),
+                f'{eval_split}_miou': _pct(final.get('miou')),
+                f'{eval_split}_pixel_acc': _pct(final.get('pixel_acc')),
+                f'{eval_split}_loss': final.get('loss'),
             }
         )
-    evals = [r for r in rows if r["split"] == eval_split and isinstance(r.get("miou"), (int, float))]
+    evals = [r for r in rows if r['split'] == eval_split and isinstance(r.get('miou'), (int, float))]
     if evals:
-        best = max(evals, key=lambda r: r["miou"])
-        out.update({f"best_{eval_split}_miou": _pct(best["miou"]), "best_step": best["step"]})
-    train = [r for r in rows if r["split"] == "train" and isinstance(r.get("loss"), (int, float))]
+        best = max(evals, key=lambda r: r['miou'])
+        out.update({f'best_{eval_split}_miou': _pct(best['miou']), 'best_step': best['step']})
+    train = [r for r in rows if r['split'] == 'train' and isinstance(r.get('loss'), (int, float))]
     if train:
-        out["train_loss"] = train[-1]["loss"]
-        out["train_pixel_acc"] = _pct(train[-1].get("pixel_acc"))
+        out['train_loss'] = train[-1]['loss']
+        out['train_pixel_acc'] = _pct(train[-1].get('pixel_acc'))
     return out
 
 
@@ -211,21 +211,21 @@ def _detection_metrics(final: dict | None, rows: list[dict[str, Any]], eval_spli
     ``best_<split>_map50``, ``best_step``, ``train_loss`` of a detection run."""
     out: dict[str, Any] = {}
     if final:
-        for k in ("map50", "map50_11pt", "coco_ap", "coco_ap50"):
-            out[f"{eval_split}_{k}"] = _pct(final.get(k))
-        for k in ("mask_ap", "mask_ap50"):
+        for k in ('map50', 'map50_11pt', 'coco_ap', 'coco_ap50'):
+            out[f'{eval_split}_{k}'] = _pct(final.get(k))
+        for k in ('mask_ap', 'mask_ap50'):
             if k in final:
-                out[f"{eval_split}_{k}"] = _pct(final[k])
-        for k in ("latency_ms", "proposal_ms", "total_ms"):
+                out[f'{eval_split}_{k}'] = _pct(final[k])
+        for k in ('latency_ms', 'proposal_ms', 'total_ms'):
             out[k] = final.get(k)
-        out["eval_images_per_sec"] = final.get("eval_images_per_sec")
-    evals = [r for r in rows if r["split"] == eval_split and isinstance(r.get("map50"), (int, float))]
+        out['eval_images_per_sec'] = final.get('eval_images_per_sec')
+    evals = [r for r in rows if r['split'] == eval_split and isinstance(r.get('map50'), (int, float))]
     if evals:
-        best = max(evals, key=lambda r: r["map50"])
-        out.update({f"best_{eval_split}_map50": _pct(best["map50"]), "best_step": best["step"]})
-    train = [r for r in rows if r["split"] == "train" and isinstance(r.get("loss"), (int, float))]
+        best = max(evals, key=lambda r: r['map50'])
+        out.update({f'best_{eval_split}_map50': _pct(best['map50']), 'best_step': best['step']})
+    train = [r for r in rows if r['split'] == 'train' and isinstance(r.get('loss'), (int, float))]
     if train:
-        out["train_loss"] = train[-1]["loss"]
+        out['train_loss'] = train[-1]['loss']
     return out
 
 
@@ -233,14 +233,14 @@ def row_metrics(run, *, meta=None, summary=None, resolved=None) -> dict[str, Any
     """The ``metrics`` of ``run``'s ledger row, read from its directory (final/best metrics of its
     eval split, parameters, images/s, wall time)."""
     wd = storage.as_path(run.workdir)
-    meta = _read_json(wd / "run.json") if meta is None else meta
-    summary = _read_json(wd / "summary.json") if summary is None else summary
-    resolved = _read_json(wd / "config.json").get("_resolved", {}) if resolved is None else resolved
-    metrics = run_metrics(wd, run.flat_config.get("data.eval_split", "test"))
+    meta = _read_json(wd / 'run.json') if meta is None else meta
+    summary = _read_json(wd / 'summary.json') if summary is None else summary
+    resolved = _read_json(wd / 'config.json').get('_resolved', {}) if resolved is None else resolved
+    metrics = run_metrics(wd, run.flat_config.get('data.eval_split', 'test'))
     metrics.update(
-        num_params=summary.get("num_params", resolved.get("num_params")),
-        images_per_sec=summary.get("images_per_sec"),
-        wall_time_s=meta.get("wall_time_s", summary.get("wall_time_s")),
+        num_params=summary.get('num_params', resolved.get('num_params')),
+        images_per_sec=summary.get('images_per_sec'),
+        wall_time_s=meta.get('wall_time_s', summary.get('wall_time_s')),
     )
     return metrics
 
@@ -251,52 +251,51 @@ def run_status(workdir: str | os.PathLike) -> str:
     workdir = storage.as_path(workdir)
     holder = workdir_lib.read_lock(workdir) if (workdir / workdir_lib.LOCK_NAME).exists() else None
     if holder is not None and not workdir_lib.lock_is_stale(holder):
-        return "running"
-    summary = workdir / "summary.json"
+        return 'running'
+    summary = workdir / 'summary.json'
     if summary.exists():
         try:
-            if json.loads(summary.read_text()).get("complete"):
-                return "done"
+            if json.loads(summary.read_text()).get('complete'):
+                return 'done'
         except json.JSONDecodeError:
             pass
-    ckpts = workdir / "checkpoints"
+    ckpts = workdir / 'checkpoints'
     if ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir()):
-        return "partial"
-    return "new"
-
+        return 'partial'
+    return 'new'
 
 
 def build_row(run, sweep_name: str, *, status: str | None = None, error: str | None = None) -> dict[str, Any]:
     """The ledger row of ``run`` (a :class:`~research.experiments.sweep.Run`) from its files."""
     wd = storage.as_path(run.workdir)
-    meta = _read_json(wd / "run.json")
-    summary = _read_json(wd / "summary.json")
-    resolved = _read_json(wd / "config.json").get("_resolved", {})
+    meta = _read_json(wd / 'run.json')
+    summary = _read_json(wd / 'summary.json')
+    resolved = _read_json(wd / 'config.json').get('_resolved', {})
     flat = run.flat_config
     status = status or run_status(wd)
     metrics = row_metrics(run, meta=meta, summary=summary, resolved=resolved)
     return {
-        "id": run.id,
-        "sweep": sweep_name,
-        "status": status,
-        "error": error,
-        "overrides": run.overrides,
-        "config": flat,
-        "seed": flat.get("seed"),
-        "git_commit": meta.get("git_commit"),
-        "versions": meta.get("versions") or versions(),
-        "platform": summary.get("platform"),
-        "devices": summary.get("devices", resolved.get("devices")),
-        "device_kind": meta.get("device_kind"),
-        "num_params": metrics["num_params"],
-        "step": summary.get("step"),
-        "total_steps": summary.get("total_steps", resolved.get("total_steps")),
-        "epoch": summary.get("epoch"),
-        "metrics": metrics,
-        "images_per_sec": metrics["images_per_sec"],
-        "wall_time_s": metrics["wall_time_s"],
-        "workdir": str(wd),
-        "updated": _now(),
+        'id': run.id,
+        'sweep': sweep_name,
+        'status': status,
+        'error': error,
+        'overrides': run.overrides,
+        'config': flat,
+        'seed': flat.get('seed'),
+        'git_commit': meta.get('git_commit'),
+        'versions': meta.get('versions') or versions(),
+        'platform': summary.get('platform'),
+        'devices': summary.get('devices', resolved.get('devices')),
+        'device_kind': meta.get('device_kind'),
+        'num_params': metrics['num_params'],
+        'step': summary.get('step'),
+        'total_steps': summary.get('total_steps', resolved.get('total_steps')),
+        'epoch': summary.get('epoch'),
+        'metrics': metrics,
+        'images_per_sec': metrics['images_per_sec'],
+        'wall_time_s': metrics['wall_time_s'],
+        'workdir': str(wd),
+        'updated': _now(),
     }
 
 
@@ -310,12 +309,12 @@ def read(path: str | os.PathLike) -> list[dict[str, Any]]:
     for line in text.splitlines():
         if line.strip():
             row = json.loads(line)
-            rows[row["id"]] = row
+            rows[row['id']] = row
     return list(rows.values())
 
 
 def find(path: str | os.PathLike, run_id: str) -> dict[str, Any] | None:
-    return next((r for r in read(path) if r["id"] == run_id), None)
+    return next((r for r in read(path) if r['id'] == run_id), None)
 
 
 def upsert(path: str | os.PathLike, row: dict[str, Any]) -> None:
@@ -324,16 +323,16 @@ def upsert(path: str | os.PathLike, row: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with storage.locked(path):
         rows = read(path)
-        ids = [r["id"] for r in rows]
-        if row["id"] in ids:
-            rows[ids.index(row["id"])] = row
+        ids = [r['id'] for r in rows]
+        if row['id'] in ids:
+            rows[ids.index(row['id'])] = row
         else:
             rows.append(row)
-        storage.write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in rows), atomic=True)
+        storage.write_text(path, ''.join(json.dumps(r, default=str) + '\n' for r in rows), atomic=True)
 
 
 def ensure_row(path: str | os.PathLike, run, sweep_name: str) -> None:
     """For a finished run skipped on relaunch: rebuild its row unless a 'done' row is there."""
     row = find(path, run.id)
-    if row is None or row.get("status") != "done":
+    if row is None or row.get('status') != 'done':
         upsert(path, build_row(run, sweep_name))

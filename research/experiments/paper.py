@@ -16,18 +16,18 @@ RESNET_CIFAR10_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}
 # He et al. 2016, "Identity Mappings in Deep Residual Networks", Table 2 (Fig. 4 orderings):
 # ordering -> {depth: test error}, medians of 5 runs.
 PREACT_ORDERINGS = {
-    "a": {110: 6.61, 164: 5.93},
-    "b": {110: 8.17, 164: 6.50},
-    "c": {110: 7.84, 164: 6.14},
-    "d": {110: 6.71, 164: 5.91},
-    "e": {110: 6.37, 164: 5.46},
+    'a': {110: 6.61, 164: 5.93},
+    'b': {110: 8.17, 164: 6.50},
+    'c': {110: 7.84, 164: 6.14},
+    'd': {110: 6.71, 164: 5.91},
+    'e': {110: 6.37, 164: 5.46},
 }
 PREACT_ORDERING_NAMES = {
-    "a": "(a) original",
-    "b": "(b) BN after addition",
-    "c": "(c) ReLU before addition",
-    "d": "(d) ReLU-only pre-activation",
-    "e": "(e) full pre-activation",
+    'a': '(a) original',
+    'b': '(b) BN after addition',
+    'c': '(c) ReLU before addition',
+    'd': '(d) ReLU-only pre-activation',
+    'e': '(e) full pre-activation',
 }
 
 # Long et al. 2015, "Fully Convolutional Networks", Table 2: stride -> mean IU (%) on VOC 2011 val.
@@ -39,12 +39,12 @@ PSPNET_BINS = {(): 37.23, (1, 2, 3, 6): 41.68}
 # Zagoruyko & Komodakis 2016, "Wide Residual Networks", Table 4: (depth, k) -> error on
 # {'cifar10', 'cifar100'}; (28, 10, 'dropout') is WRN-28-10 with dropout 0.3.
 WRN_TABLE4 = {
-    (40, 1): {"cifar10": 6.85, "cifar100": 30.89},
-    (40, 2): {"cifar10": 5.33, "cifar100": 26.04},
-    (40, 4): {"cifar10": 4.97, "cifar100": 22.89},
-    (16, 8): {"cifar10": 4.81, "cifar100": 22.07},
-    (28, 10): {"cifar10": 4.17, "cifar100": 20.50},
-    (28, 10, "dropout"): {"cifar10": 3.89, "cifar100": 18.85},
+    (40, 1): {'cifar10': 6.85, 'cifar100': 30.89},
+    (40, 2): {'cifar10': 5.33, 'cifar100': 26.04},
+    (40, 4): {'cifar10': 4.97, 'cifar100': 22.89},
+    (16, 8): {'cifar10': 4.81, 'cifar100': 22.07},
+    (28, 10): {'cifar10': 4.17, 'cifar100': 20.50},
+    (28, 10, 'dropout'): {'cifar10': 3.89, 'cifar100': 18.85},
 }
 # WRN parameter counts (CIFAR-10 head), recomputed by hand: (depth, k) -> params.
 WRN_PARAMS = {
@@ -80,22 +80,22 @@ RETINANET_GAMMA_ALPHA = {
 }
 
 TABLES: dict[str, dict[str, Any]] = {
-    "resnet_table6": dict(
-        values=RESNET_CIFAR10_TABLE6, metric="test error %", source="He et al. 2015, Table 6"
+    'resnet_table6': dict(
+        values=RESNET_CIFAR10_TABLE6, metric='test error %', source='He et al. 2015, Table 6'
     ),
-    "preact_orderings": dict(
-        values=PREACT_ORDERINGS, metric="test error % (median of 5)", source="He et al. 2016, Table 2"
+    'preact_orderings': dict(
+        values=PREACT_ORDERINGS, metric='test error % (median of 5)', source='He et al. 2016, Table 2'
     ),
-    "wrn_table4": dict(
-        values=WRN_TABLE4, metric="test error %", source="Zagoruyko & Komodakis 2016, Table 4"
+    'wrn_table4': dict(
+        values=WRN_TABLE4, metric='test error %', source='Zagoruyko & Komodakis 2016, Table 4'
     ),
-    "wrn_params": dict(values=WRN_PARAMS, metric="parameters", source="recomputed [C]"),
-    "deeplabv3_output_stride": dict(
-        values=DEEPLABV3_OUTPUT_STRIDE, metric="VOC12 val mIoU %", source="Chen et al. 2017, Table 1"
+    'wrn_params': dict(values=WRN_PARAMS, metric='parameters', source='recomputed [C]'),
+    'deeplabv3_output_stride': dict(
+        values=DEEPLABV3_OUTPUT_STRIDE, metric='VOC12 val mIoU %', source='Chen et al. 2017, Table 1'
     ),
-    "fcn_voc11": dict(values=FCN_VOC11, metric="VOC11 val mean IU %", source="Long et al. 2015, Table 2"),
-    "pspnet_bins": dict(values=PSPNET_BINS, metric="ADE20K val mIoU %", source="Zhao et al. 2017, Table 1"),
-    "retinanet_gamma_alpha": dict(
-        values=RETINANET_GAMMA_ALPHA, metric="COCO AP", source="Lin et al. 2017, Table 1b"
+    'fcn_voc11': dict(values=FCN_VOC11, metric='VOC11 val mean IU %', source='Long et al. 2015, Table 2'),
+    'pspnet_bins': dict(values=PSPNET_BINS, metric='ADE20K val mIoU %', source='Zhao et al. 2017, Table 1'),
+    'retinanet_gamma_alpha': dict(
+        values=RETINANET_GAMMA_ALPHA, metric='COCO AP', source='Lin et al. 2017, Table 1b'
     ),
 }

@@ -12,11 +12,11 @@ from research.train.loop import build_model
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
     try:
-        shape = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+        shape = tuple(int(d) for d in text.replace('x', ',').split(',') if d.strip())
     except ValueError:
         shape = ()
     if len(shape) < 2 or min(shape) < 1:
-        raise ValueError(f"--summary_input must be H,W,C (e.g. 32,32,3), got {text!r}")
+        raise ValueError(f'--summary_input must be H,W,C (e.g. 32,32,3), got {text!r}')
     return shape
 
 
@@ -31,18 +31,18 @@ def summary_input(config, override: str | None = None) -> tuple[tuple[int, ...],
     name = str(config.data.name)
     shape, classes = None, None
     try:
-        path = image_folder.resolve_source(config.data.path) if name == "image_folder" else ""
+        path = image_folder.resolve_source(config.data.path) if name == 'image_folder' else ''
         builder = datasets.make_builder(name, path, datasets.resolve_data_dir(config.data))
         shape = datasets.output_shape(config.data, builder)
-        classes = int(builder.info.features["label"].num_classes)
+        classes = int(builder.info.features['label'].num_classes)
         source = f"the metadata of dataset '{name}' (nothing built or downloaded)"
     except Exception as e:  # any failure: fall back below, and say why
-        source = f"default (no dataset info: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        source = f'default (no dataset info: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
     if override:
-        shape, source = parse_input_shape(override), "--summary_input"
+        shape, source = parse_input_shape(override), '--summary_input'
     elif shape is None:
-        shape = (32, 32, 1) if str(config.model.name).startswith("lenet") else (32, 32, 3)
-        source += "; pass --summary_input=H,W,C"
+        shape = (32, 32, 1) if str(config.model.name).startswith('lenet') else (32, 32, 3)
+        source += '; pass --summary_input=H,W,C'
     return tuple(int(d) for d in shape), classes or 10, source
 
 
@@ -51,5 +51,5 @@ def print_summary(config, override: str | None = None) -> None:
     tasks.validate_config(config)
     shape, classes, source = summary_input(config, override)
     model = build_model(config, classes)
-    print(f"{config.model.name}: input {'x'.join(map(str, shape))} from {source}, {classes} classes")
+    print(f'{config.model.name}: input {"x".join(map(str, shape))} from {source}, {classes} classes')
     print(summarize(model, (1, *shape)))

@@ -56,23 +56,23 @@ Overrides = dict[str, Any]
 #: Flattened keys left out of the run-id hash: where data is cached, threads, logging and
 #: checkpoint cadence change neither the trained weights nor the metrics.
 ID_IGNORED_KEYS = (
-    "data.data_dir",
-    "data.num_threads",
-    "train.log_every_steps",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.async_checkpoints",
-    "train.eval_batch_size",
+    'data.data_dir',
+    'data.num_threads',
+    'train.log_every_steps',
+    'train.checkpoint_every',
+    'train.keep_checkpoints',
+    'train.async_checkpoints',
+    'train.eval_batch_size',
     # where the metrics go, not what they are (research/train/reporting.py)
-    "logging.tensorboard",
-    "logging.wandb",
-    "logging.wandb_project",
-    "logging.wandb_entity",
-    "logging.wandb_mode",
-    "logging.wandb_name",
-    "logging.wandb_group",
-    "logging.wandb_tags",
-    "logging.profile_steps",
+    'logging.tensorboard',
+    'logging.wandb',
+    'logging.wandb_project',
+    'logging.wandb_entity',
+    'logging.wandb_mode',
+    'logging.wandb_name',
+    'logging.wandb_group',
+    'logging.wandb_tags',
+    'logging.profile_steps',
 )
 SLUG_MAX_CHARS = 96
 HASH_CHARS = 6
@@ -88,9 +88,9 @@ def _axes(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[list[Overrides
         elif isinstance(a, (list, tuple)) and all(isinstance(d, Mapping) for d in a):
             out.append([dict(d) for d in a])
         else:
-            raise TypeError(f"sweep argument must be a dict of axes or a list of override dicts; got {a!r}")
+            raise TypeError(f'sweep argument must be a dict of axes or a list of override dicts; got {a!r}')
     for k, vs in kwargs.items():
-        key = k.replace("__", ".")
+        key = k.replace('__', '.')
         out.append([{key: v} for v in _values(key, vs)])
     return out
 
@@ -124,7 +124,7 @@ def zip_(*args: Any, **axes: Any) -> list[Overrides]:
     lists = _axes(args, axes)
     lengths = {len(l) for l in lists}
     if len(lengths) > 1:
-        raise ValueError(f"zip_ needs axes of equal length; got lengths {[len(l) for l in lists]}")
+        raise ValueError(f'zip_ needs axes of equal length; got lengths {[len(l) for l in lists]}')
     return [_merge(combo) for combo in zip(*lists)]
 
 
@@ -139,13 +139,13 @@ def apply_overrides(config: ConfigDict, overrides: Mapping[str, Any]) -> ConfigD
     config = copy.deepcopy(config)
     known = list(flatten(to_dict(config)))
     for key, value in overrides.items():
-        parts = key.split(".")
+        parts = key.split('.')
         node = config
         for i, part in enumerate(parts):
             is_last = i == len(parts) - 1
             if not isinstance(node, ConfigDict) or part not in node:
                 close = difflib.get_close_matches(key, known, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
+                hint = f"; did you mean '{close[0]}'?" if close else ''
                 raise KeyError(f"sweep key '{key}' is not in the config{hint}")
             if not is_last:
                 node = node[part]
@@ -161,7 +161,7 @@ def apply_overrides(config: ConfigDict, overrides: Mapping[str, Any]) -> ConfigD
         try:
             node[parts[-1]] = value
         except (TypeError, ValueError) as e:
-            raise ValueError(f"sweep value {key}={value!r} does not fit the config: {e}") from None
+            raise ValueError(f'sweep value {key}={value!r} does not fit the config: {e}') from None
     validate_config(config)
     return config
 
@@ -175,8 +175,8 @@ def id_payload(config: ConfigDict) -> dict[str, Any]:
         for k, v in flatten(to_dict(config)).items()
         if k not in ID_IGNORED_KEYS and not (k in defaults and _same(v, defaults[k]))
     }
-    if flat.get("data.path"):
-        flat["data.path"] = Path(str(flat["data.path"])).name
+    if flat.get('data.path'):
+        flat['data.path'] = Path(str(flat['data.path'])).name
     return flat
 
 
@@ -193,28 +193,28 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def config_hash(config: ConfigDict, chars: int = HASH_CHARS) -> str:
-    canonical = json.dumps(id_payload(config), sort_keys=True, separators=(",", ":"), default=repr)
+    canonical = json.dumps(id_payload(config), sort_keys=True, separators=(',', ':'), default=repr)
     return hashlib.sha256(canonical.encode()).hexdigest()[:chars]
 
 
 def _fmt_value(v: Any) -> str:
     if isinstance(v, Mapping):
-        return "{" + ",".join(f"{k}={_fmt_value(x)}" for k, x in sorted(v.items())) + "}"
+        return '{' + ','.join(f'{k}={_fmt_value(x)}' for k, x in sorted(v.items())) + '}'
     if isinstance(v, (list, tuple)):
-        return "+".join(_fmt_value(x) for x in v)
+        return '+'.join(_fmt_value(x) for x in v)
     return repr(v) if isinstance(v, float) else str(v)
 
 
 def slug(overrides: Mapping[str, Any], max_chars: int = SLUG_MAX_CHARS) -> str:
     """``'model.depth=20,seed=1'``: the overrides sorted by key, made safe for a directory name."""
-    text = ",".join(f"{k}={_fmt_value(overrides[k])}" for k in sorted(overrides)) or "base"
-    text = re.sub(r"[^A-Za-z0-9._=+,{}-]", "_", text)
-    return text if len(text) <= max_chars else text[: max_chars - 1] + "~"
+    text = ','.join(f'{k}={_fmt_value(overrides[k])}' for k in sorted(overrides)) or 'base'
+    text = re.sub(r'[^A-Za-z0-9._=+,{}-]', '_', text)
+    return text if len(text) <= max_chars else text[: max_chars - 1] + '~'
 
 
 def run_id(config: ConfigDict, overrides: Mapping[str, Any]) -> str:
     """``<slug of overrides>-<hash of the resolved config>``; see the module docstring."""
-    return f"{slug(overrides)}-{config_hash(config)}"
+    return f'{slug(overrides)}-{config_hash(config)}'
 
 
 @dataclasses.dataclass
@@ -235,11 +235,11 @@ def expand(base: ConfigDict, sweep: Sequence[Mapping[str, Any]], root: str | os.
     """The runs of ``sweep`` (override dicts) applied to ``base``, each in ``root/<run id>`` (``root``
     local or remote, e.g. ``gs://bucket/sweeps/x``)."""
     if not sweep:
-        raise ValueError("the sweep is empty")
+        raise ValueError('the sweep is empty')
     runs, seen = [], {}
     for i, overrides in enumerate(sweep):
         if not isinstance(overrides, Mapping):
-            raise TypeError(f"sweep entry {i} must be a dict of overrides, got {overrides!r}")
+            raise TypeError(f'sweep entry {i} must be a dict of overrides, got {overrides!r}')
         config = apply_overrides(base, overrides)
         rid = run_id(config, overrides)
         if rid in seen:
@@ -255,19 +255,19 @@ def select(runs: Sequence[Run], only: str | None) -> list[Run]:
     (``'model.depth=20,seed=0'``), or a hash."""
     if not only:
         return list(runs)
-    alternatives = [a.strip() for a in only.split(";") if a.strip()]
+    alternatives = [a.strip() for a in only.split(';') if a.strip()]
     chosen = [r for r in runs if any(_matches(r.id, a) for a in alternatives)]
     if not chosen:
-        raise ValueError(f"no run of the sweep matches --sweep_only={only!r}")
+        raise ValueError(f'no run of the sweep matches --sweep_only={only!r}')
     return chosen
 
 
 def _matches(rid: str, pattern: str) -> bool:
     if pattern == rid:
         return True
-    slug_text, _, digest = rid.rpartition("-")
-    parts = set(slug_text.split(",")) | {digest}
-    return all(t in parts for t in pattern.split(","))
+    slug_text, _, digest = rid.rpartition('-')
+    parts = set(slug_text.split(',')) | {digest}
+    return all(t in parts for t in pattern.split(','))
 
 
 # -- status ---------------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ def _matches(rid: str, pattern: str) -> bool:
 def load_config_module(path: str | Path):
     """Imports an experiment config file (as ``launch.py --config`` does) to reach ``get_sweep``/``get_table``."""
     path = Path(path)
-    name = "_research_config_" + re.sub(r"\W", "_", str(path.resolve()))
+    name = '_research_config_' + re.sub(r'\W', '_', str(path.resolve()))
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise FileNotFoundError(f"cannot load config file '{path}'")
@@ -301,19 +301,19 @@ def execute_run(
     run.workdir.mkdir(parents=True, exist_ok=True)
     meta = ledger.start_run_meta(run, sweep_name)
     t0 = time.perf_counter()
-    status, error = "failed", None
+    status, error = 'failed', None
     try:
         summary = tasks.train_and_evaluate(
             run.config, run.workdir, stop_after_steps=stop_after_steps, show_progress=show_progress
         )
-        status = "done" if summary.get("complete") else "partial"
+        status = 'done' if summary.get('complete') else 'partial'
     except KeyboardInterrupt:
-        status = "partial"
+        status = 'partial'
         raise
     except Exception as e:  # noqa: BLE001 - a failed run must not stop the sweep
-        error = f"{type(e).__name__}: {e}"
+        error = f'{type(e).__name__}: {e}'
         traceback.print_exc()
-        print(f"[sweep] {run.id} failed: {error}", file=sys.stderr)
+        print(f'[sweep] {run.id} failed: {error}', file=sys.stderr)
     finally:
         ledger.finish_run_meta(run, meta, time.perf_counter() - t0)
         ledger.upsert(ledger_path, ledger.build_row(run, sweep_name, status=status, error=error))
@@ -335,23 +335,23 @@ def run_sweep(
     others trained in order (``parallel=1``) or ``parallel`` at a time as subprocesses
     (``child_command(run)``, see :func:`device_slices`). Returns ``{run id: status}``.
     """
-    ledger_path = storage.as_path(root) / "ledger.jsonl"
+    ledger_path = storage.as_path(root) / 'ledger.jsonl'
     statuses: dict[str, str] = {}
     todo = []
     for run in runs:
         status = run_status(run.workdir)
-        if status == "done":
-            statuses[run.id] = "done"
+        if status == 'done':
+            statuses[run.id] = 'done'
             ledger.ensure_row(ledger_path, run, sweep_name)
-            log(f"[sweep] skip {run.id}: done")
-        elif status == "running":  # another process holds its workdir (a parallel sweep, a launch)
-            statuses[run.id] = "running"
-            log(f"[sweep] skip {run.id}: running in another process")
+            log(f'[sweep] skip {run.id}: done')
+        elif status == 'running':  # another process holds its workdir (a parallel sweep, a launch)
+            statuses[run.id] = 'running'
+            log(f'[sweep] skip {run.id}: running in another process')
         else:
             todo.append(run)
     if parallel <= 1 or len(todo) <= 1 or child_command is None:
         for i, run in enumerate(todo):
-            log(f"[sweep] run {i + 1}/{len(todo)}: {run.id} ({run_status(run.workdir)})")
+            log(f'[sweep] run {i + 1}/{len(todo)}: {run.id} ({run_status(run.workdir)})')
             statuses[run.id] = execute_run(
                 run,
                 sweep_name=sweep_name,
@@ -359,7 +359,7 @@ def run_sweep(
                 stop_after_steps=stop_after_steps,
                 show_progress=show_progress,
             )
-            log(f"[sweep] {run.id}: {statuses[run.id]}")
+            log(f'[sweep] {run.id}: {statuses[run.id]}')
         return statuses
     statuses.update(_run_parallel(todo, parallel, child_command, ledger_path, sweep_name, log))
     return statuses
@@ -389,7 +389,7 @@ def _run_parallel(todo, parallel, child_command, ledger_path, sweep_name, log) -
                     preexec_fn=(lambda c=cores: os.sched_setaffinity(0, c)) if cores else None,
                 )
                 active[slot] = (run, proc, logf)
-                log(f"[sweep] start {run.id} on slot {slot} ({slots[slot].describe()}); log {logf.name}")
+                log(f'[sweep] start {run.id} on slot {slot} ({slots[slot].describe()}); log {logf.name}')
             time.sleep(0.5)
             for slot, (run, proc, logf) in list(active.items()):
                 rc = proc.poll()
@@ -400,12 +400,12 @@ def _run_parallel(todo, parallel, child_command, ledger_path, sweep_name, log) -
                 free.append(slot)
                 status = run_status(run.workdir)
                 row = ledger.find(ledger_path, run.id)
-                if rc != 0 and status != "done" and (row is None or row.get("status") != "failed"):
-                    err = f"exit code {rc}; see {run.workdir / 'launch.log'}"
-                    ledger.upsert(ledger_path, ledger.build_row(run, sweep_name, status="failed", error=err))
+                if rc != 0 and status != 'done' and (row is None or row.get('status') != 'failed'):
+                    err = f'exit code {rc}; see {run.workdir / "launch.log"}'
+                    ledger.upsert(ledger_path, ledger.build_row(run, sweep_name, status='failed', error=err))
                 row = ledger.find(ledger_path, run.id)
-                statuses[run.id] = row.get("status", status) if row else status
-                log(f"[sweep] {run.id}: {statuses[run.id]} (exit code {rc})")
+                statuses[run.id] = row.get('status', status) if row else status
+                log(f'[sweep] {run.id}: {statuses[run.id]} (exit code {rc})')
     finally:
         for run, proc, logf in active.values():  # Ctrl-C: children checkpoint on SIGINT too
             proc.wait()
@@ -417,15 +417,15 @@ def _open_launch_log(run: Run):
     """The file a parallel worker's output goes to: ``<run>/launch.log`` (appended to), or for a remote
     workdir a local temporary file, appended to ``<run>/launch.log`` when the worker ends."""
     if not storage.is_remote(run.workdir):
-        return (run.workdir / "launch.log").open("a")
-    return tempfile.NamedTemporaryFile("w+", prefix=f"{run.id[:40]}-", suffix=".launch.log", delete=False)
+        return (run.workdir / 'launch.log').open('a')
+    return tempfile.NamedTemporaryFile('w+', prefix=f'{run.id[:40]}-', suffix='.launch.log', delete=False)
 
 
 def _close_launch_log(run: Run, logf) -> None:
     logf.close()
     if storage.is_remote(run.workdir):
         with open(logf.name) as f:
-            storage.append_text(run.workdir / "launch.log", f.read())
+            storage.append_text(run.workdir / 'launch.log', f.read())
         os.unlink(logf.name)
 
 
@@ -444,7 +444,7 @@ class LocalDevice:
 
     kind: str
     index: int
-    name: str = ""
+    name: str = ''
 
 
 @dataclasses.dataclass
@@ -456,18 +456,18 @@ class DeviceSlot:
     cpus: set[int] | None = None
 
     def describe(self) -> str:
-        shown = [f"{k}={v}" for k, v in self.env.items() if k in _VISIBILITY_KEYS]
+        shown = [f'{k}={v}' for k, v in self.env.items() if k in _VISIBILITY_KEYS]
         if shown:
-            return " ".join(shown)
-        return f"CPU cores {sorted(self.cpus)}" if self.cpus else "shared devices"
+            return ' '.join(shown)
+        return f'CPU cores {sorted(self.cpus)}' if self.cpus else 'shared devices'
 
 
 #: The variables that restrict a worker to its accelerators (what CUDA, ROCm and libtpu read).
 _VISIBILITY_KEYS = (
-    "CUDA_VISIBLE_DEVICES",
-    "HIP_VISIBLE_DEVICES",
-    "ROCR_VISIBLE_DEVICES",
-    "TPU_VISIBLE_CHIPS",
+    'CUDA_VISIBLE_DEVICES',
+    'HIP_VISIBLE_DEVICES',
+    'ROCR_VISIBLE_DEVICES',
+    'TPU_VISIBLE_CHIPS',
 )
 
 _DISCOVER = r"""
@@ -489,10 +489,10 @@ def discover_devices(env: Mapping[str, str] | None = None, *, runner=subprocess.
     (so ``JAX_PLATFORMS``, ``CUDA_VISIBLE_DEVICES``... apply as they will to the workers, and this
     process never holds a GPU or TPU the workers need). An empty list if the query fails."""
     env = dict(os.environ if env is None else env)
-    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # the query must not take a GPU's memory
+    env.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')  # the query must not take a GPU's memory
     try:
         out = runner(
-            [sys.executable, "-c", _DISCOVER],
+            [sys.executable, '-c', _DISCOVER],
             capture_output=True,
             text=True,
             timeout=300,
@@ -502,42 +502,42 @@ def discover_devices(env: Mapping[str, str] | None = None, *, runner=subprocess.
     except (OSError, subprocess.SubprocessError):
         return []
     for line in out.stdout.splitlines()[::-1]:
-        if line.startswith("DEVICES "):
-            return [LocalDevice(k, int(i), n) for k, i, n in json.loads(line[len("DEVICES ") :])]
+        if line.startswith('DEVICES '):
+            return [LocalDevice(k, int(i), n) for k, i, n in json.loads(line[len('DEVICES ') :])]
     return []
 
 
 def _tpu_bounds(chips: int) -> str:
     """``TPU_CHIPS_PER_PROCESS_BOUNDS`` of a group of chips (x,y,z), as Cloud TPU VMs lay 1-8 out."""
-    bounds = {1: "1,1,1", 2: "1,2,1", 4: "2,2,1", 8: "2,4,1"}
+    bounds = {1: '1,1,1', 2: '1,2,1', 4: '2,2,1', 8: '2,4,1'}
     if chips not in bounds:
         raise ValueError(
-            f"a TPU worker needs 1, 2, 4 or 8 chips, got {chips} (choose --sweep_parallel to fit)"
+            f'a TPU worker needs 1, 2, 4 or 8 chips, got {chips} (choose --sweep_parallel to fit)'
         )
     return bounds[chips]
 
 
 def _slot_env(kind: str, ids: list[int], slot: int, env: Mapping[str, str]) -> dict[str, str]:
-    if kind == "cuda":  # ordinals of this process's view: map through its own CUDA_VISIBLE_DEVICES
-        var, parent = "CUDA_VISIBLE_DEVICES", env.get("CUDA_VISIBLE_DEVICES")
-    elif kind == "rocm":
+    if kind == 'cuda':  # ordinals of this process's view: map through its own CUDA_VISIBLE_DEVICES
+        var, parent = 'CUDA_VISIBLE_DEVICES', env.get('CUDA_VISIBLE_DEVICES')
+    elif kind == 'rocm':
         var = next(
-            (k for k in ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES") if k in env), "HIP_VISIBLE_DEVICES"
+            (k for k in ('HIP_VISIBLE_DEVICES', 'ROCR_VISIBLE_DEVICES') if k in env), 'HIP_VISIBLE_DEVICES'
         )
         parent = env.get(var)
     else:  # tpu: libtpu's per-process chip selection, one independent single-process slice per worker
         port = 8476 + slot
         return {
-            "TPU_VISIBLE_CHIPS": ",".join(map(str, ids)),
-            "TPU_CHIPS_PER_PROCESS_BOUNDS": _tpu_bounds(len(ids)),
-            "TPU_PROCESS_BOUNDS": "1,1,1",
-            "TPU_PROCESS_ADDRESSES": f"localhost:{port}",
-            "TPU_PROCESS_PORT": str(port),
-            "CLOUD_TPU_TASK_ID": "0",
-            "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
+            'TPU_VISIBLE_CHIPS': ','.join(map(str, ids)),
+            'TPU_CHIPS_PER_PROCESS_BOUNDS': _tpu_bounds(len(ids)),
+            'TPU_PROCESS_BOUNDS': '1,1,1',
+            'TPU_PROCESS_ADDRESSES': f'localhost:{port}',
+            'TPU_PROCESS_PORT': str(port),
+            'CLOUD_TPU_TASK_ID': '0',
+            'ALLOW_MULTIPLE_LIBTPU_LOAD': '1',
         }
-    names = [g.strip() for g in parent.split(",") if g.strip()] if parent else None
-    return {var: ",".join(names[i] if names and i < len(names) else str(i) for i in ids)}
+    names = [g.strip() for g in parent.split(',') if g.strip()] if parent else None
+    return {var: ','.join(names[i] if names and i < len(names) else str(i) for i in ids)}
 
 
 def device_slices(
@@ -557,22 +557,22 @@ def device_slices(
     worker runs where a plain run would).
     """
     if parallel < 1:
-        raise ValueError(f"--sweep_parallel must be >= 1, got {parallel}")
+        raise ValueError(f'--sweep_parallel must be >= 1, got {parallel}')
     env = os.environ if env is None else env
     devices = discover_devices(env) if devices is None else list(devices)
-    accel = [d for d in devices if d.kind != "cpu"]
+    accel = [d for d in devices if d.kind != 'cpu']
     if accel:
         kinds = sorted({d.kind for d in accel})
-        if len(kinds) > 1 or kinds[0] not in ("cuda", "rocm", "tpu"):
+        if len(kinds) > 1 or kinds[0] not in ('cuda', 'rocm', 'tpu'):
             raise ValueError(
-                f"--sweep_parallel: cannot split devices of kind {', '.join(kinds)} between workers"
+                f'--sweep_parallel: cannot split devices of kind {", ".join(kinds)} between workers'
             )
         kind = kinds[0]
         ids = sorted(d.index for d in accel)
-        what = "TPU chips" if kind == "tpu" else "GPUs"
+        what = 'TPU chips' if kind == 'tpu' else 'GPUs'
         if len(ids) < parallel:
             raise ValueError(
-                f"--sweep_parallel={parallel} needs at least {parallel} {what}; {len(ids)} visible"
+                f'--sweep_parallel={parallel} needs at least {parallel} {what}; {len(ids)} visible'
             )
         per = len(ids) // parallel
         return [DeviceSlot(_slot_env(kind, ids[i * per : (i + 1) * per], i, env)) for i in range(parallel)]
@@ -585,8 +585,8 @@ def device_slices(
 
 def child_argv(argv: Sequence[str], run: Run, launcher: str | None = None) -> list[str]:
     """The command of a parallel worker: this launch's own flags, for one run, sequentially."""
-    drop_bare = {"--dry_run", "--table", "--notable", "--progress", "--noprogress", "--sweep"}
-    drop_valued = ("--sweep_parallel", "--sweep_only", "--table", "--dry_run", "--progress")
+    drop_bare = {'--dry_run', '--table', '--notable', '--progress', '--noprogress', '--sweep'}
+    drop_valued = ('--sweep_parallel', '--sweep_only', '--table', '--dry_run', '--progress')
     out, skip = [], False
     args = list(argv[1:])
     for i, a in enumerate(args):
@@ -595,11 +595,11 @@ def child_argv(argv: Sequence[str], run: Run, launcher: str | None = None) -> li
             continue
         if a in drop_bare:
             continue
-        if a in ("--sweep_parallel", "--sweep_only"):  # '--flag value' form
+        if a in ('--sweep_parallel', '--sweep_only'):  # '--flag value' form
             skip = True
             continue
-        if a.startswith(tuple(f"{f}=" for f in drop_valued)):
+        if a.startswith(tuple(f'{f}=' for f in drop_valued)):
             continue
         out.append(a)
     launcher = launcher or os.path.abspath(argv[0])
-    return [sys.executable, launcher, *out, "--sweep", f"--sweep_only={run.id}", "--noprogress"]
+    return [sys.executable, launcher, *out, '--sweep', f'--sweep_only={run.id}', '--noprogress']

@@ -36,7 +36,7 @@ from typing import Any
 from research import storage
 from research.experiments.sweep import ID_IGNORED_KEYS
 
-MISSING = "—"
+MISSING = '—'
 
 
 def _tuple(x: Any) -> tuple:
@@ -58,17 +58,17 @@ class TableSpec:
     name: str
     rows: tuple[str, ...]
     cols: tuple[str, ...] = ()
-    metric: str = "test_error"
-    collapse: tuple[str, ...] = ("seed",)
+    metric: str = 'test_error'
+    collapse: tuple[str, ...] = ('seed',)
     filter: dict[str, Any] = dataclasses.field(default_factory=dict)
     paper: dict[Any, float] = dataclasses.field(default_factory=dict)
-    paper_label: str = "paper"
+    paper_label: str = 'paper'
     row_labels: dict[Any, str] = dataclasses.field(default_factory=dict)
     col_labels: dict[Any, str] = dataclasses.field(default_factory=dict)
     row_values: list[Any] | None = None
     col_values: list[Any] | None = None
-    title: str = ""
-    fmt: str = ".2f"
+    title: str = ''
+    fmt: str = '.2f'
     plot: bool = True
 
     @classmethod
@@ -78,13 +78,13 @@ class TableSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(spec) - known)
         if unknown:
-            raise ValueError(f"unknown table spec key(s) {unknown}; known: {sorted(known)}")
-        if "name" not in spec or "rows" not in spec:
+            raise ValueError(f'unknown table spec key(s) {unknown}; known: {sorted(known)}')
+        if 'name' not in spec or 'rows' not in spec:
             raise ValueError(f"a table spec needs 'name' and 'rows'; got {dict(spec)}")
         d = dict(spec)
-        d["rows"] = _tuple(d["rows"])
-        d["cols"] = _tuple(d.get("cols"))
-        d["collapse"] = _tuple(d.get("collapse", ("seed",)))
+        d['rows'] = _tuple(d['rows'])
+        d['cols'] = _tuple(d.get('cols'))
+        d['collapse'] = _tuple(d.get('collapse', ('seed',)))
         return cls(**d)
 
     def row_key(self, flat: Mapping[str, Any]) -> Any:
@@ -100,7 +100,7 @@ class TableSpec:
         return self.row_labels.get(v, _label(v))
 
     def col_label(self, v: Any) -> str:
-        return "ours" if not self.cols else self.col_labels.get(v, _label(v))
+        return 'ours' if not self.cols else self.col_labels.get(v, _label(v))
 
 
 def _key(flat: Mapping[str, Any], keys: Sequence[str]) -> Any:
@@ -112,7 +112,7 @@ def _key(flat: Mapping[str, Any], keys: Sequence[str]) -> Any:
 
 
 def _label(v: Any) -> str:
-    return ", ".join(map(str, v)) if isinstance(v, tuple) else str(v)
+    return ', '.join(map(str, v)) if isinstance(v, tuple) else str(v)
 
 
 @dataclasses.dataclass
@@ -157,9 +157,9 @@ class Table:
         f = self.spec.fmt
         text = format(c.mean, f)
         if c.std is not None:
-            text += f" ± {format(c.std, f)}"
+            text += f' ± {format(c.std, f)}'
         if c.n < c.n_expected:
-            text += f" ({c.n}/{c.n_expected})"
+            text += f' ({c.n}/{c.n_expected})'
         return text
 
     def paper_text(self, row: Any, col: Any = None) -> str:
@@ -174,20 +174,20 @@ class Table:
     def to_markdown(self) -> str:
         s = self.spec
         paper_cols = set(self._paper_cols())
-        header = [" / ".join(s.rows)]
+        header = [' / '.join(s.rows)]
         for c in self.col_values:
             header.append(s.col_label(c))
             if c in paper_cols:
-                header.append(f"{s.col_label(c)} ({s.paper_label})" if s.cols else s.paper_label)
+                header.append(f'{s.col_label(c)} ({s.paper_label})' if s.cols else s.paper_label)
         lines = [
-            f"### {s.title or s.name}",
-            "",
-            f"`{s.metric}`: mean ± std over {', '.join(s.collapse) or 'runs'} (sample std; "
-            f"(k/n) = k of n runs finished; {MISSING} = none)"
-            + (f"; columns by {' / '.join(s.cols)}" if s.cols else ""),
-            "",
-            "| " + " | ".join(header) + " |",
-            "|" + "|".join("---" for _ in header) + "|",
+            f'### {s.title or s.name}',
+            '',
+            f'`{s.metric}`: mean ± std over {", ".join(s.collapse) or "runs"} (sample std; '
+            f'(k/n) = k of n runs finished; {MISSING} = none)'
+            + (f'; columns by {" / ".join(s.cols)}' if s.cols else ''),
+            '',
+            '| ' + ' | '.join(header) + ' |',
+            '|' + '|'.join('---' for _ in header) + '|',
         ]
         for r in self.row_values:
             row = [s.row_label(r)]
@@ -195,8 +195,8 @@ class Table:
                 row.append(self.cell_text(r, c))
                 if c in paper_cols:
                     row.append(self.paper_text(r, c))
-            lines.append("| " + " | ".join(row) + " |")
-        return "\n".join(lines) + "\n"
+            lines.append('| ' + ' | '.join(row) + ' |')
+        return '\n'.join(lines) + '\n'
 
     def csv_rows(self) -> list[dict[str, Any]]:
         s = self.spec
@@ -217,8 +217,8 @@ class Table:
                     n=cell.n,
                     n_expected=cell.n_expected,
                     paper=cell.paper,
-                    values=" ".join(repr(v) for v in cell.values),
-                    run_ids=" ".join(cell.run_ids),
+                    values=' '.join(repr(v) for v in cell.values),
+                    run_ids=' '.join(cell.run_ids),
                 )
                 out.append(d)
         return out
@@ -226,14 +226,14 @@ class Table:
     def to_csv(self) -> str:
         rows = self.csv_rows()
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["metric"], lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ['metric'], lineterminator='\n')
         writer.writeheader()
         writer.writerows(rows)
         return buf.getvalue()
 
 
 def metric_value(row: Mapping[str, Any], metric: str) -> float | None:
-    v = row.get("metrics", {}).get(metric, row.get(metric))
+    v = row.get('metrics', {}).get(metric, row.get(metric))
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
@@ -245,11 +245,11 @@ def build_table(
     Without ``runs`` the grid and expected counts come from the ledger rows themselves.
     """
     spec = TableSpec.from_dict(spec)
-    by_id = {r["id"]: r for r in ledger_rows}
+    by_id = {r['id']: r for r in ledger_rows}
     if runs is not None:
         expected = [(r.id, r.flat_config, str(r.workdir)) for r in runs]
     else:
-        expected = [(r["id"], r["config"], r.get("workdir")) for r in ledger_rows]
+        expected = [(r['id'], r['config'], r.get('workdir')) for r in ledger_rows]
     expected = [
         e for e in expected if all(_hashable(e[1].get(k)) == _hashable(v) for k, v in spec.filter.items())
     ]
@@ -265,7 +265,7 @@ def build_table(
                 if k not in skip and _hashable(first.get(k)) != _hashable(flat.get(k)):
                     raise ValueError(
                         f"table '{spec.name}': runs in cell ({_label(rv)}, {_label(cv)}) differ in '{k}' "
-                        f"({first.get(k)!r} vs {flat.get(k)!r}); add it to rows/cols/collapse or to filter"
+                        f'({first.get(k)!r} vs {flat.get(k)!r}); add it to rows/cols/collapse or to filter'
                     )
 
     def ordered(found: list[Any], explicit: list[Any] | None) -> list[Any]:
@@ -288,11 +288,11 @@ def build_table(
             group = groups.get((rv, cv), [])
             for rid, _, wd in group:
                 row = by_id.get(rid)
-                v = metric_value(row, spec.metric) if row and row.get("status") == "done" else None
+                v = metric_value(row, spec.metric) if row and row.get('status') == 'done' else None
                 if v is not None:
                     values.append(v)
                     ids.append(rid)
-                    members[rid] = (rv, cv, row.get("workdir") or wd)
+                    members[rid] = (rv, cv, row.get('workdir') or wd)
             cells[(rv, cv)] = Cell(values, ids, len(group), spec.paper_value(rv, cv))
     return Table(spec, row_values, col_values, cells, members)
 
@@ -303,12 +303,12 @@ def write_table(table: Table, out_dir: str | os.PathLike, *, plots: bool = True)
     out_dir = storage.as_path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = table.spec.name
-    paths = [out_dir / f"{name}.md", out_dir / f"{name}.csv"]
+    paths = [out_dir / f'{name}.md', out_dir / f'{name}.csv']
     paths[0].write_text(table.to_markdown())
     paths[1].write_text(table.to_csv())
     if plots and table.spec.plot:
         from research.experiments import plots as plots_lib
 
-        paths.append(plots_lib.plot_metric_vs_axis(table, out_dir / f"{name}.png"))
-        paths.append(plots_lib.plot_table_curves(table, out_dir / f"{name}_curves.png"))
+        paths.append(plots_lib.plot_metric_vs_axis(table, out_dir / f'{name}.png'))
+        paths.append(plots_lib.plot_table_curves(table, out_dir / f'{name}_curves.png'))
     return paths

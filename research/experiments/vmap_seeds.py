@@ -41,9 +41,9 @@ class SeedPrograms:
     """The compiled pieces for one config: single-seed and vmapped init / train step / eval step."""
 
     def __init__(self, config: ConfigDict):
-        if config.data.get("on_device", False):
+        if config.data.get('on_device', False):
             raise ValueError(
-                "data.on_device=True is not supported by the vmapped seeds (set data.on_device=False)"
+                'data.on_device=True is not supported by the vmapped seeds (set data.on_device=False)'
             )
         self.config = config
         self.trainer = tasks.trainer(config, show_progress=False)  # resolves model, data, optimizer
@@ -81,13 +81,13 @@ class SeedPrograms:
             out = self.eval_many(states, {k: jnp.asarray(v) for k, v in batch.items()})
             totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
         totals = jax.device_get(totals)
-        n = totals["count"]
+        n = totals['count']
         return [
             {
-                "loss": float(totals["loss"][i] / n[i]),
-                "top1": float(totals["top1"][i] / n[i]),
-                "top5": float(totals["top5"][i] / n[i]),
-                "count": int(n[i]),
+                'loss': float(totals['loss'][i] / n[i]),
+                'top1': float(totals['top1'][i] / n[i]),
+                'top5': float(totals['top5'][i] / n[i]),
+                'count': int(n[i]),
             }
             for i in range(len(n))
         ]
@@ -123,10 +123,10 @@ def train_seeds(
         states, metrics = progs.step_many(states, batch)
         pending.append(metrics)  # fetched at the end: no host sync per step
     history = [
-        {"step": i + 1, **{k: np.asarray(v) for k, v in m.items()}}
+        {'step': i + 1, **{k: np.asarray(v) for k, v in m.items()}}
         for i, m in enumerate(jax.device_get(pending))
     ]
-    out: dict[str, Any] = {"states": states, "seeds": seeds, "steps": steps, "train": history}
+    out: dict[str, Any] = {'states': states, 'seeds': seeds, 'steps': steps, 'train': history}
     if evaluate:
-        out["final"] = progs.evaluate(states)
+        out['final'] = progs.evaluate(states)
     return out

@@ -48,7 +48,7 @@ dcgan_init = nn.initializers.normal(0.02)
 def _num_stages(image_size: int, base_size: int) -> int:
     n = int(round(math.log2(image_size / base_size)))
     if n < 1 or base_size * 2**n != image_size:
-        raise ValueError(f"image size {image_size} must be base_size ({base_size}) times a power of two")
+        raise ValueError(f'image size {image_size} must be base_size ({base_size}) times a power of two')
     return n
 
 
@@ -79,13 +79,13 @@ class Generator(nn.Module):
         for i in range(n):
             ch = self.width * 2 ** (n - 1 - i)
             if i == 0:
-                x = convt(ch, self.base_size, strides=1, padding=0, use_bias=use_bias, name="project")(x)
+                x = convt(ch, self.base_size, strides=1, padding=0, use_bias=use_bias, name='project')(x)
             else:
-                x = convt(ch, 4, strides=2, padding=1, use_bias=use_bias, name=f"up{i}")(x)
+                x = convt(ch, 4, strides=2, padding=1, use_bias=use_bias, name=f'up{i}')(x)
             if self.norm is not None:
-                x = self.norm(use_running_average=not train, name=f"bn{i}")(x)
+                x = self.norm(use_running_average=not train, name=f'bn{i}')(x)
             x = self.activation(x)
-        x = convt(self.channels, 4, strides=2, padding=1, name=f"up{n}")(x)
+        x = convt(self.channels, 4, strides=2, padding=1, name=f'up{n}')(x)
         return jnp.tanh(x)
 
 
@@ -110,11 +110,11 @@ class Discriminator(nn.Module):
         conv = functools.partial(FlaxConv, kernel_init=dcgan_init)
         for i in range(n):
             use_bn = i > 0 and self.norm is not None
-            x = conv(self.width * 2**i, (4, 4), strides=2, padding=1, use_bias=not use_bn, name=f"conv{i}")(x)
+            x = conv(self.width * 2**i, (4, 4), strides=2, padding=1, use_bias=not use_bn, name=f'conv{i}')(x)
             if use_bn:
-                x = self.norm(use_running_average=not train, name=f"bn{i}")(x)
+                x = self.norm(use_running_average=not train, name=f'bn{i}')(x)
             x = nn.leaky_relu(x, self.leak)
-        x = conv(1, (self.base_size, self.base_size), padding="VALID", name="logit")(x)
+        x = conv(1, (self.base_size, self.base_size), padding='VALID', name='logit')(x)
         return x.reshape(x.shape[0])
 
 
@@ -137,15 +137,15 @@ class GANState:
     latent_dim: int = flax.struct.field(pytree_node=False, default=100)
 
     def arrays(self) -> dict[str, PyTree]:
-        names = ("step", "g_params", "g_stats", "g_opt", "d_params", "d_stats", "d_opt", "rng")
+        names = ('step', 'g_params', 'g_stats', 'g_opt', 'd_params', 'd_stats', 'd_opt', 'rng')
         return {k: getattr(self, k) for k in names}
 
-    def replace_arrays(self, arrays: dict[str, PyTree]) -> "GANState":
+    def replace_arrays(self, arrays: dict[str, PyTree]) -> 'GANState':
         return self.replace(**arrays)
 
     @property
     def params(self) -> dict[str, PyTree]:
-        return {"generator": self.g_params, "discriminator": self.d_params}
+        return {'generator': self.g_params, 'discriminator': self.d_params}
 
 
 def dcgan_adam(lr: float = 2e-4, b1: float = 0.5, b2: float = 0.999) -> optax.GradientTransformation:
@@ -170,12 +170,12 @@ def create_gan_state(
     dv = jax.jit(functools.partial(discriminator.init, train=False))(kd, jnp.zeros(image.shape, image.dtype))
     return GANState(
         step=jnp.asarray(0, jnp.int32),
-        g_params=gv["params"],
-        g_stats=gv.get("batch_stats", {}),
-        g_opt=g_tx.init(gv["params"]),
-        d_params=dv["params"],
-        d_stats=dv.get("batch_stats", {}),
-        d_opt=d_tx.init(dv["params"]),
+        g_params=gv['params'],
+        g_stats=gv.get('batch_stats', {}),
+        g_opt=g_tx.init(gv['params']),
+        d_params=dv['params'],
+        d_stats=dv.get('batch_stats', {}),
+        d_opt=d_tx.init(dv['params']),
         rng=kr,
         generator=generator,
         discriminator=discriminator,
@@ -186,15 +186,15 @@ def create_gan_state(
 
 
 def _vars(params, stats):
-    return {"params": params, "batch_stats": stats} if stats else {"params": params}
+    return {'params': params, 'batch_stats': stats} if stats else {'params': params}
 
 
 def _apply_train(module, params, stats, x):
     """Train-mode forward; returns (output, updated batch stats)."""
     if not stats:
-        return module.apply({"params": params}, x, train=True), stats
-    out, upd = module.apply(_vars(params, stats), x, train=True, mutable=["batch_stats"])
-    return out, upd["batch_stats"]
+        return module.apply({'params': params}, x, train=True), stats
+    out, upd = module.apply(_vars(params, stats), x, train=True, mutable=['batch_stats'])
+    return out, upd['batch_stats']
 
 
 def bce_real(logits):
@@ -231,9 +231,9 @@ def discriminator_step(
     updates, d_opt = state.d_tx.update(grads, state.d_opt, state.d_params)
     new = state.replace(d_params=optax.apply_updates(state.d_params, updates), d_opt=d_opt, d_stats=stats)
     metrics = {
-        "d_loss": loss,
-        "d_real": jax.nn.sigmoid(real_logits).mean(),  # D(x)
-        "d_fake": jax.nn.sigmoid(fake_logits).mean(),  # D(G(z)) before D's update
+        'd_loss': loss,
+        'd_real': jax.nn.sigmoid(real_logits).mean(),  # D(x)
+        'd_fake': jax.nn.sigmoid(fake_logits).mean(),  # D(G(z)) before D's update
     }
     return new, metrics
 
@@ -249,7 +249,7 @@ def generator_step(state: GANState, z: jax.Array) -> tuple[GANState, dict[str, j
     (loss, (g_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
     updates, g_opt = state.g_tx.update(grads, state.g_opt, state.g_params)
     new = state.replace(g_params=optax.apply_updates(state.g_params, updates), g_opt=g_opt, g_stats=g_stats)
-    return new, {"g_loss": loss, "d_fake_after": jax.nn.sigmoid(logits).mean()}
+    return new, {'g_loss': loss, 'd_fake_after': jax.nn.sigmoid(logits).mean()}
 
 
 def gan_train_step(state: GANState, batch: dict[str, jax.Array], rng: jax.Array | None = None):
@@ -258,7 +258,7 @@ def gan_train_step(state: GANState, batch: dict[str, jax.Array], rng: jax.Array 
     ``rng`` draws z (default: the state's key folded with the step, so a resumed run draws the
     same z). Pure: compile with ``jax.jit(gan_train_step, donate_argnums=0)``.
     """
-    real = batch["image"]
+    real = batch['image']
     if rng is None:
         rng = jax.random.fold_in(state.rng, state.step)
     z = jax.random.normal(rng, (real.shape[0], state.latent_dim), real.dtype)
@@ -289,9 +289,9 @@ def classifier_scores(probs) -> dict[str, float]:
     py = p.mean(axis=0, keepdims=True)
     kl = np.sum(p * (np.log(p) - np.log(py)), axis=1)
     return {
-        "score": float(np.exp(kl.mean())),
-        "confidence": float(p.max(axis=1).mean()),
-        "class_entropy": float(-np.sum(py * np.log(py))),
+        'score': float(np.exp(kl.mean())),
+        'confidence': float(p.max(axis=1).mean()),
+        'class_entropy': float(-np.sum(py * np.log(py))),
     }
 
 
@@ -302,7 +302,7 @@ def build_gan(config: ConfigDict, image_shape: tuple[int, int, int]) -> tuple[Ge
     gc = config.gan
     h, w, c = image_shape
     if h != w:
-        raise ValueError(f"DCGAN needs square images, got {h}x{w}")
+        raise ValueError(f'DCGAN needs square images, got {h}x{w}')
     norm = BatchNorm if gc.batch_norm else None
     g = Generator(image_size=h, channels=c, base_size=gc.base_size, width=gc.g_width, norm=norm)
     d = Discriminator(image_size=h, base_size=gc.base_size, width=gc.d_width, norm=norm, leak=gc.leak)

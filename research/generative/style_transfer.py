@@ -52,7 +52,7 @@ def gram_matrix(features: jax.Array) -> jax.Array:
     """[N, H, W, C] -> [N, C, C]: G_ij = sum_p F_pi F_pj / (H W) over the H W positions p."""
     n, h, w, c = features.shape
     f = features.reshape(n, h * w, c).astype(jnp.float32)
-    return jnp.einsum("npi,npj->nij", f, f) / (h * w)
+    return jnp.einsum('npi,npj->nij', f, f) / (h * w)
 
 
 def content_loss(features: jax.Array, target: jax.Array) -> jax.Array:
@@ -121,7 +121,7 @@ class LossNetwork:
         ls = sum(style_loss(gram_matrix(f[k]), style_targets[k]) for k in self.style_layers)
         ltv = total_variation(images01) if weights.tv else jnp.zeros(())
         total = weights.content * lc + weights.style * ls + weights.tv * ltv
-        return total, {"content": jnp.asarray(lc), "style": ls, "tv": ltv, "total": total}
+        return total, {'content': jnp.asarray(lc), 'style': ls, 'tv': ltv, 'total': total}
 
 
 # --------------------------------------------------------------------------- mode 1: optimise the image
@@ -135,7 +135,7 @@ def stylize(
     weights: StyleWeights = StyleWeights(),
     steps: int = 200,
     lr: float = 0.02,
-    init: str = "content",
+    init: str = 'content',
     seed: int = 0,
     log_every: int = 0,
     log: Callable[[str], None] = print,
@@ -147,9 +147,9 @@ def stylize(
     style = jnp.asarray(style01, jnp.float32)[None]
     c_t = jax.jit(net.content_targets)(content)
     s_t = jax.jit(net.style_targets)(style)
-    if init == "content":
+    if init == 'content':
         x = content
-    elif init == "noise":
+    elif init == 'noise':
         x = jax.random.uniform(jax.random.key(seed), content.shape, jnp.float32)
     else:
         raise ValueError(f"style.init must be 'content' or 'noise', got {init!r}")
@@ -163,21 +163,21 @@ def stylize(
 
     loss_fn = jax.jit(lambda y: net.losses(y, c_t, s_t, weights)[1])
     opt_state = tx.init(x)
-    history = [{"step": 0, **{k: float(v) for k, v in loss_fn(x).items()}}]
+    history = [{'step': 0, **{k: float(v) for k, v in loss_fn(x).items()}}]
     t0 = time.perf_counter()
     for i in range(1, steps + 1):
         x, opt_state, parts = step(x, opt_state)
         if log_every and (i % log_every == 0 or i == steps):
-            row = {"step": i, **{k: float(v) for k, v in jax.device_get(parts).items()}}
-            row["seconds"] = time.perf_counter() - t0
+            row = {'step': i, **{k: float(v) for k, v in jax.device_get(parts).items()}}
+            row['seconds'] = time.perf_counter() - t0
             history.append(row)  # losses of the image before step i's update
             log(
-                f"step {i}/{steps} | total {row['total']:.4g} content {row['content']:.4g} "
-                f"style {row['style']:.4g} | {i / row['seconds']:.2f} it/s"
+                f'step {i}/{steps} | total {row["total"]:.4g} content {row["content"]:.4g} '
+                f'style {row["style"]:.4g} | {i / row["seconds"]:.2f} it/s'
             )
-    final = {"step": steps, **{k: float(v) for k, v in loss_fn(x).items()}}
-    final["seconds"] = time.perf_counter() - t0
-    final["final"] = True  # the losses of the returned image (logged rows: before that step's update)
+    final = {'step': steps, **{k: float(v) for k, v in loss_fn(x).items()}}
+    final['seconds'] = time.perf_counter() - t0
+    final['final'] = True  # the losses of the returned image (logged rows: before that step's update)
     history.append(final)
     return np.asarray(x[0]), history
 
@@ -191,7 +191,7 @@ def panel(images: Sequence[np.ndarray], height: int | None = None, gap: int = 4)
     for im in images:
         pil = Image.fromarray(to_uint8(im))
         w = max(int(round(pil.width * height / pil.height)), 1)
-        tiles.append(np.asarray(pil.convert("RGB").resize((w, height), Image.BILINEAR), np.float32) / 255.0)
+        tiles.append(np.asarray(pil.convert('RGB').resize((w, height), Image.BILINEAR), np.float32) / 255.0)
         tiles.append(np.ones((height, gap, 3), np.float32))
     return np.concatenate(tiles[:-1], axis=1)
 
@@ -200,7 +200,7 @@ def panel(images: Sequence[np.ndarray], height: int | None = None, gap: int = 4)
 
 
 def reflect_pad(x: jax.Array, p: int) -> jax.Array:
-    return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect") if p else x
+    return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode='reflect') if p else x
 
 
 class ConvLayer(nn.Module):
@@ -215,7 +215,7 @@ class ConvLayer(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = reflect_pad(x, self.kernel // 2)
-        x = FlaxConv(self.features, (self.kernel, self.kernel), strides=self.stride, padding="VALID")(x)
+        x = FlaxConv(self.features, (self.kernel, self.kernel), strides=self.stride, padding='VALID')(x)
         if self.norm:
             x = nn.InstanceNorm(epsilon=1e-5)(x)
         return nn.relu(x) if self.relu else x
@@ -245,26 +245,26 @@ class TransformerNet(nn.Module):
 
     width: int = 32
     blocks: int = 5
-    upsample: str = "nearest"
+    upsample: str = 'nearest'
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         w = self.width
-        h = ConvLayer(w, 9, name="conv1")(x)
-        h = ConvLayer(2 * w, 3, 2, name="down1")(h)
-        h = ConvLayer(4 * w, 3, 2, name="down2")(h)
+        h = ConvLayer(w, 9, name='conv1')(x)
+        h = ConvLayer(2 * w, 3, 2, name='down1')(h)
+        h = ConvLayer(4 * w, 3, 2, name='down2')(h)
         for i in range(self.blocks):
-            h = ResidualBlock(4 * w, name=f"res{i + 1}")(h)
+            h = ResidualBlock(4 * w, name=f'res{i + 1}')(h)
         for i, ch in enumerate((2 * w, w)):
-            if self.upsample == "transpose":
-                h = ConvTranspose(ch, 3, strides=2, padding=1, output_padding=1, name=f"up{i + 1}")(h)
-                h = nn.relu(nn.InstanceNorm(epsilon=1e-5, name=f"up{i + 1}_norm")(h))
-            elif self.upsample == "nearest":
+            if self.upsample == 'transpose':
+                h = ConvTranspose(ch, 3, strides=2, padding=1, output_padding=1, name=f'up{i + 1}')(h)
+                h = nn.relu(nn.InstanceNorm(epsilon=1e-5, name=f'up{i + 1}_norm')(h))
+            elif self.upsample == 'nearest':
                 h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-                h = ConvLayer(ch, 3, name=f"up{i + 1}")(h)
+                h = ConvLayer(ch, 3, name=f'up{i + 1}')(h)
             else:
                 raise ValueError(f"upsample must be 'nearest' or 'transpose', got {self.upsample!r}")
-        h = ConvLayer(3, 9, norm=False, relu=False, name="out")(h)
+        h = ConvLayer(3, 9, norm=False, relu=False, name='out')(h)
         return 0.5 * (jnp.tanh(h) + 1.0)
 
 
@@ -274,7 +274,7 @@ def fast_style_step(params, opt_state, images01, *, net, transformer, tx, style_
     c_t = net.content_targets(images01)
 
     def loss_fn(p):
-        y = transformer.apply({"params": p}, images01)
+        y = transformer.apply({'params': p}, images01)
         return net.losses(y, c_t, style_targets, weights)
 
     (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)

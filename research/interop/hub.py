@@ -80,13 +80,13 @@ def weights_entry(model: str, weights: str):
         import torchvision
     except ImportError as e:
         raise WeightsError(
-            f"torchvision:{model}.{weights} is not converted yet and converting needs torchvision: "
+            f'torchvision:{model}.{weights} is not converted yet and converting needs torchvision: '
             "pip install -e '.[torch]'"
         ) from e
     try:
         enum = torchvision.models.get_model_weights(model)
     except (ValueError, KeyError):
-        raise WeightsError(f"torchvision has no model {model!r} with published weights") from None
+        raise WeightsError(f'torchvision has no model {model!r} with published weights') from None
     try:
         return enum[weights] if weights != 'DEFAULT' else enum.DEFAULT
     except KeyError:
@@ -200,7 +200,7 @@ def _label_map(class_names, categories) -> np.ndarray:
     bad = next((n for n in names if n not in categories), names[0])
     raise WeightsError(
         f"class folder {bad!r} is neither one of the weights' categories (e.g. {categories[:3]}) nor one of "
-        "the 1,000 ImageNet synset folders (n01440764 ...)"
+        'the 1,000 ImageNet synset folders (n01440764 ...)'
     )
 
 
@@ -282,15 +282,21 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         r = evaluate(
-            a.evaluate, a.data, split=a.split, batch_size=a.batch_size, data_dir=a.data_dir,
-            num_threads=a.num_threads, num_workers=a.num_workers, limit=a.limit,
-        )  # fmt: skip
+            a.evaluate,
+            a.data,
+            split=a.split,
+            batch_size=a.batch_size,
+            data_dir=a.data_dir,
+            num_threads=a.num_threads,
+            num_workers=a.num_workers,
+            limit=a.limit,
+        )
     except (WeightsError, FileNotFoundError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     print(
-        f"{a.evaluate.removeprefix(PREFIX)} on {a.data} ({a.split}, {r['n']} images): "
-        f"top-1 {r['top1']:.2f}% top-5 {r['top5']:.2f}% ({r['seconds']:.1f} s)"
+        f'{a.evaluate.removeprefix(PREFIX)} on {a.data} ({a.split}, {r["n"]} images): '
+        f'top-1 {r["top1"]:.2f}% top-5 {r["top5"]:.2f}% ({r["seconds"]:.1f} s)'
     )
     return 0
 

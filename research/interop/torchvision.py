@@ -181,7 +181,7 @@ def get_conversion(name: str | Conversion) -> Conversion:
         import difflib
 
         close = difflib.get_close_matches(str(name), list(table), n=3)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ''
+        hint = f' (did you mean {", ".join(map(repr, close))}?)' if close else ''
         raise ValueError(f'no torchvision conversion for {name!r}{hint}; known: {", ".join(sorted(table))}')
     return table[name]
 

@@ -155,8 +155,8 @@ def _squeezenet_rename(version: str):
 # --------------------------------------------------------------------------- table
 
 _VGG_NOTE = (
-    "Table 1 config {cfg}; torchvision adds an adaptive 7x7 average pool before fc6 (identity at "
-    "224 px) and, for _bn, BN after each conv (not in the paper; conv biases kept as torchvision)."
+    'Table 1 config {cfg}; torchvision adds an adaptive 7x7 average pool before fc6 (identity at '
+    '224 px) and, for _bn, BN after each conv (not in the paper; conv biases kept as torchvision).'
 )
 
 
@@ -198,9 +198,9 @@ CONVERSIONS = {
         assumes={'transform_input': True},
         note=(
             "torchvision (default): 3x3 convs in the '5x5' branch, BN (eps 1e-3) after every conv, "
-            "no LRN, dropout 0.2; the paper: 5x5, conv + bias, LRN, dropout 0.4 (googlenet_paper). "
-            "transform_input=True on both sides, as torchvision sets it for its pretrained weights "
-            "(its default without weights is False, the Flax default too)."
+            'no LRN, dropout 0.2; the paper: 5x5, conv + bias, LRN, dropout 0.4 (googlenet_paper). '
+            'transform_input=True on both sides, as torchvision sets it for its pretrained weights '
+            '(its default without weights is False, the Flax default too).'
         ),
     ),
     'inception_v3': Conversion(
@@ -213,9 +213,9 @@ CONVERSIONS = {
         assumes={'transform_input': True},
         heavy=True,
         note=(
-            "The released TF-slim model (torchvision and the Flax default) differs from Table 1: "
-            "1x1 80 + 3x3 192 + pool in the stem, 4 (not 5) 17x17 modules. Aux head converted "
-            "(logits compared in eval mode, where it is not run); transform_input=True as "
+            'The released TF-slim model (torchvision and the Flax default) differs from Table 1: '
+            '1x1 80 + 3x3 192 + pool in the stem, 4 (not 5) 17x17 modules. Aux head converted '
+            '(logits compared in eval mode, where it is not run); transform_input=True as '
             "torchvision's pretrained weights."
         ),
     ),

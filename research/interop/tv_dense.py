@@ -56,7 +56,7 @@ def shufflenet_v2_rename(path: tuple[str, ...]) -> str:
 
 _DENSENET_NOTE = (
     'DenseNet-BC (Huang et al. 2017, Table 1, k=32); torchvision matches the paper. DenseNet-161 '
-    '(k=48, 96 initial features) is not in Table 1 but from the authors\' released models, as in '
+    "(k=48, 96 initial features) is not in Table 1 but from the authors' released models, as in "
     'torchvision.'
 )
 _SHUFFLE_NOTE = (

@@ -83,11 +83,22 @@ def rename_retinanet(path: tuple[str, ...]) -> str:
 
 
 _SSD_VGG = {
-    'conv1_1': 'features.0', 'conv1_2': 'features.2', 'conv2_1': 'features.5', 'conv2_2': 'features.7',
-    'conv3_1': 'features.10', 'conv3_2': 'features.12', 'conv3_3': 'features.14', 'conv4_1': 'features.17',
-    'conv4_2': 'features.19', 'conv4_3': 'features.21', 'conv5_1': 'extra.0.1', 'conv5_2': 'extra.0.3',
-    'conv5_3': 'extra.0.5', 'fc6': 'extra.0.7.1', 'fc7': 'extra.0.7.3',
-}  # fmt: skip
+    'conv1_1': 'features.0',
+    'conv1_2': 'features.2',
+    'conv2_1': 'features.5',
+    'conv2_2': 'features.7',
+    'conv3_1': 'features.10',
+    'conv3_2': 'features.12',
+    'conv3_3': 'features.14',
+    'conv4_1': 'features.17',
+    'conv4_2': 'features.19',
+    'conv4_3': 'features.21',
+    'conv5_1': 'extra.0.1',
+    'conv5_2': 'extra.0.3',
+    'conv5_3': 'extra.0.5',
+    'fc6': 'extra.0.7.1',
+    'fc7': 'extra.0.7.3',
+}
 _SSD_EXTRA = re.compile(r'^extra(\d+)_(\d)$')
 _SSD_HEAD = re.compile(r'^(cls|box)_(\d+)$')
 
@@ -278,10 +289,16 @@ def retinanet_postprocess_parity(tm=None, model=None, input_size=(128, 160), see
     with torch.no_grad():
         ref = tm.postprocess_detections(split_head, split_anchors, [input_size])[0]
     out = retinanet_postprocess(
-        jnp.asarray(head['cls_logits'][0].numpy()), jnp.asarray(head['bbox_regression'][0].numpy()),
-        jnp.asarray(anchors[0].numpy()), sizes, image_size=input_size, score_thresh=tm.score_thresh,
-        nms_thresh=tm.nms_thresh, detections_per_img=tm.detections_per_img, topk_candidates=tm.topk_candidates,
-    )  # fmt: skip
+        jnp.asarray(head['cls_logits'][0].numpy()),
+        jnp.asarray(head['bbox_regression'][0].numpy()),
+        jnp.asarray(anchors[0].numpy()),
+        sizes,
+        image_size=input_size,
+        score_thresh=tm.score_thresh,
+        nms_thresh=tm.nms_thresh,
+        detections_per_img=tm.detections_per_img,
+        topk_candidates=tm.topk_candidates,
+    )
     return _compare_detections(out, ref)
 
 
@@ -364,9 +381,14 @@ def ssd_postprocess_parity(tm=None, input_size=(300, 300), seed: int = 0, pre_nm
     with torch.no_grad():
         ref = tm.postprocess_detections(head, anchors, [input_size])[0]
     out = ssd_postprocess(
-        jnp.asarray(head['cls_logits'][0].numpy()), jnp.asarray(head['bbox_regression'][0].numpy()),
-        jnp.asarray(anchors[0].numpy()), image_size=input_size, score_thresh=tm.score_thresh,
-        nms_thresh=tm.nms_thresh, detections_per_img=tm.detections_per_img, topk_candidates=tm.topk_candidates,
+        jnp.asarray(head['cls_logits'][0].numpy()),
+        jnp.asarray(head['bbox_regression'][0].numpy()),
+        jnp.asarray(anchors[0].numpy()),
+        image_size=input_size,
+        score_thresh=tm.score_thresh,
+        nms_thresh=tm.nms_thresh,
+        detections_per_img=tm.detections_per_img,
+        topk_candidates=tm.topk_candidates,
         pre_nms_top_k=pre_nms_top_k,
-    )  # fmt: skip
+    )
     return _compare_detections(out, ref)

@@ -211,9 +211,11 @@ def rcnn_parity(name: str = 'fasterrcnn_resnet50_fpn', input_size=(128, 160), se
                 tm.roi_heads.mask_head(tm.roi_heads.mask_roi_pool(feats, [det['boxes']], images.image_sizes))
             ).numpy()
         pooled = multiscale_roi_align(
-            [jnp.asarray(f) for f in it['features'][0][:4]], jnp.asarray(det['boxes'].numpy())[None],
-            tuple(input_size), output_size=model.mask_roi_output_size,
-        )[0]  # fmt: skip
+            [jnp.asarray(f) for f in it['features'][0][:4]],
+            jnp.asarray(det['boxes'].numpy())[None],
+            tuple(input_size),
+            output_size=model.mask_roi_output_size,
+        )[0]
         pv = variables['params']
         f_logits = MaskRCNNPredictor(model.num_classes, model.mask_dim_reduced).apply(
             {'params': pv['mask_predictor']},

@@ -74,7 +74,9 @@ def dimension_numbers(nd: int) -> lax.ConvDimensionNumbers:
     """Channels-last input/output, kernel (*F, C_in/g, C_out) (NHWC/HWIO for nd = 2)."""
     spatial = tuple(range(1, nd + 1))
     return lax.ConvDimensionNumbers(
-        lhs_spec=(0, nd + 1) + spatial, rhs_spec=(nd + 1, nd) + tuple(range(nd)), out_spec=(0, nd + 1) + spatial
+        lhs_spec=(0, nd + 1) + spatial,
+        rhs_spec=(nd + 1, nd) + tuple(range(nd)),
+        out_spec=(0, nd + 1) + spatial,
     )
 
 
@@ -107,7 +109,9 @@ def _shift_conv_jvp(strides, pads, dn, primals, tangents):
     # convolution gradients (fast) and forward mode (jax.jvp / jacfwd) works too. Symbolic zeros (the
     # input of a first layer has no tangent in training) cost nothing.
     (x, w), (tx, tw) = primals, tangents
-    conv = functools.partial(lax.conv_general_dilated, window_strides=strides, padding=pads, dimension_numbers=dn)
+    conv = functools.partial(
+        lax.conv_general_dilated, window_strides=strides, padding=pads, dimension_numbers=dn
+    )
     y = _shift_add_conv(x, w, strides, pads)
     terms = []
     if not isinstance(tx, SymbolicZero):
@@ -137,8 +141,18 @@ def _explicit_pads(lhs, rhs, window_strides, padding) -> tuple[tuple[int, int], 
     return tuple(tuple(int(v) for v in p) for p in padding)
 
 
-def _onednn_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dn,
-                 feature_group_count, batch_group_count, preferred_element_type):  # fmt: skip
+def _onednn_pads(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dn,
+    feature_group_count,
+    batch_group_count,
+    preferred_element_type,
+):
     """The explicit pads if oneDNN can compute this convolution (dense float32 2D, NHWC / HWIO, no
     input dilation, non-negative pads, no empty axis), else None."""
     if not (
@@ -159,8 +173,19 @@ def _onednn_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, 
     return pads if min(min(p) for p in pads) >= 0 and min(out) > 0 else None
 
 
-def _shift_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dn,
-                feature_group_count, batch_group_count, precision, preferred_element_type):  # fmt: skip
+def _shift_pads(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dn,
+    feature_group_count,
+    batch_group_count,
+    precision,
+    preferred_element_type,
+):
     """The explicit pads if the shift-and-add forward applies (a first layer), else None."""
     nd = rhs.ndim - 2
     if not (
@@ -179,15 +204,36 @@ def _shift_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, d
     return pads if min(min(p) for p in pads) >= 0 else None  # negative pads crop: lax's
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
-                         preferred_element_type=None):  # fmt: skip
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    batch_group_count=1,
+    precision=None,
+    preferred_element_type=None,
+):
     """``lax.conv_general_dilated``; on CPU a first layer takes the shift-and-add forward (XLA:CPU's
     convolution is 4-14x slower there: LeNet's 5x5 1 -> 6, ResNet's 3x3 3 -> 16), and within
     :func:`research.kernels.onednn.use_onednn` dense float32 2D convolutions go to oneDNN (all three
     passes). ``nn.Conv(conv_general_dilated=...)`` takes it (``research.layers.common.FlaxConv``)."""
-    args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-            feature_group_count, batch_group_count, precision, preferred_element_type)  # fmt: skip
+    args = (
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+        batch_group_count,
+        precision,
+        preferred_element_type,
+    )
 
     def plain(lhs, rhs):
         return lax.conv_general_dilated(lhs, rhs, *args[2:])
@@ -197,15 +243,36 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     fast = None
     if onednn.enabled():
-        pads = _onednn_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dn,
-                            feature_group_count, batch_group_count, preferred_element_type)  # fmt: skip
+        pads = _onednn_pads(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dn,
+            feature_group_count,
+            batch_group_count,
+            preferred_element_type,
+        )
         if pads is not None:
             strides = tuple(int(s) for s in window_strides)
             dil = tuple(int(d) for d in (rhs_dilation or (1, 1)))
             fast = lambda lhs, rhs: onednn.conv2d(lhs, rhs, strides, pads, dil)  # noqa: E731
     if fast is None:
-        pads = _shift_pads(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dn,
-                           feature_group_count, batch_group_count, precision, preferred_element_type)  # fmt: skip
+        pads = _shift_pads(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dn,
+            feature_group_count,
+            batch_group_count,
+            precision,
+            preferred_element_type,
+        )
         if pads is not None:
             strides = tuple(int(s) for s in window_strides)
             fast = lambda lhs, rhs: _shift_conv(lhs, rhs, strides, pads, dn)  # noqa: E731
@@ -221,7 +288,9 @@ def pointwise(x, kernel, strides, pads, groups, precision):
     """1x1 conv = pad, subsample by S, then ``y[..., k] = sum_c x[..., c] W[c, k]`` (per group)."""
     nd = kernel.ndim - 2
     if any(p != (0, 0) for p in pads):
-        x = lax.pad(x, np.array(0, x.dtype), ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads) + ((0, 0, 0),))
+        x = lax.pad(
+            x, np.array(0, x.dtype), ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in pads) + ((0, 0, 0),)
+        )
     if any(st != 1 for st in strides):
         x = lax.slice(x, (0,) * x.ndim, x.shape, (1,) + tuple(strides) + (1,))
     w = kernel.reshape(kernel.shape[-2:])  # (C/g, K)
@@ -238,9 +307,13 @@ def lax_conv(x, kernel, strides, pads, dilation, groups, precision, lhs_dilation
     ``conv_general_dilated`` (groups via ``feature_group_count``), or with ``split`` one dense conv
     per group, concatenated."""
     kw = dict(
-        window_strides=strides, padding=pads, lhs_dilation=lhs_dilation, rhs_dilation=dilation,
-        dimension_numbers=dimension_numbers(kernel.ndim - 2), precision=precision,
-    )  # fmt: skip
+        window_strides=strides,
+        padding=pads,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=dilation,
+        dimension_numbers=dimension_numbers(kernel.ndim - 2),
+        precision=precision,
+    )
     if groups == 1 or not split:
         return conv_general_dilated(x, kernel, feature_group_count=groups, **kw)
     xs, ws = jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1)
@@ -316,7 +389,10 @@ def conv_transpose_subpixel(x, w, s, tpads, op, d, groups, precision):
     w = jnp.pad(w, [(0, 1)] * nd + [(0, 0), (0, 0)])  # tap F = zero
     cg, kg = w.shape[-2], w.shape[-1] // groups
     ins = x.shape[1:-1]
-    outs = [(i - 1) * si - lo - hi + di * (f - 1) + o + 1 for i, si, (lo, hi), di, f, o in zip(ins, s, tpads, d, ks, op)]
+    outs = [
+        (i - 1) * si - lo - hi + di * (f - 1) + o + 1
+        for i, si, (lo, hi), di, f, o in zip(ins, s, tpads, d, ks, op)
+    ]
     js = [-(-o // si) for o, si in zip(outs, s)]
     ms = [-(-(di * (f - 1) + 1) // si) for f, si, di in zip(ks, s, d)]
     phases = list(np.ndindex(*s))

@@ -99,8 +99,22 @@ def build() -> pathlib.Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp_out = pathlib.Path(tmp) / out.name
-        cmd = [cxx, '-O2', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{jax_inc}', f'-I{inc}', str(SOURCE),
-               f'-L{lib}', '-ldnnl', f'-Wl,-rpath,{lib}', '-o', str(tmp_out)]  # fmt: skip
+        cmd = [
+            cxx,
+            '-O2',
+            '-std=c++17',
+            '-shared',
+            '-fPIC',
+            '-w',
+            f'-I{jax_inc}',
+            f'-I{inc}',
+            str(SOURCE),
+            f'-L{lib}',
+            '-ldnnl',
+            f'-Wl,-rpath,{lib}',
+            '-o',
+            str(tmp_out),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise OnednnUnavailable(

@@ -44,6 +44,7 @@ FlaxConv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 #: ``use_bias`` (False before a norm layer).
 Conv = functools.partial(FlaxConv, kernel_init=conv_kernel_init)
 
+
 class BatchNorm(nn.BatchNorm):
     """``flax.linen.BatchNorm`` with PyTorch's defaults and PyTorch's running-variance rule.
 
@@ -172,7 +173,7 @@ def resolve_activation(activation: str | Callable) -> Callable:
         return _ACTIVATIONS[activation]
     except KeyError:
         raise ValueError(
-            f"unknown activation {activation!r}; known: {', '.join(sorted(_ACTIVATIONS))}"
+            f'unknown activation {activation!r}; known: {", ".join(sorted(_ACTIVATIONS))}'
         ) from None
 
 
@@ -184,7 +185,7 @@ def resolve_norm(norm: str | ModuleDef | None) -> ModuleDef | None:
     try:
         return _NORMS[norm]
     except KeyError:
-        raise ValueError(f"unknown norm {norm!r}; known: {', '.join(sorted(_NORMS))}") from None
+        raise ValueError(f'unknown norm {norm!r}; known: {", ".join(sorted(_NORMS))}') from None
 
 
 def _module_fields(constructor) -> set[str]:

@@ -175,7 +175,9 @@ def _conv(x, kernel, strides, pads, dilation, groups, precision, impl, lhs_dilat
     if impl == 'matmul':
         return cpu_kernels.pointwise(x, kernel, strides, pads, groups, precision)
     split = impl == 'split'
-    return cpu_kernels.lax_conv(x, kernel, strides, pads, dilation, groups, precision, lhs_dilation, split=split)
+    return cpu_kernels.lax_conv(
+        x, kernel, strides, pads, dilation, groups, precision, lhs_dilation, split=split
+    )
 
 
 def conv_nd(
@@ -294,7 +296,9 @@ def conv_transpose(
     if impl not in ('auto', 'subpixel', 'lhs_dilation', 'lax'):
         raise ValueError(f"impl must be 'auto', 'subpixel', 'lhs_dilation' or 'lax', got {impl!r}")
     if impl == 'subpixel':
-        return cpu_kernels.conv_transpose_subpixel(x, _swap_in_out(kernel, groups), s, tpads, op, d, groups, precision)
+        return cpu_kernels.conv_transpose_subpixel(
+            x, _swap_in_out(kernel, groups), s, tpads, op, d, groups, precision
+        )
     pads = tuple((di * (f - 1) - lo, di * (f - 1) - hi + o) for (lo, hi), f, di, o in zip(tpads, ks, d, op))
     if impl == 'lax':
         if groups != 1:
@@ -313,7 +317,9 @@ def conv_transpose(
     lhs = s if any(si > 1 for si in s) else None
 
     def lhs_dilated(x, w):  # the stride-1 conv over the S-dilated input, taps flipped
-        return _conv(x, jnp.flip(w, axis=tuple(range(nd))), (1,) * nd, pads, d, groups, precision, 'auto', lhs)
+        return _conv(
+            x, jnp.flip(w, axis=tuple(range(nd))), (1,) * nd, pads, d, groups, precision, 'auto', lhs
+        )
 
     w = _swap_in_out(kernel, groups)  # swap in/out per group
     if impl == 'lhs_dilation':

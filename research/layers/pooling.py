@@ -43,9 +43,13 @@ def _window_tuple(window: IntOrSeq, x: jax.Array) -> tuple[int, ...]:
 
 
 def pool_output_size(
-    input_size: int, window: int, stride: int, padding: int | tuple[int, int] = 0, dilation: int = 1,
+    input_size: int,
+    window: int,
+    stride: int,
+    padding: int | tuple[int, int] = 0,
+    dilation: int = 1,
     ceil_mode: bool = False,
-) -> int:  # fmt: skip
+) -> int:
     """torch's ``pooling_output_shape``: floor (or ceil) of (I + 2P - D(F-1) - 1)/S, plus 1."""
     lo, hi = (padding, padding) if isinstance(padding, int) else padding
     span = input_size + lo + hi - dilation * (window - 1) - 1

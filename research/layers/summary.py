@@ -174,7 +174,7 @@ class Summary:
             '|' + '|'.join('---:' if i in right else '---' for i in range(len(head))) + '|',
         ]
         out += ['| ' + ' | '.join(c.replace('|', '\\|') for c in r) + ' |' for r in rows]
-        return '\n'.join(out + [''] + [f"- {line}" for line in self.footer()])
+        return '\n'.join(out + [''] + [f'- {line}' for line in self.footer()])
 
     def __str__(self) -> str:
         head, rows = self._rows()

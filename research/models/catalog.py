@@ -186,8 +186,16 @@ def parse_page(text: str) -> list[dict]:
             continue
         cells = [c.strip() for c in line.strip().strip('|').split('|')]
         name, inp, classes, params, macs = cells[:5]
-        out.append(dict(name=name.strip('`'), input=inp, classes=classes, params=params, macs=macs,
-                        paper='|'.join(cells[5:])))  # fmt: skip
+        out.append(
+            dict(
+                name=name.strip('`'),
+                input=inp,
+                classes=classes,
+                params=params,
+                macs=macs,
+                paper='|'.join(cells[5:]),
+            )
+        )
     return out
 
 

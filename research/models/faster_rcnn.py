@@ -75,9 +75,14 @@ class MaskRCNNHeads(nn.Module):
         d = self.dilation
         for i, c in enumerate(self.layers):
             x = FlaxConv(
-                c, (3, 3), padding=[(d, d), (d, d)], kernel_dilation=(d, d), kernel_init=conv_kernel_init,
-                dtype=self.dtype, name=f'mask_head_{i}',
-            )(x)  # fmt: skip
+                c,
+                (3, 3),
+                padding=[(d, d), (d, d)],
+                kernel_dilation=(d, d),
+                kernel_init=conv_kernel_init,
+                dtype=self.dtype,
+                name=f'mask_head_{i}',
+            )(x)
             x = nn.relu(x)
         return x.reshape(*lead, *x.shape[1:])
 
@@ -178,9 +183,15 @@ class FasterRCNN(nn.Module):
         """(RPN feature maps, RoI feature maps), NHWC, finest first."""
         layers = tuple(self.layers) if self.fpn else tuple(self.layers[:3]) + (0,)
         body = ResNet(
-            layers=layers, block=self.block, width=self.width, stem_width=self.stem_width, include_top=False,
-            dtype=self.dtype, remat=self.remat, name='backbone',
-        )  # fmt: skip
+            layers=layers,
+            block=self.block,
+            width=self.width,
+            stem_width=self.stem_width,
+            include_top=False,
+            dtype=self.dtype,
+            remat=self.remat,
+            name='backbone',
+        )
         c = body(images, train=train and not self.freeze_bn)
         if not self.fpn:
             return [c['stage4']], [c['stage4']]
@@ -206,11 +217,15 @@ class FasterRCNN(nn.Module):
             for m, s in zip(rpn_maps, sizes)
         ]
         props = generate_proposals(
-            objectness, deltas, anchors, image_size,
+            objectness,
+            deltas,
+            anchors,
+            image_size,
             pre_nms_top_n=self.rpn_pre_nms_top_n_train if train else self.rpn_pre_nms_top_n_test,
             post_nms_top_n=self.rpn_post_nms_top_n_train if train else self.rpn_post_nms_top_n_test,
-            nms_thresh=self.rpn_nms_thresh, score_thresh=self.rpn_score_thresh,
-        )  # fmt: skip
+            nms_thresh=self.rpn_nms_thresh,
+            score_thresh=self.rpn_score_thresh,
+        )
         box_head = TwoMLPHead(self.representation_size, dtype=self.dtype, name='box_head')
         predictor = FastRCNNPredictor(self.num_classes, dtype=self.dtype, name='box_predictor')
         pool = functools.partial(
@@ -226,9 +241,14 @@ class FasterRCNN(nn.Module):
 
         if not train:
             cls, reg = predictor(box_head(pool(props['boxes'], output_size=self.roi_output_size)))
-            for name, val in (('features', rpn_maps), ('objectness', objectness), ('rpn_deltas', deltas),
-                              ('proposals', props), ('class_logits', cls),
-                              ('box_regression', reg)):  # fmt: skip
+            for name, val in (
+                ('features', rpn_maps),
+                ('objectness', objectness),
+                ('rpn_deltas', deltas),
+                ('proposals', props),
+                ('class_logits', cls),
+                ('box_regression', reg),
+            ):
                 self.sow('intermediates', name, val)
             det = jax.vmap(
                 lambda c, r, bx, v: roi_detections(
@@ -241,7 +261,7 @@ class FasterRCNN(nn.Module):
                     iou_threshold=self.box_nms_thresh,
                     max_detections=self.box_detections_per_img,
                     pre_nms_top_k=self.box_pre_nms_top_k,
-                )  # fmt: skip
+                )
             )(cls, reg, props['boxes'], props['valid'])
             if self.with_masks:
                 logits = mask_predictor(mask_head(pool(det['boxes'], output_size=self.mask_roi_output_size)))
@@ -259,10 +279,17 @@ class FasterRCNN(nn.Module):
         gt_valid = jnp.asarray(targets['box_mask'], bool)
         k_rpn, k_roi = jax.random.split(self.make_rng('sample'))
         loss_obj, loss_rpn_box = rpn_loss(
-            k_rpn, jnp.concatenate(objectness, 1), jnp.concatenate(deltas, 1), jnp.concatenate(anchors, 0),
-            gt_boxes, gt_valid, fg_iou=self.rpn_fg_iou_thresh, bg_iou=self.rpn_bg_iou_thresh,
-            batch_size_per_image=self.rpn_batch_size_per_image, positive_fraction=self.rpn_positive_fraction,
-        )  # fmt: skip
+            k_rpn,
+            jnp.concatenate(objectness, 1),
+            jnp.concatenate(deltas, 1),
+            jnp.concatenate(anchors, 0),
+            gt_boxes,
+            gt_valid,
+            fg_iou=self.rpn_fg_iou_thresh,
+            bg_iou=self.rpn_bg_iou_thresh,
+            batch_size_per_image=self.rpn_batch_size_per_image,
+            positive_fraction=self.rpn_positive_fraction,
+        )
         samples = jax.vmap(
             functools.partial(
                 sample_rois,
@@ -270,7 +297,7 @@ class FasterRCNN(nn.Module):
                 positive_fraction=self.box_positive_fraction,
                 fg_iou=self.box_fg_iou_thresh,
                 bg_iou=self.box_bg_iou_thresh,
-            )  # fmt: skip
+            )
         )(jax.random.split(k_roi, b), props['boxes'], props['valid'], gt_boxes, gt_labels, gt_valid)
         cls, reg = predictor(box_head(pool(samples['rois'], output_size=self.roi_output_size)))
         loss_cls, loss_box = fastrcnn_loss(
@@ -315,12 +342,22 @@ class MaskRCNN(FasterRCNN):
 # CPU-sized variants for mnist_det (128 x 128 canvases, 22-56 px digits, 11 classes): a narrow ResNet-18
 # (basic blocks), a 64-wide FPN, anchors 16..128 px on P2..P6, smaller proposal / RoI minibatch counts.
 _CPU = dict(
-    num_classes=11, layers=(2, 2, 2, 2), block='basic', width=16, stem_width=16, fpn_channels=64,
-    anchor_sizes=((16,), (32,), (48,), (64,), (128,)), representation_size=256,
-    rpn_pre_nms_top_n_train=256, rpn_pre_nms_top_n_test=128, rpn_post_nms_top_n_train=256,
-    rpn_post_nms_top_n_test=100, box_batch_size_per_image=128, box_detections_per_img=20,
+    num_classes=11,
+    layers=(2, 2, 2, 2),
+    block='basic',
+    width=16,
+    stem_width=16,
+    fpn_channels=64,
+    anchor_sizes=((16,), (32,), (48,), (64,), (128,)),
+    representation_size=256,
+    rpn_pre_nms_top_n_train=256,
+    rpn_pre_nms_top_n_test=128,
+    rpn_post_nms_top_n_train=256,
+    rpn_post_nms_top_n_test=100,
+    box_batch_size_per_image=128,
+    box_detections_per_img=20,
     box_pre_nms_top_k=200,
-)  # fmt: skip
+)
 
 FasterRCNNResNet50FPN = functools.partial(FasterRCNN)
 FasterRCNNResNet50 = functools.partial(FasterRCNN, fpn=False)

@@ -103,8 +103,14 @@ class ConvStack(nn.Module):
             else:
                 c, k, s = (v, 3, 1) if isinstance(v, int) else (tuple(v) + (1,))[:3]
                 i += 1
-                x = Conv(int(c), (k, k), strides=(s, s), padding=((k // 2, k // 2),) * 2, dtype=self.dtype,
-                         name=f'conv{block}_{i}')(x)  # fmt: skip
+                x = Conv(
+                    int(c),
+                    (k, k),
+                    strides=(s, s),
+                    padding=((k // 2, k // 2),) * 2,
+                    dtype=self.dtype,
+                    name=f'conv{block}_{i}',
+                )(x)
                 x = nn.relu(x)
         return x
 
@@ -141,9 +147,12 @@ class _ProposalDetector(nn.Module):
             raise ValueError('train=True needs targets')
         keys = jax.random.split(self.make_rng('sample'), boxes.shape[0])
         fn = functools.partial(
-            sample_rois, batch_size_per_image=self.rois_per_image, positive_fraction=self.positive_fraction,
-            fg_iou=self.fg_iou, bg_iou=self.bg_iou,
-        )  # fmt: skip
+            sample_rois,
+            batch_size_per_image=self.rois_per_image,
+            positive_fraction=self.positive_fraction,
+            fg_iou=self.fg_iou,
+            bg_iou=self.bg_iou,
+        )
         s = jax.vmap(fn)(keys, boxes, valid, targets['boxes'], targets['labels'], targets['box_mask'])
         return s['rois'], s['valid'], s
 
@@ -152,9 +161,12 @@ class _ProposalDetector(nn.Module):
             loss_cls, loss_box = fastrcnn_loss(cls, box, samples['labels'], samples['box_targets'], valid)
             return {'loss_classifier': loss_cls, 'loss_box_reg': self.box_loss_weight * loss_box}
         fn = functools.partial(
-            roi_detections, image_size=tuple(image_size), score_threshold=self.score_threshold,
-            iou_threshold=self.nms_iou, max_detections=self.max_detections,
-        )  # fmt: skip
+            roi_detections,
+            image_size=tuple(image_size),
+            score_threshold=self.score_threshold,
+            iou_threshold=self.nms_iou,
+            max_detections=self.max_detections,
+        )
         return jax.vmap(fn)(cls, box, rois, valid)
 
 

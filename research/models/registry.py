@@ -46,10 +46,10 @@ def _fields(cls) -> dict[str, dataclasses.Field]:
 
 def _unknown_name_error(name: str) -> ValueError:
     known = sorted(_REGISTRY)
-    msg = f"unknown model {name!r}; known models: {', '.join(known)}"
+    msg = f'unknown model {name!r}; known models: {", ".join(known)}'
     close = difflib.get_close_matches(str(name), known, n=3)
     if close:
-        msg += f" (did you mean {', '.join(repr(c) for c in close)}?)"
+        msg += f' (did you mean {", ".join(repr(c) for c in close)}?)'
     return ValueError(msg)
 
 
@@ -89,8 +89,8 @@ def create(name: str, **kwargs) -> nn.Module:
     unknown = sorted(k for k in kwargs if k not in fields)
     if unknown:
         raise ValueError(
-            f"unknown argument{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-            f"for model {name!r} ({cls.__name__}); accepted: {', '.join(sorted(fields))}"
+            f'unknown argument{"s" if len(unknown) > 1 else ""} {", ".join(map(repr, unknown))} '
+            f'for model {name!r} ({cls.__name__}); accepted: {", ".join(sorted(fields))}'
         )
     given = {**_bound_kwargs(constructor), **kwargs}
     missing = [
@@ -99,5 +99,5 @@ def create(name: str, **kwargs) -> nn.Module:
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in given
     ]
     if missing:
-        raise ValueError(f"model {name!r} ({cls.__name__}) requires argument(s): {', '.join(missing)}")
+        raise ValueError(f'model {name!r} ({cls.__name__}) requires argument(s): {", ".join(missing)}')
     return constructor(**kwargs)

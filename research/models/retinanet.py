@@ -101,10 +101,17 @@ def level_topk_mask(scores: jax.Array, level_sizes: Sequence[int], top_k: int) -
 
 
 def retinanet_postprocess(
-    cls_logits: jax.Array, box_regression: jax.Array, anchors: jax.Array, level_sizes: Sequence[int], *,
-    image_size: tuple[int, int], score_thresh: float = 0.05, nms_thresh: float = 0.5,
-    detections_per_img: int = 300, topk_candidates: int = 1000,
-) -> dict[str, jax.Array]:  # fmt: skip
+    cls_logits: jax.Array,
+    box_regression: jax.Array,
+    anchors: jax.Array,
+    level_sizes: Sequence[int],
+    *,
+    image_size: tuple[int, int],
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 300,
+    topk_candidates: int = 1000,
+) -> dict[str, jax.Array]:
     """One image: torchvision's ``RetinaNet.postprocess_detections`` with static shapes. ``cls_logits``
     [N, K] (column 0 = background, not reported), ``box_regression`` [N, 4], ``anchors`` [N, 4]."""
     scores = jax.nn.sigmoid(cls_logits.astype(jnp.float32))[:, 1:]
@@ -112,10 +119,15 @@ def retinanet_postprocess(
     boxes = decode_boxes(box_regression.astype(jnp.float32), anchors, RPN_WEIGHTS)
     total = sum(min(int(topk_candidates), n * scores.shape[1]) for n in level_sizes)
     return select_detections(
-        boxes, jnp.where(keep & (scores > score_thresh), scores, -1.0), image_size=image_size,
-        score_threshold=score_thresh, iou_threshold=nms_thresh, max_detections=detections_per_img,
-        pre_nms_top_k=total, min_size=0.0,
-    )  # fmt: skip
+        boxes,
+        jnp.where(keep & (scores > score_thresh), scores, -1.0),
+        image_size=image_size,
+        score_threshold=score_thresh,
+        iou_threshold=nms_thresh,
+        max_detections=detections_per_img,
+        pre_nms_top_k=total,
+        min_size=0.0,
+    )
 
 
 class RetinaNetHead(nn.Module):
@@ -214,18 +226,29 @@ class RetinaNet(nn.Module):
         """Raw outputs: ``cls_logits`` [B, N, K], ``box_regression`` [B, N, 4] (levels concatenated in
         torchvision's order), ``anchors`` [N, 4] (numpy) and ``level_sizes`` (anchors per level)."""
         feats = ResNet(
-            layers=self.layers, block=self.block, width=self.width, stem_width=self.stem_width,
-            norm=_backbone_norm(self.backbone_norm), include_top=False, dtype=self.dtype, remat=self.remat,
+            layers=self.layers,
+            block=self.block,
+            width=self.width,
+            stem_width=self.stem_width,
+            norm=_backbone_norm(self.backbone_norm),
+            include_top=False,
+            dtype=self.dtype,
+            remat=self.remat,
             name='backbone',
-        )(images, train=train)  # fmt: skip
+        )(images, train=train)
         c = [feats[f'stage{lvl}'] for lvl in range(self.min_level, 6)]
         p = FeaturePyramidNetwork(self.fpn_width, self.min_level, extra=None, dtype=self.dtype, name='fpn')(c)
         levels = list(p.values())
         if self.max_level >= 6:
             conv = functools.partial(
-                FlaxConv, features=self.fpn_width, kernel_size=(3, 3), strides=(2, 2), padding=1,
-                kernel_init=_FPN_EXTRA_INIT, dtype=self.dtype,
-            )  # fmt: skip
+                FlaxConv,
+                features=self.fpn_width,
+                kernel_size=(3, 3),
+                strides=(2, 2),
+                padding=1,
+                kernel_init=_FPN_EXTRA_INIT,
+                dtype=self.dtype,
+            )
             p6 = conv(name='p6')(levels[-1] if self.p6_from == 'p5' else c[-1])
             levels.append(p6)
             if self.max_level >= 7:
@@ -255,10 +278,15 @@ class RetinaNet(nn.Module):
         if train:
             return self.loss(out, targets)
         post = functools.partial(
-            retinanet_postprocess, anchors=jnp.asarray(out['anchors']), level_sizes=out['level_sizes'],
-            image_size=tuple(images.shape[1:3]), score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
-            detections_per_img=self.detections_per_img, topk_candidates=self.topk_candidates,
-        )  # fmt: skip
+            retinanet_postprocess,
+            anchors=jnp.asarray(out['anchors']),
+            level_sizes=out['level_sizes'],
+            image_size=tuple(images.shape[1:3]),
+            score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh,
+            detections_per_img=self.detections_per_img,
+            topk_candidates=self.topk_candidates,
+        )
         return jax.vmap(post)(out['cls_logits'], out['box_regression'])
 
     def loss(self, out, targets) -> dict[str, jax.Array]:
@@ -281,9 +309,12 @@ class RetinaNet(nn.Module):
             return cls, reg
 
         cls, reg = jax.vmap(one)(
-            out['cls_logits'], out['box_regression'], jnp.asarray(targets['boxes'], jnp.float32),
-            jnp.asarray(targets['labels'], jnp.int32), jnp.asarray(targets['box_mask'], bool),
-        )  # fmt: skip
+            out['cls_logits'],
+            out['box_regression'],
+            jnp.asarray(targets['boxes'], jnp.float32),
+            jnp.asarray(targets['labels'], jnp.int32),
+            jnp.asarray(targets['box_mask'], bool),
+        )
         return {
             'loss_classifier': self.cls_loss_weight * cls.mean(),
             'loss_box_reg': self.box_loss_weight * reg.mean(),
@@ -295,10 +326,21 @@ RetinaNetResNet50FPN = functools.partial(RetinaNet, layers=(3, 4, 6, 3), block='
 # CPU-sized: ResNet-18 at width 16, FPN / heads 64 wide, 2 head convs, P3-P5 with 16..64 px anchors
 # (128x128 mnist_det canvases, 11 classes incl. background): about 1M parameters.
 RetinaNetResNet18FPN = functools.partial(
-    RetinaNet, num_classes=11, layers=(2, 2, 2, 2), block='basic', width=16, stem_width=16, backbone_norm='batch',
-    fpn_width=64, head_convs=2, min_level=3, max_level=5, anchor_sizes=SMALL_ANCHOR_SIZES, detections_per_img=100,
+    RetinaNet,
+    num_classes=11,
+    layers=(2, 2, 2, 2),
+    block='basic',
+    width=16,
+    stem_width=16,
+    backbone_norm='batch',
+    fpn_width=64,
+    head_convs=2,
+    min_level=3,
+    max_level=5,
+    anchor_sizes=SMALL_ANCHOR_SIZES,
+    detections_per_img=100,
     topk_candidates=300,
-)  # fmt: skip
+)
 
 REGISTRY_ENTRIES = {
     'retinanet': RetinaNet,

@@ -179,9 +179,15 @@ class SSD(nn.Module):
             cls.append(flatten_head(conv(a * k, name=f'cls_{i}')(f), k))
             box.append(flatten_head(conv(a * 4, name=f'box_{i}')(f), 4))
         anchors = default_boxes(
-            [tuple(f.shape[1:3]) for f in feats], tuple(images.shape[1:3]), self.aspect_ratios, self.scales,
-            self.min_ratio, self.max_ratio, self.steps, self.clip_boxes,
-        )  # fmt: skip
+            [tuple(f.shape[1:3]) for f in feats],
+            tuple(images.shape[1:3]),
+            self.aspect_ratios,
+            self.scales,
+            self.min_ratio,
+            self.max_ratio,
+            self.steps,
+            self.clip_boxes,
+        )
         return {
             'cls_logits': jnp.concatenate(cls, 1).astype(jnp.float32),
             'box_regression': jnp.concatenate(box, 1).astype(jnp.float32),
@@ -193,10 +199,15 @@ class SSD(nn.Module):
         if train:
             return self.loss(out, targets)
         post = functools.partial(
-            ssd_postprocess, anchors=jnp.asarray(out['anchors']), image_size=tuple(images.shape[1:3]),
-            score_thresh=self.score_thresh, nms_thresh=self.nms_thresh, detections_per_img=self.detections_per_img,
-            topk_candidates=self.topk_candidates, pre_nms_top_k=self.pre_nms_top_k,
-        )  # fmt: skip
+            ssd_postprocess,
+            anchors=jnp.asarray(out['anchors']),
+            image_size=tuple(images.shape[1:3]),
+            score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh,
+            detections_per_img=self.detections_per_img,
+            topk_candidates=self.topk_candidates,
+            pre_nms_top_k=self.pre_nms_top_k,
+        )
         return jax.vmap(post)(out['cls_logits'], out['box_regression'])
 
     def loss(self, out, targets) -> dict[str, jax.Array]:
@@ -215,9 +226,12 @@ class SSD(nn.Module):
             return reg, jnp.where(fg | neg, ce, 0.0).sum(), fg.sum()
 
         reg, cls, nfg = jax.vmap(one)(
-            out['cls_logits'], out['box_regression'], jnp.asarray(targets['boxes'], jnp.float32),
-            jnp.asarray(targets['labels'], jnp.int32), jnp.asarray(targets['box_mask'], bool),
-        )  # fmt: skip
+            out['cls_logits'],
+            out['box_regression'],
+            jnp.asarray(targets['boxes'], jnp.float32),
+            jnp.asarray(targets['labels'], jnp.int32),
+            jnp.asarray(targets['box_mask'], bool),
+        )
         n = jnp.maximum(nfg.sum(), 1).astype(jnp.float32)
         return {
             'loss_box_reg': self.box_loss_weight * reg.sum() / n,
@@ -235,10 +249,17 @@ def ssd_match(iou: jax.Array, threshold: float, gt_valid: jax.Array) -> jax.Arra
 
 
 def ssd_postprocess(
-    cls_logits: jax.Array, box_regression: jax.Array, anchors: jax.Array, *, image_size: tuple[int, int],
-    score_thresh: float = 0.01, nms_thresh: float = 0.45, detections_per_img: int = 200,
-    topk_candidates: int = 400, pre_nms_top_k: int = 2000,
-) -> dict[str, jax.Array]:  # fmt: skip
+    cls_logits: jax.Array,
+    box_regression: jax.Array,
+    anchors: jax.Array,
+    *,
+    image_size: tuple[int, int],
+    score_thresh: float = 0.01,
+    nms_thresh: float = 0.45,
+    detections_per_img: int = 200,
+    topk_candidates: int = 400,
+    pre_nms_top_k: int = 2000,
+) -> dict[str, jax.Array]:
     """One image: torchvision's ``SSD.postprocess_detections`` with static shapes (see the module docstring)."""
     scores = jax.nn.softmax(cls_logits.astype(jnp.float32), -1)[:, 1:]
     boxes = decode_boxes(box_regression.astype(jnp.float32), anchors, ROI_HEAD_WEIGHTS)
@@ -248,18 +269,35 @@ def ssd_postprocess(
     kth = jax.lax.top_k(masked.T, t)[0][:, -1]  # per-class t-th best score
     keep = ok & (masked >= kth[None, :])
     return select_detections(
-        boxes, jnp.where(keep, scores, -1.0), image_size=image_size, score_threshold=score_thresh,
-        iou_threshold=nms_thresh, max_detections=detections_per_img, pre_nms_top_k=pre_nms_top_k, min_size=0.0,
-    )  # fmt: skip
+        boxes,
+        jnp.where(keep, scores, -1.0),
+        image_size=image_size,
+        score_threshold=score_thresh,
+        iou_threshold=nms_thresh,
+        max_detections=detections_per_img,
+        pre_nms_top_k=pre_nms_top_k,
+        min_size=0.0,
+    )
 
 
 SSD300VGG16 = functools.partial(SSD)
 # CPU-sized: 128x128 inputs, 11 classes; feature maps 16, 8, 4, 2 (conv4_3, fc7, two extras).
 SSDMnist = functools.partial(
-    SSD, num_classes=11, widths=(16, 32, 64, 128, 128), fc_width=128, fc6_dilation=2,
-    extras=((64, 128, 2, 1), (32, 64, 2, 1)), aspect_ratios=((2,), (2,), (2,), (2,)), scales=None, min_ratio=0.15,
-    max_ratio=0.6, steps=None, detections_per_img=100, topk_candidates=100, pre_nms_top_k=500,
-)  # fmt: skip
+    SSD,
+    num_classes=11,
+    widths=(16, 32, 64, 128, 128),
+    fc_width=128,
+    fc6_dilation=2,
+    extras=((64, 128, 2, 1), (32, 64, 2, 1)),
+    aspect_ratios=((2,), (2,), (2,), (2,)),
+    scales=None,
+    min_ratio=0.15,
+    max_ratio=0.6,
+    steps=None,
+    detections_per_img=100,
+    topk_candidates=100,
+    pre_nms_top_k=500,
+)
 
 REGISTRY_ENTRIES = {'ssd': SSD, 'ssd300_vgg16': SSD300VGG16, 'ssd_mnist': SSDMnist}
 

@@ -41,10 +41,25 @@ from research.layers.pooling import max_pool
 M = 'M'
 #: Fig. 3: (filters, kernel, stride) per conv, 'M' = 2x2/2 max pool.
 YOLOV1_CFG = (
-    (64, 7, 2), M, (192, 3, 1), M, (128, 1, 1), (256, 3, 1), (256, 1, 1), (512, 3, 1), M,
-    *((256, 1, 1), (512, 3, 1)) * 4, (512, 1, 1), (1024, 3, 1), M,
-    *((512, 1, 1), (1024, 3, 1)) * 2, (1024, 3, 1), (1024, 3, 2), (1024, 3, 1), (1024, 3, 1),
-)  # fmt: skip
+    (64, 7, 2),
+    M,
+    (192, 3, 1),
+    M,
+    (128, 1, 1),
+    (256, 3, 1),
+    (256, 1, 1),
+    (512, 3, 1),
+    M,
+    *((256, 1, 1), (512, 3, 1)) * 4,
+    (512, 1, 1),
+    (1024, 3, 1),
+    M,
+    *((512, 1, 1), (1024, 3, 1)) * 2,
+    (1024, 3, 1),
+    (1024, 3, 2),
+    (1024, 3, 1),
+    (1024, 3, 1),
+)
 #: CPU-sized: 128 -> 8x8 (4 pools), then a 1x1 reduction before the FC layers.
 YOLOV1_MNIST_CFG = ((16, 3, 1), M, (32, 3, 1), M, (64, 3, 1), M, (128, 3, 1), M, (128, 3, 1), (32, 1, 1))
 
@@ -141,22 +156,35 @@ class YOLOv1(nn.Module):
         size = tuple(images.shape[1:3])
         if train:
             losses = jax.vmap(functools.partial(self.image_loss, image_size=size))(
-                out, jnp.asarray(targets['boxes'], jnp.float32), jnp.asarray(targets['labels'], jnp.int32),
+                out,
+                jnp.asarray(targets['boxes'], jnp.float32),
+                jnp.asarray(targets['labels'], jnp.int32),
                 jnp.asarray(targets['box_mask'], bool),
-            )  # fmt: skip
+            )
             return {k: v.mean() for k, v in losses.items()}
         post = functools.partial(
-            yolo_decode, boxes_per_cell=self.boxes_per_cell, image_size=size, score_thresh=self.score_thresh,
-            nms_thresh=self.nms_thresh, detections_per_img=self.detections_per_img,
-        )  # fmt: skip
+            yolo_decode,
+            boxes_per_cell=self.boxes_per_cell,
+            image_size=size,
+            score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh,
+            detections_per_img=self.detections_per_img,
+        )
         return jax.vmap(post)(out)
 
     def image_loss(self, out, boxes, labels, valid, *, image_size) -> dict[str, jax.Array]:
         """Eq. 3 for one image: ``out`` [S, S, 5B + C], ground truth padded with ``valid``."""
         return yolo_loss(
-            out, boxes, labels, valid, image_size=image_size, boxes_per_cell=self.boxes_per_cell,
-            lambda_coord=self.lambda_coord, lambda_noobj=self.lambda_noobj, rescore=self.rescore,
-        )  # fmt: skip
+            out,
+            boxes,
+            labels,
+            valid,
+            image_size=image_size,
+            boxes_per_cell=self.boxes_per_cell,
+            lambda_coord=self.lambda_coord,
+            lambda_noobj=self.lambda_noobj,
+            rescore=self.rescore,
+        )
 
 
 def _pred_boxes(out: jax.Array, b: int, image_size) -> tuple[jax.Array, jax.Array]:
@@ -172,9 +200,17 @@ def _pred_boxes(out: jax.Array, b: int, image_size) -> tuple[jax.Array, jax.Arra
 
 
 def yolo_loss(
-    out: jax.Array, boxes: jax.Array, labels: jax.Array, valid: jax.Array, *, image_size: tuple[int, int],
-    boxes_per_cell: int = 2, lambda_coord: float = 5.0, lambda_noobj: float = 0.5, rescore: bool = True,
-) -> dict[str, jax.Array]:  # fmt: skip
+    out: jax.Array,
+    boxes: jax.Array,
+    labels: jax.Array,
+    valid: jax.Array,
+    *,
+    image_size: tuple[int, int],
+    boxes_per_cell: int = 2,
+    lambda_coord: float = 5.0,
+    lambda_noobj: float = 0.5,
+    rescore: bool = True,
+) -> dict[str, jax.Array]:
     """Eq. 3 for one image (see the module docstring); returns its four terms."""
     s, b = out.shape[0], boxes_per_cell
     h, w = image_size
@@ -212,9 +248,14 @@ def yolo_loss(
 
 
 def yolo_decode(
-    out: jax.Array, *, boxes_per_cell: int = 2, image_size: tuple[int, int], score_thresh: float = 0.01,
-    nms_thresh: float = 0.5, detections_per_img: int = 100,
-) -> dict[str, jax.Array]:  # fmt: skip
+    out: jax.Array,
+    *,
+    boxes_per_cell: int = 2,
+    image_size: tuple[int, int],
+    score_thresh: float = 0.01,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+) -> dict[str, jax.Array]:
     """One image: class-specific confidences Pr(class | object) x confidence (clipped to [0, 1]) of every
     predicted box, then ``select_detections``."""
     s, b = out.shape[0], boxes_per_cell
@@ -223,9 +264,14 @@ def yolo_decode(
     conf = jnp.clip(raw[..., 4], 0, 1)
     scores = (conf[..., None] * probs[:, :, None, :]).reshape(s * s * b, -1)
     return select_detections(
-        pred.reshape(-1, 4), scores, image_size=image_size, score_threshold=score_thresh, iou_threshold=nms_thresh,
-        max_detections=detections_per_img, pre_nms_top_k=min(1000, scores.size),
-    )  # fmt: skip
+        pred.reshape(-1, 4),
+        scores,
+        image_size=image_size,
+        score_threshold=score_thresh,
+        iou_threshold=nms_thresh,
+        max_detections=detections_per_img,
+        pre_nms_top_k=min(1000, scores.size),
+    )
 
 
 YOLOv1Paper = functools.partial(YOLOv1)

@@ -56,7 +56,7 @@ __all__ = [
     'make_mnist_canvas',
     'make_shapes_canvas',
     'paste_digits',
-]  # fmt: skip
+]
 
 IGNORE_LABEL = 255
 #: The synthetic segmentation datasets (held in memory; generation settings from ``config.seg``).
@@ -68,9 +68,16 @@ _SHUFFLE_TAG = 0x5345475348
 def params_from_config(seg_cfg) -> SegParams:
     """``SegParams`` from a ``config.seg`` section (missing keys keep their defaults)."""
     kw = {}
-    names = dict(data_seed='seed', canvas_size='canvas_size', min_objects='min_objects',
-                 max_objects='max_objects', min_scale='min_scale', max_scale='max_scale',
-                 num_train='num_train', num_test='num_test')  # fmt: skip
+    names = dict(
+        data_seed='seed',
+        canvas_size='canvas_size',
+        min_objects='min_objects',
+        max_objects='max_objects',
+        min_scale='min_scale',
+        max_scale='max_scale',
+        num_train='num_train',
+        num_test='num_test',
+    )
     for key, fieldname in names.items():
         if seg_cfg is not None and key in seg_cfg:
             kw[fieldname] = type(getattr(SegParams, fieldname))(seg_cfg[key])
@@ -93,22 +100,59 @@ _CACHE: dict[tuple, object] = {}
 #: TFDS segmentation datasets read by name (users with network access / manual downloads): image and
 #: label feature names, a label-id -> train-id table (255 = ignore) and the class names.
 CITYSCAPES_CLASSES = (
-    'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign', 'vegetation',
-    'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle',
-)  # fmt: skip
+    'road',
+    'sidewalk',
+    'building',
+    'wall',
+    'fence',
+    'pole',
+    'traffic light',
+    'traffic sign',
+    'vegetation',
+    'terrain',
+    'sky',
+    'person',
+    'rider',
+    'car',
+    'truck',
+    'bus',
+    'train',
+    'motorcycle',
+    'bicycle',
+)
 # Cityscapes label ids 0..33 -> the 19 evaluated train ids (cityscapesScripts' labels.py), others ignored.
-_CITYSCAPES_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
-                   26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}  # fmt: skip
+_CITYSCAPES_IDS = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 CITYSCAPES_TRAIN_IDS = np.full(256, IGNORE_LABEL, np.uint8)
 for _k, _v in _CITYSCAPES_IDS.items():
     CITYSCAPES_TRAIN_IDS[_k] = _v
 VOC_TRAIN_IDS = np.arange(256, dtype=np.uint8)  # 0..20 are the classes, 255 the ignored border
 VOC_TRAIN_IDS[len(voc_seg.CLASSES) : IGNORE_LABEL] = IGNORE_LABEL
 TFDS_LAYOUTS = {
-    'cityscapes': dict(image='image_left', label='segmentation_label', table=CITYSCAPES_TRAIN_IDS,
-                       classes=CITYSCAPES_CLASSES),
+    'cityscapes': dict(
+        image='image_left', label='segmentation_label', table=CITYSCAPES_TRAIN_IDS, classes=CITYSCAPES_CLASSES
+    ),
     'voc_seg': dict(image='image', label='segmentation', table=VOC_TRAIN_IDS, classes=voc_seg.CLASSES),
-}  # fmt: skip
+}
 
 
 def tfds_layout(name: str) -> dict | None:
@@ -124,13 +168,17 @@ def get_seg_builder(data_cfg, seg_cfg=None):
     entry = builders_lib.lookup(name)
     if entry is not None and entry.kind != 'segmentation':
         raise ValueError(
-            f"data.name={name!r} holds {entry.kind} data, not segmentation masks "
-            f"(segmentation datasets: {', '.join(segmentation_names())})"
+            f'data.name={name!r} holds {entry.kind} data, not segmentation masks '
+            f'(segmentation datasets: {", ".join(segmentation_names())})'
         )
     if entry is None and tfds_layout(name) is None:
-        hint = " (TFDS's 'voc' holds boxes only: for VOC's masks use data.name='voc_seg')" if name.startswith('voc') else ''
+        hint = (
+            " (TFDS's 'voc' holds boxes only: for VOC's masks use data.name='voc_seg')"
+            if name.startswith('voc')
+            else ''
+        )
         raise ValueError(
-            f"unknown segmentation dataset data.name={name!r}{hint}; known: {', '.join(segmentation_names())}"
+            f'unknown segmentation dataset data.name={name!r}{hint}; known: {", ".join(segmentation_names())}'
         )
     data_dir = datasets_lib.resolve_data_dir(data_cfg)
     params = params_from_config(seg_cfg) if name in SEG_BUILDERS else None
@@ -196,9 +244,12 @@ class TfdsSegSplit:
         s = self.size
         if image.shape[:2] != (s, s):
             image = np.stack(
-                [np.asarray(Image.fromarray(image[..., c]).resize((s, s), Image.BILINEAR)) for c in range(image.shape[-1])],
+                [
+                    np.asarray(Image.fromarray(image[..., c]).resize((s, s), Image.BILINEAR))
+                    for c in range(image.shape[-1])
+                ],
                 -1,
-            )  # fmt: skip
+            )
             label = np.asarray(Image.fromarray(label).resize((s, s), Image.NEAREST))
         return image.astype(np.uint8), self.layout['table'][label]
 
@@ -270,9 +321,14 @@ def get_seg_info(data_cfg, seg_cfg=None) -> SegInfo:
         else:
             mean, std = (0.5,) * c, (0.25,) * c
         return SegInfo(
-            name=builder.info.full_name, num_classes=len(layout['classes']), class_names=tuple(layout['classes']),
-            image_shape=(s, s, c), num_examples=_split_counts(builder, data_cfg), mean=mean, std=std,
-        )  # fmt: skip
+            name=builder.info.full_name,
+            num_classes=len(layout['classes']),
+            class_names=tuple(layout['classes']),
+            image_shape=(s, s, c),
+            num_examples=_split_counts(builder, data_cfg),
+            mean=mean,
+            std=std,
+        )
     train = get_split(builder, str(datasets_lib.field(data_cfg, 'train_split')), seg_cfg, 'data.train_split')
     mode = datasets_lib.normalize_mode(datasets_lib.field(data_cfg, 'normalize'))
     c = train.images.shape[-1]
@@ -364,9 +420,14 @@ def make_train_iterator(
     )
     s = int(datasets_lib.field(data_cfg, 'shuffle_seed'))
     fn = _SegTrainBatch(
-        data, get_seg_info(data_cfg, seg_cfg), seed if s < 0 else s, global_batch_size,
-        process_index * local, (process_index + 1) * local, aug,
-    )  # fmt: skip
+        data,
+        get_seg_info(data_cfg, seg_cfg),
+        seed if s < 0 else s,
+        global_batch_size,
+        process_index * local,
+        (process_index + 1) * local,
+        aug,
+    )
     steps = len(data) // global_batch_size
     ds = grain.MapDataset.range(steps).repeat().map_with_index(lambda step, _: fn(step))
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))

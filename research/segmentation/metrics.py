@@ -10,9 +10,12 @@ IGNORE_LABEL = 255
 
 
 def confusion_matrix(
-    preds: jax.Array, labels: jax.Array, num_classes: int, weights: jax.Array | None = None,
+    preds: jax.Array,
+    labels: jax.Array,
+    num_classes: int,
+    weights: jax.Array | None = None,
     ignore_label: int = IGNORE_LABEL,
-) -> jax.Array:  # fmt: skip
+) -> jax.Array:
     """int32 [K, K] counts, rows = ground truth, columns = prediction, over pixels whose label is
     not ``ignore_label`` (and whose ``weights`` -- e.g. a per-example padding mask broadcast to
     pixels -- are non-zero)."""

@@ -45,7 +45,7 @@ def result_grid(images01: np.ndarray, labels: np.ndarray, preds: np.ndarray, num
 
 
 #: The column titles of :func:`save_result_grid`.
-COLUMN_TITLES = ("input", "ground truth", "prediction")
+COLUMN_TITLES = ('input', 'ground truth', 'prediction')
 
 
 def save_result_grid(

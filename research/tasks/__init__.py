@@ -40,7 +40,7 @@ _REGISTRY: dict[str, type[Task]] = {}
 
 def register(task: type[Task]) -> type[Task]:
     if task.name in _REGISTRY:
-        raise ValueError(f"task {task.name!r} is already registered")
+        raise ValueError(f'task {task.name!r} is already registered')
     _REGISTRY[task.name] = task
     return task
 
@@ -59,8 +59,8 @@ def get(name: str) -> type[Task]:
         return _REGISTRY[str(name)]
     except KeyError:
         close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise KeyError(f"unknown task {name!r} (known: {', '.join(_REGISTRY)}){hint}") from None
+        hint = f"; did you mean '{close[0]}'?" if close else ''
+        raise KeyError(f'unknown task {name!r} (known: {", ".join(_REGISTRY)}){hint}') from None
 
 
 def base_config() -> ConfigDict:
@@ -81,7 +81,7 @@ def create(config: ConfigDict) -> Task:
     """The task of ``config.task`` for ``config``, after checking the config: known keys, values
     (``research.tasks.checks.check_values``: one line naming the key and the value), the optional
     knobs (one the task does not support is refused) and the task's own values (``Task.check``)."""
-    task = get(config.get("task", "classification"))(config)
+    task = get(config.get('task', 'classification'))(config)
     validate_config(config)
     check_values(config)
     check_knobs(task, config)
@@ -119,25 +119,25 @@ def knob_table() -> str:
     """The task x knob table (markdown): 'yes' where the task implements the knob, '-' where it refuses
     it at config time (docs/tasks.md holds this table; tests/test_tasks.py checks it is current)."""
     names_ = names()
-    lines = ["| knob | " + " | ".join(names_) + " |", "|---|" + "|".join(":-:" for _ in names_) + "|"]
+    lines = ['| knob | ' + ' | '.join(names_) + ' |', '|---|' + '|'.join(':-:' for _ in names_) + '|']
     for knob in KNOBS:
-        row = ["yes" if knob in get(n).supports else "-" for n in names_]
-        lines.append(f"| `{knob}` | " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        row = ['yes' if knob in get(n).supports else '-' for n in names_]
+        lines.append(f'| `{knob}` | ' + ' | '.join(row) + ' |')
+    return '\n'.join(lines)
 
 
 __all__ = [
-    "KNOBS",
-    "knob_table",
-    "DataInfo",
-    "Picture",
-    "Task",
-    "base_config",
-    "create",
-    "get",
-    "names",
-    "register",
-    "train_and_evaluate",
-    "trainer",
-    "validate_config",
+    'KNOBS',
+    'knob_table',
+    'DataInfo',
+    'Picture',
+    'Task',
+    'base_config',
+    'create',
+    'get',
+    'names',
+    'register',
+    'train_and_evaluate',
+    'trainer',
+    'validate_config',
 ]

@@ -40,60 +40,60 @@ PyTree = Any
 #: The optional knobs: config key -> its value when set away from "off" (None = off). A task lists
 #: the ones it implements in ``Task.supports``; any other one that is set is refused by name.
 KNOBS: dict[str, Callable[[ConfigDict], Any]] = {
-    "train.precision": lambda c: None if c.train.precision == "float32" else c.train.precision,
-    "train.model_parallel": lambda c: None if c.train.model_parallel == 1 else c.train.model_parallel,
-    "train.bn_group_size": lambda c: c.train.bn_group_size or None,
-    "train.accumulate_steps": lambda c: None if c.train.accumulate_steps == 1 else c.train.accumulate_steps,
-    "train.ema_decay": lambda c: c.train.ema_decay or None,
-    "train.label_smoothing": lambda c: c.train.label_smoothing or None,
-    "init.checkpoint": lambda c: c.init.checkpoint or None,
-    "optimizer.freeze": lambda c: c.optimizer.freeze or None,
-    "optimizer.lr_multipliers": lambda c: tuple(c.optimizer.lr_multipliers) or None,
-    "data.on_device": lambda c: c.data.get("on_device", False) or None,
-    "data.synthetic": lambda c: c.data.get("synthetic", False) or None,
+    'train.precision': lambda c: None if c.train.precision == 'float32' else c.train.precision,
+    'train.model_parallel': lambda c: None if c.train.model_parallel == 1 else c.train.model_parallel,
+    'train.bn_group_size': lambda c: c.train.bn_group_size or None,
+    'train.accumulate_steps': lambda c: None if c.train.accumulate_steps == 1 else c.train.accumulate_steps,
+    'train.ema_decay': lambda c: c.train.ema_decay or None,
+    'train.label_smoothing': lambda c: c.train.label_smoothing or None,
+    'init.checkpoint': lambda c: c.init.checkpoint or None,
+    'optimizer.freeze': lambda c: c.optimizer.freeze or None,
+    'optimizer.lr_multipliers': lambda c: tuple(c.optimizer.lr_multipliers) or None,
+    'data.on_device': lambda c: c.data.get('on_device', False) or None,
+    'data.synthetic': lambda c: c.data.get('synthetic', False) or None,
     # The input pipeline's knobs (research/data): which pipeline a task reads decides what it takes.
-    "data.image_size": lambda c: c.data.image_size or None,
-    "data.classes": lambda c: tuple(c.data.classes) or None,
-    "data.eval_resize": lambda c: c.data.eval_resize or None,
-    "data.num_threads": lambda c: c.data.num_threads or None,
-    "data.num_workers": lambda c: c.data.num_workers or None,
-    "data.augment.crop_padding": lambda c: c.data.augment.crop_padding or None,
-    "data.augment.flip": lambda c: c.data.augment.flip or None,
-    "data.augment.rotation": lambda c: c.data.augment.rotation or None,
-    "data.augment.scale": lambda c: c.data.augment.scale or None,
-    "data.augment.brightness": lambda c: c.data.augment.brightness or None,
-    "data.augment.random_resized_crop": lambda c: c.data.augment.random_resized_crop or None,
-    "data.augment.randaugment": lambda c: c.data.augment.randaugment or None,
-    "data.augment.autoaugment": lambda c: c.data.augment.autoaugment or None,
-    "data.augment.mixup": lambda c: c.data.augment.mixup or None,
-    "data.augment.cutmix": lambda c: c.data.augment.cutmix or None,
+    'data.image_size': lambda c: c.data.image_size or None,
+    'data.classes': lambda c: tuple(c.data.classes) or None,
+    'data.eval_resize': lambda c: c.data.eval_resize or None,
+    'data.num_threads': lambda c: c.data.num_threads or None,
+    'data.num_workers': lambda c: c.data.num_workers or None,
+    'data.augment.crop_padding': lambda c: c.data.augment.crop_padding or None,
+    'data.augment.flip': lambda c: c.data.augment.flip or None,
+    'data.augment.rotation': lambda c: c.data.augment.rotation or None,
+    'data.augment.scale': lambda c: c.data.augment.scale or None,
+    'data.augment.brightness': lambda c: c.data.augment.brightness or None,
+    'data.augment.random_resized_crop': lambda c: c.data.augment.random_resized_crop or None,
+    'data.augment.randaugment': lambda c: c.data.augment.randaugment or None,
+    'data.augment.autoaugment': lambda c: c.data.augment.autoaugment or None,
+    'data.augment.mixup': lambda c: c.data.augment.mixup or None,
+    'data.augment.cutmix': lambda c: c.data.augment.cutmix or None,
 }
 
 #: The knobs of the classification input pipeline (``research.data.pipeline``): the tasks that read it
 #: (classification, gan, fast_style) take them all but the label mixing.
 PIPELINE_KNOBS = frozenset(
     {
-        "data.image_size",
-        "data.classes",
-        "data.eval_resize",
-        "data.num_threads",
-        "data.num_workers",
-        "data.augment.crop_padding",
-        "data.augment.flip",
-        "data.augment.rotation",
-        "data.augment.scale",
-        "data.augment.brightness",
-        "data.augment.random_resized_crop",
-        "data.augment.randaugment",
-        "data.augment.autoaugment",
+        'data.image_size',
+        'data.classes',
+        'data.eval_resize',
+        'data.num_threads',
+        'data.num_workers',
+        'data.augment.crop_padding',
+        'data.augment.flip',
+        'data.augment.rotation',
+        'data.augment.scale',
+        'data.augment.brightness',
+        'data.augment.random_resized_crop',
+        'data.augment.randaugment',
+        'data.augment.autoaugment',
     }
 )
 
 #: Knobs every task takes: the loop implements them the same way for all.
-UNIVERSAL = frozenset({"train.cpu_conv"})
+UNIVERSAL = frozenset({'train.cpu_conv'})
 
 
-def check_knobs(task: "Task", config: ConfigDict) -> None:
+def check_knobs(task: 'Task', config: ConfigDict) -> None:
     """Raises :class:`ConfigError` naming the first knob that is set but not supported by ``task``."""
     for key, value_of in KNOBS.items():
         value = value_of(config)
@@ -101,7 +101,7 @@ def check_knobs(task: "Task", config: ConfigDict) -> None:
             ok = sorted(task.supports & KNOBS.keys())
             raise ConfigError(
                 f"{key}={value!r} is not supported by task '{task.name}' "
-                f"(it takes: {', '.join(ok) if ok else 'none of the optional knobs'}); unset it"
+                f'(it takes: {", ".join(ok) if ok else "none of the optional knobs"}); unset it'
             )
 
 
@@ -122,17 +122,17 @@ class Picture:
     """A picture an evaluation asks the loop to write: ``write(path)`` saves it (main process)."""
 
     write: Callable[[Any], Any]
-    name: str = "viz"  # subdirectory of the workdir
+    name: str = 'viz'  # subdirectory of the workdir
 
 
 class Task:
     """Base class; see the module docstring. One instance per run, built from the config."""
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ''
     section: ClassVar[str | None] = None
     supports: ClassVar[frozenset[str]] = frozenset()
-    best_metric: ClassVar[str] = "top1"
-    progress_keys: ClassVar[tuple[str, ...]] = ("loss",)
+    best_metric: ClassVar[str] = 'top1'
+    progress_keys: ClassVar[tuple[str, ...]] = ('loss',)
     #: Whether the run continues from checkpoints (every task here does; False = starts over).
     checkpoints: ClassVar[bool] = True
     #: Train on the first device only (the speed run).
@@ -146,12 +146,12 @@ class Task:
         self.steps_per_call = 1  # train steps per jitted call (the speed run's lax.scan)
 
     #: Set by the loop: 'onednn' or 'xla' (``train.cpu_conv`` resolved), and the run's mesh.
-    cpu_conv: str = "xla"
+    cpu_conv: str = 'xla'
     mesh = None
 
     def jit(self, fn, **kwargs):
         """``jax.jit`` with this run's CPU convolutions (for a task's own extra programs)."""
-        return onednn.scoped(jax.jit(fn, **kwargs), self.cpu_conv == "onednn")
+        return onednn.scoped(jax.jit(fn, **kwargs), self.cpu_conv == 'onednn')
 
     # -- config ----------------------------------------------------------------------------------
     @classmethod
@@ -188,16 +188,16 @@ class Task:
 
     def build_model(self, dtype=None):
         """The model of ``config.model`` for this task's data; ``dtype`` = ``train.precision``'s."""
-        kwargs = {k: v for k, v in self.config.model.items() if k != "name"}
-        kwargs.setdefault("num_classes", self.info.num_classes)
+        kwargs = {k: v for k, v in self.config.model.items() if k != 'name'}
+        kwargs.setdefault('num_classes', self.info.num_classes)
         if dtype is not None:
-            kwargs["dtype"] = dtype
+            kwargs['dtype'] = dtype
         return models.create(self.config.model.name, **kwargs)
 
     def init_variables(self, model, rng: jax.Array) -> PyTree:
         """The model's variables from ``rng`` (on a sample input; pure: the loop jits it)."""
         sample = jnp.zeros((1, *self.info.image_shape), jnp.float32)
-        return model.init({"params": rng, "dropout": rng}, sample, train=False)
+        return model.init({'params': rng, 'dropout': rng}, sample, train=False)
 
     def make_tx(self, schedule):
         """The optimizer of ``config.optimizer`` on ``schedule`` (with ``optimizer.freeze`` /
@@ -209,8 +209,8 @@ class Task:
         """The initial train state (pure; the loop jits it onto the state shardings)."""
         init_rng, state_rng = jax.random.split(rng)
         variables = dict(self.init_variables(model, init_rng))
-        params = variables.pop("params")
-        batch_stats = variables.pop("batch_stats", {})
+        params = variables.pop('params')
+        batch_stats = variables.pop('batch_stats', {})
         return TrainState(
             step=jnp.asarray(0, jnp.int32),
             params=params,
@@ -223,7 +223,9 @@ class Task:
         )
 
     # -- training --------------------------------------------------------------------------------
-    def loss(self, params, state, batch: dict, rng: jax.Array, *, forward) -> tuple[jax.Array, tuple[dict, PyTree]]:
+    def loss(
+        self, params, state, batch: dict, rng: jax.Array, *, forward
+    ) -> tuple[jax.Array, tuple[dict, PyTree]]:
         """``(loss, (metrics, new_batch_stats))`` of one batch, differentiable in ``params``; ``rng`` is
         the step's key (folded with the micro-batch under ``train.accumulate_steps``).
 
@@ -251,14 +253,14 @@ class Task:
         raise NotImplementedError
 
     def eval_message(self, res: dict) -> str:
-        return ", ".join(f"{k} {v:.4f}" for k, v in res.items() if isinstance(v, float))
+        return ', '.join(f'{k} {v:.4f}' for k, v in res.items() if isinstance(v, float))
 
     def done_message(self, res: dict) -> str:
-        return f"{self.config.data.eval_split} {self.eval_message(res)}"
+        return f'{self.config.data.eval_split} {self.eval_message(res)}'
 
     def describe(self) -> str:
         """The data part of the run header."""
-        return f"data {self.info.name} {self.info.num_examples}"
+        return f'data {self.info.name} {self.info.num_examples}'
 
     def summary(self, state, summary: dict[str, Any]) -> dict[str, Any]:
         """Task-specific entries of ``summary.json`` (``summary``: the loop's entries so far)."""

@@ -23,7 +23,14 @@ from ml_collections import ConfigDict
 from research import data as data_lib
 from research import storage
 from research.configlib import ConfigError, with_model
-from research.generative.dcgan import build_gan, classifier_scores, create_gan_state, dcgan_adam, gan_train_step, generate
+from research.generative.dcgan import (
+    build_gan,
+    classifier_scores,
+    create_gan_state,
+    dcgan_adam,
+    gan_train_step,
+    generate,
+)
 from research.tasks.base import PIPELINE_KNOBS, DataInfo, Picture, Task
 from research.tasks.classification import Classification
 from research.train import loop
@@ -44,20 +51,20 @@ class ClassifierScorer:
 
     def __init__(self, workdir: str | os.PathLike):
         workdir = storage.as_path(workdir)
-        saved = json.loads((workdir / "config.json").read_text())
-        resolved = saved.pop("_resolved", {})
+        saved = json.loads((workdir / 'config.json').read_text())
+        resolved = saved.pop('_resolved', {})
         self.config = ConfigDict(saved)
         info = data_lib.get_dataset_info(self.config.data)
         self.mean = np.asarray(info.mean, np.float32)
         self.std = np.asarray(info.std, np.float32)
-        self.model = loop.build_model(self.config, int(resolved.get("num_classes", info.num_classes)))
+        self.model = loop.build_model(self.config, int(resolved.get('num_classes', info.num_classes)))
         ckpt = Checkpointer(workdir, async_save=False)
         state = ckpt.restore_raw()
         ckpt.close()
-        self.variables = {"params": state["params"]}
-        if state.get("batch_stats"):
-            self.variables["batch_stats"] = state["batch_stats"]
-        self.variables.update(state.get("constants") or {})
+        self.variables = {'params': state['params']}
+        if state.get('batch_stats'):
+            self.variables['batch_stats'] = state['batch_stats']
+        self.variables.update(state.get('constants') or {})
         self._probs = jax.jit(lambda v, x: jax.nn.softmax(self.model.apply(v, x, train=False), axis=-1))
 
     def probs(self, images01, batch_size: int = 500) -> np.ndarray:
@@ -78,14 +85,14 @@ def score_classifier_config(gc: ConfigDict, data_cfg: ConfigDict, base: ConfigDi
     with_model(c, gc.classifier_model)
     c.data = ConfigDict(data_cfg.to_dict())
     c.data.normalize = True
-    c.optimizer.name = "adam"
+    c.optimizer.name = 'adam'
     c.optimizer.lr = 2e-3
-    c.train.duration = f"{gc.classifier_epochs} epochs"
+    c.train.duration = f'{gc.classifier_epochs} epochs'
     c.train.batch_size = 64
     c.train.eval_batch_size = 500
     c.train.log_every_steps = 100
-    c.train.eval_every = ""
-    c.train.checkpoint_every = ""
+    c.train.eval_every = ''
+    c.train.checkpoint_every = ''
     return c
 
 
@@ -94,28 +101,30 @@ def ensure_score_classifier(config: ConfigDict, *, show_progress: bool = True) -
     the same loop) when it holds no finished run."""
     gc = config.gan
     workdir = storage.as_path(gc.classifier_workdir)
-    summary = workdir / "summary.json"
-    if summary.exists() and json.loads(summary.read_text()).get("complete"):
+    summary = workdir / 'summary.json'
+    if summary.exists() and json.loads(summary.read_text()).get('complete'):
         return workdir
     base = ConfigDict(config.to_dict())  # every section, at this config's values; reset what the run reads
-    base.task = "classification"
+    base.task = 'classification'
     c = score_classifier_config(gc, config.data, base)
     c.seed = 0
-    c.schedule.name, c.schedule.warmup = "cosine", "0 steps"
-    c.train.label_smoothing, c.train.precision, c.train.model_parallel = 0.0, "float32", 1
-    c.init.checkpoint = ""
-    print(f"training the scoring classifier {gc.classifier_model} into {workdir} ({gc.classifier_epochs} epochs)")
+    c.schedule.name, c.schedule.warmup = 'cosine', '0 steps'
+    c.train.label_smoothing, c.train.precision, c.train.model_parallel = 0.0, 'float32', 1
+    c.init.checkpoint = ''
+    print(
+        f'training the scoring classifier {gc.classifier_model} into {workdir} ({gc.classifier_epochs} epochs)'
+    )
     loop.run(loop.Trainer(Classification(c), show_progress=show_progress), workdir)
     return workdir
 
 
 class Gan(Task):
-    name = "gan"
-    section = "gan"
-    supports = PIPELINE_KNOBS | frozenset({"train.model_parallel"})
+    name = 'gan'
+    section = 'gan'
+    supports = PIPELINE_KNOBS | frozenset({'train.model_parallel'})
     custom_step = True
-    best_metric = "score"
-    progress_keys = ("d_loss", "g_loss", "d_real")
+    best_metric = 'score'
+    progress_keys = ('d_loss', 'g_loss', 'd_real')
 
     @classmethod
     def defaults(cls) -> ConfigDict:
@@ -133,8 +142,8 @@ class Gan(Task):
                 b2=0.999,
                 grid_samples=64,  # fixed z, one PNG grid per evaluation
                 score_samples=1000,  # samples scored per evaluation by the classifier (0 = no score)
-                classifier_workdir="runs/dcgan_score_lenet5",  # trained first if it holds no finished run
-                classifier_model="lenet5_modern",
+                classifier_workdir='runs/dcgan_score_lenet5',  # trained first if it holds no finished run
+                classifier_model='lenet5_modern',
                 classifier_epochs=5,
             )
         )
@@ -143,7 +152,7 @@ class Gan(Task):
         if self.config.data.normalize:
             raise ConfigError(
                 "task 'gan' reads images in [0, 1] (mapped to [-1, 1]): set data.normalize=False "
-                f"(now data.normalize={self.config.data.normalize!r})"
+                f'(now data.normalize={self.config.data.normalize!r})'
             )
 
     def setup(self) -> DataInfo:
@@ -167,19 +176,25 @@ class Gan(Task):
 
     def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
         return data_lib.make_train_iterator(
-            self.config.data, seed=seed, global_batch_size=global_batch_size,
-            process_index=process_index, process_count=process_count,
-        )  # fmt: skip
+            self.config.data,
+            seed=seed,
+            global_batch_size=global_batch_size,
+            process_index=process_index,
+            process_count=process_count,
+        )
 
     def eval_iterator(self, split, *, global_batch_size, process_index, process_count):
         return data_lib.make_eval_iterator(
-            self.config.data, split, global_batch_size=global_batch_size,
-            process_index=process_index, process_count=process_count,
-        )  # fmt: skip
+            self.config.data,
+            split,
+            global_batch_size=global_batch_size,
+            process_index=process_index,
+            process_count=process_count,
+        )
 
     @property
     def model_name(self) -> str:
-        return "dcgan"
+        return 'dcgan'
 
     def build_model(self, dtype=None):
         return build_gan(self.config, self.info.image_shape)
@@ -195,15 +210,15 @@ class Gan(Task):
         )
 
     def train_step(self, state, batch, num_steps: int = 1):
-        return gan_train_step(state, {"image": batch["image"] * 2.0 - 1.0})
+        return gan_train_step(state, {'image': batch['image'] * 2.0 - 1.0})
 
     def eval_step(self, state, batch):
-        return {"count": jnp.sum(batch["mask"].astype(jnp.float32))}
+        return {'count': jnp.sum(batch['mask'].astype(jnp.float32))}
 
     def evaluate(self, state, split, batches, run, *, final):
         """A grid of G(z) for fixed z and the classifier scores of ``gan.score_samples`` samples; at the
         end, also the scores of the real images of ``split`` (the reference)."""
-        gen = self.jit(generate, static_argnames="train")
+        gen = self.jit(generate, static_argnames='train')
         grid = _to_unit(gen(state, self.z_grid))
         res: dict[str, Any] = {}
         if self.scorer is not None:
@@ -212,25 +227,25 @@ class Gan(Task):
             )
             res.update(self.scorer.scores(samples))
             if final:
-                real = np.concatenate([b["image"][b["mask"]] for b in batches])
+                real = np.concatenate([b['image'][b['mask']] for b in batches])
                 self.real_scores = self.scorer.scores(real)
-                res["real_score"] = self.real_scores["score"]
-        return res, Picture(lambda path: save_png(make_grid(grid, padding=2), path, scale=2), name="samples")
+                res['real_score'] = self.real_scores['score']
+        return res, Picture(lambda path: save_png(make_grid(grid, padding=2), path, scale=2), name='samples')
 
     def eval_message(self, res):
-        if "score" not in res:
-            return "samples written"
-        return f"score {res['score']:.2f} confidence {res['confidence']:.3f}"
+        if 'score' not in res:
+            return 'samples written'
+        return f'score {res["score"]:.2f} confidence {res["confidence"]:.3f}'
 
     def done_message(self, res):
         msg = self.eval_message(res)
-        if "real_score" in res:
-            msg += f" (real test images {res['real_score']:.2f})"
+        if 'real_score' in res:
+            msg += f' (real test images {res["real_score"]:.2f})'
         return msg
 
     def summary(self, state, summary) -> dict[str, Any]:
         count = lambda tree: sum(int(np.prod(p.shape)) for p in jax.tree.leaves(tree))  # noqa: E731
-        out = {"g_params": count(state.g_params), "d_params": count(state.d_params)}
+        out = {'g_params': count(state.g_params), 'd_params': count(state.d_params)}
         if self.real_scores is not None:
-            out["real_test_scores"] = self.real_scores
+            out['real_test_scores'] = self.real_scores
         return out

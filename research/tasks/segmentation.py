@@ -26,14 +26,19 @@ from research.configlib import ConfigError
 from research.segmentation import data as seg_data
 from research.segmentation import viz as seg_viz
 from research.segmentation.crf import dense_crf
-from research.segmentation.losses import IGNORE_LABEL, median_frequency_weights, pixel_cross_entropy, segmentation_loss
+from research.segmentation.losses import (
+    IGNORE_LABEL,
+    median_frequency_weights,
+    pixel_cross_entropy,
+    segmentation_loss,
+)
 from research.segmentation.metrics import confusion_matrix, metrics_from_confusion
 from research.tasks.base import DataInfo, Picture, Task, eval_totals
 
 
 def has_aux(model, sample: jax.Array) -> bool:
     """Whether ``model(x, return_aux=True)`` returns ``(logits, {'aux': ...})`` (shape-only trace)."""
-    if "return_aux" not in inspect.signature(type(model).__call__).parameters:
+    if 'return_aux' not in inspect.signature(type(model).__call__).parameters:
         return False
     try:
         out = jax.eval_shape(
@@ -41,7 +46,7 @@ def has_aux(model, sample: jax.Array) -> bool:
         )
     except Exception:  # pylint: disable=broad-except  # e.g. 'UNet has no auxiliary head'
         return False
-    return isinstance(out, tuple) and len(out) == 2 and "aux" in out[1]
+    return isinstance(out, tuple) and len(out) == 2 and 'aux' in out[1]
 
 
 def seg_eval_sums(
@@ -61,42 +66,44 @@ def seg_eval_sums(
     matrix of the dense-CRF refined predictions (``crf_confusion``), the reference image being the
     un-normalised input (``x * std + mean``) in 0..255.
     """
-    logits = state.apply_fn(state.variables(), batch["image"], train=False)
-    weights = jnp.broadcast_to(batch["mask"][:, None, None], batch["label"].shape).astype(jnp.float32)
-    ce_sum, _ = pixel_cross_entropy(logits, batch["label"], weights=weights)
+    logits = state.apply_fn(state.variables(), batch['image'], train=False)
+    weights = jnp.broadcast_to(batch['mask'][:, None, None], batch['label'].shape).astype(jnp.float32)
+    ce_sum, _ = pixel_cross_entropy(logits, batch['label'], weights=weights)
     preds = jnp.argmax(logits, -1)
     out = {
-        "confusion": confusion_matrix(preds, batch["label"], num_classes, weights=weights),
-        "ce_sum": ce_sum,
-        "pixels": jnp.sum((batch["label"] != IGNORE_LABEL) & (weights > 0), dtype=jnp.int32),
-        "examples": jnp.sum(batch["mask"], dtype=jnp.int32),
+        'confusion': confusion_matrix(preds, batch['label'], num_classes, weights=weights),
+        'ce_sum': ce_sum,
+        'pixels': jnp.sum((batch['label'] != IGNORE_LABEL) & (weights > 0), dtype=jnp.int32),
+        'examples': jnp.sum(batch['mask'], dtype=jnp.int32),
     }
     if crf is not None:
-        image = (batch["image"] * jnp.asarray(std) + jnp.asarray(mean)) * 255.0
+        image = (batch['image'] * jnp.asarray(std) + jnp.asarray(mean)) * 255.0
         q = dense_crf(logits, image, **crf)
-        out["crf_confusion"] = confusion_matrix(jnp.argmax(q, -1), batch["label"], num_classes, weights=weights)
+        out['crf_confusion'] = confusion_matrix(
+            jnp.argmax(q, -1), batch['label'], num_classes, weights=weights
+        )
     return out
 
 
 class Segmentation(Task):
-    name = "segmentation"
-    section = "seg"
+    name = 'segmentation'
+    section = 'seg'
     supports = frozenset(
         {
-            "train.precision",
-            "train.model_parallel",
-            "train.bn_group_size",
-            "train.accumulate_steps",
-            "train.ema_decay",
-            "init.checkpoint",
-            "optimizer.freeze",
-            "optimizer.lr_multipliers",
-            "data.augment.crop_padding",  # joint image / label pad-and-crop and flip
-            "data.augment.flip",
+            'train.precision',
+            'train.model_parallel',
+            'train.bn_group_size',
+            'train.accumulate_steps',
+            'train.ema_decay',
+            'init.checkpoint',
+            'optimizer.freeze',
+            'optimizer.lr_multipliers',
+            'data.augment.crop_padding',  # joint image / label pad-and-crop and flip
+            'data.augment.flip',
         }
     )
-    best_metric = "miou"
-    progress_keys = ("loss", "pixel_acc")
+    best_metric = 'miou'
+    progress_keys = ('loss', 'pixel_acc')
 
     @classmethod
     def defaults(cls) -> ConfigDict:
@@ -115,18 +122,18 @@ class Segmentation(Task):
                 ce_weight=1.0,  # loss = ce_weight * CE (ignore label 255) + dice_weight * soft Dice
                 dice_weight=0.0,
                 # CE class weights: 'none' | 'median_frequency' (SegNet Sec. 3.1; from the train split's labels)
-                class_balance="none",
+                class_balance='none',
                 aux_weight=0.4,  # weight of an auxiliary head's loss (models with return_aux)
                 crf_eval=False,  # final evaluation also reports crf_miou etc. after dense-CRF post-processing
                 crf_iterations=5,  # mean-field iterations (research.segmentation.crf.dense_crf)
-                crf_method="approx",  # 'exact' | 'approx' (bilateral grid) | 'auto'
+                crf_method='approx',  # 'exact' | 'approx' (bilateral grid) | 'auto'
                 viz_examples=8,  # rows of the input | truth | prediction PNG written at each eval
             )
         )
 
     def check(self) -> None:
         mode = str(self.config.seg.class_balance)
-        if mode not in ("", "none", "median_frequency"):
+        if mode not in ('', 'none', 'median_frequency'):
             raise ConfigError(f"seg.class_balance must be 'none' or 'median_frequency'; got {mode!r}")
 
     # -- data ------------------------------------------------------------------------------------
@@ -145,7 +152,7 @@ class Segmentation(Task):
 
     def _class_weights(self, mode: str) -> tuple[float, ...] | None:
         """``seg.class_balance``: 'none' or 'median_frequency' (weights from the whole train split)."""
-        if mode in ("", "none"):
+        if mode in ('', 'none'):
             return None
         builder = seg_data.get_seg_builder(self.config.data, self.config.seg)
         split = seg_data.get_split(builder, str(self.config.data.train_split), self.config.seg)
@@ -157,16 +164,24 @@ class Segmentation(Task):
     def train_iterator(self, *, seed, global_batch_size, process_index, process_count):
         c = self.config
         return seg_data.make_train_iterator(
-            c.data, c.seg, seed=seed, global_batch_size=global_batch_size,
-            process_index=process_index, process_count=process_count,
-        )  # fmt: skip
+            c.data,
+            c.seg,
+            seed=seed,
+            global_batch_size=global_batch_size,
+            process_index=process_index,
+            process_count=process_count,
+        )
 
     def eval_iterator(self, split, *, global_batch_size, process_index, process_count):
         c = self.config
         return seg_data.make_eval_iterator(
-            c.data, c.seg, split, global_batch_size=global_batch_size,
-            process_index=process_index, process_count=process_count,
-        )  # fmt: skip
+            c.data,
+            c.seg,
+            split,
+            global_batch_size=global_batch_size,
+            process_index=process_index,
+            process_count=process_count,
+        )
 
     # -- model -----------------------------------------------------------------------------------
     def build_model(self, dtype=None):
@@ -178,25 +193,25 @@ class Segmentation(Task):
 
     def init_variables(self, model, rng):
         sample = jnp.zeros((1, *self.info.image_shape), jnp.float32)
-        kw = {"return_aux": True} if self.aux_weight else {}  # create the auxiliary head too
-        return model.init({"params": rng, "dropout": rng}, sample, train=False, **kw)
+        kw = {'return_aux': True} if self.aux_weight else {}  # create the auxiliary head too
+        return model.init({'params': rng, 'dropout': rng}, sample, train=False, **kw)
 
     # -- steps -----------------------------------------------------------------------------------
     def loss(self, params, state, batch, rng, *, forward):
         sc = self.config.seg
-        labels = batch["label"]
+        labels = batch['label']
         cw = None if self.class_weights is None else jnp.asarray(self.class_weights, jnp.float32)
-        kw = {"return_aux": True} if self.aux_weight else {}
-        out, new_vars = forward(state.variables(params), batch["image"], rngs={"dropout": rng}, **kw)
+        kw = {'return_aux': True} if self.aux_weight else {}
+        out, new_vars = forward(state.variables(params), batch['image'], rngs={'dropout': rng}, **kw)
         logits, extras = out if self.aux_weight else (out, {})
         lw = dict(ce_weight=float(sc.ce_weight), dice_weight=float(sc.dice_weight), class_weights=cw)
         loss = segmentation_loss(logits, labels, **lw)
         if self.aux_weight:
-            loss = loss + self.aux_weight * segmentation_loss(extras["aux"], labels, **lw)
+            loss = loss + self.aux_weight * segmentation_loss(extras['aux'], labels, **lw)
         valid = (labels != IGNORE_LABEL).astype(jnp.float32)
         correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32) * valid
-        metrics = {"pixel_acc": correct.sum() / jnp.maximum(valid.sum(), 1.0)}
-        return loss, (metrics, new_vars.get("batch_stats", state.batch_stats))
+        metrics = {'pixel_acc': correct.sum() / jnp.maximum(valid.sum(), 1.0)}
+        return loss, (metrics, new_vars.get('batch_stats', state.batch_stats))
 
     def eval_step(self, state, batch):
         return seg_eval_sums(state, batch, num_classes=self.info.num_classes)
@@ -205,12 +220,16 @@ class Segmentation(Task):
         sc = self.config.seg
         crf = dict(num_iterations=int(sc.crf_iterations), method=str(sc.crf_method))
         return seg_eval_sums(
-            state, batch, num_classes=self.info.num_classes, crf=crf,
-            mean=tuple(self.seg_info.mean), std=tuple(self.seg_info.std),
-        )  # fmt: skip
+            state,
+            batch,
+            num_classes=self.info.num_classes,
+            crf=crf,
+            mean=tuple(self.seg_info.mean),
+            std=tuple(self.seg_info.std),
+        )
 
     def predict_step(self, state, batch):
-        return jnp.argmax(state.apply_fn(state.variables(), batch["image"], train=False), -1)
+        return jnp.argmax(state.apply_fn(state.variables(), batch['image'], train=False), -1)
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, state, split, batches, run, *, final):
@@ -226,19 +245,19 @@ class Segmentation(Task):
                 yield b
 
         totals = eval_totals(tap(batches), functools.partial(run, fn=self.eval_step_crf) if crf else run)
-        res = metrics_from_confusion(totals["confusion"], self.seg_info.class_names)
-        if "crf_confusion" in totals:
-            crf_res = metrics_from_confusion(totals["crf_confusion"], self.seg_info.class_names)
-            res.update({f"crf_{k}": v for k, v in crf_res.items() if k in ("miou", "pixel_acc", "mean_acc")})
-        res["loss"] = float(totals["ce_sum"]) / max(float(totals["pixels"]), 1.0)
-        res["count"] = int(totals["examples"])  # real examples evaluated (every host's, once each)
+        res = metrics_from_confusion(totals['confusion'], self.seg_info.class_names)
+        if 'crf_confusion' in totals:
+            crf_res = metrics_from_confusion(totals['crf_confusion'], self.seg_info.class_names)
+            res.update({f'crf_{k}': v for k, v in crf_res.items() if k in ('miou', 'pixel_acc', 'mean_acc')})
+        res['loss'] = float(totals['ce_sum']) / max(float(totals['pixels']), 1.0)
+        res['count'] = int(totals['examples'])  # real examples evaluated (every host's, once each)
         expected = self.info.num_examples.get(split)
-        if expected is not None and res["count"] != expected:
+        if expected is not None and res['count'] != expected:
             raise RuntimeError(
                 f"segmentation evaluation on '{split}' counted {res['count']} examples, the split has {expected}"
             )
-        if int(res["pixels"]) != int(totals["pixels"]):
-            raise RuntimeError("confusion matrix and loss counted different pixels")
+        if int(res['pixels']) != int(totals['pixels']):
+            raise RuntimeError('confusion matrix and loss counted different pixels')
         picture = None
         if first and self.config.seg.viz_examples:
             batch = first[0]
@@ -247,19 +266,19 @@ class Segmentation(Task):
         return res, picture
 
     def save_picture(self, batch: dict, preds, path):
-        n = min(int(self.config.seg.viz_examples), int(np.asarray(batch["mask"]).sum()))
+        n = min(int(self.config.seg.viz_examples), int(np.asarray(batch['mask']).sum()))
         mean = np.asarray(self.seg_info.mean, np.float32)
         std = np.asarray(self.seg_info.std, np.float32)
-        x = np.asarray(batch["image"][:n])
+        x = np.asarray(batch['image'][:n])
         return seg_viz.save_result_grid(
-            path, x * std + mean, np.asarray(batch["label"][:n]), np.asarray(preds)[:n], self.info.num_classes
+            path, x * std + mean, np.asarray(batch['label'][:n]), np.asarray(preds)[:n], self.info.num_classes
         )
 
     def eval_message(self, res: dict) -> str:
         return (
-            f"mIoU {100 * res['miou']:.2f}% pixel acc {100 * res['pixel_acc']:.2f}% loss {res['loss']:.4f}"
-            + (f" | with dense CRF: mIoU {100 * res['crf_miou']:.2f}%" if "crf_miou" in res else "")
+            f'mIoU {100 * res["miou"]:.2f}% pixel acc {100 * res["pixel_acc"]:.2f}% loss {res["loss"]:.4f}'
+            + (f' | with dense CRF: mIoU {100 * res["crf_miou"]:.2f}%' if 'crf_miou' in res else '')
         )
 
     def done_message(self, res: dict) -> str:
-        return f"{self.config.data.eval_split} mIoU {100 * res['miou']:.2f}% pixel acc {100 * res['pixel_acc']:.2f}%"
+        return f'{self.config.data.eval_split} mIoU {100 * res["miou"]:.2f}% pixel acc {100 * res["pixel_acc"]:.2f}%'

@@ -84,12 +84,18 @@ class SpeedrunState:
     def arrays(self) -> dict[str, PyTree]:
         """The checkpointed part (no functions)."""
         return dict(
-            train=self.train.arrays(), ema_params=self.ema_params, ema_stats=self.ema_stats,
-            ema_ready=self.ema_ready, aug_rng=self.aug_rng,
-        )  # fmt: skip
+            train=self.train.arrays(),
+            ema_params=self.ema_params,
+            ema_stats=self.ema_stats,
+            ema_ready=self.ema_ready,
+            aug_rng=self.aug_rng,
+        )
 
     def replace_arrays(self, arrays: dict[str, PyTree]) -> 'SpeedrunState':
-        return self.replace(train=self.train.replace_arrays(arrays['train']), **{k: v for k, v in arrays.items() if k != 'train'})
+        return self.replace(
+            train=self.train.replace_arrays(arrays['train']),
+            **{k: v for k, v in arrays.items() if k != 'train'},
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,8 +319,6 @@ def _padded_batches(images: np.ndarray, labels: np.ndarray, size: int):
         yield x, y, mask
 
 
-
-
 # --------------------------------------------------------------------------- the task
 
 
@@ -377,7 +381,7 @@ class Speedrun(Task):
     def check(self) -> None:
         sc = self.config.speedrun
         if sc.flip not in FLIP_MODES:
-            raise ConfigError(f"unknown speedrun.flip {sc.flip!r}; expected one of {', '.join(FLIP_MODES)}")
+            raise ConfigError(f'unknown speedrun.flip {sc.flip!r}; expected one of {", ".join(FLIP_MODES)}')
         if sc.tta_level not in (0, 1, 2):
             raise ConfigError(f'speedrun.tta_level must be 0, 1 or 2; got {sc.tta_level}')
         if sc.steps_per_call < 1:
@@ -406,9 +410,13 @@ class Speedrun(Task):
         self.mean = np.asarray(info.mean, np.float32)
         self.std = np.asarray(info.std, np.float32)
         self.host_data = {
-            'images': self.train_x, 'labels': train_y.astype(np.int32), 'perms': perms,
-            'flip_bits': rng.random(n) < 0.5, 'mean': self.mean, 'std': self.std,
-        }  # fmt: skip
+            'images': self.train_x,
+            'labels': train_y.astype(np.int32),
+            'perms': perms,
+            'flip_bits': rng.random(n) < 0.5,
+            'mean': self.mean,
+            'std': self.std,
+        }
         self.steps_per_call = int(sc.steps_per_call)
         self.recipe = Recipe(
             batch_size=batch,
@@ -452,7 +460,9 @@ class Speedrun(Task):
         self.whiten_trainable = bool(getattr(model, 'whiten_trainable', False))
         self.whiten_kernel = None
         sc = self.config.speedrun
-        abstract = jax.eval_shape(functools.partial(self.init_variables, model), jax.random.key_data(jax.random.key(0)))
+        abstract = jax.eval_shape(
+            functools.partial(self.init_variables, model), jax.random.key_data(jax.random.key(0))
+        )
         if 'whiten' in abstract['params'] and sc.whiten_samples:
             t0 = time.perf_counter()
             k = int(abstract['params']['whiten']['kernel'].shape[0])
@@ -484,7 +494,9 @@ class Speedrun(Task):
 
     def eval_step_tta(self, state, batch):
         level = int(self.config.speedrun.tta_level)
-        return eval_batch(state, batch['image'], batch['label'], batch['mask'], self.mean, self.std, level=level)
+        return eval_batch(
+            state, batch['image'], batch['label'], batch['mask'], self.mean, self.std, level=level
+        )
 
     def evaluate(self, state, split, batches, run, *, final):
         """Plain evaluation during training; test-time augmentation (``speedrun.tta_level``) at the end
@@ -506,26 +518,28 @@ class Speedrun(Task):
         return res, None
 
     def eval_message(self, res):
-        return f"loss {res['loss']:.4f} top1 {100 * res['top1']:.2f}% (TTA {res['tta_level']})"
+        return f'loss {res["loss"]:.4f} top1 {100 * res["top1"]:.2f}% (TTA {res["tta_level"]})'
 
     def done_message(self, res):
         sc = self.config.speedrun
         return (
-            f"{self.config.data.eval_split} top1 {100 * res['top1']:.2f}% (TTA {sc.tta_level}; plain "
-            f"{100 * res['top1_plain']:.2f}%) | whitening {self.whiten_s:.2f}s, eval {self.eval_s:.1f}s"
+            f'{self.config.data.eval_split} top1 {100 * res["top1"]:.2f}% (TTA {sc.tta_level}; plain '
+            f'{100 * res["top1_plain"]:.2f}%) | whitening {self.whiten_s:.2f}s, eval {self.eval_s:.1f}s'
         )
 
     def describe(self) -> str:
         return (
-            f"data {self.info.name} train {self.info.num_train} test {len(self.test_x)} | "
-            f"batch {self.recipe.batch_size}, {self.steps_per_call} steps per call | data load {self.data_load_s:.1f}s"
+            f'data {self.info.name} train {self.info.num_train} test {len(self.test_x)} | '
+            f'batch {self.recipe.batch_size}, {self.steps_per_call} steps per call | data load {self.data_load_s:.1f}s'
         )
 
     def summary(self, state, summary) -> dict[str, Any]:
         train_s = float(summary.get('train_time_s') or 0.0)
         out = {
             'steps_per_call': self.steps_per_call,
-            'device': str(getattr(self.mesh.devices.flat[0], 'device_kind', self.mesh.devices.flat[0].platform)),
+            'device': str(
+                getattr(self.mesh.devices.flat[0], 'device_kind', self.mesh.devices.flat[0].platform)
+            ),
             'whiten_time_s': self.whiten_s,
             'data_load_s': self.data_load_s,
         }

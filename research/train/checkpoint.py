@@ -37,12 +37,12 @@ from etils import epath
 from research import storage
 from research.configlib import ConfigError
 
-CHECKSUMS = "checksums.json"
+CHECKSUMS = 'checksums.json'
 # Files orbax writes or rewrites at the step's root *after* the record (the commit timestamp in
 # _CHECKPOINT_METADATA, the success marker). Neither holds array bytes or the iterator state.
-UNHASHED = ("_CHECKPOINT_METADATA", "commit_success.txt", CHECKSUMS)
-CORRUPT_DIR = "corrupt"  # checkpoints/corrupt/<step>-<time>: steps that failed verification
-REWOUND_DIR = "rewound"  # checkpoints/rewound/<step>-<time>: steps set aside by `rewind`
+UNHASHED = ('_CHECKPOINT_METADATA', 'commit_success.txt', CHECKSUMS)
+CORRUPT_DIR = 'corrupt'  # checkpoints/corrupt/<step>-<time>: steps that failed verification
+REWOUND_DIR = 'rewound'  # checkpoints/rewound/<step>-<time>: steps set aside by `rewind`
 _CHUNK = 1 << 20
 
 
@@ -55,19 +55,19 @@ class CorruptCheckpointError(CheckpointError):
 
     def __init__(self, step: int, reason: str, path: Any):
         self.step, self.reason, self.path = step, reason, path
-        super().__init__(f"checkpoint step {step} ({path}) failed verification: {reason}")
+        super().__init__(f'checkpoint step {step} ({path}) failed verification: {reason}')
 
 
 def as_path(path: Any) -> epath.Path:
     """``path`` as an ``epath.Path``; local paths made absolute (orbax wants absolute paths)."""
     p = epath.Path(path)
-    return p if "://" in str(path) else p.resolve()
+    return p if '://' in str(path) else p.resolve()
 
 
 # -- checksums ----------------------------------------------------------------------------------
 def _sha256(path: epath.Path) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with path.open('rb') as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
@@ -94,8 +94,8 @@ def file_digests(step_dir: Any) -> dict[str, list]:
 def write_checksums(step_dir: Any) -> None:
     """Writes ``checksums.json`` for the files now in ``step_dir`` (atomically: temp file + rename)."""
     step_dir = epath.Path(step_dir)
-    record = {"algorithm": "sha256", "files": file_digests(step_dir)}
-    tmp = step_dir / (CHECKSUMS + ".tmp")
+    record = {'algorithm': 'sha256', 'files': file_digests(step_dir)}
+    tmp = step_dir / (CHECKSUMS + '.tmp')
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(step_dir / CHECKSUMS)
 
@@ -114,21 +114,21 @@ def verify_dir(step_dir: Any) -> str | None:
     step_dir = epath.Path(step_dir)
     try:
         record = json.loads((step_dir / CHECKSUMS).read_text())
-        files = record["files"]
+        files = record['files']
     except FileNotFoundError:
-        return f"no {CHECKSUMS} record"
+        return f'no {CHECKSUMS} record'
     except (ValueError, KeyError, TypeError):
-        return f"unreadable {CHECKSUMS}"
+        return f'unreadable {CHECKSUMS}'
     for rel, (size, _) in files.items():
         path = step_dir / rel
         if not path.exists():
-            return f"{rel} is missing"
+            return f'{rel} is missing'
         actual = int(path.stat().length)
         if actual != size:
-            return f"{rel} has {actual} bytes, {size} recorded" + (" (truncated)" if actual < size else "")
+            return f'{rel} has {actual} bytes, {size} recorded' + (' (truncated)' if actual < size else '')
     for rel, (_, digest) in files.items():
         if _sha256(step_dir / rel) != digest:
-            return f"{rel} does not match its sha256 (bytes changed)"
+            return f'{rel} does not match its sha256 (bytes changed)'
     return None
 
 
@@ -149,7 +149,7 @@ def _checksummed(base: type) -> type:
                 await asyncio.to_thread(write_checksums, epath.Path(self.get()))
             return await super().finalize(*args, **kwargs)
 
-    Checksummed.__name__ = Checksummed.__qualname__ = f"Checksummed{base.__name__}"
+    Checksummed.__name__ = Checksummed.__qualname__ = f'Checksummed{base.__name__}'
     return Checksummed
 
 
@@ -168,7 +168,7 @@ class _DropOrbaxErrors(logging.Filter):
     in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+        return not (record.levelno >= logging.ERROR and f'{os.sep}orbax{os.sep}' in (record.pathname or ''))
 
 
 _ORBAX_FILTER = _DropOrbaxErrors()
@@ -178,14 +178,14 @@ def quiet_orbax_errors(enable: bool = True) -> None:
     """Keeps orbax's multi-block ERROR logs (background-thread tracebacks) off stderr, or (False)
     lets them through again. For entry points (``launch.py`` without ``--verbose``); no effect on
     import."""
-    logger = logging.getLogger("absl")
+    logger = logging.getLogger('absl')
     if enable:
         logger.addFilter(_ORBAX_FILTER)
-        if not getattr(sys.excepthook, "_drops_closed_loop", False):
+        if not getattr(sys.excepthook, '_drops_closed_loop', False):
             sys.excepthook = _drop_closed_loop(sys.excepthook)
     else:
         logger.removeFilter(_ORBAX_FILTER)
-        sys.excepthook = getattr(sys.excepthook, "_wrapped", sys.excepthook)
+        sys.excepthook = getattr(sys.excepthook, '_wrapped', sys.excepthook)
 
 
 def _drop_closed_loop(hook):
@@ -193,7 +193,7 @@ def _drop_closed_loop(hook):
     asyncio loop and print ``RuntimeError: Event loop is closed`` through ``sys.excepthook``."""
 
     def excepthook(kind, value, tb):
-        if kind is RuntimeError and str(value) == "Event loop is closed":
+        if kind is RuntimeError and str(value) == 'Event loop is closed':
             return
         hook(kind, value, tb)
 
@@ -206,18 +206,18 @@ def check_keep(keep: Any) -> int:
     """``train.keep_checkpoints`` must be an integer >= 1 (the final checkpoint is always kept)."""
     if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 1:
         raise ConfigError(
-            f"train.keep_checkpoints={keep!r}: must be an integer >= 1 (the newest k checkpoints are "
-            "kept; the final one always)"
+            f'train.keep_checkpoints={keep!r}: must be an integer >= 1 (the newest k checkpoints are '
+            'kept; the final one always)'
         )
     return int(keep)
 
 
 def _one_line(e: BaseException, limit: int = 240) -> str:
     """``Type: first line of the message`` (TensorStore errors carry a multi-line JSON spec)."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ''
     if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+        text = text[: limit - 3] + '...'
+    return f'{type(e).__name__}: {text}' if text else type(e).__name__
 
 
 def _finite_and_rms(tree: Any) -> tuple[bool, float]:
@@ -264,38 +264,38 @@ class LastGood:
         """``step`` is the newest checkpoint before the blow-up (no rejected one in between)."""
         return self.step is not None and not self.rejected
 
-    def message(self, directory: Any = "", lr: Any = None) -> str:
+    def message(self, directory: Any = '', lr: Any = None) -> str:
         """The sentences after ``loss is nan at step N (epoch E); stopping.`` (one line)."""
-        where = f" in {directory}" if directory else ""
-        lr_now = f" (now {lr})" if lr is not None else ""
-        rejected = "; ".join(f"step {s}: {why}" for s, why in self.rejected)
-        rejected = f" Rejected: {rejected}." if rejected else ""
+        where = f' in {directory}' if directory else ''
+        lr_now = f' (now {lr})' if lr is not None else ''
+        rejected = '; '.join(f'step {s}: {why}' for s, why in self.rejected)
+        rejected = f' Rejected: {rejected}.' if rejected else ''
         if self.step is None:
             return (
-                f"No good checkpoint is kept{where}.{rejected} Lower optimizer.lr{lr_now} or add a "
-                "warm-up and start again from step 0 (a new --workdir)."
+                f'No good checkpoint is kept{where}.{rejected} Lower optimizer.lr{lr_now} or add a '
+                'warm-up and start again from step 0 (a new --workdir).'
             )
-        scale = ""
+        scale = ''
         if self.rms is not None and self.reference_rms:
-            scale = f"; parameter RMS {self.rms:.3g}, {self.rms / self.reference_rms:.2g}x the reference"
-        head = f"The last good checkpoint is step {self.step}{where} (verified, finite{scale}).{rejected}"
+            scale = f'; parameter RMS {self.rms:.3g}, {self.rms / self.reference_rms:.2g}x the reference'
+        head = f'The last good checkpoint is step {self.step}{where} (verified, finite{scale}).{rejected}'
         if self.right_before:
-            restart = f"step {self.earlier}" if self.earlier is not None else "step 0 (a new --workdir)"
+            restart = f'step {self.earlier}' if self.earlier is not None else 'step 0 (a new --workdir)'
             return (
-                f"{head} It is the checkpoint right before the blow-up, and resume is exact, so relaunching "
-                f"from it repeats the NaN; lowering optimizer.lr{lr_now} needs the run restarted from an "
-                f"earlier step: {restart}"
+                f'{head} It is the checkpoint right before the blow-up, and resume is exact, so relaunching '
+                f'from it repeats the NaN; lowering optimizer.lr{lr_now} needs the run restarted from an '
+                f'earlier step: {restart}'
                 + (
-                    f" (python -m research.train.checkpoint_tool rewind <workdir> {self.earlier}, then "
-                    "relaunch with the lower lr and --allow_config_change)."
+                    f' (python -m research.train.checkpoint_tool rewind <workdir> {self.earlier}, then '
+                    'relaunch with the lower lr and --allow_config_change).'
                     if self.earlier is not None
-                    else "."
+                    else '.'
                 )
             )
         return (
-            f"{head} To lower optimizer.lr{lr_now}, restart from step {self.step} (python -m "
-            f"research.train.checkpoint_tool rewind <workdir> {self.step}, then relaunch with the lower lr "
-            "and --allow_config_change)."
+            f'{head} To lower optimizer.lr{lr_now}, restart from step {self.step} (python -m '
+            f'research.train.checkpoint_tool rewind <workdir> {self.step}, then relaunch with the lower lr '
+            'and --allow_config_change).'
         )
 
 
@@ -309,7 +309,7 @@ class Checkpointer:
 
     def __init__(self, workdir: Any, *, keep: int = 3, async_save: bool = True, cleanup_tmp: bool = False):
         keep = check_keep(keep)
-        self.directory = as_path(workdir) / "checkpoints"
+        self.directory = as_path(workdir) / 'checkpoints'
         self.async_save = bool(async_save)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
@@ -324,9 +324,9 @@ class Checkpointer:
             self.directory,
             options=options,
             item_handlers={
-                "state": ocp.StandardCheckpointHandler(),
-                "data": ocp.JsonCheckpointHandler(),
-                "meta": ocp.JsonCheckpointHandler(),
+                'state': ocp.StandardCheckpointHandler(),
+                'data': ocp.JsonCheckpointHandler(),
+                'meta': ocp.JsonCheckpointHandler(),
             },
         )
 
@@ -367,16 +367,16 @@ class Checkpointer:
             self.manager.wait_until_finished()
 
     def _check_space(self, step: int, state_arrays: Any) -> None:
-        if "://" in str(self.directory):
+        if '://' in str(self.directory):
             return
-        need = int(1.1 * sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state_arrays))) + (1 << 16)
+        need = int(1.1 * sum(int(getattr(x, 'nbytes', 0)) for x in jax.tree.leaves(state_arrays))) + (1 << 16)
         self.manager.wait_until_finished()  # the previous save's bytes are on disk
         free = shutil.disk_usage(str(self.directory)).free
         if free < need:
             raise OSError(
                 errno.ENOSPC,
-                f"No space left on device: checkpoint step {step} needs about {need / 1e6:.1f} MB, "
-                f"{free / 1e6:.1f} MB free",
+                f'No space left on device: checkpoint step {step} needs about {need / 1e6:.1f} MB, '
+                f'{free / 1e6:.1f} MB free',
                 str(self.step_dir(step)),
             )
 
@@ -406,11 +406,11 @@ class Checkpointer:
             )
         except Exception as e:  # orbax raises many types for mismatched trees
             raise CheckpointError(
-                f"cannot restore checkpoint {path}: {_one_line(e)}. It verifies against its checksums, "
-                "so it was written by a different model/optimizer config: use another --workdir"
+                f'cannot restore checkpoint {path}: {_one_line(e)}. It verifies against its checksums, '
+                'so it was written by a different model/optimizer config: use another --workdir'
             ) from e
-        _check_tree(restored["state"], abstract_state, path)
-        return restored["state"], restored["data"], dict(restored["meta"] or {})
+        _check_tree(restored['state'], abstract_state, path)
+        return restored['state'], restored['data'], dict(restored['meta'] or {})
 
     def restore_latest(self, abstract_state: Any, *, warn: Callable[[str], None] = print) -> Restored | None:
         """Restores the newest checkpoint that verifies; None if there is no checkpoint at all.
@@ -429,9 +429,9 @@ class Checkpointer:
             legacy = not any(has_checksums(self.step_dir(s)) for s in steps)
             if legacy:
                 raise CheckpointError(
-                    f"the checkpoints in {self.directory} (steps {', '.join(map(str, steps))}) have no "
-                    f"{CHECKSUMS} record (written before checksums existed), so they cannot be verified; "
-                    f"to trust them: python -m research.train.checkpoint_tool trust {self.directory.parent}"
+                    f'the checkpoints in {self.directory} (steps {", ".join(map(str, steps))}) have no '
+                    f'{CHECKSUMS} record (written before checksums existed), so they cannot be verified; '
+                    f'to trust them: python -m research.train.checkpoint_tool trust {self.directory.parent}'
                 )
             for step in reversed(steps):
                 reason = self.verify(step)
@@ -441,8 +441,8 @@ class Checkpointer:
                 dest = self.set_aside(step, CORRUPT_DIR)
                 skipped.append((step, reason))
                 older = [s for s in steps if s < step]
-                then = f"trying step {older[-1]}" if older else "no older checkpoint"
-                warn(f"checkpoint step {step} failed verification ({reason}); moved to {dest}; {then}")
+                then = f'trying step {older[-1]}' if older else 'no older checkpoint'
+                warn(f'checkpoint step {step} failed verification ({reason}); moved to {dest}; {then}')
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -451,8 +451,8 @@ class Checkpointer:
             self.manager.reload()
         if chosen is None:
             raise CheckpointError(
-                f"no checkpoint in {self.directory} verifies (moved to {self.directory / CORRUPT_DIR}); "
-                "relaunch to start again from step 0, or use another --workdir"
+                f'no checkpoint in {self.directory} verifies (moved to {self.directory / CORRUPT_DIR}); '
+                'relaunch to start again from step 0, or use another --workdir'
             )
         state, data, meta = self.restore(chosen, abstract_state)
         return Restored(chosen, state, data, meta, skipped)
@@ -461,23 +461,23 @@ class Checkpointer:
         """The arrays of a (verified) checkpoint as saved (host numpy arrays), without a target."""
         step = self.latest_step() if step is None else step
         if step is None:
-            raise CheckpointError(f"no checkpoint in {self.directory}")
+            raise CheckpointError(f'no checkpoint in {self.directory}')
         self._check(step)
         try:
             try:
-                return self.manager.restore(step)["state"]
+                return self.manager.restore(step)['state']
             except ValueError:  # saved on another topology (other devices/processes): onto one device
                 one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-                meta = self.manager.item_metadata(step)["state"]
+                meta = self.manager.item_metadata(step)['state']
                 target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
                 restored = self.manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
                 )
-                return restored["state"]
+                return restored['state']
         except CheckpointError:
             raise
         except Exception as e:
-            raise CheckpointError(f"cannot read checkpoint {self.step_dir(step)}: {_one_line(e)}") from e
+            raise CheckpointError(f'cannot read checkpoint {self.step_dir(step)}: {_one_line(e)}') from e
 
     # -- NaN stops --------------------------------------------------------------------------------
     def last_good(
@@ -509,10 +509,10 @@ class Checkpointer:
                 if state is not None:
                     finite, _ = _finite_and_rms(state)
                     if finite:
-                        _, rms = _finite_and_rms(state.get("params", state))
+                        _, rms = _finite_and_rms(state.get('params', state))
                     else:
-                        bad = [k for k, v in state.items() if not _finite_and_rms(v)[0]] or ["state"]
-                        reason = f"{'/'.join(bad)} not finite"
+                        bad = [k for k, v in state.items() if not _finite_and_rms(v)[0]] or ['state']
+                        reason = f'{"/".join(bad)} not finite'
                 checked[step] = (reason, rms)
             return checked[step]
 
@@ -531,7 +531,7 @@ class Checkpointer:
         for s in reversed(steps):
             reason, rms = check(s)
             if reason is None and ref and rms is not None and rms > blowup_factor * ref:
-                reason = f"parameters blown up (RMS {rms:.3g}, {rms / ref:.3g}x the reference {ref:.3g})"
+                reason = f'parameters blown up (RMS {rms:.3g}, {rms / ref:.3g}x the reference {ref:.3g})'
             if reason is None:
                 good.append(s)
                 good_rms[s] = rms
@@ -555,11 +555,11 @@ class Checkpointer:
         src = self.step_dir(step)
         dest_dir = self.directory / kind
         dest_dir.mkdir(parents=True, exist_ok=True)
-        dest = dest_dir / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        dest = dest_dir / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
         n = 1
         while dest.exists():
             n += 1
-            dest = dest_dir / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+            dest = dest_dir / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}-{n}'
         src.rename(dest)
         self.manager.reload()
         return dest
@@ -569,7 +569,7 @@ class Checkpointer:
         resumes from ``step``. ``step`` must be a checkpoint that verifies."""
         steps = self.all_steps()
         if step not in steps:
-            raise CheckpointError(f"no checkpoint step {step} in {self.directory} (steps: {steps})")
+            raise CheckpointError(f'no checkpoint step {step} in {self.directory} (steps: {steps})')
         self._check(step)
         return [self.set_aside(s, REWOUND_DIR) for s in steps if s > step]
 
@@ -593,7 +593,7 @@ class Checkpointer:
 def abstract_like(tree: Any) -> Any:
     """Shape/dtype/sharding skeleton of a pytree of arrays (the restore target)."""
     return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)), tree
     )
 
 
@@ -604,20 +604,20 @@ def _check_tree(restored: Any, target: Any, path: Any) -> None:
         missing = sorted(t_paths.keys() - r_paths.keys())[:5]
         extra = sorted(r_paths.keys() - t_paths.keys())[:5]
         raise CheckpointError(
-            f"checkpoint {path} does not match this model: missing {missing}, unexpected {extra}"
+            f'checkpoint {path} does not match this model: missing {missing}, unexpected {extra}'
         )
     for k, t in t_paths.items():
         if tuple(r_paths[k].shape) != tuple(t.shape):
             raise CheckpointError(
-                f"checkpoint {path} does not match this model: {k} has shape "
-                f"{tuple(r_paths[k].shape)} in the checkpoint, {tuple(t.shape)} here"
+                f'checkpoint {path} does not match this model: {k} has shape '
+                f'{tuple(r_paths[k].shape)} in the checkpoint, {tuple(t.shape)} here'
             )
 
 
 def _jsonable(x: Any) -> Any:
     """grain iterator states are JSON-friendly dicts (bytes are decoded)."""
     if isinstance(x, bytes):
-        return {"__bytes__": x.decode("latin1")}
+        return {'__bytes__': x.decode('latin1')}
     if isinstance(x, dict):
         return {k: _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -627,8 +627,8 @@ def _jsonable(x: Any) -> Any:
 
 def from_jsonable(x: Any) -> Any:
     if isinstance(x, dict):
-        if set(x) == {"__bytes__"}:
-            return x["__bytes__"].encode("latin1")
+        if set(x) == {'__bytes__'}:
+            return x['__bytes__'].encode('latin1')
         return {k: from_jsonable(v) for k, v in x.items()}
     if isinstance(x, list):
         return [from_jsonable(v) for v in x]

@@ -38,7 +38,7 @@ from research.xla_flags import backend_started
 
 
 def _int_or_none(value) -> int | None:
-    return None if value in (None, "") else int(value)
+    return None if value in (None, '') else int(value)
 
 
 def usable_cores() -> set[int]:
@@ -68,18 +68,18 @@ def detect_cluster(env: dict[str, str] | None = None) -> tuple[str, int] | None:
     can bootstrap (a notebook or Deployment pod is single-process)."""
     env = os.environ if env is None else env
     for cls in _jax_cluster_envs():
-        if getattr(cls, "opt_in_only_method", False):
+        if getattr(cls, 'opt_in_only_method', False):
             continue
-        name = getattr(cls, "name", "") or cls.__name__
-        if cls.__name__ == "K8sCluster" and "JOB_COMPLETION_INDEX" not in env:
+        name = getattr(cls, 'name', '') or cls.__name__
+        if cls.__name__ == 'K8sCluster' and 'JOB_COMPLETION_INDEX' not in env:
             continue
         if not cls.is_env_present():
             continue
         count = int(cls.get_process_count())
         return (name, count) if count > 1 else None
-    size = _int_or_none(env.get("PMI_SIZE"))
+    size = _int_or_none(env.get('PMI_SIZE'))
     if size is not None and size > 1:
-        return ("mpich", size)
+        return ('mpich', size)
     return None
 
 
@@ -93,12 +93,12 @@ def initialize(
     if jax.distributed.is_initialized():
         return True
     env = os.environ
-    coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
-    num_processes = num_processes if num_processes is not None else _int_or_none(env.get("JAX_NUM_PROCESSES"))
-    process_id = process_id if process_id is not None else _int_or_none(env.get("JAX_PROCESS_ID"))
+    coordinator_address = coordinator_address or env.get('JAX_COORDINATOR_ADDRESS') or None
+    num_processes = num_processes if num_processes is not None else _int_or_none(env.get('JAX_NUM_PROCESSES'))
+    process_id = process_id if process_id is not None else _int_or_none(env.get('JAX_PROCESS_ID'))
     if coordinator_address or num_processes is not None or process_id is not None:
         if num_processes is not None and num_processes < 1:
-            raise ValueError(f"--num_processes must be >= 1, got {num_processes}")
+            raise ValueError(f'--num_processes must be >= 1, got {num_processes}')
         if num_processes == 1 and not coordinator_address:
             return False
         jax.distributed.initialize(
@@ -109,14 +109,14 @@ def initialize(
     if found is None:
         return False
     name, count = found
-    if name == "mpich":
-        if importlib.util.find_spec("mpi4py") is None:
+    if name == 'mpich':
+        if importlib.util.find_spec('mpi4py') is None:
             raise RuntimeError(
-                f"an MPI launch with PMI_SIZE={count} processes: JAX bootstraps MPICH-style launchers "
-                "only through mpi4py (pip install mpi4py), or pass --coordinator_address, "
-                "--num_processes and --process_id"
+                f'an MPI launch with PMI_SIZE={count} processes: JAX bootstraps MPICH-style launchers '
+                'only through mpi4py (pip install mpi4py), or pass --coordinator_address, '
+                '--num_processes and --process_id'
             )
-        jax.distributed.initialize(cluster_detection_method="mpi4py")
+        jax.distributed.initialize(cluster_detection_method='mpi4py')
     else:
         jax.distributed.initialize()  # JAX detects the same cluster and fills in every argument
     return True
@@ -137,16 +137,16 @@ def set_cpu_devices(count: int) -> int:
         return 0
     if count < -1:
         raise ValueError(
-            f"--cpu_devices must be -1 (one per core), 0 (default) or a positive count, got {count}"
+            f'--cpu_devices must be -1 (one per core), 0 (default) or a positive count, got {count}'
         )
     n = len(usable_cores()) if count == -1 else count
     if backend_started():
-        if jax.local_device_count("cpu") == n:
+        if jax.local_device_count('cpu') == n:
             return n
         raise RuntimeError(
-            f"--cpu_devices={count}: a JAX backend is already initialised; set it before any JAX call"
+            f'--cpu_devices={count}: a JAX backend is already initialised; set it before any JAX call'
         )
-    jax.config.update("jax_num_cpu_devices", n)
+    jax.config.update('jax_num_cpu_devices', n)
     return n
 
 
@@ -154,10 +154,10 @@ def set_cpu_devices(count: int) -> int:
 #: The install command for each kind of accelerator, by JAX's own extras (mirrored by this project's
 #: extras: ``pip install -e '.[cuda12]'`` etc. in a checkout).
 INSTALL = {
-    "cuda12": "pip install -U 'jax[cuda12]'",
-    "cuda13": "pip install -U 'jax[cuda13]'",
-    "tpu": "pip install -U 'jax[tpu]'",
-    "rocm": "pip install -U 'jax[rocm7-local]' (with ROCm 7 installed)",
+    'cuda12': "pip install -U 'jax[cuda12]'",
+    'cuda13': "pip install -U 'jax[cuda13]'",
+    'tpu': "pip install -U 'jax[tpu]'",
+    'rocm': "pip install -U 'jax[rocm7-local]' (with ROCm 7 installed)",
 }
 
 
@@ -167,7 +167,7 @@ def _run_text(cmd: list[str]) -> str:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
-        return ""
+        return ''
 
 
 def _tpu_chips() -> int:
@@ -192,35 +192,35 @@ def visible_accelerators(
     VMs with ``/dev/vfio/*``) and ``/dev/accel*``; ``/dev/kfd`` and ``rocm-smi`` for AMD GPUs. The
     keyword arguments replace the probes (tests)."""
     found: dict[str, str] = {}
-    if which("nvidia-smi"):
-        out = run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]).strip().splitlines()
-        head = run(["nvidia-smi"])
+    if which('nvidia-smi'):
+        out = run(['nvidia-smi', '--query-gpu=name', '--format=csv,noheader']).strip().splitlines()
+        head = run(['nvidia-smi'])
         versions = [
-            line.split("CUDA Version:")[1].split()[0] for line in head.splitlines() if "CUDA Version:" in line
+            line.split('CUDA Version:')[1].split()[0] for line in head.splitlines() if 'CUDA Version:' in line
         ]
         if out:
-            found["cuda"] = f"nvidia-smi: {len(out)} x {out[0].strip()}"
+            found['cuda'] = f'nvidia-smi: {len(out)} x {out[0].strip()}'
             if versions:
-                found["cuda"] += f", driver CUDA {versions[0]}"
-    if "cuda" not in found and paths("/dev/nvidia[0-9]*"):
-        found["cuda"] = f"{len(paths('/dev/nvidia[0-9]*'))} /dev/nvidia* device(s)"
+                found['cuda'] += f', driver CUDA {versions[0]}'
+    if 'cuda' not in found and paths('/dev/nvidia[0-9]*'):
+        found['cuda'] = f'{len(paths("/dev/nvidia[0-9]*"))} /dev/nvidia* device(s)'
     chips = tpu_chips()
     if chips:
-        found["tpu"] = f"{chips} TPU chip(s) on the PCI bus"
-    elif paths("/dev/accel*"):
-        found["tpu"] = f"{len(paths('/dev/accel*'))} /dev/accel* device(s)"
-    if paths("/dev/kfd") or which("rocm-smi"):
-        found["rocm"] = "/dev/kfd (AMD GPU driver)" if paths("/dev/kfd") else "rocm-smi"
+        found['tpu'] = f'{chips} TPU chip(s) on the PCI bus'
+    elif paths('/dev/accel*'):
+        found['tpu'] = f'{len(paths("/dev/accel*"))} /dev/accel* device(s)'
+    if paths('/dev/kfd') or which('rocm-smi'):
+        found['rocm'] = '/dev/kfd (AMD GPU driver)' if paths('/dev/kfd') else 'rocm-smi'
     return found
 
 
 def _cuda_extra(evidence: str) -> str:
     """cuda13 where the driver supports CUDA 13 (nvidia-smi's 'CUDA Version'), else cuda12."""
     try:
-        major = int(evidence.rsplit("driver CUDA ", 1)[1].split(".")[0])
+        major = int(evidence.rsplit('driver CUDA ', 1)[1].split('.')[0])
     except (IndexError, ValueError):
-        return "cuda12"
-    return "cuda13" if major >= 13 else "cuda12"
+        return 'cuda12'
+    return 'cuda13' if major >= 13 else 'cuda12'
 
 
 def accelerator_hint(
@@ -234,44 +234,44 @@ def accelerator_hint(
     asks for the CPU). ``jax_platforms``: the platforms of ``jax.devices()`` (default: asked here, which
     starts the backend); ``visible``: :func:`visible_accelerators`'s answer (default: probed)."""
     env = os.environ if env is None else env
-    if env.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+    if env.get('JAX_PLATFORMS', '').strip().lower() == 'cpu':
         return None  # the user asked for the CPU
     platforms = {d.platform for d in jax.devices()} if jax_platforms is None else set(jax_platforms)
-    if platforms - {"cpu"}:
+    if platforms - {'cpu'}:
         return None
     visible = visible_accelerators() if visible is None else visible
-    for kind in ("cuda", "tpu", "rocm"):
+    for kind in ('cuda', 'tpu', 'rocm'):
         if kind in visible:
-            extra = _cuda_extra(visible[kind]) if kind == "cuda" else kind
-            plugin = {"cuda": "jax_cuda12_plugin", "tpu": "libtpu", "rocm": "jax_rocm7_plugin"}[kind]
-            if kind == "cuda" and importlib.util.find_spec("jax_cuda13_plugin"):
-                plugin = "jax_cuda13_plugin"
+            extra = _cuda_extra(visible[kind]) if kind == 'cuda' else kind
+            plugin = {'cuda': 'jax_cuda12_plugin', 'tpu': 'libtpu', 'rocm': 'jax_rocm7_plugin'}[kind]
+            if kind == 'cuda' and importlib.util.find_spec('jax_cuda13_plugin'):
+                plugin = 'jax_cuda13_plugin'
             if importlib.util.find_spec(plugin) is not None:
-                probe = "tpu" if kind == "tpu" else "gpu"
+                probe = 'tpu' if kind == 'tpu' else 'gpu'
                 return (
                     f"warning: {visible[kind]} and JAX's {plugin} is installed, but JAX found only CPU "
-                    f"devices: python -c \"import jax; jax.devices('{probe}')\" says why (driver or "
-                    "library version mismatch?)"
+                    f'devices: python -c "import jax; jax.devices(\'{probe}\')" says why (driver or '
+                    'library version mismatch?)'
                 )
-            build = "TPU" if kind == "tpu" else "GPU"
+            build = 'TPU' if kind == 'tpu' else 'GPU'
             return (
-                f"warning: {visible[kind]} but JAX has only CPU devices (CPU-only jaxlib): install the "
+                f'warning: {visible[kind]} but JAX has only CPU devices (CPU-only jaxlib): install the '
                 f"{build} build with {INSTALL[extra]} (or pip install -e '.[{extra}]' in this checkout)"
             )
     return None
 
 
 # -- train.deterministic -----------------------------------------------------------------------------
-DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
+DETERMINISTIC_FLAG = '--xla_gpu_deterministic_ops=true'
 
 
 def _flag_value(flags: str, name: str) -> str | None:
     value = None
     for part in flags.split():
-        if part == f"--{name}":
-            value = "true"
-        elif part.startswith(f"--{name}="):
-            value = part.split("=", 1)[1].lower()
+        if part == f'--{name}':
+            value = 'true'
+        elif part.startswith(f'--{name}='):
+            value = part.split('=', 1)[1].lower()
     return value
 
 
@@ -282,17 +282,17 @@ def set_deterministic(on: bool) -> bool:
     says what it costs). Call before anything touches a JAX backend, as flags are read when it
     starts; raises RuntimeError after. Returns whether the flag is in effect. CPU and TPU runs are
     unaffected (XLA:CPU and XLA:TPU have no atomics-based kernels to switch)."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    current = _flag_value(flags, "xla_gpu_deterministic_ops")
+    flags = os.environ.get('XLA_FLAGS', '')
+    current = _flag_value(flags, 'xla_gpu_deterministic_ops')
     if not on:
-        return current in ("true", "1")
-    if current in ("true", "1"):
+        return current in ('true', '1')
+    if current in ('true', '1'):
         return True
     if backend_started():
         raise RuntimeError(
-            "train.deterministic=True: a JAX backend already started, so XLA_FLAGS can no longer change; "
+            'train.deterministic=True: a JAX backend already started, so XLA_FLAGS can no longer change; '
             f"set it before any JAX computation (or export XLA_FLAGS='{DETERMINISTIC_FLAG}')"
         )
-    parts = [p for p in flags.split() if not p.startswith("--xla_gpu_deterministic_ops")]
-    os.environ["XLA_FLAGS"] = " ".join(parts + [DETERMINISTIC_FLAG])
+    parts = [p for p in flags.split() if not p.startswith('--xla_gpu_deterministic_ops')]
+    os.environ['XLA_FLAGS'] = ' '.join(parts + [DETERMINISTIC_FLAG])
     return True

@@ -62,15 +62,15 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/inf; the run stopped and the last good checkpoint was kept."""
 
 
-PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+PRECISIONS = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def compute_dtype(config: ConfigDict):
     """The activation dtype of ``train.precision`` (None for float32: the model's own default)."""
-    precision = str(config.train.get("precision", "float32")) if "train" in config else "float32"
+    precision = str(config.train.get('precision', 'float32')) if 'train' in config else 'float32'
     if precision not in PRECISIONS:
-        raise ConfigError(f"unknown train.precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    return None if precision == "float32" else PRECISIONS[precision]
+        raise ConfigError(f'unknown train.precision {precision!r}; expected one of {", ".join(PRECISIONS)}')
+    return None if precision == 'float32' else PRECISIONS[precision]
 
 
 def model_dtype(config: ConfigDict):
@@ -78,14 +78,14 @@ def model_dtype(config: ConfigDict):
     dtype = compute_dtype(config)
     if dtype is None:
         return None
-    if "dtype" in config.model:
+    if 'dtype' in config.model:
         raise ConfigError(
-            f"train.precision={config.train.precision!r} and model.dtype={config.model.dtype!r} both set "
-            "the compute dtype; set only one"
+            f'train.precision={config.train.precision!r} and model.dtype={config.model.dtype!r} both set '
+            'the compute dtype; set only one'
         )
-    if "dtype" not in models.accepted_kwargs(config.model.name):
+    if 'dtype' not in models.accepted_kwargs(config.model.name):
         raise ConfigError(
-            f"train.precision={config.train.precision!r} needs a model with a `dtype` field; "
+            f'train.precision={config.train.precision!r} needs a model with a `dtype` field; '
             f"'{config.model.name}' has none"
         )
     return dtype
@@ -94,11 +94,11 @@ def model_dtype(config: ConfigDict):
 def build_model(config: ConfigDict, num_classes: int):
     """The registered model ``config.model.name`` with the other ``config.model`` keys as arguments
     (``num_classes`` unless set) and ``train.precision``'s compute dtype."""
-    kwargs = {k: v for k, v in to_dict(config.model).items() if k != "name"}
-    kwargs.setdefault("num_classes", num_classes)
+    kwargs = {k: v for k, v in to_dict(config.model).items() if k != 'name'}
+    kwargs.setdefault('num_classes', num_classes)
     dtype = model_dtype(config)
     if dtype is not None:
-        kwargs["dtype"] = dtype
+        kwargs['dtype'] = dtype
     return models.create(config.model.name, **kwargs)
 
 
@@ -128,11 +128,13 @@ class Trainer:
         self.batch_size = int(tc.batch_size)
         self.eval_batch_size = int(tc.eval_batch_size or tc.batch_size)
         if self.batch_size < 1:
-            raise ConfigError(f"train.batch_size={tc.batch_size} must be >= 1")
+            raise ConfigError(f'train.batch_size={tc.batch_size} must be >= 1')
         if self.eval_batch_size < 1:
-            raise ConfigError(f"train.eval_batch_size={tc.eval_batch_size} must be >= 1 (0 = train.batch_size)")
+            raise ConfigError(
+                f'train.eval_batch_size={tc.eval_batch_size} must be >= 1 (0 = train.batch_size)'
+            )
         mesh_lib.check_batch_size(self.batch_size, self.mesh)
-        mesh_lib.check_batch_size(self.eval_batch_size, self.mesh, name="train.eval_batch_size")
+        mesh_lib.check_batch_size(self.eval_batch_size, self.mesh, name='train.eval_batch_size')
         mesh_lib.check_process_slices(self.batch_size, self.mesh)
         mesh_lib.check_process_slices(self.eval_batch_size, self.mesh)
         self.accumulate = self._accumulate_steps(tc, n_dev)
@@ -140,12 +142,12 @@ class Trainer:
         self.steps_per_epoch = self.info.num_train // self.batch_size
         if self.steps_per_epoch < 1:
             raise ConfigError(
-                f"train.batch_size={self.batch_size} is larger than the train split ({self.info.num_train} examples)"
+                f'train.batch_size={self.batch_size} is larger than the train split ({self.info.num_train} examples)'
             )
         spe = self.steps_per_epoch
-        self.total_steps = parse_duration(tc.duration, spe, name="train.duration")
-        self.eval_every = parse_duration(tc.eval_every or 0, spe, name="train.eval_every")
-        self.ckpt_every = parse_duration(tc.checkpoint_every or 0, spe, name="train.checkpoint_every")
+        self.total_steps = parse_duration(tc.duration, spe, name='train.duration')
+        self.eval_every = parse_duration(tc.eval_every or 0, spe, name='train.eval_every')
+        self.ckpt_every = parse_duration(tc.checkpoint_every or 0, spe, name='train.checkpoint_every')
         self.schedule = make_schedule(config.schedule, config.optimizer.lr, self.total_steps, spe)
         self.model = task.build_model(model_dtype(config))
         self.tx = task.make_tx(self.schedule)
@@ -153,9 +155,9 @@ class Trainer:
         abstract = jax.eval_shape(create, jax.random.key_data(jax.random.key(0)))
         self.ema_decay = float(tc.ema_decay)
         if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"train.ema_decay={tc.ema_decay} must be in [0, 1) (0 = off)")
+            raise ConfigError(f'train.ema_decay={tc.ema_decay} must be in [0, 1) (0 = off)')
         if self.ema_decay:
-            abstract = abstract.replace(ema={"params": abstract.params, "batch_stats": abstract.batch_stats})
+            abstract = abstract.replace(ema={'params': abstract.params, 'batch_stats': abstract.batch_stats})
         self.abstract = abstract  # the state's shapes and dtypes (jax.eval_shape: nothing allocated)
         self.state_sharding = mesh_lib.state_sharding(abstract, self.mesh)
         self.num_params = models.count_params(_params_of(abstract), collection=None)
@@ -191,12 +193,12 @@ class Trainer:
     def _accumulate_steps(self, tc: ConfigDict, n_dev: int) -> int:
         k = int(tc.accumulate_steps)
         if k < 1:
-            raise ConfigError(f"train.accumulate_steps={tc.accumulate_steps} must be >= 1")
+            raise ConfigError(f'train.accumulate_steps={tc.accumulate_steps} must be >= 1')
         per_device = self.batch_size // n_dev
         if per_device % k:
             raise ConfigError(
-                f"train.accumulate_steps={k} must divide the per-device batch {per_device} "
-                f"(train.batch_size={self.batch_size} over {n_dev} devices)"
+                f'train.accumulate_steps={k} must divide the per-device batch {per_device} '
+                f'(train.batch_size={self.batch_size} over {n_dev} devices)'
             )
         return k
 
@@ -206,16 +208,16 @@ class Trainer:
         g = int(tc.bn_group_size)
         if not g:
             return 0
-        if self.mesh.axis_names != ("data",):
-            raise ConfigError("train.bn_group_size (ghost BatchNorm) needs train.model_parallel=1")
+        if self.mesh.axis_names != ('data',):
+            raise ConfigError('train.bn_group_size (ghost BatchNorm) needs train.model_parallel=1')
         per_device = self.batch_size // n_dev // self.accumulate
         g = per_device if g == -1 else g
         if g < 1 or per_device % g:
             raise ConfigError(
-                f"train.bn_group_size={tc.bn_group_size} must be -1 (per device) or divide the per-device "
-                f"batch {per_device} (train.batch_size={self.batch_size} over {n_dev} devices"
-                + (f", {self.accumulate} micro-batches" if self.accumulate > 1 else "")
-                + ")"
+                f'train.bn_group_size={tc.bn_group_size} must be -1 (per device) or divide the per-device '
+                f'batch {per_device} (train.batch_size={self.batch_size} over {n_dev} devices'
+                + (f', {self.accumulate} micro-batches' if self.accumulate > 1 else '')
+                + ')'
             )
         return g
 
@@ -231,7 +233,7 @@ class Trainer:
         frozen_count = sum(
             int(math.prod(p.shape))
             for p, lab in zip(jax.tree.leaves(params), jax.tree.leaves(labels))
-            if lab == "frozen"
+            if lab == 'frozen'
         )
         frozen = transfer.frozen_modules(labels)
         merge = transfer.keep_frozen_stats(frozen.__contains__) if oc.freeze_batch_stats and frozen else None
@@ -243,7 +245,7 @@ class Trainer:
     # -- compiled functions ----------------------------------------------------------------------
     def jit(self, fn, **kwargs):
         """``jax.jit(fn, **kwargs)`` traced and lowered with this run's CPU convolutions."""
-        return onednn.scoped(jax.jit(fn, **kwargs), self.cpu_conv == "onednn")
+        return onednn.scoped(jax.jit(fn, **kwargs), self.cpu_conv == 'onednn')
 
     def step_fn(self, num_steps: int = 1):
         """The jitted train step (``num_steps`` steps per call for tasks with ``steps_per_call``)."""
@@ -273,25 +275,27 @@ class Trainer:
     def init_state(self):
         state = self._init(jax.random.key_data(jax.random.key(self.config.seed)))
         if self.ema_decay:  # own buffers (the state is donated): eager copies, same shardings
-            state = state.replace(ema=jax.tree.map(jnp.copy, {"params": state.params, "batch_stats": state.batch_stats}))
+            state = state.replace(
+                ema=jax.tree.map(jnp.copy, {'params': state.params, 'batch_stats': state.batch_stats})
+            )
         return state
 
     def load_pretrained(self, state) -> tuple[Any, str]:
         """``state`` with params/batch stats from ``config.init`` (transfer learning)."""
         ic = self.config.init
         src = transfer.load_pretrained(ic.checkpoint, torchvision=ic.torchvision or self.config.model.name)
-        target = {"params": state.params, "batch_stats": state.batch_stats}
+        target = {'params': state.params, 'batch_stats': state.batch_stats}
         merged, loaded = transfer.merge_pretrained(jax.device_get(target), src, ic.exclude, into=ic.into)
         merged = jax.device_put(merged, {k: getattr(self.state_sharding, k) for k in merged})
         total = sum(len(jax.tree.leaves(t)) for t in target.values())
-        msg = f"initialised {len(loaded)}/{total} tensors from {ic.checkpoint}"
+        msg = f'initialised {len(loaded)}/{total} tensors from {ic.checkpoint}'
         if ic.into:
-            msg += f" into {ic.into!r}"
+            msg += f' into {ic.into!r}'
         if ic.exclude:
-            msg += f" (random init: {ic.exclude!r})"
+            msg += f' (random init: {ic.exclude!r})'
         if self.num_frozen:
-            msg += f"; {self.num_frozen:,} of {self.num_params:,} params frozen"
-        state = state.replace(params=merged["params"], batch_stats=merged["batch_stats"])
+            msg += f'; {self.num_frozen:,} of {self.num_params:,} params frozen'
+        state = state.replace(params=merged['params'], batch_stats=merged['batch_stats'])
         if self.ema_decay:
             state = state.replace(ema=jax.tree.map(jnp.copy, merged))
         return state, msg
@@ -304,7 +308,7 @@ class Trainer:
         """The state evaluations use: with ``train.ema_decay``, the averaged weights."""
         if not self.ema_decay:
             return state
-        return state.replace(params=state.ema["params"], batch_stats=state.ema["batch_stats"])
+        return state.replace(params=state.ema['params'], batch_stats=state.ema['batch_stats'])
 
     def evaluate(self, state, split: str | None = None, *, final: bool = False):
         """``(metrics, picture or None)`` of ``split`` (default ``data.eval_split``), by the task."""
@@ -319,7 +323,9 @@ class Trainer:
                 process_count=jax.process_count(),
             )
         )
-        return self.task.evaluate(state, split, batches, functools.partial(self._run_eval, state), final=final)
+        return self.task.evaluate(
+            state, split, batches, functools.partial(self._run_eval, state), final=final
+        )
 
     def eval_fn(self, fn=None):
         """``fn(state, batch)`` (default the task's ``eval_step``) jitted over the mesh, output replicated."""
@@ -338,7 +344,9 @@ class Trainer:
         """The train state as ``jax.ShapeDtypeStruct`` leaves with :attr:`state_sharding`: the first
         argument :meth:`step_fn` and :meth:`eval_fn` lower or export with (``research.train.export``)."""
         return jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract, self.state_sharding
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            self.abstract,
+            self.state_sharding,
         )
 
     def abstract_batch(self, split: str | None = None):
@@ -350,9 +358,11 @@ class Trainer:
             it, split = self.train_iterator(), str(self.config.data.train_split)
         else:
             it = self.task.eval_iterator(
-                split, global_batch_size=self.eval_batch_size, process_index=jax.process_index(),
+                split,
+                global_batch_size=self.eval_batch_size,
+                process_index=jax.process_index(),
                 process_count=jax.process_count(),
-            )  # fmt: skip
+            )
         try:
             batch = self.task.host_batch(next(iter(it)), split)
         finally:
@@ -374,14 +384,14 @@ class Trainer:
 
 
 def _params_of(state) -> Any:
-    return state.params if hasattr(state, "params") else state.arrays()
+    return state.params if hasattr(state, 'params') else state.arrays()
 
 
 # ------------------------------------------------------------------------------------------- the run
 
 
 def _close(iterator) -> None:
-    if hasattr(iterator, "close"):
+    if hasattr(iterator, 'close'):
         iterator.close()
 
 
@@ -408,7 +418,7 @@ def _lock(workdir: epath.Path, log) -> workdir_lib.WorkdirLock:
     if jax.process_count() > 1:
         refused = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
         if refused and error is None:
-            raise workdir_lib.WorkdirLockedError(f"workdir {workdir}: refused on process 0 (see its message)")
+            raise workdir_lib.WorkdirLockedError(f'workdir {workdir}: refused on process 0 (see its message)')
     if error is not None:
         raise error
     return lock
@@ -421,8 +431,8 @@ def _saved_text(ckpt: ckpt_lib.Checkpointer | None, workdir: epath.Path) -> str:
     except Exception:  # noqa: BLE001 - only for the message
         steps = []
     if not steps:
-        return "no checkpoint"
-    return f"checkpoint step {steps[-1]} ({workdir / 'checkpoints' / str(steps[-1])})"
+        return 'no checkpoint'
+    return f'checkpoint step {steps[-1]} ({workdir / "checkpoints" / str(steps[-1])})'
 
 
 def run(
@@ -457,7 +467,7 @@ def run(
     except Exception as e:
         if workdir_lib.io_errno(e) is not None:
             raise workdir_lib.workdir_error(
-                e, workdir, doing="writing the run", saved=_saved_text(ckpt, workdir)
+                e, workdir, doing='writing the run', saved=_saved_text(ckpt, workdir)
             ) from None
         raise
     finally:
@@ -470,7 +480,7 @@ def _run(trainer, workdir, ckpt, log, stop_after_steps, allow_config_change, def
     wall0 = time.perf_counter()
     info = trainer.info
     resolved = to_dict(config)
-    resolved["_resolved"] = dict(
+    resolved['_resolved'] = dict(
         steps_per_epoch=trainer.steps_per_epoch,
         total_steps=trainer.total_steps,
         num_params=trainer.num_params,
@@ -495,14 +505,18 @@ def _run(trainer, workdir, ckpt, log, stop_after_steps, allow_config_change, def
             log(records.summary_line(done))
             return done
     state = trainer.init_state()
-    initial_params = jax.device_get(_params_of(state)) if latest is not None or config.init.checkpoint else None
+    initial_params = (
+        jax.device_get(_params_of(state)) if latest is not None or config.init.checkpoint else None
+    )
     train_it = trainer.train_iterator()
-    restored = ckpt.restore_latest(ckpt_lib.abstract_like(state.arrays()), warn=log) if latest is not None else None
+    restored = (
+        ckpt.restore_latest(ckpt_lib.abstract_like(state.arrays()), warn=log) if latest is not None else None
+    )
     totals = records.RunTotals()
     if restored is not None:
         start = restored.step
         state = state.replace_arrays(restored.state)
-        totals = records.RunTotals.from_record(restored.meta.get("totals"))
+        totals = records.RunTotals.from_record(restored.meta.get('totals'))
     else:
         start = 0
         changes, allowed = {}, {}
@@ -514,9 +528,14 @@ def _run(trainer, workdir, ckpt, log, stop_after_steps, allow_config_change, def
         segs = [s for s in records.segments(saved_config) if s.start_step < start] or segs
     if trainer.is_main:
         segs = records.write_config(
-            workdir, resolved, step=start, batch_size=trainer.batch_size,
-            steps_per_epoch=trainer.steps_per_epoch, changes=changes, allowed=allowed,
-        )  # fmt: skip
+            workdir,
+            resolved,
+            step=start,
+            batch_size=trainer.batch_size,
+            steps_per_epoch=trainer.steps_per_epoch,
+            changes=changes,
+            allowed=allowed,
+        )
     elif changes:
         segs = segs + [records.Segment(start, trainer.batch_size, trainer.steps_per_epoch)]
 
@@ -525,18 +544,20 @@ def _run(trainer, workdir, ckpt, log, stop_after_steps, allow_config_change, def
 
     if restored is not None:
         train_it.set_state(_data_state(restored.data, segs, start, trainer.batch_size, log))
-        log(f"resumed from {ckpt.directory / str(start)} (step {start}, epoch {epoch_of(start):.2f})")
+        log(f'resumed from {ckpt.directory / str(start)} (step {start}, epoch {epoch_of(start):.2f})')
         if allowed:
-            log(f"config changed on resume (recorded in {workdir / records.HISTORY}): {records.format_changes(allowed)}")
+            log(
+                f'config changed on resume (recorded in {workdir / records.HISTORY}): {records.format_changes(allowed)}'
+            )
     platform = trainer.mesh.devices.flat[0].platform
     log(
-        f"{task.name} | model {task.model_name}: {trainer.num_params:,} params | {task.describe()} | "
-        f"{trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps | "
-        f"{trainer.mesh.devices.size} {platform} device(s)"
-        f"{' (oneDNN convolutions)' if trainer.cpu_conv == 'onednn' else ''} | workdir {workdir}"
+        f'{task.name} | model {task.model_name}: {trainer.num_params:,} params | {task.describe()} | '
+        f'{trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps | '
+        f'{trainer.mesh.devices.size} {platform} device(s)'
+        f'{" (oneDNN convolutions)" if trainer.cpu_conv == "onednn" else ""} | workdir {workdir}'
     )
     if trainer.total_steps == 0:
-        log(f"train.duration={tc.duration!r}: evaluation only (no training step, no checkpoint)")
+        log(f'train.duration={tc.duration!r}: evaluation only (no training step, no checkpoint)')
     hint = distributed.accelerator_hint() if trainer.is_main else None
     if hint:
         log(hint)
@@ -565,12 +586,12 @@ def _run(trainer, workdir, ckpt, log, stop_after_steps, allow_config_change, def
         s, m = pending
         pending = None
         m = jax.device_get(m)
-        values = [m["loss"]] if "loss" in m else list(m.values())
+        values = [m['loss']] if 'loss' in m else list(m.values())
         if not all(np.all(np.isfinite(np.asarray(v, np.float64))) for v in values):
-            loss = float(np.mean(m["loss"])) if "loss" in m else float("nan")
+            loss = float(np.mean(m['loss'])) if 'loss' in m else float('nan')
             good = ckpt.last_good(s, reference_params=initial_params)
             raise NonFiniteLossError(
-                f"loss is {loss} at step {s} (epoch {epoch_of(s):.2f}); stopping. "
+                f'loss is {loss} at step {s} (epoch {epoch_of(s):.2f}); stopping. '
                 + good.message(ckpt.directory, lr=config.optimizer.lr)
             )
         window_n += _window_add(window, m)
@@ -580,23 +601,26 @@ def _run(trainer, workdir, ckpt, log, stop_after_steps, allow_config_change, def
         drain()
         if task.checkpoints and s > 0:
             meta = {
-                "step": s, "epoch": epoch_of(s), "model": task.model_name, "task": task.name,
-                "totals": run_totals().as_record(),
-            }  # fmt: skip
+                'step': s,
+                'epoch': epoch_of(s),
+                'model': task.model_name,
+                'task': task.name,
+                'totals': run_totals().as_record(),
+            }
             ckpt.save(s, state.arrays(), train_it.get_state(), meta)
         last_saved = s
 
     def evaluate(s: int, final: bool = False) -> dict[str, Any]:
         res, picture = trainer.evaluate(state, final=final)
-        res["epoch"] = epoch_of(s)
+        res['epoch'] = epoch_of(s)
         writer.write(str(config.data.eval_split), s, res)
         if trainer.is_main and picture is not None:
-            path = workdir / picture.name / f"step_{s:06d}.png"
+            path = workdir / picture.name / f'step_{s:06d}.png'
             path.parent.mkdir(parents=True, exist_ok=True)
             picture.write(path)
-            writer.image(f"{picture.name}/{config.data.eval_split}", s, path)
-        eval_rows.append({"step": s, **res})
-        progress.message(f"eval @ step {s} (epoch {res['epoch']:.2f}): {task.eval_message(res)}")
+            writer.image(f'{picture.name}/{config.data.eval_split}', s, path)
+        eval_rows.append({'step': s, **res})
+        progress.message(f'eval @ step {s} (epoch {res["epoch"]:.2f}): {task.eval_message(res)}')
         return res
 
     def crossed(prev: int, s: int, every: int) -> bool:
@@ -608,7 +632,7 @@ def _run(trainer, workdir, ckpt, log, stop_after_steps, allow_config_change, def
             batch = trainer.to_global(task.host_batch(next(train_it), str(config.data.train_split)))
             profiler.step(step, block=state)
             fn = trainer._step_jit.get(num)
-            if fn is None or hasattr(fn, "lower"):  # compile ahead of time: compile time is not step time
+            if fn is None or hasattr(fn, 'lower'):  # compile ahead of time: compile time is not step time
                 fn = trainer.compile(state, batch, num)
                 window_t0, timed_n = time.perf_counter(), 0
                 progress.reset_clock(step)
@@ -626,10 +650,10 @@ def _run(trainer, workdir, ckpt, log, stop_after_steps, allow_config_change, def
                 row.update(
                     epoch=epoch_of(step),
                     lr=float(trainer.schedule(step - 1)),
-                    images_per_sec=timed_n * trainer.batch_size / dt if dt > 0 and timed_n else float("nan"),
+                    images_per_sec=timed_n * trainer.batch_size / dt if dt > 0 and timed_n else float('nan'),
                 )
-                writer.write("train", step, row)
-                progress.update(step, {k: row[k] for k in task.progress_keys if k in row} | {"lr": row["lr"]})
+                writer.write('train', step, row)
+                progress.update(step, {k: row[k] for k in task.progress_keys if k in row} | {'lr': row['lr']})
                 window, window_n, window_t0, timed_n = {}, 0, time.perf_counter(), 0
             if crossed(prev, step, trainer.eval_every) and step < trainer.total_steps:
                 drain()
@@ -650,7 +674,7 @@ def _run(trainer, workdir, ckpt, log, stop_after_steps, allow_config_change, def
         if pending is not None or last_saved != step:
             try:
                 save(step)
-                log(f"interrupted at step {step}: checkpoint saved; relaunch the same command to resume")
+                log(f'interrupted at step {step}: checkpoint saved; relaunch the same command to resume')
             except NonFiniteLossError:
                 pass
         ckpt.close()
@@ -669,33 +693,35 @@ def _run(trainer, workdir, ckpt, log, stop_after_steps, allow_config_change, def
     _close(train_it)  # worker processes / prefetch threads of the input pipeline
 
     summary: dict[str, Any] = {
-        "task": task.name,
-        "model": task.model_name,
-        "dataset": info.name,
-        "num_params": trainer.num_params,
-        "step": step,
-        "total_steps": trainer.total_steps,
-        "epoch": epoch_of(step),
-        "complete": step >= trainer.total_steps,
-        "batch_size": trainer.batch_size,
-        "devices": int(trainer.mesh.devices.size),
-        "processes": jax.process_count(),
-        "platform": platform,
-        "cpu_conv": trainer.cpu_conv,
-        "jax": jax.__version__,
-        "train_time_s": train_time,  # this launch's timed steps (totals: every launch of the run)
-        "compile_time_s": trainer.compile_seconds,
+        'task': task.name,
+        'model': task.model_name,
+        'dataset': info.name,
+        'num_params': trainer.num_params,
+        'step': step,
+        'total_steps': trainer.total_steps,
+        'epoch': epoch_of(step),
+        'complete': step >= trainer.total_steps,
+        'batch_size': trainer.batch_size,
+        'devices': int(trainer.mesh.devices.size),
+        'processes': jax.process_count(),
+        'platform': platform,
+        'cpu_conv': trainer.cpu_conv,
+        'jax': jax.__version__,
+        'train_time_s': train_time,  # this launch's timed steps (totals: every launch of the run)
+        'compile_time_s': trainer.compile_seconds,
     }
     if step >= trainer.total_steps:
         res = evaluate(step, final=True)
-        summary["final"] = {str(config.data.eval_split): res}
+        summary['final'] = {str(config.data.eval_split): res}
         best_key = task.best_metric
         evals = [
-            r for r in read_metrics(workdir, str(config.data.eval_split)) if isinstance(r.get(best_key), float)
+            r
+            for r in read_metrics(workdir, str(config.data.eval_split))
+            if isinstance(r.get(best_key), float)
         ] or [r for r in eval_rows if best_key in r]
         if evals:
             best = max(evals, key=lambda r: r[best_key])
-            summary["best"] = {best_key: best[best_key], "step": best["step"]}
+            summary['best'] = {best_key: best[best_key], 'step': best['step']}
         if trainer.is_main:
             task.finish(trainer.eval_state(state), workdir)
     summary.update(task.summary(state, summary))
@@ -709,18 +735,18 @@ def _run(trainer, workdir, ckpt, log, stop_after_steps, allow_config_change, def
     writer.close()
     if trainer.is_main:
         records.write_summary(workdir, summary)
-        if "final" in summary:
-            ips = summary["images_per_sec"]
+        if 'final' in summary:
+            ips = summary['images_per_sec']
             log(
-                f"done: {task.model_name} on {info.name} | {step} steps ({epoch_of(step):.1f} epochs) in "
-                f"{format_seconds(summary['wall_time_s'])} | {task.done_message(res)}"
-                + (f" | {ips:.0f} train img/s" if ips else "")
-                + f" | workdir {workdir}"
+                f'done: {task.model_name} on {info.name} | {step} steps ({epoch_of(step):.1f} epochs) in '
+                f'{format_seconds(summary["wall_time_s"])} | {task.done_message(res)}'
+                + (f' | {ips:.0f} train img/s' if ips else '')
+                + f' | workdir {workdir}'
             )
         else:
             log(
-                f"stopped at step {step}/{trainer.total_steps}; checkpoint in {ckpt.directory}; "
-                "relaunch the same command to resume"
+                f'stopped at step {step}/{trainer.total_steps}; checkpoint in {ckpt.directory}; '
+                'relaunch the same command to resume'
             )
     return summary
 
@@ -732,12 +758,12 @@ def _data_state(saved: Any, segs: list[records.Segment], start: int, batch_size:
     if len(segs) < 2 or segs[-1].batch_size == segs[-2].batch_size:
         return state
     seen = records.examples_at(segs, start)
-    if isinstance(state, dict) and "next_index" in state:
+    if isinstance(state, dict) and 'next_index' in state:
         index, extra = divmod(seen, batch_size)
         log(
-            f"train.batch_size changed to {batch_size}: the data stream resumes at example {seen} "
-            f"(batch {index} of the new size" + (f"; {extra} examples are seen twice)" if extra else ")")
+            f'train.batch_size changed to {batch_size}: the data stream resumes at example {seen} '
+            f'(batch {index} of the new size' + (f'; {extra} examples are seen twice)' if extra else ')')
         )
-        return {**state, "next_index": int(index)}
-    log(f"train.batch_size changed to {batch_size}: the data stream resumes at its saved position")
+        return {**state, 'next_index': int(index)}
+    log(f'train.batch_size changed to {batch_size}: the data stream resumes at its saved position')
     return state

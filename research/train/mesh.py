@@ -39,8 +39,8 @@ def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
 
     ``jax.make_mesh``'s topology-aware order, grouped by process, with an ``Auto`` axis."""
     devices = jax.devices() if devices is None else list(devices)
-    ordered = jax.make_mesh((len(devices),), ("data",), axis_types=(AUTO,), devices=devices).devices.flat
-    return Mesh(np.asarray(process_contiguous(ordered)), ("data",), axis_types=(AUTO,))
+    ordered = jax.make_mesh((len(devices),), ('data',), axis_types=(AUTO,), devices=devices).devices.flat
+    return Mesh(np.asarray(process_contiguous(ordered)), ('data',), axis_types=(AUTO,))
 
 
 def with_model_axis(mesh: Mesh, model_parallel: int) -> Mesh:
@@ -50,16 +50,16 @@ def with_model_axis(mesh: Mesh, model_parallel: int) -> Mesh:
     devices = np.asarray(mesh.devices).reshape(-1)
     if model_parallel < 1 or devices.size % model_parallel:
         raise ValueError(
-            f"train.model_parallel={model_parallel} does not divide the {devices.size} devices of the mesh"
+            f'train.model_parallel={model_parallel} does not divide the {devices.size} devices of the mesh'
         )
     if model_parallel == 1:
         return mesh
-    return Mesh(devices.reshape(-1, model_parallel), ("data", "model"), axis_types=(AUTO, AUTO))
+    return Mesh(devices.reshape(-1, model_parallel), ('data', 'model'), axis_types=(AUTO, AUTO))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """The batch dimension split over every device of the mesh (all its axes, in order)."""
-    return NamedSharding(mesh, P("data") if mesh.axis_names == ("data",) else P(tuple(mesh.axis_names)))
+    return NamedSharding(mesh, P('data') if mesh.axis_names == ('data',) else P(tuple(mesh.axis_names)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -77,19 +77,19 @@ def param_spec(shape: tuple[int, ...], model_parallel: int, min_size: int = FSDP
     if not dims:
         return P()
     axis = max(dims, key=lambda i: (shape[i], i))
-    return P(*([None] * axis + ["model"]))
+    return P(*([None] * axis + ['model']))
 
 
 def state_sharding(abstract_state: Any, mesh: Mesh) -> Any:
     """Per-leaf shardings of a state pytree: FSDP on ``model`` if the mesh has it, else replicated."""
-    m = dict(zip(mesh.axis_names, mesh.devices.shape)).get("model", 1)
+    m = dict(zip(mesh.axis_names, mesh.devices.shape)).get('model', 1)
     return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(tuple(x.shape), m)), abstract_state)
 
 
-def check_batch_size(global_batch: int, mesh: Mesh, *, name: str = "train.batch_size") -> None:
+def check_batch_size(global_batch: int, mesh: Mesh, *, name: str = 'train.batch_size') -> None:
     n = mesh.devices.size
     if global_batch % n:
-        raise ValueError(f"{name}={global_batch} is not divisible by the {n} devices of the mesh")
+        raise ValueError(f'{name}={global_batch} is not divisible by the {n} devices of the mesh')
 
 
 def check_process_slices(global_batch: int, mesh: Mesh) -> None:
@@ -107,8 +107,8 @@ def check_process_slices(global_batch: int, mesh: Mesh) -> None:
     )
     if rows != list(range(p * local, (p + 1) * local)):
         raise ValueError(
-            f"process {p}/{count}: its devices hold batch rows {rows[:3]}...{rows[-3:]} of {global_batch}, "
-            f"not the contiguous slice [{p * local}, {(p + 1) * local}) its input pipeline reads; "
+            f'process {p}/{count}: its devices hold batch rows {rows[:3]}...{rows[-3:]} of {global_batch}, '
+            f'not the contiguous slice [{p * local}, {(p + 1) * local}) its input pipeline reads; '
             "order the mesh's devices by process"
         )
 

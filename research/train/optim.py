@@ -23,26 +23,26 @@ import optax
 from research.configlib import ConfigError, parse_duration
 from research.train import transfer
 
-SCHEDULES = ("constant", "step", "cosine", "linear")
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop")
+SCHEDULES = ('constant', 'step', 'cosine', 'linear')
+OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'rmsprop')
 
 
 def make_schedule(sched_cfg, base_lr: float, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
     """A step -> learning-rate function; durations resolved against ``steps_per_epoch``."""
     name = sched_cfg.name
-    warmup = parse_duration(sched_cfg.warmup, steps_per_epoch, name="schedule.warmup")
+    warmup = parse_duration(sched_cfg.warmup, steps_per_epoch, name='schedule.warmup')
     rest = max(total_steps - warmup, 1)
-    if name == "constant":
+    if name == 'constant':
         main = optax.constant_schedule(base_lr)
-    elif name == "step":
+    elif name == 'step':
         bounds = [
-            parse_duration(b, steps_per_epoch, name="schedule.boundaries") - warmup
+            parse_duration(b, steps_per_epoch, name='schedule.boundaries') - warmup
             for b in sched_cfg.boundaries
         ]
         main = optax.piecewise_constant_schedule(base_lr, {b: sched_cfg.decay_factor for b in bounds})
-    elif name == "cosine":
+    elif name == 'cosine':
         main = optax.cosine_decay_schedule(base_lr, rest, alpha=sched_cfg.end_factor)
-    elif name == "linear":
+    elif name == 'linear':
         main = optax.linear_schedule(base_lr, base_lr * sched_cfg.end_factor, rest)
     else:
         raise ValueError(f"unknown schedule.name '{name}' (known: {', '.join(SCHEDULES)})")
@@ -59,16 +59,16 @@ def _decay_mask(decay_all: bool):
 
 
 def make_optimizer(
-    opt_cfg, schedule: optax.Schedule, *, init_exclude: str = "", init_into: str = ""
+    opt_cfg, schedule: optax.Schedule, *, init_exclude: str = '', init_into: str = ''
 ) -> optax.GradientTransformation:
     """SGD / Nesterov / Adam / AdamW with weight decay and optional gradient clipping; with
     ``optimizer.freeze`` / ``optimizer.lr_multipliers`` set, one such optimizer per parameter group
     (``research.train.transfer``; ``init_exclude`` / ``init_into`` are ``init.exclude`` / ``init.into``
     for ``freeze='pretrained'``)."""
     if float(opt_cfg.lr) < 0:
-        raise ConfigError(f"optimizer.lr={opt_cfg.lr} is negative")
-    freeze = opt_cfg.get("freeze", "")
-    multipliers = tuple(opt_cfg.get("lr_multipliers", ()) or ())
+        raise ConfigError(f'optimizer.lr={opt_cfg.lr} is negative')
+    freeze = opt_cfg.get('freeze', '')
+    multipliers = tuple(opt_cfg.get('lr_multipliers', ()) or ())
     if not freeze and not multipliers:
         return _make_base(opt_cfg, schedule)
     factors = {f for _, f in transfer.parse_multipliers(multipliers)}
@@ -85,21 +85,21 @@ def _make_base(opt_cfg, schedule: optax.Schedule) -> optax.GradientTransformatio
     parts: list[Any] = []
     if opt_cfg.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(opt_cfg.grad_clip_norm))
-    if name in ("sgd", "momentum", "nesterov"):
+    if name in ('sgd', 'momentum', 'nesterov'):
         if wd:
             parts.append(optax.add_decayed_weights(wd, mask))
-        nesterov = opt_cfg.nesterov or name == "nesterov"
-        momentum = opt_cfg.momentum if (name != "sgd" or opt_cfg.momentum) else None
+        nesterov = opt_cfg.nesterov or name == 'nesterov'
+        momentum = opt_cfg.momentum if (name != 'sgd' or opt_cfg.momentum) else None
         parts.append(optax.sgd(schedule, momentum=momentum or None, nesterov=nesterov))
-    elif name == "adam":
+    elif name == 'adam':
         if wd:
             parts.append(optax.add_decayed_weights(wd, mask))
         parts.append(optax.adam(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps))
-    elif name == "adamw":
+    elif name == 'adamw':
         parts.append(
             optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps, weight_decay=wd, mask=mask)
         )
-    elif name == "rmsprop":
+    elif name == 'rmsprop':
         if wd:
             parts.append(optax.add_decayed_weights(wd, mask))
         parts.append(

@@ -30,36 +30,36 @@ from etils import epath
 from research import storage
 from research.configlib import ConfigError
 
-CONFIG = "config.json"
-HISTORY = "config_history.jsonl"
-SUMMARY = "summary.json"
-SEGMENTS = "_segments"
+CONFIG = 'config.json'
+HISTORY = 'config_history.jsonl'
+SUMMARY = 'summary.json'
+SEGMENTS = '_segments'
 
 # Keys that may change when a run is resumed: they decide how long the run goes, how often it
 # reports or saves, and how it is executed, not what a step computes. Anything else (seed, batch size,
 # lr, model, data, augmentation, precision, ghost BN...) changes the experiment and is refused unless
 # allowed explicitly. Patterns use fnmatch ('*' within a key). Keep this the one list.
 RESUMABLE_KEYS = (
-    "train.duration",  # extending (or shortening) a run; the schedule is re-resolved against it
-    "train.log_every_steps",
-    "train.eval_every",
-    "train.eval_batch_size",  # evaluation is exact (masked padding) for any batch
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.async_checkpoints",
-    "train.cpu_conv",  # which kernels run the convolutions: equal up to float rounding
-    "train.model_parallel",  # how parameters are laid out over the devices, not their values
-    "model.remat",  # recompute activations in the backward pass: same parameters, values and checkpoints
-    "data.num_threads",
-    "data.num_workers",
-    "data.data_dir",  # where the same prepared dataset lives (its content is fingerprinted, issue 24)
-    "*.viz_examples",  # pictures written at evaluations
-    "det.latency_images",
-    "det.coco_eval",
-    "seg.crf_eval",
-    "gan.grid_samples",
-    "gan.score_samples",
-    "style.log_every",
+    'train.duration',  # extending (or shortening) a run; the schedule is re-resolved against it
+    'train.log_every_steps',
+    'train.eval_every',
+    'train.eval_batch_size',  # evaluation is exact (masked padding) for any batch
+    'train.checkpoint_every',
+    'train.keep_checkpoints',
+    'train.async_checkpoints',
+    'train.cpu_conv',  # which kernels run the convolutions: equal up to float rounding
+    'train.model_parallel',  # how parameters are laid out over the devices, not their values
+    'model.remat',  # recompute activations in the backward pass: same parameters, values and checkpoints
+    'data.num_threads',
+    'data.num_workers',
+    'data.data_dir',  # where the same prepared dataset lives (its content is fingerprinted, issue 24)
+    '*.viz_examples',  # pictures written at evaluations
+    'det.latency_images',
+    'det.coco_eval',
+    'seg.crf_eval',
+    'gan.grid_samples',
+    'gan.score_samples',
+    'style.log_every',
 )
 
 
@@ -83,7 +83,7 @@ def _write_atomic(path: epath.Path, text: str) -> None:
     if storage.is_remote(path):  # an object store: one object write is atomic (and rename is a copy)
         path.write_text(text)
         return
-    tmp = path.parent / f".{path.name}.tmp"
+    tmp = path.parent / f'.{path.name}.tmp'
     tmp.write_text(text)
     tmp.replace(path)
 
@@ -98,15 +98,15 @@ def _plain(x: Any) -> Any:
     return json.loads(json.dumps(x, default=str))
 
 
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+def _flat(d: Any, prefix: str = '') -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if not prefix and str(k).startswith("_"):
+        if not prefix and str(k).startswith('_'):
             continue  # _resolved, _segments: not config keys
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(_flat(v, f'{prefix}{k}.'))
         else:
-            out[f"{prefix}{k}"] = v
+            out[f'{prefix}{k}'] = v
     return out
 
 
@@ -139,9 +139,9 @@ def _fmt(v: Any) -> str:
 
 def format_changes(changes: dict[str, tuple[Any, Any]], limit: int = 12) -> str:
     """``train.batch_size: 32 -> 64, seed: 0 -> 7`` (one line)."""
-    items = [f"{k}: {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in sorted(changes.items())]
-    more = f", and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
+    items = [f'{k}: {_fmt(a)} -> {_fmt(b)}' for k, (a, b) in sorted(changes.items())]
+    more = f', and {len(items) - limit} more' if len(items) > limit else ''
+    return ', '.join(items[:limit]) + more
 
 
 def check_config_change(
@@ -155,9 +155,9 @@ def check_config_change(
     fixed = {k: v for k, v in changes.items() if not resumable(k)}
     if fixed and not allow:
         raise ConfigChangeError(
-            f"workdir {workdir} holds a run with another config: {format_changes(fixed)}; relaunch with "
-            "the saved values, use another --workdir, or pass --allow_config_change to continue this run "
-            f"with the change (recorded in {HISTORY})"
+            f'workdir {workdir} holds a run with another config: {format_changes(fixed)}; relaunch with '
+            'the saved values, use another --workdir, or pass --allow_config_change to continue this run '
+            f'with the change (recorded in {HISTORY})'
         )
     return fixed
 
@@ -178,17 +178,17 @@ def segments(config_json: dict[str, Any] | None) -> list[Segment]:
         return []
     rows = config_json.get(SEGMENTS)
     if not rows:
-        resolved = config_json.get("_resolved", {})
+        resolved = config_json.get('_resolved', {})
         return [
             Segment(
                 0,
-                int(config_json.get("train", {}).get("batch_size", 0)),
-                int(resolved.get("steps_per_epoch", 0)),
+                int(config_json.get('train', {}).get('batch_size', 0)),
+                int(resolved.get('steps_per_epoch', 0)),
             )
         ]
     return [
         Segment(
-            int(r["start_step"]), int(r["batch_size"]), int(r["steps_per_epoch"]), dict(r.get("changes", {}))
+            int(r['start_step']), int(r['batch_size']), int(r['steps_per_epoch']), dict(r.get('changes', {}))
         )
         for r in rows
     ]
@@ -228,12 +228,12 @@ def write_config(
     path = workdir / CONFIG
     if changes and step > 0:
         row = {
-            "step": int(step),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "changes": {k: [a, b] for k, (a, b) in sorted(changes.items())},
-            "allowed": sorted((allowed or {}).keys()),
+            'step': int(step),
+            'time': time.strftime('%Y-%m-%dT%H:%M:%S'),
+            'changes': {k: [a, b] for k, (a, b) in sorted(changes.items())},
+            'allowed': sorted((allowed or {}).keys()),
         }
-        storage.append_text(workdir / HISTORY, json.dumps(row, default=str) + "\n")
+        storage.append_text(workdir / HISTORY, json.dumps(row, default=str) + '\n')
     try:
         unchanged = path.read_text() == text
     except FileNotFoundError:
@@ -244,7 +244,7 @@ def write_config(
 
 
 def _unflatten_set(d: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
+    parts = key.split('.')
     for p in parts[:-1]:
         d = d.setdefault(p, {})
     d[parts[-1]] = value
@@ -253,7 +253,7 @@ def _unflatten_set(d: dict[str, Any], key: str, value: Any) -> None:
 def segment_configs(config_json: dict[str, Any]) -> list[tuple[Segment, dict[str, Any]]]:
     """Each segment with the full config it ran with (the current one, changes undone backwards)."""
     segs = segments(config_json)
-    current = {k: v for k, v in _plain(config_json).items() if not k.startswith("_")}
+    current = {k: v for k, v in _plain(config_json).items() if not k.startswith('_')}
     out = []
     for seg in reversed(segs):
         out.append((seg, json.loads(json.dumps(current))))
@@ -299,9 +299,9 @@ def finished_summary(workdir: Any, total_steps: int, latest_checkpoint: int | No
     nothing when this returns one; check the config (:func:`check_config_change`) first.
     """
     summary = load_summary(workdir)
-    if not summary or not summary.get("complete") or "final" not in summary:
+    if not summary or not summary.get('complete') or 'final' not in summary:
         return None
-    if int(summary.get("total_steps", -1)) != int(total_steps) or int(summary.get("step", -1)) != int(
+    if int(summary.get('total_steps', -1)) != int(total_steps) or int(summary.get('step', -1)) != int(
         total_steps
     ):
         return None
@@ -329,10 +329,10 @@ class RunTotals:
         if not record:
             return cls()
         return cls(
-            float(record.get("wall_time_s", 0.0)),
-            float(record.get("train_time_s", 0.0)),
-            int(record.get("train_images", 0)),
-            int(record.get("segments", 0)),
+            float(record.get('wall_time_s', 0.0)),
+            float(record.get('train_time_s', 0.0)),
+            int(record.get('train_images', 0)),
+            int(record.get('segments', 0)),
         )
 
     def plus(self, wall_time_s: float, train_time_s: float, train_images: int) -> RunTotals:
@@ -359,17 +359,17 @@ def write_summary(workdir: Any, summary: dict[str, Any]) -> None:
 
 def summary_line(summary: dict[str, Any]) -> str:
     """The ``done: ...`` line of a finished run, from its ``summary.json`` (for a relaunch)."""
-    split, res = next(iter(summary.get("final", {}).items()), ("test", {}))
-    parts = [f"done: {summary.get('model')} on {summary.get('dataset')}"]
-    parts.append(f"{summary.get('step')} steps ({float(summary.get('epoch', 0.0)):.1f} epochs)")
-    if "top1" in res:
+    split, res = next(iter(summary.get('final', {}).items()), ('test', {}))
+    parts = [f'done: {summary.get("model")} on {summary.get("dataset")}']
+    parts.append(f'{summary.get("step")} steps ({float(summary.get("epoch", 0.0)):.1f} epochs)')
+    if 'top1' in res:
         parts.append(
-            f"{split} top1 {100 * res['top1']:.2f}%" + (f" loss {res['loss']:.4f}" if "loss" in res else "")
+            f'{split} top1 {100 * res["top1"]:.2f}%' + (f' loss {res["loss"]:.4f}' if 'loss' in res else '')
         )
-    ips = summary.get("images_per_sec")
+    ips = summary.get('images_per_sec')
     if isinstance(ips, (int, float)) and math.isfinite(ips):
-        parts.append(f"{ips:.0f} train img/s")
-    wall = summary.get("wall_time_s")
+        parts.append(f'{ips:.0f} train img/s')
+    wall = summary.get('wall_time_s')
     if isinstance(wall, (int, float)):
-        parts.append(f"{wall:.1f} s")
-    return " | ".join(parts) + f" | workdir {summary.get('workdir')} (finished; nothing was changed)"
+        parts.append(f'{wall:.1f} s')
+    return ' | '.join(parts) + f' | workdir {summary.get("workdir")} (finished; nothing was changed)'

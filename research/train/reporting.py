@@ -51,24 +51,24 @@ class JsonlWriter:
     append) each row rewrites the file from the rows kept in memory."""
 
     def __init__(self, workdir: str | os.PathLike, *, resume_step: int = 0):
-        self.path = storage.as_path(workdir) / "metrics.jsonl"
+        self.path = storage.as_path(workdir) / 'metrics.jsonl'
         self._remote = storage.is_remote(self.path)
-        self._text = ""
+        self._text = ''
         text = storage.read_text(self.path)
         if text is not None:
-            keep = [l for l in text.splitlines() if l.strip() and json.loads(l)["step"] <= resume_step]
-            self._text = "".join(l + "\n" for l in keep)
+            keep = [l for l in text.splitlines() if l.strip() and json.loads(l)['step'] <= resume_step]
+            self._text = ''.join(l + '\n' for l in keep)
             self.path.write_text(self._text)
 
     def write(self, split: str, step: int, metrics: dict[str, Any]) -> None:
-        row = {"split": split, "step": int(step)}
+        row = {'split': split, 'step': int(step)}
         row.update({k: _plain(v) for k, v in metrics.items()})
-        line = json.dumps(row) + "\n"
+        line = json.dumps(row) + '\n'
         if self._remote:
             self._text += line
             storage.write_text(self.path, self._text, parents=False)
         else:
-            with self.path.open("a") as f:
+            with self.path.open('a') as f:
                 f.write(line)
 
     def image(self, tag: str, step: int, image: np.ndarray, path: epath.Path | None) -> None:
@@ -89,22 +89,22 @@ class TensorBoardWriter:
     def __init__(self, workdir: str | os.PathLike, *, resume_step: int = 0, config: dict | None = None):
         from tensorboardX import SummaryWriter
 
-        logdir = str(storage.as_path(workdir) / "tb")
+        logdir = str(storage.as_path(workdir) / 'tb')
         if storage.is_remote(logdir):
             logdir = _epath_logdir(logdir)
         self._tb = SummaryWriter(logdir, purge_step=resume_step + 1 if resume_step else None)
         if config is not None and not resume_step:
             text = json.dumps(config, indent=2, default=str)
-            self._tb.add_text("config", "    " + text.replace("\n", "\n    "), 0)
+            self._tb.add_text('config', '    ' + text.replace('\n', '\n    '), 0)
 
     def write(self, split: str, step: int, metrics: dict[str, Any]) -> None:
         for k, v in metrics.items():
             v = _plain(v)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
-                self._tb.add_scalar(f"{split}/{k}", v, int(step))
+                self._tb.add_scalar(f'{split}/{k}', v, int(step))
 
     def image(self, tag: str, step: int, image: np.ndarray, path: epath.Path | None) -> None:
-        self._tb.add_image(tag, image, int(step), dataformats="HWC")
+        self._tb.add_image(tag, image, int(step), dataformats='HWC')
 
     def close(self) -> None:
         self._tb.close()
@@ -139,7 +139,7 @@ class _EpathRecordFactory:
         epath.Path(path[len(_EPATH_PREFIX) :]).mkdir(parents=True, exist_ok=True)
 
 
-_EPATH_PREFIX = "epath+"
+_EPATH_PREFIX = 'epath+'
 
 
 def _epath_logdir(logdir: str) -> str:
@@ -147,7 +147,7 @@ def _epath_logdir(logdir: str) -> str:
     (registered for that prefix on first use)."""
     from tensorboardX import record_writer
 
-    prefix = _EPATH_PREFIX + logdir.split("://", 1)[0]
+    prefix = _EPATH_PREFIX + logdir.split('://', 1)[0]
     if prefix not in record_writer.REGISTERED_FACTORIES:
         record_writer.register_writer_factory(prefix, _EpathRecordFactory())
     return _EPATH_PREFIX + logdir
@@ -167,11 +167,11 @@ class WandbWriter:
         workdir: str | os.PathLike,
         *,
         config: dict | None = None,
-        project: str = "research",
-        entity: str = "",
-        mode: str = "",
-        name: str = "",
-        group: str = "",
+        project: str = 'research',
+        entity: str = '',
+        mode: str = '',
+        name: str = '',
+        group: str = '',
         tags: Sequence[str] = (),
         resume_step: int = 0,
     ):
@@ -182,12 +182,12 @@ class WandbWriter:
                 "logging.wandb=True needs the wandb package: pip install -e '.[wandb]'"
             ) from None
         if mode not in WANDB_MODES:
-            raise ValueError(f"logging.wandb_mode={mode!r}: use one of {WANDB_MODES}")
+            raise ValueError(f'logging.wandb_mode={mode!r}: use one of {WANDB_MODES}')
         workdir = storage.as_path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        id_file = workdir / "wandb_run_id"
+        id_file = workdir / 'wandb_run_id'
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
-        id_file.write_text(run_id + "\n")
+        id_file.write_text(run_id + '\n')
         files = wandb_local_dir(workdir) if storage.is_remote(workdir) else str(workdir)
         os.makedirs(files, exist_ok=True)
         self._wandb = wandb
@@ -201,38 +201,38 @@ class WandbWriter:
             config=config,
             dir=files,
             id=run_id,
-            resume="allow",
-            reinit="create_new",
+            resume='allow',
+            reinit='create_new',
         )
-        self.run.define_metric("step")
-        self.run.define_metric("*", step_metric="step")
+        self.run.define_metric('step')
+        self.run.define_metric('*', step_metric='step')
 
     def write(self, split: str, step: int, metrics: dict[str, Any]) -> None:
-        row: dict[str, Any] = {"step": int(step)}
+        row: dict[str, Any] = {'step': int(step)}
         for k, v in metrics.items():
             v = _plain(v)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
-                row[f"{split}/{k}"] = v
+                row[f'{split}/{k}'] = v
         if len(row) > 1:
             self.run.log(row)
 
     def image(self, tag: str, step: int, image: np.ndarray, path: epath.Path | None) -> None:
         local = path is not None and not storage.is_remote(path)
-        self.run.log({"step": int(step), tag: self._wandb.Image(str(path) if local else image)})
+        self.run.log({'step': int(step), tag: self._wandb.Image(str(path) if local else image)})
 
     def close(self) -> None:
         self.run.finish()
 
 
-WANDB_MODES = ("", "online", "offline", "disabled")
+WANDB_MODES = ('', 'online', 'offline', 'disabled')
 
 
 def wandb_local_dir(workdir: Any) -> str:
     """The local folder of W&B's files for a remote workdir: ``<tmp>/research-wandb/<name>-<hash>``."""
     text = str(workdir)
-    name = text.rstrip("/").rsplit("/", 1)[-1] or "run"
+    name = text.rstrip('/').rsplit('/', 1)[-1] or 'run'
     digest = hashlib.sha256(text.encode()).hexdigest()[:10]
-    return os.path.join(tempfile.gettempdir(), "research-wandb", f"{name}-{digest}")
+    return os.path.join(tempfile.gettempdir(), 'research-wandb', f'{name}-{digest}')
 
 
 def writers_from_config(
@@ -242,22 +242,22 @@ def writers_from_config(
     log = _logging_section(config)
     plain = _plain_config(config)
     out: list[Writer] = [JsonlWriter(workdir, resume_step=resume_step)]
-    if log.get("tensorboard", True):
+    if log.get('tensorboard', True):
         try:
             out.append(TensorBoardWriter(workdir, resume_step=resume_step, config=plain))
         except ImportError:  # pragma: no cover - tensorboardX is a dependency
             pass
-    if log.get("wandb", False):
+    if log.get('wandb', False):
         out.append(
             WandbWriter(
                 workdir,
                 config=plain,
-                project=str(log.get("wandb_project", "research")),
-                entity=str(log.get("wandb_entity", "")),
-                mode=str(log.get("wandb_mode", "")),
-                name=str(log.get("wandb_name", "")),
-                group=str(log.get("wandb_group", "")),
-                tags=tuple(log.get("wandb_tags", ()) or ()),
+                project=str(log.get('wandb_project', 'research')),
+                entity=str(log.get('wandb_entity', '')),
+                mode=str(log.get('wandb_mode', '')),
+                name=str(log.get('wandb_name', '')),
+                group=str(log.get('wandb_group', '')),
+                tags=tuple(log.get('wandb_tags', ()) or ()),
                 resume_step=resume_step,
             )
         )
@@ -285,7 +285,7 @@ class MetricWriter:
     ):
         self.enabled = enabled
         self.workdir = storage.as_path(workdir)
-        self.path = self.workdir / "metrics.jsonl"
+        self.path = self.workdir / 'metrics.jsonl'
         self.writers: list[Writer] = []
         if not enabled:
             return
@@ -308,7 +308,7 @@ class MetricWriter:
         if isinstance(path_or_array, (str, os.PathLike)):
             path = storage.as_path(path_or_array)
             with storage.open_image(path) as im:
-                image = np.asarray(im.convert("RGB"))
+                image = np.asarray(im.convert('RGB'))
         else:
             image = _rgb_uint8(path_or_array)
         for w in self.writers:
@@ -334,28 +334,28 @@ def _logging_section(config: Any) -> dict[str, Any]:
     if config is None:
         return {}
     try:
-        section = config["logging"]
+        section = config['logging']
     except (KeyError, TypeError, AttributeError):
         return {}
-    return dict(section.to_dict() if hasattr(section, "to_dict") else section)
+    return dict(section.to_dict() if hasattr(section, 'to_dict') else section)
 
 
 def _plain_config(config: Any) -> dict | None:
     if config is None:
         return None
     return json.loads(
-        json.dumps(config.to_dict() if hasattr(config, "to_dict") else dict(config), default=str)
+        json.dumps(config.to_dict() if hasattr(config, 'to_dict') else dict(config), default=str)
     )
 
 
 def parse_profile_steps(spec: str | Sequence[int] | None) -> tuple[int, int] | None:
     """``logging.profile_steps``: '' (off), ``'START:STOP'`` or ``(START, STOP)``: trace steps
     START <= step < STOP. A bad value raises ``ValueError`` naming it."""
-    if spec is None or spec == "" or spec == ():
+    if spec is None or spec == '' or spec == ():
         return None
     try:
         if isinstance(spec, str):
-            a, sep, b = spec.partition(":")
+            a, sep, b = spec.partition(':')
             if not sep:
                 raise ValueError
             start, stop = int(a), int(b)
@@ -366,7 +366,7 @@ def parse_profile_steps(spec: str | Sequence[int] | None) -> tuple[int, int] | N
             f"logging.profile_steps={spec!r}: use 'START:STOP' (trace steps START <= step < STOP), e.g. '10:15'"
         ) from None
     if not 0 <= start < stop:
-        raise ValueError(f"logging.profile_steps={spec!r}: need 0 <= START < STOP")
+        raise ValueError(f'logging.profile_steps={spec!r}: need 0 <= START < STOP')
     return start, stop
 
 
@@ -383,7 +383,7 @@ class ProfilerHook:
         self, workdir: str | os.PathLike, steps: str | Sequence[int] | None, *, enabled: bool = True
     ):
         self.window = parse_profile_steps(steps) if enabled else None
-        self.log_dir = storage.as_path(workdir) / "profile"
+        self.log_dir = storage.as_path(workdir) / 'profile'
         self._local_dir: str | None = None  # a remote workdir: traced here, then copied to log_dir
         self.active = False
         self.done = False
@@ -396,7 +396,7 @@ class ProfilerHook:
             import jax
 
             if storage.is_remote(self.log_dir):
-                self._local_dir = tempfile.mkdtemp(prefix="research-profile-")
+                self._local_dir = tempfile.mkdtemp(prefix='research-profile-')
             else:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
             jax.profiler.start_trace(self._local_dir or str(self.log_dir))
@@ -415,7 +415,7 @@ class ProfilerHook:
             for root, _, files in os.walk(self._local_dir):
                 for f in files:
                     src = os.path.join(root, f)
-                    with open(src, "rb") as fh:
+                    with open(src, 'rb') as fh:
                         storage.write_bytes(self.log_dir / os.path.relpath(src, self._local_dir), fh.read())
             shutil.rmtree(self._local_dir, ignore_errors=True)
             self._local_dir = None
@@ -426,9 +426,9 @@ class ProfilerHook:
 
 
 def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> list[dict[str, Any]]:
-    text = storage.read_text(storage.as_path(workdir) / "metrics.jsonl", "")
+    text = storage.read_text(storage.as_path(workdir) / 'metrics.jsonl', '')
     rows = [json.loads(l) for l in text.splitlines() if l.strip()]
-    return [r for r in rows if split is None or r["split"] == split]
+    return [r for r in rows if split is None or r['split'] == split]
 
 
 def _plain(v: Any) -> Any:
@@ -443,11 +443,11 @@ def _plain(v: Any) -> Any:
 
 def format_seconds(s: float) -> str:
     if not math.isfinite(s):
-        return "--:--"
+        return '--:--'
     s = int(round(s))
     h, rem = divmod(s, 3600)
     m, sec = divmod(rem, 60)
-    return f"{h:d}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
+    return f'{h:d}:{m:02d}:{sec:02d}' if h else f'{m:02d}:{sec:02d}'
 
 
 class Progress:
@@ -468,7 +468,7 @@ class Progress:
         self.total, self.batch = total_steps, batch_size
         self.stream = stream or sys.stderr
         self.enabled = enabled
-        self.tty = enabled and getattr(self.stream, "isatty", lambda: False)()
+        self.tty = enabled and getattr(self.stream, 'isatty', lambda: False)()
         self._t0, self._s0 = time.perf_counter(), start_step
         self._last_len = 0
 
@@ -478,29 +478,29 @@ class Progress:
 
     def rate(self, step: int) -> float:
         dt = time.perf_counter() - self._t0
-        return (step - self._s0) / dt if dt > 0 and step > self._s0 else float("nan")
+        return (step - self._s0) / dt if dt > 0 and step > self._s0 else float('nan')
 
     def update(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
         rate = self.rate(step)
-        eta = (self.total - step) / rate if rate == rate and rate > 0 else float("nan")
+        eta = (self.total - step) / rate if rate == rate and rate > 0 else float('nan')
         frac = step / max(self.total, 1)
-        bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
-        parts = [f"[{bar}] {step}/{self.total} {100 * frac:3.0f}%"]
+        bar = '#' * int(20 * frac) + '.' * (20 - int(20 * frac))
+        parts = [f'[{bar}] {step}/{self.total} {100 * frac:3.0f}%']
         if rate == rate:
-            parts.append(f"{rate:.2f} it/s {rate * self.batch:.0f} img/s")
-        shown = " ".join(f"{k} {_fmt(k, v)}" for k, v in metrics.items())
+            parts.append(f'{rate:.2f} it/s {rate * self.batch:.0f} img/s')
+        shown = ' '.join(f'{k} {_fmt(k, v)}' for k, v in metrics.items())
         if shown:
             parts.append(shown)
-        parts.append(f"ETA {format_seconds(eta)}")
-        line = " | ".join(parts)
+        parts.append(f'ETA {format_seconds(eta)}')
+        line = ' | '.join(parts)
         if self.tty:
             pad = max(self._last_len - len(line), 0)
-            self.stream.write("\r" + line + " " * pad)
+            self.stream.write('\r' + line + ' ' * pad)
             self._last_len = len(line)
         else:
-            self.stream.write(line + "\n")
+            self.stream.write(line + '\n')
         self.stream.flush()
 
     def message(self, text: str) -> None:
@@ -508,21 +508,21 @@ class Progress:
         if not self.enabled:
             return
         if self.tty and self._last_len:
-            self.stream.write("\r" + " " * self._last_len + "\r")
+            self.stream.write('\r' + ' ' * self._last_len + '\r')
             self._last_len = 0
-        self.stream.write(text + "\n")
+        self.stream.write(text + '\n')
         self.stream.flush()
 
     def close(self) -> None:
         if self.tty and self._last_len:
-            self.stream.write("\n")
+            self.stream.write('\n')
             self.stream.flush()
             self._last_len = 0
 
 
 def _fmt(key: str, v: float) -> str:
-    if key.startswith("top"):
-        return f"{100 * v:.2f}%"
-    if key == "lr":
-        return f"{v:.3g}"
-    return f"{v:.4f}"
+    if key.startswith('top'):
+        return f'{100 * v:.2f}%'
+    if key == 'lr':
+        return f'{v:.3g}'
+    return f'{v:.4f}'

@@ -36,9 +36,9 @@ class TrainState:
     ema: PyTree = flax.struct.field(default_factory=dict)
 
     def variables(self, params: PyTree | None = None) -> dict[str, PyTree]:
-        v = {"params": self.params if params is None else params}
+        v = {'params': self.params if params is None else params}
         if self.batch_stats:
-            v["batch_stats"] = self.batch_stats
+            v['batch_stats'] = self.batch_stats
         v.update(self.constants)
         return v
 
@@ -53,10 +53,10 @@ class TrainState:
             rng=self.rng,
         )
         if self.ema:
-            out["ema"] = self.ema
+            out['ema'] = self.ema
         return out
 
-    def replace_arrays(self, arrays: dict[str, PyTree]) -> "TrainState":
+    def replace_arrays(self, arrays: dict[str, PyTree]) -> 'TrainState':
         return self.replace(**arrays)
 
 
@@ -65,10 +65,10 @@ def create_train_state(
 ) -> TrainState:
     """Initialises parameters from ``rng`` on ``sample_input`` (shape only matters)."""
     init_rng, state_rng = jax.random.split(rng)
-    variables = model.init({"params": init_rng, "dropout": init_rng}, sample_input, train=False)
+    variables = model.init({'params': init_rng, 'dropout': init_rng}, sample_input, train=False)
     variables = dict(variables)
-    params = variables.pop("params")
-    batch_stats = variables.pop("batch_stats", {})
+    params = variables.pop('params')
+    batch_stats = variables.pop('batch_stats', {})
     return TrainState(
         step=jnp.asarray(0, jnp.int32),
         params=params,
@@ -102,13 +102,13 @@ def plain_forward(apply_fn: Callable) -> Callable:
     -> (outputs, new_vars)``, i.e. ``apply_fn(..., train=True, mutable=['batch_stats'])``."""
 
     def forward(variables, *args, rngs=None, **kwargs):
-        return apply_fn(variables, *args, train=True, mutable=["batch_stats"], rngs=rngs or {}, **kwargs)
+        return apply_fn(variables, *args, train=True, mutable=['batch_stats'], rngs=rngs or {}, **kwargs)
 
     return forward
 
 
 def ghost_bn_forward(
-    apply_fn: Callable, mesh: jax.sharding.Mesh, group_size: int, axis: str = "data"
+    apply_fn: Callable, mesh: jax.sharding.Mesh, group_size: int, axis: str = 'data'
 ) -> Callable:
     """Train-mode forward with "ghost" BatchNorm: statistics over groups of ``group_size`` examples.
 
@@ -132,13 +132,15 @@ def ghost_bn_forward(
         leaves = jax.tree.leaves(args)
         b = leaves[0].shape[0]
         if b % group_size:
-            raise ValueError(f"per-device batch {b} is not divisible by the BatchNorm group size {group_size}")
+            raise ValueError(
+                f'per-device batch {b} is not divisible by the BatchNorm group size {group_size}'
+            )
         k = b // group_size
         groups = jax.tree.map(lambda x: x.reshape(k, group_size, *x.shape[1:]), args)
 
         def one(a, g):
             r = {name: jax.random.fold_in(key, g) for name, key in (rngs or {}).items()}
-            return apply_fn(variables, *a, train=True, mutable=["batch_stats"], rngs=r, **kwargs)
+            return apply_fn(variables, *a, train=True, mutable=['batch_stats'], rngs=r, **kwargs)
 
         return jax.vmap(one)(groups, first + jnp.arange(k))
 
@@ -149,7 +151,7 @@ def ghost_bn_forward(
             per_example = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]) if x.ndim >= 2 else None, out)
             scalars = jax.tree.map(lambda x: jax.lax.pmean(jnp.mean(x), axis) if x.ndim < 2 else None, out)
             stats = jax.tree.map(
-                lambda s: jax.lax.pmean(jnp.mean(s, axis=0), axis), new_vars.get("batch_stats", {})
+                lambda s: jax.lax.pmean(jnp.mean(s, axis=0), axis), new_vars.get('batch_stats', {})
             )
             return per_example, scalars, stats
 
@@ -167,10 +169,8 @@ def ghost_bn_forward(
             in_specs=(P(), P(axis), P()),
             out_specs=(batch_specs, scalar_specs, P()),
         )(variables, args, rngs)
-        out = jax.tree.map(
-            lambda s, a, b: a if s.ndim >= 2 else b, shapes, per_example, scalars
-        )
-        return out, ({"batch_stats": stats} if stats else {})
+        out = jax.tree.map(lambda s, a, b: a if s.ndim >= 2 else b, shapes, per_example, scalars)
+        return out, ({'batch_stats': stats} if stats else {})
 
     return forward
 
@@ -209,13 +209,15 @@ def loss_step(
             (loss, (metrics, new_stats)), g = grad_fn(
                 state.params, state.replace(batch_stats=stats), mb, jax.random.fold_in(step_rng, i)
             )
-            return (new_stats, jax.tree.map(jnp.add, grad_sum, g)), {"loss": loss, **metrics}
+            return (new_stats, jax.tree.map(jnp.add, grad_sum, g)), {'loss': loss, **metrics}
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
-        (new_stats, grad_sum), per_micro = jax.lax.scan(one, (state.batch_stats, zeros), (jnp.arange(k), micro))
+        (new_stats, grad_sum), per_micro = jax.lax.scan(
+            one, (state.batch_stats, zeros), (jnp.arange(k), micro)
+        )
         grads = jax.tree.map(lambda g: g / k, grad_sum)
         per_micro = jax.tree.map(lambda v: jnp.mean(v, axis=0), per_micro)
-        loss = per_micro.pop("loss")
+        loss = per_micro.pop('loss')
         metrics = per_micro
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -228,24 +230,30 @@ def loss_step(
             ema=jax.tree.map(
                 lambda e, w: (d * e + (1 - d) * w).astype(e.dtype),
                 state.ema,
-                {"params": params, "batch_stats": new_stats},
+                {'params': params, 'batch_stats': new_stats},
             )
         )
-    return new_state, {"loss": loss, **metrics, "grad_norm": optax.tree.norm(grads)}
+    return new_state, {'loss': loss, **metrics, 'grad_norm': optax.tree.norm(grads)}
 
 
 def classifier_loss(
-    params, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, forward, label_smoothing: float = 0.0
+    params,
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    rng: jax.Array,
+    *,
+    forward,
+    label_smoothing: float = 0.0,
 ):
     """A classifier's loss on a (global) batch: mean cross-entropy (``label_smoothing``), with top-1/top-5.
     The task interface's ``loss`` (``research/tasks/base.py``)."""
-    logits, new_vars = forward(state.variables(params), batch["image"], rngs={"dropout": rng})
-    loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
+    logits, new_vars = forward(state.variables(params), batch['image'], rngs={'dropout': rng})
+    loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
     metrics = {
-        "top1": topk_correct(logits, batch["label"], 1).mean(),
-        "top5": topk_correct(logits, batch["label"], 5).mean(),
+        'top1': topk_correct(logits, batch['label'], 1).mean(),
+        'top5': topk_correct(logits, batch['label'], 5).mean(),
     }
-    return loss, (metrics, new_vars.get("batch_stats", state.batch_stats))
+    return loss, (metrics, new_vars.get('batch_stats', state.batch_stats))
 
 
 def train_step(
@@ -266,11 +274,11 @@ def train_step(
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """Sums over the real examples of a padded batch (``mask``), so totals are exact."""
-    logits = state.apply_fn(state.variables(), batch["image"], train=False)
-    mask = batch["mask"].astype(jnp.float32)
+    logits = state.apply_fn(state.variables(), batch['image'], train=False)
+    mask = batch['mask'].astype(jnp.float32)
     return {
-        "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
-        "top1": jnp.sum(topk_correct(logits, batch["label"], 1) * mask),
-        "top5": jnp.sum(topk_correct(logits, batch["label"], 5) * mask),
-        "count": jnp.sum(mask),
+        'loss': jnp.sum(cross_entropy(logits, batch['label']) * mask),
+        'top1': jnp.sum(topk_correct(logits, batch['label'], 1) * mask),
+        'top5': jnp.sum(topk_correct(logits, batch['label'], 5) * mask),
+        'count': jnp.sum(mask),
     }

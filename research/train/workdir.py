@@ -33,7 +33,7 @@ from etils import epath
 from research import storage
 from research.configlib import ConfigError
 
-LOCK_NAME = "run.lock"
+LOCK_NAME = 'run.lock'
 _TAKEOVER_STALE_S = 30.0  # a takeover mutex older than this was left by a killed process
 
 
@@ -54,11 +54,11 @@ def _hostname() -> str:
 def _process_start(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (clock ticks since boot; Linux), None if unknown."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f'/proc/{pid}/stat') as f:
             stat = f.read()
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[-1].split()
+    fields = stat.rsplit(')', 1)[-1].split()
     return fields[19] if len(fields) > 19 else None  # field 22 of stat(5); fields[0] is field 3
 
 
@@ -77,22 +77,22 @@ def pid_alive(pid: int, start: str | None = None) -> bool:
         now = _process_start(int(pid))
         if now is not None and now != start:
             return False
-        if now is None and sys.platform.startswith("linux"):
+        if now is None and sys.platform.startswith('linux'):
             return False  # no /proc entry: gone (a zombie still has one)
     return True
 
 
 def supports_lock(path: Any) -> bool:
-    return "://" not in str(path)
+    return '://' not in str(path)
 
 
 # -- the lock ----------------------------------------------------------------------------------
 def _describe(holder: dict[str, Any]) -> str:
-    since = holder.get("started_at")
+    since = holder.get('started_at')
     when = (
-        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
+        time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since)) if isinstance(since, (int, float)) else '?'
     )
-    return f"host {holder.get('host', '?')} pid {holder.get('pid', '?')} since {when}"
+    return f'host {holder.get("host", "?")} pid {holder.get("pid", "?")} since {when}'
 
 
 def read_lock(workdir: Any) -> dict[str, Any] | None:
@@ -113,9 +113,9 @@ def lock_is_stale(holder: dict[str, Any]) -> bool:
     """A lock of this host whose process is gone. Locks of other hosts are never judged stale."""
     if not holder:
         return False  # unreadable: someone is writing it, or it is damaged: let the user decide
-    if holder.get("host") != _hostname():
+    if holder.get('host') != _hostname():
         return False
-    return not pid_alive(holder.get("pid", -1), holder.get("pid_start"))
+    return not pid_alive(holder.get('pid', -1), holder.get('pid_start'))
 
 
 class WorkdirLock:
@@ -141,12 +141,12 @@ class WorkdirLock:
         self.held = False
         self.taken_over: dict[str, Any] | None = None  # the stale holder replaced, if any
         self.record = {
-            "host": _hostname(),
-            "pid": os.getpid(),
-            "pid_start": _process_start(os.getpid()),
-            "started_at": time.time(),
-            "token": uuid.uuid4().hex,
-            "command": list(sys.argv if command is None else command),
+            'host': _hostname(),
+            'pid': os.getpid(),
+            'pid_start': _process_start(os.getpid()),
+            'started_at': time.time(),
+            'token': uuid.uuid4().hex,
+            'command': list(sys.argv if command is None else command),
         }
 
     def __enter__(self) -> WorkdirLock:
@@ -162,11 +162,11 @@ class WorkdirLock:
         prepare_workdir(self.workdir)
         if not supports_lock(self.workdir):
             self.warn(
-                f"workdir {self.workdir}: no run lock on an object store (no atomic create through epath); "
-                "make sure no other run writes this workdir"
+                f'workdir {self.workdir}: no run lock on an object store (no atomic create through epath); '
+                'make sure no other run writes this workdir'
             )
             return
-        mine = self.workdir / f".{LOCK_NAME}.{self.record['host']}.{os.getpid()}.{self.record['token'][:8]}"
+        mine = self.workdir / f'.{LOCK_NAME}.{self.record["host"]}.{os.getpid()}.{self.record["token"][:8]}'
         try:
             _write(mine, json.dumps(self.record))
             for _ in range(20):
@@ -181,12 +181,12 @@ class WorkdirLock:
                 if self._remove_stale(holder):
                     self.taken_over = holder
                     self.warn(
-                        f"workdir {self.workdir}: taking over the stale lock of {_describe(holder)} "
-                        "(that process is gone)"
+                        f'workdir {self.workdir}: taking over the stale lock of {_describe(holder)} '
+                        '(that process is gone)'
                     )
-            raise WorkdirLockedError(f"workdir {self.workdir}: could not take {self.path} (contended)")
+            raise WorkdirLockedError(f'workdir {self.workdir}: could not take {self.path} (contended)')
         except OSError as e:
-            raise workdir_error(e, self.workdir, doing="taking the run lock", saved="nothing") from None
+            raise workdir_error(e, self.workdir, doing='taking the run lock', saved='nothing') from None
         finally:
             try:
                 os.unlink(str(mine))
@@ -196,20 +196,20 @@ class WorkdirLock:
     def _refusal(self, holder: dict[str, Any]) -> str:
         if not holder:
             return (
-                f"workdir {self.workdir} is locked by {self.path}, which is unreadable; if no run uses this "
-                "workdir, delete that file"
+                f'workdir {self.workdir} is locked by {self.path}, which is unreadable; if no run uses this '
+                'workdir, delete that file'
             )
-        same_host = holder.get("host") == _hostname()
+        same_host = holder.get('host') == _hostname()
         hint = (
-            "wait for it to finish, stop it, or use another --workdir"
+            'wait for it to finish, stop it, or use another --workdir'
             if same_host
-            else f"if that run is dead, delete {self.path}; else use another --workdir"
+            else f'if that run is dead, delete {self.path}; else use another --workdir'
         )
-        return f"workdir {self.workdir} is in use by another run ({_describe(holder)}): {hint}"
+        return f'workdir {self.workdir} is in use by another run ({_describe(holder)}): {hint}'
 
     def _remove_stale(self, holder: dict[str, Any]) -> bool:
         """Removes the lock if it still is ``holder``'s, under the takeover mutex. True if removed."""
-        mutex = self.workdir / f"{LOCK_NAME}.takeover"
+        mutex = self.workdir / f'{LOCK_NAME}.takeover'
         deadline = time.monotonic() + 10.0
         while True:
             try:
@@ -272,16 +272,16 @@ def _try_link(src: epath.Path, dst: epath.Path) -> bool:
 
 # -- workdir problems ---------------------------------------------------------------------------
 _IO_ERRNOS = {
-    errno.ENOSPC: "no space left on the device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
+    errno.ENOSPC: 'no space left on the device',
+    errno.EDQUOT: 'disk quota exceeded',
+    errno.EROFS: 'read-only file system',
+    errno.EACCES: 'permission denied',
+    errno.EPERM: 'operation not permitted',
 }
 _IO_TEXT = {  # errors that reach us as text (TensorStore, orbax's background threads)
-    "No space left on device": errno.ENOSPC,
-    "Disk quota exceeded": errno.EDQUOT,
-    "Read-only file system": errno.EROFS,
+    'No space left on device': errno.ENOSPC,
+    'Disk quota exceeded': errno.EDQUOT,
+    'Read-only file system': errno.EROFS,
 }
 
 
@@ -290,22 +290,22 @@ def prepare_workdir(workdir: Any) -> epath.Path:
     one that cannot be created or written raises :class:`WorkdirError` (exit 1), one line each."""
     path = epath.Path(workdir)
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"--workdir={workdir}: is an existing file, not a directory")
+        raise ConfigError(f'--workdir={workdir}: is an existing file, not a directory')
     # On an object store a "folder" is a name prefix (an object may share its name, and the bucket's
     # parent `gs://` is no path): only local parents are checked.
     for parent in path.parents if not storage.is_remote(path) else ():
         if parent.exists() and not parent.is_dir():
-            raise ConfigError(f"--workdir={workdir}: {parent} is an existing file, not a directory")
+            raise ConfigError(f'--workdir={workdir}: {parent} is an existing file, not a directory')
     try:
         path.mkdir(parents=True, exist_ok=True)
         if supports_lock(path) and not os.access(str(path), os.W_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
         if supports_lock(path):
-            probe = path / f".write_test.{os.getpid()}"
-            _write(probe, "")
+            probe = path / f'.write_test.{os.getpid()}'
+            _write(probe, '')
             os.unlink(str(probe))
     except OSError as e:
-        raise workdir_error(e, path, doing="creating the workdir", saved="nothing") from None
+        raise workdir_error(e, path, doing='creating the workdir', saved='nothing') from None
     return path
 
 
@@ -336,6 +336,6 @@ def workdir_error(exc: BaseException, path: Any, *, doing: str, saved: str) -> W
     if code is not None:
         why = _IO_ERRNOS[code]
     else:
-        why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-    where = getattr(exc, "filename", None) or path
-    return WorkdirError(f"cannot write {where} ({why}) while {doing}; saved: {saved}")
+        why = f'{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ""}'
+    where = getattr(exc, 'filename', None) or path
+    return WorkdirError(f'cannot write {where} ({why}) while {doing}; saved: {saved}')

@@ -18,7 +18,7 @@ from research.viz.images import add_titles, make_grid, save_uint8_png, to_rgb_ui
 
 
 def class_activation_maps(
-    model, variables, x, *, class_index: int | Sequence[int] | None = None, layer: str = ""
+    model, variables, x, *, class_index: int | Sequence[int] | None = None, layer: str = ''
 ):
     """CAMs of the images ``x`` [N, H, W, C] (model-normalised inputs).
 
@@ -29,17 +29,17 @@ def class_activation_maps(
     Returns dict(cam [N, h, w], classes [N], logits [N, classes], layer, features [N, h, w, K]).
     """
     logits, calls = trace_calls(model, variables, jnp.asarray(x))
-    dense = [c for c in calls if c.kind == "Dense"]
+    dense = [c for c in calls if c.kind == 'Dense']
     if not dense:
-        raise ValueError(f"{type(model).__name__} has no Dense classifier: CAM needs GAP + a linear layer")
+        raise ValueError(f'{type(model).__name__} has no Dense classifier: CAM needs GAP + a linear layer')
     head = dense[-1]
     pooled = np.asarray(head.inputs)
-    kernel = np.asarray(_subtree(variables["params"], head.path)["kernel"])
-    candidates = [c for c in calls if getattr(c.output, "ndim", 0) == 4]
+    kernel = np.asarray(_subtree(variables['params'], head.path)['kernel'])
+    candidates = [c for c in calls if getattr(c.output, 'ndim', 0) == 4]
     if layer:
         candidates = [c for c in candidates if c.path == layer]
         if not candidates:
-            raise ValueError(f"no 4-D output at layer {layer!r}")
+            raise ValueError(f'no 4-D output at layer {layer!r}')
     feats = None
     for c in reversed(candidates):
         for f in (np.asarray(c.output), np.maximum(np.asarray(c.output), 0)):
@@ -51,9 +51,9 @@ def class_activation_maps(
             break
     if feats is None:
         raise ValueError(
-            f"the input of {head.path!r} is not the global average of a feature map"
-            + (f" of {layer!r}" if layer else "")
-            + ": class activation maps need a model ending in global average pooling + one Dense layer"
+            f'the input of {head.path!r} is not the global average of a feature map'
+            + (f' of {layer!r}' if layer else '')
+            + ': class activation maps need a model ending in global average pooling + one Dense layer'
         )
     logits = np.asarray(logits, np.float32)
     if class_index is None:
@@ -61,17 +61,17 @@ def class_activation_maps(
     else:
         classes = np.broadcast_to(np.asarray(class_index, np.int64), (len(feats),))
     w = kernel[:, classes].T  # [N, K]
-    cam = np.einsum("nhwk,nk->nhw", feats, w)
-    return {"cam": cam, "classes": classes, "logits": logits, "layer": used, "features": feats}
+    cam = np.einsum('nhwk,nk->nhw', feats, w)
+    return {'cam': cam, 'classes': classes, 'logits': logits, 'layer': used, 'features': feats}
 
 
 def upsample_cam(cam, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of [N, h, w] maps to [N, *size] (the input image's size)."""
     cam = jnp.asarray(cam, jnp.float32)
-    return np.asarray(jax.image.resize(cam, (cam.shape[0], *size), "bilinear"))
+    return np.asarray(jax.image.resize(cam, (cam.shape[0], *size), 'bilinear'))
 
 
-def overlay(image01, cam, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+def overlay(image01, cam, alpha: float = 0.5, cmap: str = 'jet') -> np.ndarray:
     """[H, W, C] image in [0, 1] with a [H, W] map min-max scaled and coloured by ``cmap`` on top."""
     from matplotlib import colormaps
 
@@ -120,12 +120,12 @@ def cam_grid(
     width = scale * (w + pad)
     top = row(rgb01)
     if labels is not None:
-        top = add_titles(top, [f"label: {name(c)}" for c in labels], centers=centers, width=width, below=True)
+        top = add_titles(top, [f'label: {name(c)}' for c in labels], centers=centers, width=width, below=True)
     correct = [None] * n if labels is None else [int(p) == int(t) for p, t in zip(classes, labels)]
     colours = [(0, 0, 0) if ok is None else (0, 130, 0) if ok else (200, 0, 0) for ok in correct]
     bottom = add_titles(
         row(tiles),
-        [f"CAM: {name(c)}" for c in classes],
+        [f'CAM: {name(c)}' for c in classes],
         centers=centers,
         width=width,
         below=True,

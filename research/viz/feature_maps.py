@@ -55,8 +55,8 @@ def trace_calls(
 
     def interceptor(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
-        if context.method_name == "__call__":
-            path = "/".join(str(p) for p in context.module.path)
+        if context.method_name == '__call__':
+            path = '/'.join(str(p) for p in context.module.path)
             if path and (wanted is None or path in wanted):
                 calls.append(Call(path, type(context.module).__name__, args[0] if args else None, out))
                 seen.add(path)
@@ -64,7 +64,7 @@ def trace_calls(
                     raise _Stop
         return out
 
-    kwargs = {"train": train} if _accepts_train(model) else {}
+    kwargs = {'train': train} if _accepts_train(model) else {}
     try:
         with nn.intercept_methods(interceptor):
             out = model.apply(variables, x, **kwargs)
@@ -84,16 +84,16 @@ def used_variables(model: nn.Module, variables, input_shape: Sequence[int], path
         _, calls = trace_calls(model, v, x, stop_early=False)
         for c in calls:
             if todo:
-                visited.add(c.path.split("/")[0])
+                visited.add(c.path.split('/')[0])
                 todo.discard(c.path)
-            if getattr(c.output, "ndim", 0) == 4 and c.path not in spatial:
+            if getattr(c.output, 'ndim', 0) == 4 and c.path not in spatial:
                 spatial.append(c.path)
         return 0
 
     jax.eval_shape(f, variables, jax.ShapeDtypeStruct(tuple(input_shape), np.float32))
     if todo:
         raise ValueError(
-            f"no module at {sorted(todo)} in {type(model).__name__}; layers with spatial outputs: {spatial}"
+            f'no module at {sorted(todo)} in {type(model).__name__}; layers with spatial outputs: {spatial}'
         )
     return {col: {k: v for k, v in tree.items() if k in visited} for col, tree in variables.items()}
 
@@ -102,7 +102,7 @@ def _accepts_train(model: nn.Module) -> bool:
     import inspect
 
     try:
-        return "train" in inspect.signature(model.__call__).parameters
+        return 'train' in inspect.signature(model.__call__).parameters
     except (TypeError, ValueError):
         return False
 
@@ -121,7 +121,7 @@ def layer_outputs(
     if missing:
         known = list_layers(model, variables, x.shape)
         raise ValueError(
-            f"no module at {missing} in {type(model).__name__}; layers with spatial outputs: {known}"
+            f'no module at {missing} in {type(model).__name__}; layers with spatial outputs: {known}'
         )
     return out
 
@@ -137,7 +137,7 @@ def list_layers(
         _, calls = trace_calls(model, v, x)
         for c in calls:
             if (
-                not spatial_only or (hasattr(c.output, "ndim") and c.output.ndim == 4)
+                not spatial_only or (hasattr(c.output, 'ndim') and c.output.ndim == 4)
             ) and c.path not in found:
                 found.append(c.path)
         return 0

@@ -13,7 +13,7 @@ from research.viz.images import make_grid, normalize01
 
 
 def _subtree(tree, path: str):
-    for part in path.split("/"):
+    for part in path.split('/'):
         if not isinstance(tree, dict) or part not in tree:
             return None
         tree = tree[part]
@@ -32,10 +32,10 @@ def first_conv_kernel(model, variables, input_shape: Sequence[int]) -> tuple[str
 
     jax.eval_shape(f, variables, jax.ShapeDtypeStruct(tuple(input_shape), np.float32))
     for path in order:
-        sub = _subtree(variables["params"], path)
-        if isinstance(sub, dict) and getattr(sub.get("kernel"), "ndim", 0) == 4:
-            return path, np.asarray(sub["kernel"])
-    raise ValueError(f"{type(model).__name__} has no module with a 4-D conv kernel")
+        sub = _subtree(variables['params'], path)
+        if isinstance(sub, dict) and getattr(sub.get('kernel'), 'ndim', 0) == 4:
+            return path, np.asarray(sub['kernel'])
+    raise ValueError(f'{type(model).__name__} has no module with a 4-D conv kernel')
 
 
 def filter_images(kernel) -> np.ndarray:
@@ -43,7 +43,7 @@ def filter_images(kernel) -> np.ndarray:
     else the mean over input channels; each filter min-max scaled on its own (as AlexNet's figure)."""
     k = np.asarray(kernel, np.float32)
     if k.ndim != 4:
-        raise ValueError(f"expected a 2-D conv kernel [kh, kw, C_in, C_out], got shape {k.shape}")
+        raise ValueError(f'expected a 2-D conv kernel [kh, kw, C_in, C_out], got shape {k.shape}')
     k = np.moveaxis(k, -1, 0)  # [C_out, kh, kw, C_in]
     if k.shape[-1] not in (1, 3):
         k = k.mean(axis=-1, keepdims=True)

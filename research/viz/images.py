@@ -55,7 +55,7 @@ def normalize01(x, axis=None) -> np.ndarray:
     return np.where(span > 0, (x - lo) / np.where(span > 0, span, 1.0), 0.5).astype(np.float32)
 
 
-SKLEARN_PREFIX = "sklearn:"
+SKLEARN_PREFIX = 'sklearn:'
 
 
 def load_image(source: str, size: int | tuple[int, int] | None = None, channels: int = 3) -> np.ndarray:
@@ -75,10 +75,10 @@ def load_image(source: str, size: int | tuple[int, int] | None = None, channels:
         path = storage.as_path(source if storage.is_remote(source) else os.path.expanduser(source))
         if not path.is_file():
             raise FileNotFoundError(
-                f"image not found: {source!r} (a file, or sklearn:china.jpg / sklearn:flower.jpg)"
+                f'image not found: {source!r} (a file, or sklearn:china.jpg / sklearn:flower.jpg)'
             )
         img = storage.open_image(path)
-    img = img.convert("L" if channels == 1 else "RGB")
+    img = img.convert('L' if channels == 1 else 'RGB')
     if size:
         if isinstance(size, int):
             w, h = img.size
@@ -147,7 +147,7 @@ def add_titles(
     width = width or (w / n)
     size = font_size or int(min(max(width / 9, 9), 16))
     band = size + 6
-    out = Image.new("RGB", (w, h + band), (255, 255, 255))
+    out = Image.new('RGB', (w, h + band), (255, 255, 255))
     out.paste(Image.fromarray(x), (0, 0 if below else band))
     draw = ImageDraw.Draw(out)
     y = (h + 2) if below else 2

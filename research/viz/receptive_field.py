@@ -35,11 +35,11 @@ class DilatedStack(nn.Module):
             x = ConvND(
                 self.features,
                 (3, 3),
-                padding="same",
+                padding='same',
                 dilation=r,
                 use_bias=False,
                 kernel_init=self.kernel_init,
-                name=f"conv{i + 1}",
+                name=f'conv{i + 1}',
             )(x)
         return x
 
@@ -53,7 +53,7 @@ def layer_receptive_fields(model, input_shape: Sequence[int]) -> list[tuple[str,
         if (
             layer.rf is not None
             and layer.spatial
-            and layer.kind in ("conv", "conv_transpose", "conv_local", "pool")
+            and layer.kind in ('conv', 'conv_transpose', 'conv_local', 'pool')
         ):
             out.append((layer.path, int(layer.rf[0]), int(layer.jump[0]) if layer.jump else 1))
     return out
@@ -88,7 +88,7 @@ def plot_dilation(
     receptive-field box; returns the RFs of ``rates``."""
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
@@ -106,53 +106,53 @@ def plot_dilation(
             ax.set_xticks([])
             ax.set_yticks([])
             if j >= len(rr):
-                ax.axis("off")
+                ax.axis('off')
                 continue
-            ax.imshow(masks[j], cmap="Blues", vmin=0, vmax=1.4, interpolation="nearest")
+            ax.imshow(masks[j], cmap='Blues', vmin=0, vmax=1.4, interpolation='nearest')
             lo = size // 2 - rfs[j] // 2 - 0.5
-            ax.add_patch(Rectangle((lo, lo), rfs[j], rfs[j], fill=False, edgecolor="crimson", lw=1.5))
-            ax.plot([size // 2], [size // 2], "k.", ms=3)
-            ax.set_title(f"layer {j + 1}: d={rr[j]}\nRF {rfs[j]}x{rfs[j]}", fontsize=9)
-        axes[i][0].set_ylabel("rates " + ",".join(map(str, rr)), fontsize=9)
-    fig.suptitle("3x3 convs: input pixels reaching the centre unit (blue), receptive field (box)", fontsize=9)
+            ax.add_patch(Rectangle((lo, lo), rfs[j], rfs[j], fill=False, edgecolor='crimson', lw=1.5))
+            ax.plot([size // 2], [size // 2], 'k.', ms=3)
+            ax.set_title(f'layer {j + 1}: d={rr[j]}\nRF {rfs[j]}x{rfs[j]}', fontsize=9)
+        axes[i][0].set_ylabel('rates ' + ','.join(map(str, rr)), fontsize=9)
+    fig.suptitle('3x3 convs: input pixels reaching the centre unit (blue), receptive field (box)', fontsize=9)
     fig.tight_layout()
     storage.save_figure(fig, path, dpi=80)
     plt.close(fig)
     return dilated_receptive_fields(rates, size)
 
 
-def model_rf_figure(model, input_shape: Sequence[int], title: str = ""):
+def model_rf_figure(model, input_shape: Sequence[int], title: str = ''):
     """(matplotlib figure, rows): receptive field (and jump) after each conv/pool layer of ``model``,
     input size marked, integer ticks on both axes."""
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     rows = layer_receptive_fields(model, input_shape)
     rf = [r for _, r, _ in rows]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.18 * len(rows) + 2), 3.2))
-    ax.step(range(1, len(rf) + 1), rf, where="mid", color="tab:blue", label="receptive field")
+    ax.step(range(1, len(rf) + 1), rf, where='mid', color='tab:blue', label='receptive field')
     ax.plot(
         range(1, len(rf) + 1),
         [j for _, _, j in rows],
-        color="tab:orange",
+        color='tab:orange',
         lw=1,
-        label="jump (stride product)",
+        label='jump (stride product)',
     )
-    ax.axhline(input_shape[1], color="gray", ls="--", lw=1, label=f"input {input_shape[1]} px")
+    ax.axhline(input_shape[1], color='gray', ls='--', lw=1, label=f'input {input_shape[1]} px')
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layer numbers and pixels are integers
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("conv / pool layer (execution order)")
-    ax.set_ylabel("pixels")
-    ax.set_title(title or f"{type(model).__name__}: receptive field per layer", fontsize=10)
+    ax.set_xlabel('conv / pool layer (execution order)')
+    ax.set_ylabel('pixels')
+    ax.set_title(title or f'{type(model).__name__}: receptive field per layer', fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig, rows
 
 
-def plot_model_rf(model, input_shape: Sequence[int], path, title: str = "") -> list[tuple[str, int, int]]:
+def plot_model_rf(model, input_shape: Sequence[int], path, title: str = '') -> list[tuple[str, int, int]]:
     """Figure: receptive field (and jump) after each conv/pool layer of ``model``, input size
     marked; returns the rows."""
     import matplotlib.pyplot as plt

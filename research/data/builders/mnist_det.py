@@ -74,9 +74,16 @@ def make_det_canvas(
 ) -> dict[str, np.ndarray]:
     """One ``mnist_det`` example (see the module docstring)."""
     image, inst, labels = synthetic.paste_digits(
-        digits, digit_labels, rng, canvas_size=p.canvas_size, min_objects=p.min_objects,
-        max_objects=p.max_objects, min_scale=p.min_scale, max_scale=p.max_scale, max_iou=p.max_iou,
-    )  # fmt: skip
+        digits,
+        digit_labels,
+        rng,
+        canvas_size=p.canvas_size,
+        min_objects=p.min_objects,
+        max_objects=p.max_objects,
+        min_scale=p.min_scale,
+        max_scale=p.max_scale,
+        max_iou=p.max_iou,
+    )
     s, m = p.canvas_size, p.max_objects
     masks = inst[None] == np.arange(1, len(labels) + 1)[:, None, None]
     keep = masks.any((1, 2))

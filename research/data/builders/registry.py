@@ -39,7 +39,7 @@ class Entry:
         """``make`` for the full ``data.name`` (``voc_seg/2007``: config '2007'); an unknown config raises."""
         config = str(name).partition('/')[2] or None
         if config is not None and config not in self.configs:
-            known = f"its configs: {', '.join(self.configs)}" if self.configs else 'it has no configs'
+            known = f'its configs: {", ".join(self.configs)}' if self.configs else 'it has no configs'
             raise ValueError(f'data.name={name!r}: unknown config {config!r} of {self.name!r} ({known})')
         return self.make(path, data_dir, params, config)
 

