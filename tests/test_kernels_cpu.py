@@ -120,3 +120,20 @@ def test_jacfwd_through_a_model_with_max_pool():
     v = jax.jit(model.init)(jax.random.key(0), x)
     f = lambda x: model.apply(v, x, train=False)[0, :3]  # noqa: E731
     np.testing.assert_allclose(jax.jacfwd(f)(x), jax.jacrev(f)(x), rtol=1e-4, atol=1e-6)
+
+
+def test_tiled_max_pool_gradient_takes_one_max_reduction():
+    """The CPU max-pool's derivative builds the first-maximum mask from the pooled output: the
+    forward's one ``reduce_window`` max, no second max over the windows. The custom_jvp form once
+    recomputed it (``jnp.max`` over the block view), which cost LeNet-5's training step ~10%
+    (5.3 -> 6.4 ms at batch 128 on 2 cores, benchmarks/RESULTS.md)."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 3)), jnp.float32)
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(pooling.max_pool(x, 2) ** 2)))(x))
+    assert 'reduce_window_max' in jaxpr
+    assert 'reduce_max' not in jaxpr
+    want = jax.grad(
+        lambda x: jnp.sum(
+            jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID') ** 2
+        )
+    )(x)
+    np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(pooling.max_pool(x, 2) ** 2))(x), want)

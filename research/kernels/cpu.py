@@ -457,17 +457,19 @@ def _blocks(x: jax.Array, w: tuple[int, ...]) -> jax.Array:
     return x.reshape(x.shape[0], *[d for o, f in zip(out, w) for d in (o, f)], x.shape[-1])
 
 
-def _first_max_mask(x, w):
-    """(block view of x, mask of the first maximum of each window in row-major order), as
-    ``lax.reduce_window``'s select-and-scatter and torch's max-pool backward choose."""
+def _first_max_mask(x, w, y):
+    """(mask of the first maximum of each window of ``x`` in row-major order, the window axes), given
+    the pooled ``y``: the element ``lax.reduce_window``'s select-and-scatter and torch's max-pool
+    backward choose. In the block layout of :func:`_blocks`."""
     b = _blocks(x, w)
     axes = tuple(range(2, 2 * len(w) + 1, 2))  # the window axes of the block layout
-    y = jnp.max(b, axis=axes, keepdims=True)
     flat = jnp.zeros((), jnp.int32)
     for f, a in zip(w, axes):  # row-major index of each element within its window
         flat = flat * f + lax.broadcasted_iota(jnp.int32, b.shape, a)
-    first = jnp.min(jnp.where(b == y, flat, np.int32(np.prod(w))), axis=axes, keepdims=True)
-    return b, flat == first, axes
+    first = jnp.min(
+        jnp.where(b == jnp.expand_dims(y, axes), flat, np.int32(np.prod(w))), axis=axes, keepdims=True
+    )
+    return flat == first, axes
 
 
 def _reduce_max_tiled(x: jax.Array, w: tuple[int, ...]) -> jax.Array:
@@ -487,8 +489,8 @@ def _max_pool_tiled_jvp(w, primals, tangents):
     # elementwise mask and a sum, which XLA:CPU runs ~4x faster backward than select-and-scatter (and
     # 1.5-1.9x faster than a cumulative-sum mask on airbench94's maps; benchmarks/RESULTS.md).
     (x,), (t,) = primals, tangents
-    _, mask, axes = _first_max_mask(x, w)
     y = _reduce_max_tiled(x, w)
+    mask, axes = _first_max_mask(x, w, y)  # from y: one max reduction, not two
     tb = _blocks(t, w)
     return y, jnp.sum(jnp.where(mask, tb, jnp.zeros((), tb.dtype)), axis=axes)
 
