@@ -48,6 +48,18 @@ def load_config_file(spec: str) -> ConfigDict:
     return module.get_config(arg or None)
 
 
+def _config_args(argv: list[str]) -> tuple[str | None, list[tuple[str, str, str]]]:
+    """``(the --config= spec or None, [(argument, key, value)] of every --config.<key>=<value>)``."""
+    spec, overrides = None, []
+    for a in argv:
+        if a.startswith('--config='):
+            spec = a.partition('=')[2]
+        elif a.startswith('--config.'):
+            key, _, value = a[len('--config.') :].partition('=')
+            overrides.append((a, key, value))
+    return spec, overrides
+
+
 def split_model_overrides(argv: list[str], config: ConfigDict | None = None) -> tuple[list[str], dict]:
     """Takes the ``--config.model.<arg>=<value>`` overrides of constructor arguments the experiment's
     config does not set out of ``argv``: ``(the rest of argv, {arg: value})``.
@@ -61,13 +73,7 @@ def split_model_overrides(argv: list[str], config: ConfigDict | None = None) -> 
     """
     import ast
 
-    spec, overrides = None, []
-    for a in argv:
-        if a.startswith('--config='):
-            spec = a.partition('=')[2]
-        elif a.startswith('--config.'):
-            key, _, value = a[len('--config.') :].partition('=')
-            overrides.append((a, key, value))
+    spec, overrides = _config_args(argv)
     if not any(key.startswith('model.') for _, key, _ in overrides):
         return list(argv), {}
     if config is None:
@@ -111,14 +117,8 @@ def explain_override_error(argv: list[str], config: ConfigDict | None = None) ->
     else it is loaded from ``--config=``), this names the key, its value and, for ``model.*``, the
     model's accepted arguments. None when every override names an existing key.
     """
-    overrides = []
-    spec = None
-    for a in argv:
-        if a.startswith('--config='):
-            spec = a.partition('=')[2]
-        elif a.startswith('--config.'):
-            key, _, value = a[len('--config.') :].partition('=')
-            overrides.append((key, value))
+    spec, args = _config_args(argv)
+    overrides = [(key, value) for _, key, value in args]
     if config is None:
         if spec is None:
             return None

@@ -140,8 +140,6 @@ class UNet(nn.Module):
             h = ConvTranspose(f, 2, strides=2, dtype=self.dtype, name=f'up{level + 1}_upconv')(h)
             h = jnp.concatenate([center_crop(skips[level], h.shape[1:3]), h], axis=-1)
             h = double(h, f, f'up{level + 1}')
-        if h.shape[1] <= 0 or h.shape[2] <= 0:
-            raise ValueError(f'U-Net: input {x.shape[1:3]} too small for valid padding (empty output)')
         h = self.conv(self.num_classes, (1, 1), dtype=self.dtype, name='classifier')(h)
         if self.overlap_tile and self.padding == 'valid':
             h = center_crop(h, in_size)
